@@ -1,0 +1,207 @@
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, pt_regs},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use leaktrace_common::{AllocEvent, DROP_COUNTERS, DropCounter, EVENT_ALLOC, EVENT_FREE};
+
+/// Userspace sizes it with `--ring-bytes`; this is the default.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// One in-flight allocator call per thread, keyed by pid_tgid.
+#[map]
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// What an entry probe leaves for its return probe.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingCall {
+    size: u64,
+    /// realloc's old block; 0 for the other calls.
+    old_address: u64,
+    /// The stack pointer at entry. A traced call made from inside another one (realloc(NULL, n)
+    /// calling malloc) runs below it, which is how the inner call knows to stay silent: each
+    /// allocation is counted once, at the outermost call.
+    entry_sp: u64,
+}
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn count_drop(counter: DropCounter) {
+    if let Some(slot) = DROPS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn stack_pointer(regs: *mut pt_regs) -> u64 {
+    unsafe { (*regs).rsp }
+}
+
+/// True when this thread is already inside a traced call that started above `sp`.
+#[inline(always)]
+fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
+    match unsafe { PENDING.get(&pid_tgid) } {
+        Some(outer) => outer.entry_sp > sp,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, size: u64, old_address: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let entry_sp = stack_pointer(ctx.regs);
+    // An entry found at or below our sp is stale (its return was never seen): replace it.
+    if inside_traced_call(pid_tgid, entry_sp) {
+        return;
+    }
+    let call = PendingCall {
+        size,
+        old_address,
+        entry_sp,
+    };
+    if PENDING.insert(&pid_tgid, &call, 0).is_err() {
+        count_drop(DropCounter::PendingMapFull);
+    }
+}
+
+/// Takes this thread's pending call if this return belongs to it (not to a nested call).
+#[inline(always)]
+fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let call = *unsafe { PENDING.get(&pid_tgid) }?;
+    // After `ret` the return address has been popped: sp is 8 above the entry's.
+    if stack_pointer(ctx.regs) != call.entry_sp + 8 {
+        return None;
+    }
+    let _ = PENDING.remove(&pid_tgid);
+    Some((pid_tgid, call))
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    entry.write(AllocEvent {
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        address,
+        size,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        stack_id,
+        kind,
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(errno) => {
+            if errno == -EEXIST {
+                count_drop(DropCounter::StackMapFull);
+            } else {
+                count_drop(DropCounter::StackUnreadable);
+            }
+            errno
+        }
+    };
+    emit(pid_tgid, EVENT_ALLOC, address, size, stack_id);
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    enter(&ctx, size, 0);
+    0
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let count = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
+    // checked_mul needs a 128-bit multiply, which BPF lacks; LLVM turns the usual division test
+    // back into one unless the divisor is opaque to it.
+    let total = count.wrapping_mul(size);
+    let divisor = unsafe { core::ptr::read_volatile(&size) };
+    if divisor == 0 || total / divisor == count {
+        enter(&ctx, total, 0);
+    }
+    0
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let old_address = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    enter(&ctx, size, old_address);
+    0
+}
+
+/// Return probe of malloc and calloc.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    if let Some((pid_tgid, call)) = take_pending(&ctx) {
+        let address: u64 = ctx.ret();
+        if address != 0 {
+            emit_alloc(&ctx, pid_tgid, address, call.size);
+        }
+    }
+    0
+}
+
+#[uretprobe]
+pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    let Some((pid_tgid, call)) = take_pending(&ctx) else {
+        return 0;
+    };
+    let address: u64 = ctx.ret();
+    if address != 0 {
+        if call.old_address != 0 {
+            emit(pid_tgid, EVENT_FREE, call.old_address, 0, 0);
+        }
+        emit_alloc(&ctx, pid_tgid, address, call.size);
+    } else if call.size == 0 && call.old_address != 0 {
+        // glibc's realloc(p, 0) frees p and returns NULL; a failed realloc leaves p live.
+        emit(pid_tgid, EVENT_FREE, call.old_address, 0, 0);
+    }
+    0
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let address = ctx.arg::<u64>(0).unwrap_or(0);
+    if address == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // realloc(p, 0) frees through free(): the outer realloc reports it.
+    if !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
+        emit(pid_tgid, EVENT_FREE, address, 0, 0);
+    }
+    0
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

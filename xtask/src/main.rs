@@ -1,0 +1,118 @@
+//! `cargo xtask <task>`: the project's chores that plain cargo cannot do.
+
+mod stamp;
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
+  setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
+  test         install what the tests need, then run every test";
+
+/// Debian packages the integration tests run: fixtures are built with gcc, launch mode is
+/// checked against valgrind, and bpftool shows what stays attached.
+const TEST_PACKAGES: [(&str, &str); 3] = [("gcc", "gcc"), ("valgrind", "valgrind"), ("bpftool", "bpftool")];
+
+fn main() -> Result<()> {
+    let task = env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "build-ebpf" => build_ebpf(),
+        "setup-ebpf" => setup_ebpf(),
+        "test" => test(),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ sits in the workspace")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = workspace();
+    run(Command::new("rustup")
+        .current_dir(root.join("leaktrace-ebpf"))
+        .env(
+            "RUSTFLAGS",
+            r#"--cfg bpf_target_arch="x86_64" -Cdebuginfo=2 -Clink-arg=--btf"#,
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .args(["run", "nightly", "cargo", "build", "--package", "leaktrace-ebpf", "--bins"])
+        .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]))
+    .context("eBPF build failed (is the toolchain there? run `cargo xtask setup-ebpf`)")?;
+
+    let built = root.join("target/bpfel-unknown-none/release/leaktrace");
+    let object = root.join("leaktrace/bpf/leaktrace.bpf.o");
+    fs::copy(&built, &object).with_context(|| format!("copy {}", built.display()))?;
+    let stamp = stamp::ebpf_source_stamp(&root)?;
+    fs::write(root.join("leaktrace/bpf/leaktrace.bpf.stamp"), format!("{stamp}\n"))?;
+    println!("wrote {} (stamp {stamp})", object.display());
+    Ok(())
+}
+
+fn setup_ebpf() -> Result<()> {
+    apt_install(&[
+        "llvm-22-dev",
+        "libpolly-22-dev",
+        "libzstd-dev",
+        "zlib1g-dev",
+    ])?;
+    let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+    run(Command::new("cargo")
+        .env("PATH", path)
+        .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+        .args(["--no-default-features", "--features", "llvm-22"]))?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn test() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(binary, _)| !on_path(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace())
+        .args(["test", "--workspace", "--exclude", "leaktrace-ebpf"]))
+}
+
+fn on_path(binary: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(packages))
+}
