@@ -13,7 +13,10 @@ fn main() {
     }
     let stamp_path = manifest.join("bpf/leaktrace.bpf.stamp");
     println!("cargo::rerun-if-changed={}", stamp_path.display());
-    println!("cargo::rerun-if-changed={}", manifest.join("bpf/leaktrace.bpf.o").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        manifest.join("bpf/leaktrace.bpf.o").display()
+    );
 
     let committed = fs::read_to_string(&stamp_path).unwrap_or_default();
     let current = stamp::ebpf_source_stamp(workspace).expect("read the eBPF sources");

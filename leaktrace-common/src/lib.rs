@@ -32,6 +32,28 @@ pub struct AllocEvent {
 pub const EVENT_ALLOC: u32 = 1;
 /// [`AllocEvent::kind`] of a free of a non-NULL pointer.
 pub const EVENT_FREE: u32 = 2;
+/// [`AllocEvent::kind`] of an allocation whose stack came inline ([`AllocEventWithStack`]).
+pub const EVENT_ALLOC_WITH_STACK: u32 = 3;
+
+/// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// An allocation whose stack did not fit the stack map.
+///
+/// The stack map is a hash table without chaining: two stacks whose hashes share a bucket
+/// cannot both be stored, and with a few hundred distinct stacks such a collision is likely.
+/// Rather than lose the call site, the probe then sends the stack itself, at the price of a
+/// larger record on this rare path.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AllocEventWithStack {
+    /// `kind` is [`EVENT_ALLOC_WITH_STACK`]; `stack_id` is unused.
+    pub event: AllocEvent,
+    /// Bytes of `frames` the kernel filled (8 per frame).
+    pub stack_bytes: u64,
+    /// Return addresses, innermost first.
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
 
 /// Slots of the per-CPU `DROPS` array: each counts events the kernel side could not deliver
 /// whole, so that reports can say their numbers are a lower bound instead of hiding the loss.
@@ -40,8 +62,8 @@ pub const EVENT_FREE: u32 = 2;
 pub enum DropCounter {
     /// The ring buffer had no room: the event is lost entirely.
     RingBufferFull = 0,
-    /// The stack map was full, or its bucket held another stack: the event keeps its size but
-    /// not its call site.
+    /// The stack map was full, or its bucket held another stack. Not a loss: the stack was sent
+    /// inline instead ([`AllocEventWithStack`]); counted to show how often that path runs.
     StackMapFull = 1,
     /// The stack could not be read (e.g. unmapped user stack): the event keeps its size only.
     StackUnreadable = 2,

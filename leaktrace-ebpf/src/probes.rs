@@ -1,11 +1,15 @@
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_USER_STACK, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
-use leaktrace_common::{AllocEvent, DROP_COUNTERS, DropCounter, EVENT_ALLOC, EVENT_FREE};
+use leaktrace_common::{
+    AllocEvent, AllocEventWithStack, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
+    EVENT_ALLOC_WITH_STACK, EVENT_FREE,
+};
 
 /// Userspace sizes it with `--ring-bytes`; this is the default.
 #[map]
@@ -90,12 +94,8 @@ fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
 }
 
 #[inline(always)]
-fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
-    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
-        count_drop(DropCounter::RingBufferFull);
-        return;
-    };
-    entry.write(AllocEvent {
+fn event(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) -> AllocEvent {
+    AllocEvent {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         address,
         size,
@@ -103,24 +103,62 @@ fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
         tid: pid_tgid as u32,
         stack_id,
         kind,
-    });
+    }
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    entry.write(event(pid_tgid, kind, address, size, stack_id));
     entry.submit(0);
 }
 
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(errno) => {
-            if errno == -EEXIST {
-                count_drop(DropCounter::StackMapFull);
-            } else {
-                count_drop(DropCounter::StackUnreadable);
-            }
-            errno
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => emit(pid_tgid, EVENT_ALLOC, address, size, id as i32),
+        Err(errno) if errno == -EEXIST => {
+            count_drop(DropCounter::StackMapFull);
+            emit_alloc_with_stack(ctx, pid_tgid, address, size);
         }
+        Err(errno) => {
+            count_drop(DropCounter::StackUnreadable);
+            emit(pid_tgid, EVENT_ALLOC, address, size, errno);
+        }
+    }
+}
+
+/// The stack map had no room for this stack: send it in the record.
+#[inline(always)]
+fn emit_alloc_with_stack(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
     };
-    emit(pid_tgid, EVENT_ALLOC, address, size, stack_id);
+    let record = entry.as_mut_ptr();
+    let filled = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            core::ptr::addr_of_mut!((*record).frames).cast(),
+            size_of::<[u64; leaktrace_common::MAX_STACK_DEPTH]>() as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    let (stack_id, stack_bytes) = if filled < 0 {
+        count_drop(DropCounter::StackUnreadable);
+        (filled as i32, 0)
+    } else {
+        (0, filled as u64)
+    };
+    unsafe {
+        let header = event(pid_tgid, EVENT_ALLOC_WITH_STACK, address, size, stack_id);
+        core::ptr::addr_of_mut!((*record).event).write(header);
+        core::ptr::addr_of_mut!((*record).stack_bytes).write(stack_bytes);
+    }
+    entry.submit(0);
 }
 
 #[uprobe]

@@ -19,7 +19,11 @@ tasks:
 
 /// Debian packages the integration tests run: fixtures are built with gcc, launch mode is
 /// checked against valgrind, and bpftool shows what stays attached.
-const TEST_PACKAGES: [(&str, &str); 3] = [("gcc", "gcc"), ("valgrind", "valgrind"), ("bpftool", "bpftool")];
+const TEST_PACKAGES: [(&str, &str); 3] = [
+    ("gcc", "gcc"),
+    ("valgrind", "valgrind"),
+    ("bpftool", "bpftool"),
+];
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
@@ -61,15 +65,32 @@ fn build_ebpf() -> Result<()> {
         )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .args(["run", "nightly", "cargo", "build", "--package", "leaktrace-ebpf", "--bins"])
-        .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "leaktrace-ebpf",
+            "--bins",
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ]))
     .context("eBPF build failed (is the toolchain there? run `cargo xtask setup-ebpf`)")?;
 
     let built = root.join("target/bpfel-unknown-none/release/leaktrace");
     let object = root.join("leaktrace/bpf/leaktrace.bpf.o");
     fs::copy(&built, &object).with_context(|| format!("copy {}", built.display()))?;
     let stamp = stamp::ebpf_source_stamp(&root)?;
-    fs::write(root.join("leaktrace/bpf/leaktrace.bpf.stamp"), format!("{stamp}\n"))?;
+    fs::write(
+        root.join("leaktrace/bpf/leaktrace.bpf.stamp"),
+        format!("{stamp}\n"),
+    )?;
     println!("wrote {} (stamp {stamp})", object.display());
     Ok(())
 }
@@ -81,7 +102,10 @@ fn setup_ebpf() -> Result<()> {
         "libzstd-dev",
         "zlib1g-dev",
     ])?;
-    let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        env::var("PATH").unwrap_or_default()
+    );
     run(Command::new("cargo")
         .env("PATH", path)
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
@@ -99,9 +123,11 @@ fn test() -> Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace())
-        .args(["test", "--workspace", "--exclude", "leaktrace-ebpf"]))
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace())
+            .args(["test", "--workspace", "--exclude", "leaktrace-ebpf"]),
+    )
 }
 
 fn on_path(binary: &str) -> bool {

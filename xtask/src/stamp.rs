@@ -24,7 +24,12 @@ pub fn ebpf_source_stamp(workspace: &Path) -> io::Result<String> {
     for file in &files {
         let relative = file.strip_prefix(workspace).unwrap_or(file);
         let contents = fs::read(file)?;
-        for chunk in [relative.as_os_str().as_encoded_bytes(), &[0], &contents, &[0]] {
+        for chunk in [
+            relative.as_os_str().as_encoded_bytes(),
+            &[0],
+            &contents,
+            &[0],
+        ] {
             for byte in chunk {
                 hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
             }

@@ -1,0 +1,95 @@
+//! The command line: the contract users and scripts rely on (the README lists it).
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Find memory leaks in a running process: uprobes on its allocator, live bytes per call site.
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    after_help = "With neither -p nor a command, leaktrace runs its built-in leaking demo.\n\n\
+Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permitted,\n\
+5 no allocator found, 6 kernel lacks BPF/uprobes, 7 command could not start,\n\
+8 output path unusable."
+)]
+pub struct Cli {
+    /// Attach to this running process.
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// End the capture after this long (e.g. 30s, 5m); default: until Ctrl-C or target exit.
+    #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Period of the live report [default: 5s; 1s for the demo].
+    #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Call sites shown in each report.
+    #[arg(short = 'T', long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+
+    /// Write folded stacks of live bytes (flamegraph.pl / inferno input) here.
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<PathBuf>,
+
+    /// Write the final report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Log what leaktrace does (probe points, maps, skipped steps).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Run the built-in demo workload instead of tracing (leaktrace starts itself this way).
+    #[arg(long, hide = true)]
+    pub demo_target: bool,
+
+    /// Start this command stopped, trace it from its first instruction, report at its exit.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration like 500ms, 30s or 5m"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let cli =
+            Cli::try_parse_from(["leaktrace", "-p", "42", "-d", "30s", "-i", "1s", "-T", "3"])
+                .unwrap();
+        assert_eq!(cli.pid, Some(42));
+        assert_eq!(cli.duration, Some(Duration::from_secs(30)));
+        assert_eq!(cli.interval, Some(Duration::from_secs(1)));
+        assert_eq!(cli.top, 3);
+        let cli = Cli::try_parse_from(["leaktrace", "-d", "5m", "--", "./a.out", "-x"]).unwrap();
+        assert_eq!(cli.command, ["./a.out", "-x"]);
+        assert_eq!(cli.duration, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn rejects_bad_durations_counts_and_pid_with_command() {
+        for args in [
+            &["leaktrace", "-d", "soon"][..],
+            &["leaktrace", "-i", "0s"],
+            &["leaktrace", "-T", "0"],
+            &["leaktrace", "-p", "1", "--", "ls"],
+            &["leaktrace", "-p", "-5"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

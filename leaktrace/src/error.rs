@@ -1,0 +1,104 @@
+//! Failures an operator must act on, each with its own exit code so scripts can tell them apart.
+
+use std::{io, path::PathBuf};
+
+/// A failure with a remedy. Anything else leaktrace reports exits with [`EXIT_OTHER`].
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("no process with pid {0}: check the pid with `ps -p {0}`")]
+    NoSuchProcess(u32),
+    #[error("not permitted to {action}: run as root, or grant {capability}")]
+    NotPermitted {
+        action: String,
+        capability: &'static str,
+    },
+    #[error("no allocator found in pid {0}: it maps no library that defines malloc")]
+    NoAllocator(u32),
+    #[error("this kernel cannot run leaktrace: {0}")]
+    KernelUnsupported(String),
+    #[error("could not start `{command}`: {source}")]
+    LaunchFailed { command: String, source: io::Error },
+    #[error("cannot write {}: {reason}", path.display())]
+    OutputPath { path: PathBuf, reason: String },
+}
+
+/// Exit code for failures that are not a [`Failure`].
+pub const EXIT_OTHER: i32 = 1;
+/// Exit code clap uses for bad flags and arguments.
+pub const EXIT_USAGE: i32 = 2;
+
+impl Failure {
+    /// The process exit code; the README lists them.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::NoSuchProcess(_) => 3,
+            Failure::NotPermitted { .. } => 4,
+            Failure::NoAllocator(_) => 5,
+            Failure::KernelUnsupported(_) => 6,
+            Failure::LaunchFailed { .. } => 7,
+            Failure::OutputPath { .. } => 8,
+        }
+    }
+}
+
+/// The exit code for an error chain: the first [`Failure`] in it decides.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<Failure>())
+        .map_or(EXIT_OTHER, Failure::exit_code)
+}
+
+/// The errno of the first I/O error in a chain, for classifying kernel refusals.
+pub fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(errno) = current
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(errno);
+        }
+        cause = current.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_own_exit_code() {
+        let failures = [
+            Failure::NoSuchProcess(1),
+            Failure::NotPermitted {
+                action: "x".into(),
+                capability: "y",
+            },
+            Failure::NoAllocator(1),
+            Failure::KernelUnsupported("x".into()),
+            Failure::LaunchFailed {
+                command: "x".into(),
+                source: io::Error::from_raw_os_error(2),
+            },
+            Failure::OutputPath {
+                path: "x".into(),
+                reason: "y".into(),
+            },
+        ];
+        let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
+        codes.extend([EXIT_OTHER, EXIT_USAGE, 0]);
+        let count = codes.len();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), count, "exit codes collide: {codes:?}");
+    }
+
+    #[test]
+    fn exit_code_finds_a_failure_behind_context() {
+        let error = anyhow::Error::new(Failure::NoAllocator(7)).context("attaching");
+        assert_eq!(exit_code(&error), 5);
+        assert_eq!(exit_code(&anyhow::anyhow!("plain")), EXIT_OTHER);
+    }
+}

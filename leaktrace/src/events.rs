@@ -1,0 +1,174 @@
+//! Decoding the ring buffer's records.
+
+use leaktrace_common::{
+    AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_FREE,
+};
+
+/// Where an allocation's stack is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// In the kernel's stack map, under this id.
+    Id(u32),
+    /// In the record itself (the stack map had no room): return addresses, innermost first.
+    Inline(Vec<u64>),
+    /// Not recorded (the kernel could not read it).
+    Lost,
+}
+
+/// What the target's allocator did, as userspace works with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Alloc {
+        pid: u32,
+        address: u64,
+        size: u64,
+        stack: Stack,
+        timestamp_ns: u64,
+    },
+    Free {
+        pid: u32,
+        address: u64,
+    },
+}
+
+impl Event {
+    /// Decodes one ring buffer record; `None` for a record of the wrong size or kind, which
+    /// would mean the object and this binary disagree on the format.
+    pub fn decode(bytes: &[u8]) -> Option<Event> {
+        if bytes.len() < size_of::<AllocEvent>() {
+            return None;
+        }
+        // The ring buffer aligns records to 8 bytes, but do not rely on it.
+        let raw = unsafe { bytes.as_ptr().cast::<AllocEvent>().read_unaligned() };
+        let alloc = |stack| Event::Alloc {
+            pid: raw.tgid,
+            address: raw.address,
+            size: raw.size,
+            stack,
+            timestamp_ns: raw.timestamp_ns,
+        };
+        match raw.kind {
+            EVENT_ALLOC => Some(alloc(match u32::try_from(raw.stack_id) {
+                Ok(id) => Stack::Id(id),
+                Err(_) => Stack::Lost,
+            })),
+            EVENT_ALLOC_WITH_STACK => {
+                if bytes.len() < size_of::<AllocEventWithStack>() {
+                    return None;
+                }
+                let full = unsafe {
+                    bytes
+                        .as_ptr()
+                        .cast::<AllocEventWithStack>()
+                        .read_unaligned()
+                };
+                let depth = (full.stack_bytes as usize / 8).min(full.frames.len());
+                Some(alloc(if depth == 0 {
+                    Stack::Lost
+                } else {
+                    Stack::Inline(full.frames[..depth].to_vec())
+                }))
+            }
+            EVENT_FREE => Some(Event::Free {
+                pid: raw.tgid,
+                address: raw.address,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match *self {
+            Event::Alloc { pid, .. } | Event::Free { pid, .. } => pid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(record: &T) -> Vec<u8> {
+        let ptr = (record as *const T).cast::<u8>();
+        unsafe { std::slice::from_raw_parts(ptr, size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_an_allocation_and_a_free() {
+        let mut raw = AllocEvent {
+            timestamp_ns: 5,
+            address: 0x1000,
+            size: 24,
+            tgid: 7,
+            tid: 8,
+            stack_id: 3,
+            kind: EVENT_ALLOC,
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Alloc {
+                pid: 7,
+                address: 0x1000,
+                size: 24,
+                stack: Stack::Id(3),
+                timestamp_ns: 5
+            })
+        );
+        raw.stack_id = -14;
+        assert!(matches!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Alloc {
+                stack: Stack::Lost,
+                ..
+            })
+        ));
+        raw.kind = EVENT_FREE;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Free {
+                pid: 7,
+                address: 0x1000
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_an_inline_stack() {
+        let mut frames = [0u64; leaktrace_common::MAX_STACK_DEPTH];
+        frames[..3].copy_from_slice(&[0xa, 0xb, 0xc]);
+        let record = AllocEventWithStack {
+            event: AllocEvent {
+                timestamp_ns: 1,
+                address: 0x2000,
+                size: 8,
+                tgid: 7,
+                tid: 7,
+                stack_id: 0,
+                kind: EVENT_ALLOC_WITH_STACK,
+            },
+            stack_bytes: 24,
+            frames,
+        };
+        let bytes = bytes_of(&record);
+        assert!(matches!(
+            Event::decode(&bytes),
+            Some(Event::Alloc { stack: Stack::Inline(f), .. }) if f == [0xa, 0xb, 0xc]
+        ));
+        assert_eq!(Event::decode(&bytes[..size_of::<AllocEvent>()]), None);
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_kinds() {
+        let raw = AllocEvent {
+            timestamp_ns: 0,
+            address: 0,
+            size: 0,
+            tgid: 0,
+            tid: 0,
+            stack_id: 0,
+            kind: 99,
+        };
+        assert_eq!(Event::decode(&bytes_of(&raw)), None);
+        assert_eq!(Event::decode(&bytes_of(&raw)[..8]), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The outstanding allocations and what each call site holds.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Index of a call site in the [`Ledger`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteId(u32);
+
+impl SiteId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A block the target allocated and has not freed.
+///
+/// Kept to 16 bytes so that the outstanding map costs 24 bytes per slot (the u64 address key
+/// included) plus hashbrown's one control byte: with its load factor between 7/16 and 7/8,
+/// 28 to 57 bytes per live allocation. leaktrace's memory grows with the target's live blocks,
+/// not with its allocation rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Outstanding {
+    size: u64,
+    site: SiteId,
+    /// Milliseconds since the capture started (49 days fit).
+    allocated_ms: u32,
+}
+
+/// What one call site allocated and still holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SiteStats {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub alloc_bytes: u64,
+}
+
+/// Totals over all sites, plus the events that matched no site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub alloc_bytes: u64,
+    /// Frees of addresses never seen allocated: blocks from before the attach, mostly.
+    pub unmatched_frees: u64,
+    /// Allocations returned at an address we still held as live: its free was not seen
+    /// (a lost event), so the old block is taken as freed.
+    pub missed_frees: u64,
+}
+
+/// Identifies a distinct stack: the kernel's stack id, a key [`crate::callsite::CallSites`]
+/// gave an inline stack, or [`Ledger::LOST_STACK`].
+pub type StackKey = i64;
+
+/// Address → outstanding block, and per call site (a distinct stack) its aggregates.
+///
+/// Every allocation whose stack was lost shares one site keyed by [`Ledger::LOST_STACK`].
+#[derive(Default)]
+pub struct Ledger {
+    outstanding: HashMap<u64, Outstanding>,
+    sites: Vec<SiteStats>,
+    stack_keys: Vec<StackKey>,
+    site_of_stack: HashMap<StackKey, SiteId>,
+    unmatched_frees: u64,
+    missed_frees: u64,
+}
+
+impl Ledger {
+    /// Site key of allocations whose stack the kernel could not record.
+    pub const LOST_STACK: StackKey = -1;
+
+    /// Records an allocation; returns the site and whether the site is new, so the caller can
+    /// fetch the stack once.
+    pub fn record_alloc(
+        &mut self,
+        address: u64,
+        size: u64,
+        stack: StackKey,
+        allocated_ms: u32,
+    ) -> (SiteId, bool) {
+        let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
+        let stats = &mut self.sites[site.index()];
+        stats.allocs += 1;
+        stats.alloc_bytes += size;
+        stats.live_bytes += size;
+        stats.live_allocations += 1;
+        let block = Outstanding {
+            size,
+            site,
+            allocated_ms,
+        };
+        if let Some(stale) = self.outstanding.insert(address, block) {
+            self.missed_frees += 1;
+            self.release(stale);
+        }
+        (site, is_new)
+    }
+
+    pub fn record_free(&mut self, address: u64) {
+        match self.outstanding.remove(&address) {
+            Some(block) => self.release(block),
+            None => self.unmatched_frees += 1,
+        }
+    }
+
+    fn release(&mut self, block: Outstanding) {
+        let stats = &mut self.sites[block.site.index()];
+        stats.frees += 1;
+        stats.live_bytes -= block.size;
+        stats.live_allocations -= 1;
+    }
+
+    fn site_for(&mut self, stack: StackKey) -> (SiteId, bool) {
+        if let Some(&site) = self.site_of_stack.get(&stack) {
+            return (site, false);
+        }
+        let site = SiteId(self.sites.len() as u32);
+        self.sites.push(SiteStats::default());
+        self.stack_keys.push(stack);
+        self.site_of_stack.insert(stack, site);
+        (site, true)
+    }
+
+    /// Every site with its stack key and stats, in creation order.
+    pub fn sites(&self) -> impl Iterator<Item = (SiteId, StackKey, &SiteStats)> {
+        self.sites
+            .iter()
+            .zip(&self.stack_keys)
+            .enumerate()
+            .map(|(index, (stats, &stack))| (SiteId(index as u32), stack, stats))
+    }
+
+    pub fn site(&self, site: SiteId) -> &SiteStats {
+        &self.sites[site.index()]
+    }
+
+    pub fn site_count(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals {
+            unmatched_frees: self.unmatched_frees,
+            missed_frees: self.missed_frees,
+            ..Totals::default()
+        };
+        for stats in &self.sites {
+            totals.live_bytes += stats.live_bytes;
+            totals.live_allocations += stats.live_allocations;
+            totals.allocs += stats.allocs;
+            totals.frees += stats.frees;
+            totals.alloc_bytes += stats.alloc_bytes;
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outstanding_slot_is_24_bytes() {
+        assert_eq!(size_of::<(u64, Outstanding)>(), 24);
+    }
+
+    #[test]
+    fn live_bytes_follow_allocs_and_frees_per_site() {
+        let mut ledger = Ledger::default();
+        let (leaky, new) = ledger.record_alloc(0x10, 100, 5, 0);
+        assert!(new);
+        let (same, new) = ledger.record_alloc(0x20, 50, 5, 1);
+        assert_eq!((same, new), (leaky, false));
+        let (balanced, _) = ledger.record_alloc(0x30, 8, 6, 2);
+        ledger.record_free(0x30);
+        ledger.record_free(0x10);
+
+        assert_eq!(
+            *ledger.site(leaky),
+            SiteStats {
+                live_bytes: 50,
+                live_allocations: 1,
+                allocs: 2,
+                frees: 1,
+                alloc_bytes: 150
+            }
+        );
+        assert_eq!(ledger.site(balanced).live_bytes, 0);
+        assert_eq!(ledger.site(balanced).frees, 1);
+        let totals = ledger.totals();
+        assert_eq!((totals.live_bytes, totals.live_allocations), (50, 1));
+        assert_eq!(
+            (totals.allocs, totals.frees, totals.alloc_bytes),
+            (3, 2, 158)
+        );
+    }
+
+    #[test]
+    fn unknown_frees_are_counted_not_applied() {
+        let mut ledger = Ledger::default();
+        ledger.record_alloc(0x10, 100, 5, 0);
+        ledger.record_free(0x999);
+        assert_eq!(ledger.totals().unmatched_frees, 1);
+        assert_eq!(ledger.totals().live_bytes, 100);
+    }
+
+    #[test]
+    fn a_reused_address_releases_the_block_whose_free_was_missed() {
+        let mut ledger = Ledger::default();
+        let (first, _) = ledger.record_alloc(0x10, 100, 5, 0);
+        let (second, _) = ledger.record_alloc(0x10, 30, 6, 1);
+        assert_eq!(ledger.site(first).live_bytes, 0);
+        assert_eq!(ledger.site(second).live_bytes, 30);
+        assert_eq!(ledger.totals().missed_frees, 1);
+    }
+
+    #[test]
+    fn lost_stacks_share_one_site() {
+        let mut ledger = Ledger::default();
+        let (a, _) = ledger.record_alloc(0x10, 1, -17, 0);
+        let (b, _) = ledger.record_alloc(0x20, 1, -14, 0);
+        assert_eq!(a, b);
+        assert_eq!(ledger.sites().next().unwrap().1, Ledger::LOST_STACK);
+    }
+}

@@ -1,0 +1,111 @@
+//! leaktrace: memory leaks of a live process, found with eBPF uprobes on its allocator.
+//!
+//! The modules follow the data: [`allocator`] finds the library to probe, [`probes`] attaches
+//! to it, [`events`] decodes what the ring buffer brings, [`ledger`] keeps the outstanding
+//! blocks and per-site totals, [`trends`] the change between reports, [`symbolize`] and
+//! [`callsite`] turn stacks into frames, and [`report`] renders the result. [`capture`] runs
+//! the loop that ties them together.
+
+pub mod allocator;
+pub mod callsite;
+pub mod capture;
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod events;
+pub mod ledger;
+pub mod probes;
+pub mod proc_maps;
+pub mod report;
+pub mod symbolize;
+pub mod target;
+pub mod trends;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    callsite::CallSites, capture::CaptureOptions, cli::Cli, error::Failure, probes::ProbeSet,
+    report::render_final, symbolize::Symbolizer, target::Target,
+};
+
+/// Runs one capture as the command line asks.
+pub fn run(cli: Cli) -> Result<()> {
+    for path in cli.json.iter().chain(&cli.folded) {
+        check_output_path(path)?;
+    }
+    let demo = cli.pid.is_none() && cli.command.is_empty();
+    let (target, allocator) = match cli.pid {
+        Some(pid) => {
+            let target = Target::existing(pid)?;
+            let allocator = target.find_allocator()?;
+            (target, allocator)
+        }
+        None if demo => {
+            let exe = std::env::current_exe().context("find leaktrace's own binary")?;
+            Target::launch(&[exe.into(), OsString::from("--demo-target")])?
+        }
+        None => Target::launch(&cli.command)?,
+    };
+    let mut probes = ProbeSet::attach(target.pid, &allocator)?;
+    let symbolizer =
+        Symbolizer::new(target.pid).with_context(|| format!("read /proc/{}/maps", target.pid))?;
+    target.resume()?;
+    eprintln!(
+        "leaktrace: attached to pid {} ({}); probing {}",
+        target.pid,
+        target.command,
+        allocator.path.display()
+    );
+
+    let default_interval = if demo { 1 } else { 5 };
+    let options = CaptureOptions {
+        duration: cli.duration,
+        interval: cli
+            .interval
+            .unwrap_or(Duration::from_secs(default_interval)),
+        top: cli.top as usize,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(capture::run(
+        &target,
+        allocator.path.display().to_string(),
+        &mut probes,
+        symbolizer,
+        CallSites::new(allocator.path.clone()),
+        &options,
+    ))?;
+    drop(probes);
+
+    print!("\n{}", render_final(&report, options.top));
+    if let Some(path) = &cli.json {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &cli.folded {
+        report.write_folded(path)?;
+    }
+    Ok(())
+}
+
+/// Fails before the capture, not after it, when a report could not be written.
+fn check_output_path(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Failure::OutputPath {
+            path: path.to_path_buf(),
+            reason: format!("directory {} does not exist", parent.display()),
+        }
+        .into());
+    }
+    Ok(())
+}

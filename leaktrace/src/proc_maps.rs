@@ -1,0 +1,105 @@
+//! `/proc/PID/maps`: which file backs which address range of the target.
+
+use std::{fs, io, path::PathBuf};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub executable: bool,
+    /// The backing file as the target sees it; `None` for anonymous, heap, stack and the like.
+    pub path: Option<PathBuf>,
+}
+
+/// The target's address space at one moment.
+///
+/// Kept as a snapshot because a target that exits or unmaps a library still has stacks that
+/// point into it.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessMaps {
+    mappings: Vec<Mapping>,
+}
+
+impl ProcessMaps {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        Ok(Self::parse(&fs::read_to_string(format!(
+            "/proc/{pid}/maps"
+        ))?))
+    }
+
+    /// Parses the text of a maps file; lines that do not parse are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mut mappings: Vec<Mapping> = text.lines().filter_map(parse_line).collect();
+        mappings.sort_by_key(|m| m.start);
+        Self { mappings }
+    }
+
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
+    /// The mapping that contains `address`.
+    pub fn find(&self, address: u64) -> Option<&Mapping> {
+        let index = self.mappings.partition_point(|m| m.start <= address);
+        let mapping = self.mappings.get(index.checked_sub(1)?)?;
+        (address < mapping.end).then_some(mapping)
+    }
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let _device = fields.next()?;
+    let _inode = fields.next()?;
+    let path = fields.next().map(str::trim_start).unwrap_or("");
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        path: path.starts_with('/').then(|| PathBuf::from(path)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d4c8a00000-55d4c8a01000 r--p 00000000 fe:01 1234     /usr/bin/fixture
+55d4c8a01000-55d4c8a02000 r-xp 00001000 fe:01 1234     /usr/bin/fixture
+55d4c9000000-55d4c9021000 rw-p 00000000 00:00 0        [heap]
+7f0000028000-7f000019d000 r-xp 00028000 fe:01 99       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f00001a0000-7f00001a1000 rw-p 00000000 00:00 0 
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0        [stack]
+";
+
+    #[test]
+    fn parses_file_backed_and_anonymous_lines() {
+        let maps = ProcessMaps::parse(MAPS);
+        assert_eq!(maps.mappings().len(), 6);
+        let text = &maps.mappings()[1];
+        assert_eq!(
+            (text.start, text.end, text.offset),
+            (0x55d4c8a01000, 0x55d4c8a02000, 0x1000)
+        );
+        assert!(text.executable);
+        assert_eq!(text.path.as_deref(), Some("/usr/bin/fixture".as_ref()));
+        assert_eq!(maps.mappings()[2].path, None, "[heap] is not a file");
+        assert_eq!(maps.mappings()[4].path, None, "anonymous");
+    }
+
+    #[test]
+    fn finds_the_mapping_containing_an_address() {
+        let maps = ProcessMaps::parse(MAPS);
+        let libc = maps.find(0x7f0000030000).expect("inside libc's text");
+        assert_eq!(libc.offset, 0x28000);
+        assert!(maps.find(0x7f000019d000).is_none(), "end is exclusive");
+        assert!(maps.find(0x1000).is_none(), "below every mapping");
+    }
+}

@@ -1,0 +1,136 @@
+//! The final report: one model, rendered as text, JSON and folded stacks.
+
+mod folded;
+mod text;
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub use folded::folded_stacks;
+pub use text::{IntervalRow, render_final, render_interval};
+
+use crate::{
+    callsite::CallSites,
+    ledger::{Ledger, SiteStats, Totals},
+    probes::DropCounts,
+    symbolize::{Frame, Symbolizer},
+};
+
+/// One call site in the report.
+#[derive(Debug, Serialize)]
+pub struct SiteReport {
+    #[serde(flatten)]
+    pub stats: SiteStats,
+    /// Innermost first; `frames[0]` is the first frame outside the allocator.
+    pub frames: Vec<Frame>,
+}
+
+/// How the capture ended, so the text can say "in use at exit" only when that is what it saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// The window (`-d`) closed.
+    DurationElapsed,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The target exited; `status` is its exit code, or 128 + signal.
+    TargetExited { status: Option<i32> },
+}
+
+/// The final state of a capture. Its JSON form is the contract in the README: fields may be
+/// added, never removed or renamed.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub pid: u32,
+    pub command: String,
+    pub allocator: String,
+    pub duration_s: f64,
+    /// True when leaktrace started the target: then nothing was allocated unseen.
+    pub from_start: bool,
+    pub ending: Ending,
+    pub totals: Totals,
+    pub drops: DropCounts,
+    /// Every site, by live bytes (most first).
+    pub sites: Vec<SiteReport>,
+}
+
+impl Report {
+    pub fn build(
+        header: ReportHeader,
+        ledger: &Ledger,
+        call_sites: &mut CallSites,
+        symbolizer: &mut Symbolizer,
+        drops: DropCounts,
+    ) -> Report {
+        let mut sites: Vec<_> = ledger
+            .sites()
+            .map(|(site, _, stats)| (site, *stats))
+            .collect();
+        sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        let sites = sites
+            .into_iter()
+            .map(|(site, stats)| SiteReport {
+                stats,
+                frames: call_sites.frames(site, symbolizer).to_vec(),
+            })
+            .collect();
+        Report {
+            pid: header.pid,
+            command: header.command,
+            allocator: header.allocator,
+            duration_s: header.duration_s,
+            from_start: header.from_start,
+            ending: header.ending,
+            totals: ledger.totals(),
+            drops,
+            sites,
+        }
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)?;
+        fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))
+    }
+
+    pub fn write_folded(&self, path: &Path) -> Result<()> {
+        fs::write(path, folded_stacks(self)).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// What the report says about the capture itself.
+pub struct ReportHeader {
+    pub pid: u32,
+    pub command: String,
+    pub allocator: String,
+    pub duration_s: f64,
+    pub from_start: bool,
+    pub ending: Ending,
+}
+
+/// 1234567 → "1,234,567": byte counts are read by people first.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,155 @@
+//! What the operator reads on the terminal.
+
+use std::fmt::Write;
+
+use super::{Ending, Report, thousands};
+use crate::probes::DropCounts;
+
+/// Frames shown per site in the final text report; JSON and folded output have them all.
+const FRAMES_SHOWN: usize = 12;
+
+/// The final report, top `top` sites by live bytes.
+pub fn render_final(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let totals = &report.totals;
+    let _ = writeln!(
+        out,
+        "leaktrace: pid {} ({}), {:.1} s, allocator {}",
+        report.pid, report.command, report.duration_s, report.allocator
+    );
+    let held = format!(
+        "{} bytes in {} blocks",
+        thousands(totals.live_bytes),
+        thousands(totals.live_allocations)
+    );
+    match (report.from_start, report.ending) {
+        (true, Ending::TargetExited { .. }) => {
+            let _ = writeln!(out, "in use at exit: {held}");
+        }
+        (true, _) => {
+            let _ = writeln!(out, "live: {held}");
+        }
+        (false, _) => {
+            let _ = writeln!(out, "live: {held}, allocated since attach");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "seen: {} allocations ({} bytes), {} frees",
+        thousands(totals.allocs),
+        thousands(totals.alloc_bytes),
+        thousands(totals.frees)
+    );
+    if let Ending::TargetExited { status } = report.ending {
+        let status = status.map_or("unknown".to_owned(), |s| s.to_string());
+        let _ = writeln!(out, "target exited with status {status}");
+    }
+    if totals.unmatched_frees > 0 {
+        let _ = writeln!(
+            out,
+            "frees of blocks not seen allocated (allocated before attach): {}",
+            thousands(totals.unmatched_frees)
+        );
+    }
+    out.push_str(&drops_line(&report.drops, totals.missed_frees));
+    let live: Vec<_> = report
+        .sites
+        .iter()
+        .filter(|s| s.stats.live_bytes > 0)
+        .collect();
+    if live.is_empty() {
+        out.push_str("no call site holds live bytes\n");
+    }
+    for (rank, site) in live.iter().take(top).enumerate() {
+        let stats = &site.stats;
+        let _ = writeln!(
+            out,
+            "\n#{} {} bytes in {} blocks (allocs {}, frees {})",
+            rank + 1,
+            thousands(stats.live_bytes),
+            thousands(stats.live_allocations),
+            thousands(stats.allocs),
+            thousands(stats.frees)
+        );
+        if site.frames.is_empty() {
+            out.push_str("    [stack not recorded]\n");
+        }
+        for frame in site.frames.iter().take(FRAMES_SHOWN) {
+            let inlined = if frame.inlined { " (inlined)" } else { "" };
+            let _ = writeln!(out, "    {}{inlined}", frame.describe());
+        }
+        if site.frames.len() > FRAMES_SHOWN {
+            let _ = writeln!(
+                out,
+                "    … {} more frames",
+                site.frames.len() - FRAMES_SHOWN
+            );
+        }
+    }
+    if live.len() > top {
+        let _ = writeln!(out, "\n… {} more sites hold live bytes", live.len() - top);
+    }
+    out
+}
+
+/// Drops are printed even when zero, so a reader knows they were checked.
+fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
+    let inline = if drops.stack_map_full > 0 {
+        format!(
+            " ({} stacks did not fit the stack map and came inline: none lost)",
+            thousands(drops.stack_map_full)
+        )
+    } else {
+        String::new()
+    };
+    if drops.lost() == 0 && missed_frees == 0 {
+        return format!("drops: none{inline}\n");
+    }
+    format!(
+        "drops: ring buffer full {}, stack unreadable {}, pending map full {}, frees missed {}: \
+         the numbers above are a lower bound{inline}\n",
+        thousands(drops.ring_buffer_full),
+        thousands(drops.stack_unreadable),
+        thousands(drops.pending_map_full),
+        thousands(missed_frees)
+    )
+}
+
+/// One row of the live view.
+pub struct IntervalRow {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub change: i64,
+    pub site: String,
+}
+
+/// The live view each interval: totals, then the top sites with their change since the last.
+pub fn render_interval(
+    elapsed_s: f64,
+    live_bytes: u64,
+    live_allocations: u64,
+    drops: &DropCounts,
+    rows: &[IntervalRow],
+) -> String {
+    let mut out = format!(
+        "[{elapsed_s:7.1}s] live {} bytes in {} blocks",
+        thousands(live_bytes),
+        thousands(live_allocations)
+    );
+    if drops.lost() > 0 {
+        let _ = write!(out, " (lost events: {})", thousands(drops.lost()));
+    }
+    out.push('\n');
+    for row in rows {
+        let sign = if row.change < 0 { '-' } else { '+' };
+        let _ = writeln!(
+            out,
+            "  {sign}{:>12}  {:>14} B  {:>9} blocks  {}",
+            thousands(row.change.unsigned_abs()),
+            thousands(row.live_bytes),
+            thousands(row.live_allocations),
+            row.site
+        );
+    }
+    out
+}

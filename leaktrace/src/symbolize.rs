@@ -1,0 +1,313 @@
+//! Runtime addresses → function, file:line and inline frames.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSegment};
+use serde::Serialize;
+
+use crate::{
+    allocator::host_path,
+    proc_maps::{Mapping, ProcessMaps},
+};
+
+/// One source-level frame of a stack. An address inside inlined code gives several, innermost
+/// first, all but the last marked `inlined`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The runtime address, as "0x…" (JSON numbers lose precision past 2^53).
+    pub address: String,
+    pub module: Option<String>,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// `function`, or `module+0xoffset` when nothing better is known: never blank.
+    pub fn name(&self) -> Cow<'_, str> {
+        match (&self.function, &self.module) {
+            (Some(function), _) => Cow::Borrowed(function),
+            (None, Some(module)) => Cow::Owned(format!("{module}+{}", self.address)),
+            (None, None) => Cow::Borrowed(&self.address),
+        }
+    }
+
+    /// `function at file:line`, or as much of it as is known.
+    pub fn describe(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{} at {file}:{line}", self.name()),
+            _ => self.name().into_owned(),
+        }
+    }
+}
+
+/// A PT_LOAD segment: where a file range lands in the ELF's virtual addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadSegment {
+    pub file_offset: u64,
+    pub file_size: u64,
+    pub vaddr: u64,
+}
+
+/// The ELF virtual address of a runtime address inside `mapping`: runtime → file offset through
+/// the maps line, file offset → vaddr through the PT_LOAD that holds it. This works the same for
+/// PIE executables, shared libraries and fixed-address executables.
+pub fn elf_address(mapping: &Mapping, segments: &[LoadSegment], address: u64) -> Option<u64> {
+    let file_offset = address.checked_sub(mapping.start)? + mapping.offset;
+    segments
+        .iter()
+        .find(|s| (s.file_offset..s.file_offset + s.file_size).contains(&file_offset))
+        .map(|s| file_offset - s.file_offset + s.vaddr)
+}
+
+/// A parsed module: its load segments and its debug info.
+struct Module {
+    segments: Vec<LoadSegment>,
+    debug: addr2line::Loader,
+}
+
+impl Module {
+    fn load(path: &Path) -> Option<Module> {
+        // Only the program headers are needed here: read them lazily, not the whole file.
+        let cache = object::ReadCache::new(File::open(path).ok()?);
+        let file = object::File::parse(&cache).ok()?;
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (file_offset, file_size) = segment.file_range();
+                LoadSegment {
+                    file_offset,
+                    file_size,
+                    vaddr: segment.address(),
+                }
+            })
+            .collect();
+        let debug = addr2line::Loader::new(path).ok()?;
+        Some(Module { segments, debug })
+    }
+
+    fn frames(&self, elf_address: u64) -> Vec<(Option<String>, Option<String>, Option<u32>)> {
+        let mut frames = Vec::new();
+        if let Ok(mut iter) = self.debug.find_frames(elf_address) {
+            while let Ok(Some(frame)) = iter.next() {
+                let function = frame
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.demangle().ok())
+                    .map(Cow::into_owned);
+                let (file, line) = frame
+                    .location
+                    .map_or((None, None), |l| (l.file.map(str::to_owned), l.line));
+                frames.push((function, file, line));
+            }
+        }
+        if frames.is_empty() || frames.iter().all(|f| f.0.is_none()) {
+            let symbol = self
+                .debug
+                .find_symbol(elf_address)
+                .map(|name| addr2line::demangle_auto(Cow::Borrowed(name), None).into_owned());
+            let (file, line) = frames.pop().map_or((None, None), |f| (f.1, f.2));
+            frames = vec![(symbol, file, line)];
+        }
+        frames
+    }
+}
+
+/// Symbolizes addresses of one target process.
+///
+/// It keeps the target's maps and an open handle on every file they name, taken while the
+/// target lives, so that stacks can still be symbolized after the target has exited or
+/// unmapped a library. Modules are parsed once, on first use.
+pub struct Symbolizer {
+    pid: u32,
+    maps: ProcessMaps,
+    files: HashMap<PathBuf, File>,
+    modules: HashMap<PathBuf, Option<Module>>,
+}
+
+impl Symbolizer {
+    pub fn new(pid: u32) -> std::io::Result<Self> {
+        let mut symbolizer = Symbolizer {
+            pid,
+            maps: ProcessMaps::default(),
+            files: HashMap::new(),
+            modules: HashMap::new(),
+        };
+        symbolizer.refresh()?;
+        Ok(symbolizer)
+    }
+
+    /// Makes sure every address can be resolved later: when one lies outside the known
+    /// mappings (a library loaded since), the maps are read again and new files opened.
+    pub fn observe(&mut self, addresses: &[u64]) {
+        if addresses.iter().any(|&a| self.maps.find(a).is_none()) {
+            // The target may be gone; then the snapshot is all there is.
+            let _ = self.refresh();
+        }
+    }
+
+    fn refresh(&mut self) -> std::io::Result<()> {
+        self.maps = ProcessMaps::read(self.pid)?;
+        for path in self.maps.mappings().iter().filter_map(|m| m.path.as_ref()) {
+            if !self.files.contains_key(path)
+                && let Ok(file) = File::open(host_path(self.pid, path))
+            {
+                self.files.insert(path.clone(), file);
+            }
+        }
+        Ok(())
+    }
+
+    /// The path of the module that holds `address`, as the target sees it.
+    pub fn module_of(&self, address: u64) -> Option<&Path> {
+        self.maps.find(address)?.path.as_deref()
+    }
+
+    /// Source frames for a return address, innermost first.
+    pub fn symbolize(&mut self, address: u64) -> Vec<Frame> {
+        let mapping = self.maps.find(address).cloned();
+        let module_name = mapping
+            .as_ref()
+            .and_then(|m| m.path.as_ref())
+            .map(|p| p.display().to_string());
+        let frame = |function, file, line, inlined| Frame {
+            address: format!("{address:#x}"),
+            module: module_name.clone(),
+            function,
+            file,
+            line,
+            inlined,
+        };
+        let Some((mapping, path)) = mapping.and_then(|m| m.path.clone().map(|p| (m, p))) else {
+            return vec![frame(None, None, None, false)];
+        };
+        let Some(module) = self.module(&path) else {
+            return vec![frame(None, None, None, false)];
+        };
+        // A return address points after the call; the call itself is one byte earlier.
+        let Some(elf) = elf_address(&mapping, &module.segments, address.saturating_sub(1)) else {
+            return vec![frame(None, None, None, false)];
+        };
+        let found = module.frames(elf);
+        let last = found.len() - 1;
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(i, (function, file, line))| frame(function, file, line, i < last))
+            .collect()
+    }
+
+    fn module(&mut self, path: &Path) -> Option<&Module> {
+        if !self.modules.contains_key(path) {
+            // Read through our open handle: the file may be gone from the target's view.
+            let module = self.files.get(path).and_then(|file| {
+                Module::load(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+            });
+            self.modules.insert(path.to_path_buf(), module);
+        }
+        self.modules.get(path)?.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(start: u64, offset: u64) -> Mapping {
+        Mapping {
+            start,
+            end: start + 0x10000,
+            offset,
+            executable: true,
+            path: Some("/lib/x.so".into()),
+        }
+    }
+
+    #[test]
+    fn pie_text_maps_through_its_load_segment() {
+        // A typical PIE: text at file offset 0x1000, linked at vaddr 0x1000.
+        let segments = [
+            LoadSegment {
+                file_offset: 0,
+                file_size: 0x800,
+                vaddr: 0,
+            },
+            LoadSegment {
+                file_offset: 0x1000,
+                file_size: 0x2000,
+                vaddr: 0x1000,
+            },
+        ];
+        let text = mapping(0x5555_5555_5000, 0x1000);
+        assert_eq!(
+            elf_address(&text, &segments, 0x5555_5555_5123),
+            Some(0x1123)
+        );
+    }
+
+    #[test]
+    fn segment_vaddr_may_differ_from_file_offset() {
+        // Shared libraries often place a segment at vaddr = offset + a page-aligned gap.
+        let segments = [LoadSegment {
+            file_offset: 0x28000,
+            file_size: 0x175000,
+            vaddr: 0x29000,
+        }];
+        let text = mapping(0x7f00_0002_8000, 0x28000);
+        assert_eq!(
+            elf_address(&text, &segments, 0x7f00_0003_0010),
+            Some(0x31010)
+        );
+    }
+
+    #[test]
+    fn address_outside_every_segment_has_no_elf_address() {
+        let segments = [LoadSegment {
+            file_offset: 0x1000,
+            file_size: 0x100,
+            vaddr: 0x1000,
+        }];
+        let text = mapping(0x1000, 0x1000);
+        assert_eq!(elf_address(&text, &segments, 0x1200), None);
+        assert_eq!(elf_address(&text, &segments, 0x0fff), None);
+    }
+
+    #[inline(never)]
+    fn a_function_to_find() -> u64 {
+        a_function_to_find as *const () as u64
+    }
+
+    #[test]
+    fn symbolizes_a_function_of_this_test_binary() {
+        let address = a_function_to_find();
+        let mut symbolizer = Symbolizer::new(std::process::id()).unwrap();
+        // Symbolize the function's first byte (+1, as for a return address).
+        let frames = symbolizer.symbolize(address + 1);
+        let innermost = frames.last().unwrap();
+        assert!(
+            innermost
+                .function
+                .as_deref()
+                .unwrap()
+                .ends_with("a_function_to_find"),
+            "{frames:?}"
+        );
+        assert!(innermost.file.as_deref().unwrap().ends_with("symbolize.rs"));
+        assert!(innermost.line.is_some());
+    }
+
+    #[test]
+    fn unknown_addresses_still_get_a_name() {
+        let mut symbolizer = Symbolizer::new(std::process::id()).unwrap();
+        let frames = symbolizer.symbolize(0x10);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].name(), "0x10");
+    }
+}

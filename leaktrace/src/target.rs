@@ -1,0 +1,172 @@
+//! The traced process: an existing pid, or a command leaktrace starts stopped.
+
+use std::{
+    ffi::OsString,
+    fs,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use nix::{
+    errno::Errno,
+    sys::{
+        ptrace,
+        signal::{Signal, kill},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
+use crate::{
+    allocator::{Allocator, AllocatorSearch},
+    error::Failure,
+    proc_maps::ProcessMaps,
+};
+
+/// How many syscalls of a starting program we watch for its allocator to be mapped. The dynamic
+/// loader maps every needed library within a few dozen; past this the program has no allocator
+/// we can find.
+const MAX_LOADER_SYSCALLS: u32 = 20_000;
+
+/// The process being traced.
+pub struct Target {
+    pub pid: u32,
+    /// Its name, from /proc/PID/comm.
+    pub command: String,
+    /// True when leaktrace started it (and so saw every allocation).
+    pub launched: bool,
+    /// Becomes readable when the process exits.
+    pub exit_fd: OwnedFd,
+}
+
+impl Target {
+    /// An existing process, checked to exist and to be signalable by us.
+    pub fn existing(pid: u32) -> Result<Target> {
+        let nix_pid = i32::try_from(pid)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or(Failure::NoSuchProcess(pid))?;
+        match kill(Pid::from_raw(nix_pid), None) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Err(Failure::NoSuchProcess(pid).into()),
+            Err(Errno::EPERM) => {
+                return Err(Failure::NotPermitted {
+                    action: format!("trace pid {pid}"),
+                    capability: "CAP_SYS_PTRACE",
+                }
+                .into());
+            }
+            Err(errno) => return Err(errno).context(format!("check pid {pid}")),
+        }
+        Target::from_pid(pid, false)
+    }
+
+    fn from_pid(pid: u32, launched: bool) -> Result<Target> {
+        let command = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|comm| comm.trim_end().to_owned())
+            .unwrap_or_else(|_| "?".into());
+        Ok(Target {
+            pid,
+            command,
+            launched,
+            exit_fd: pidfd_open(pid)?,
+        })
+    }
+
+    /// The allocator of a running process.
+    pub fn find_allocator(&self) -> Result<Allocator> {
+        let maps =
+            ProcessMaps::read(self.pid).with_context(|| format!("read /proc/{}/maps", self.pid))?;
+        AllocatorSearch::default()
+            .find(self.pid, &maps)
+            .ok_or_else(|| Failure::NoAllocator(self.pid).into())
+    }
+
+    /// Starts `argv` under ptrace and holds it stopped at the first syscall after its allocator
+    /// is mapped: before any of the allocator's code has run, so no allocation is missed.
+    /// [`Target::resume`] lets it go once the probes are in.
+    pub fn launch(argv: &[OsString]) -> Result<(Target, Allocator)> {
+        let (program, args) = argv.split_first().context("no command given")?;
+        let mut command = Command::new(program);
+        command.args(args);
+        // SAFETY: PTRACE_TRACEME is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
+        }
+        let child = command.spawn().map_err(|source| Failure::LaunchFailed {
+            command: program.to_string_lossy().into_owned(),
+            source,
+        })?;
+        let pid = child.id();
+        let nix_pid = Pid::from_raw(pid as i32);
+        // The exec stop: the new image is loaded and has not run an instruction.
+        expect_stop(waitpid(nix_pid, None)?, pid)?;
+        ptrace::setoptions(
+            nix_pid,
+            ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
+        )?;
+        let target = Target::from_pid(pid, true)?;
+        let mut search = AllocatorSearch::default();
+        for _ in 0..MAX_LOADER_SYSCALLS {
+            let maps = ProcessMaps::read(pid)?;
+            if let Some(allocator) = search.find(pid, &maps) {
+                return Ok((target, allocator));
+            }
+            ptrace::syscall(nix_pid, None)?;
+            expect_stop(waitpid(nix_pid, None)?, pid)?;
+        }
+        Err(Failure::NoAllocator(pid).into())
+    }
+
+    /// Lets a launched target run (probes attached); nothing to do for an existing process.
+    pub fn resume(&self) -> Result<()> {
+        if self.launched {
+            ptrace::detach(Pid::from_raw(self.pid as i32), None)
+                .context("resume the started command")?;
+        }
+        Ok(())
+    }
+
+    /// The exit status of a launched target that has exited (exit code, or 128 + signal).
+    /// leaktrace is not the parent of an existing process, so it cannot know that one's.
+    pub fn reap(&self) -> Option<i32> {
+        if !self.launched {
+            return None;
+        }
+        match waitpid(Pid::from_raw(self.pid as i32), None).ok()? {
+            WaitStatus::Exited(_, code) => Some(code),
+            WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+            _ => None,
+        }
+    }
+}
+
+fn expect_stop(status: WaitStatus, pid: u32) -> Result<()> {
+    match status {
+        WaitStatus::Stopped(_, Signal::SIGTRAP) | WaitStatus::PtraceSyscall(_) => Ok(()),
+        WaitStatus::Exited(_, code) => {
+            bail!("pid {pid} exited with status {code} before its allocator was loaded")
+        }
+        WaitStatus::Signaled(_, signal, _) => {
+            bail!("pid {pid} was killed by {signal} before its allocator was loaded")
+        }
+        other => bail!("pid {pid} stopped unexpectedly while starting: {other:?}"),
+    }
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ESRCH) {
+            return Err(Failure::NoSuchProcess(pid).into());
+        }
+        return Err(error).context("pidfd_open");
+    }
+    // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
