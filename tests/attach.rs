@@ -1,1 +1,187 @@
+//! `leaktrace -p PID`: attaching to a running fixture, exact numbers per site.
 
+mod support;
+
+use std::{fs, process::Command, time::Duration};
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Starts `fixture MODE` and waits until it says it is ready (libc loaded, main running).
+fn start_fixture(mode: &str) -> Running {
+    let mut fixture = Running::start(Command::new(build_fixture("fixture")).arg(mode));
+    fixture.stdout.wait_for(|l| l == "ready", WAIT);
+    fixture
+}
+
+fn define(name: &str) -> u64 {
+    fixture_define("fixture", name)
+}
+
+#[test]
+fn attach_counts_every_block_of_a_burst_exactly() {
+    if !bpf_available() {
+        return;
+    }
+    let mut fixture = start_fixture("burst");
+    let json = output_path("attach_burst", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &fixture.pid().to_string(), "--json"])
+            .arg(&json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    fixture.signal(libc::SIGUSR1);
+    fixture.stdout.wait_for(|l| l == "burst done", WAIT);
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(
+        leaktrace.wait(WAIT),
+        0,
+        "stderr: {:?}",
+        leaktrace.stderr.rest()
+    );
+
+    let report = read_json(&json);
+    let leak_bytes = define("LEAK_BYTES");
+    let leaks = define("BURST_LEAKS");
+    let leak = sites_of(&report, "leak_here");
+    assert_eq!(
+        (
+            leak.live_bytes,
+            leak.live_allocations,
+            leak.allocs,
+            leak.frees
+        ),
+        (leaks * leak_bytes, leaks, leaks, 0)
+    );
+
+    let tables = define("CALLOC_TABLES");
+    let table_bytes = define("CALLOC_COUNT") * define("CALLOC_SIZE");
+    let calloc = sites_of(&report, "calloc_table");
+    assert_eq!(
+        (calloc.live_bytes, calloc.live_allocations),
+        (tables * table_bytes, tables)
+    );
+
+    // realloc is a free of the old block and an allocation of the new one.
+    let steps = define("GROW_STEPS");
+    let grown = sites_of(&report, "grow_buffer");
+    assert_eq!(
+        (
+            grown.live_bytes,
+            grown.live_allocations,
+            grown.allocs,
+            grown.frees
+        ),
+        (steps * define("GROW_STEP"), 1, steps, steps - 1)
+    );
+
+    let pairs = define("CHURN_PAIRS");
+    let churn = sites_of(&report, "churn");
+    assert_eq!(
+        (
+            churn.live_bytes,
+            churn.live_allocations,
+            churn.allocs,
+            churn.frees
+        ),
+        (0, 0, pairs, pairs)
+    );
+
+    let totals = &report["totals"];
+    assert_eq!(
+        totals["live_bytes"].as_u64().unwrap(),
+        leak.live_bytes + calloc.live_bytes + grown.live_bytes,
+        "nothing else in the fixture allocates during the burst"
+    );
+    assert_eq!(totals["unmatched_frees"], 0);
+    for (kind, count) in report["drops"].as_object().unwrap() {
+        assert_eq!(count, 0, "drop counter {kind}");
+    }
+    assert_eq!(report["ending"], "interrupted");
+}
+
+#[test]
+fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
+    if !bpf_available() {
+        return;
+    }
+    let mut fixture = start_fixture("continuous");
+    let json = output_path("attach_continuous", "json");
+    let folded = output_path("attach_continuous", "folded");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args([
+                "-p",
+                &fixture.pid().to_string(),
+                "-d",
+                "3s",
+                "-i",
+                "1s",
+                "--json",
+            ])
+            .arg(&json)
+            .arg("--folded")
+            .arg(&folded),
+    );
+    assert_eq!(
+        leaktrace.wait(WAIT),
+        0,
+        "stderr: {:?}",
+        leaktrace.stderr.rest()
+    );
+    let stdout = leaktrace.stdout.rest();
+    let report = read_json(&json);
+
+    let first = &report["sites"][0];
+    let frame = &first["frames"][0];
+    assert_eq!(frame["function"], "leak_here", "{first:#}");
+    assert!(frame["file"].as_str().unwrap().ends_with("fixture.c"));
+    assert_eq!(
+        frame["line"].as_u64().unwrap(),
+        fixture_line("fixture", "/* the leak */")
+    );
+
+    // The fixture logs each leak with its CLOCK_MONOTONIC time; count those inside the window.
+    let start = report["window_start_ns"].as_u64().unwrap();
+    let end = report["window_end_ns"].as_u64().unwrap();
+    let leaks_in_window = fixture
+        .stdout
+        .received()
+        .iter()
+        .filter_map(|line| line.strip_prefix("leak "))
+        .filter_map(|rest| rest.split(' ').nth(1)?.parse::<u64>().ok())
+        .filter(|&ns| (start..end).contains(&ns))
+        .count() as u64;
+    let leak = sites_of(&report, "leak_here");
+    let leak_bytes = define("LEAK_BYTES");
+    assert!(
+        leaks_in_window > 100,
+        "3 s at one leak per 10 ms: {leaks_in_window}"
+    );
+    assert!(
+        leak.live_bytes.abs_diff(leaks_in_window * leak_bytes) <= leak_bytes,
+        "traced {} bytes, fixture logged {leaks_in_window} leaks in the window",
+        leak.live_bytes
+    );
+    assert_eq!(sites_of(&report, "churn").live_bytes, 0);
+    assert!(sites_of(&report, "churn").frees > 0);
+
+    // The live view showed the site growing each interval.
+    let growing = stdout
+        .iter()
+        .filter(|l| l.contains("leak_here at") && l.trim_start().starts_with('+'))
+        .count();
+    assert!(growing >= 2, "live view: {stdout:#?}");
+
+    // The folded stack ends in leak_here, root first, with the same bytes.
+    let folded = fs::read_to_string(&folded).unwrap();
+    let line = folded
+        .lines()
+        .find(|l| l.contains(";leak_here "))
+        .unwrap_or_else(|| panic!("no leak_here stack in {folded}"));
+    assert!(line.contains("main;leak_here "), "{line}");
+    let bytes: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(bytes, leak.live_bytes);
+}

@@ -90,4 +90,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const STACKS: &str = "STACKS";
     pub const DROPS: &str = "DROPS";
+    pub const CONTROL: &str = "CONTROL";
 }
+
+/// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.
+///
+/// Attaching and detaching uprobes takes tens of milliseconds per probe, so the probes come and
+/// go one by one. The switch opens and closes the window for all of them at one instant, and
+/// the report's numbers cover exactly that window.
+pub const CONTROL_ENABLED: u32 = 0;

@@ -3,11 +3,11 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
+    AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
     EVENT_ALLOC_WITH_STACK, EVENT_FREE,
 };
 
@@ -24,6 +24,17 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// Userspace opens and closes the capture window here (see [`CONTROL_ENABLED`]).
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn window_open() -> bool {
+    CONTROL
+        .get(CONTROL_ENABLED)
+        .is_some_and(|enabled| *enabled != 0)
+}
 
 /// What an entry probe leaves for its return probe.
 #[derive(Clone, Copy)]
@@ -64,6 +75,9 @@ fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, size: u64, old_address: u64) {
+    if !window_open() {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let entry_sp = stack_pointer(ctx.regs);
     // An entry found at or below our sp is stale (its return was never seen): replace it.
@@ -83,6 +97,10 @@ fn enter(ctx: &ProbeContext, size: u64, old_address: u64) {
 /// Takes this thread's pending call if this return belongs to it (not to a nested call).
 #[inline(always)]
 fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
+    // A call that returns after the window closed is not the window's: leave it.
+    if !window_open() {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let call = *unsafe { PENDING.get(&pid_tgid) }?;
     // After `ret` the return address has been popped: sp is 8 above the entry's.
@@ -224,7 +242,7 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let address = ctx.arg::<u64>(0).unwrap_or(0);
-    if address == 0 {
+    if address == 0 || !window_open() {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();

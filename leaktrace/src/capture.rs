@@ -14,6 +14,7 @@ use tokio::{
 };
 
 use crate::{
+    allocator::Allocator,
     callsite::CallSites,
     events::{Event, Stack},
     ledger::Ledger,
@@ -129,22 +130,24 @@ impl Capture {
 
 /// Runs the capture until the window closes, a signal arrives or the target exits, then
 /// detaches the probes and builds the report.
+///
+/// `window_start_ns` is when [`ProbeSet::open_window`] opened the window.
 pub async fn run(
     target: &Target,
-    allocator: String,
+    allocator: &Allocator,
     probes: &mut ProbeSet,
-    symbolizer: Symbolizer,
-    call_sites: CallSites,
     options: &CaptureOptions,
+    window_start_ns: u64,
 ) -> Result<Report> {
     let started = Instant::now();
     let mut capture = Capture {
         pid: target.pid,
         ledger: Ledger::default(),
-        call_sites,
-        symbolizer,
+        call_sites: CallSites::new(allocator.path.clone()),
+        symbolizer: Symbolizer::new(target.pid)
+            .with_context(|| format!("read /proc/{}/maps", target.pid))?,
         change: IntervalChange::default(),
-        start_ns: monotonic_ns(),
+        start_ns: window_start_ns,
     };
     // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this function
     // and so these registrations.
@@ -185,8 +188,8 @@ pub async fn run(
             _ = exited.readable() => break Ending::TargetExited { status: None },
         }
     };
-    // Detach first: then the ring buffer holds a finite tail, and all of it is the window's.
-    probes.detach();
+    // Close the window first: then the ring buffer holds a finite tail, all of it the window's.
+    let window_end_ns = probes.close_window_and_detach()?;
     while !capture.drain(probes) {}
     let drops = probes.drops()?;
     let ending = match ending {
@@ -198,8 +201,10 @@ pub async fn run(
     let header = ReportHeader {
         pid: target.pid,
         command: target.command.clone(),
-        allocator,
+        allocator: allocator.path.display().to_string(),
         duration_s: started.elapsed().as_secs_f64(),
+        window_start_ns,
+        window_end_ns,
         from_start: target.launched,
         ending,
     };
@@ -210,13 +215,4 @@ pub async fn run(
         &mut capture.symbolizer,
         drops,
     ))
-}
-
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -30,8 +30,8 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    callsite::CallSites, capture::CaptureOptions, cli::Cli, error::Failure, probes::ProbeSet,
-    report::render_final, symbolize::Symbolizer, target::Target,
+    capture::CaptureOptions, cli::Cli, error::Failure, probes::ProbeSet, report::render_final,
+    target::Target,
 };
 
 /// Runs one capture as the command line asks.
@@ -53,8 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         None => Target::launch(&cli.command)?,
     };
     let mut probes = ProbeSet::attach(target.pid, &allocator)?;
-    let symbolizer =
-        Symbolizer::new(target.pid).with_context(|| format!("read /proc/{}/maps", target.pid))?;
+    let window_start_ns = probes.open_window()?;
     target.resume()?;
     eprintln!(
         "leaktrace: attached to pid {} ({}); probing {}",
@@ -76,11 +75,10 @@ pub fn run(cli: Cli) -> Result<()> {
         .build()?;
     let report = runtime.block_on(capture::run(
         &target,
-        allocator.path.display().to_string(),
+        &allocator,
         &mut probes,
-        symbolizer,
-        CallSites::new(allocator.path.clone()),
         &options,
+        window_start_ns,
     ))?;
     drop(probes);
 

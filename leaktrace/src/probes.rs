@@ -5,10 +5,10 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{UProbe, uprobe::UProbeScope},
 };
-use leaktrace_common::{DropCounter, maps};
+use leaktrace_common::{CONTROL_ENABLED, DropCounter, maps};
 use serde::Serialize;
 
 use crate::{
@@ -70,6 +70,7 @@ pub struct ProbeSet {
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
+    control: Array<MapData, u32>,
 }
 
 impl ProbeSet {
@@ -90,17 +91,30 @@ impl ProbeSet {
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
+        let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         Ok(ProbeSet {
             ebpf: Some(ebpf),
             events,
             stacks,
             drops,
+            control,
         })
     }
 
-    /// Removes the probes now; the maps stay readable for the final report.
-    pub fn detach(&mut self) {
+    /// Starts recording, in every probe at once; returns the instant (CLOCK_MONOTONIC ns).
+    pub fn open_window(&mut self) -> Result<u64> {
+        self.control.set(CONTROL_ENABLED, 1, 0)?;
+        Ok(monotonic_ns())
+    }
+
+    /// Stops recording in every probe at once, then removes the probes (slow: the kernel
+    /// waits for each to quiesce). The maps stay readable for the final report. Returns the
+    /// instant recording stopped.
+    pub fn close_window_and_detach(&mut self) -> Result<u64> {
+        self.control.set(CONTROL_ENABLED, 0, 0)?;
+        let closed = monotonic_ns();
         self.ebpf = None;
+        Ok(closed)
     }
 
     /// The return addresses of a recorded stack, innermost first.
@@ -123,6 +137,16 @@ impl ProbeSet {
             pending_map_full: count(DropCounter::PendingMapFull)?,
         })
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's event timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

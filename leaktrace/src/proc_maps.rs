@@ -12,6 +12,20 @@ pub struct Mapping {
     pub executable: bool,
     /// The backing file as the target sees it; `None` for anonymous, heap, stack and the like.
     pub path: Option<PathBuf>,
+    /// The file was deleted or replaced since it was mapped: only `/proc/PID/map_files`
+    /// still reaches it.
+    pub deleted: bool,
+}
+
+impl Mapping {
+    /// This mapping's entry in `/proc/PID/map_files`: the mapped file itself, even when its
+    /// path is gone or lies in another mount namespace.
+    pub fn map_file(&self, pid: u32) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))
+    }
 }
 
 /// The target's address space at one moment.
@@ -57,12 +71,17 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let _device = fields.next()?;
     let _inode = fields.next()?;
     let path = fields.next().map(str::trim_start).unwrap_or("");
+    let (path, deleted) = match path.strip_suffix(" (deleted)") {
+        Some(path) => (path, true),
+        None => (path, false),
+    };
     Some(Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
         executable: perms.as_bytes().get(2) == Some(&b'x'),
         path: path.starts_with('/').then(|| PathBuf::from(path)),
+        deleted,
     })
 }
 
@@ -76,13 +95,14 @@ mod tests {
 55d4c9000000-55d4c9021000 rw-p 00000000 00:00 0        [heap]
 7f0000028000-7f000019d000 r-xp 00028000 fe:01 99       /usr/lib/x86_64-linux-gnu/libc.so.6
 7f00001a0000-7f00001a1000 rw-p 00000000 00:00 0 
+7f00001b0000-7f00001b1000 r-xp 00000000 fe:01 77       /opt/old lib.so (deleted)
 7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0        [stack]
 ";
 
     #[test]
     fn parses_file_backed_and_anonymous_lines() {
         let maps = ProcessMaps::parse(MAPS);
-        assert_eq!(maps.mappings().len(), 6);
+        assert_eq!(maps.mappings().len(), 7);
         let text = &maps.mappings()[1];
         assert_eq!(
             (text.start, text.end, text.offset),
@@ -92,6 +112,13 @@ mod tests {
         assert_eq!(text.path.as_deref(), Some("/usr/bin/fixture".as_ref()));
         assert_eq!(maps.mappings()[2].path, None, "[heap] is not a file");
         assert_eq!(maps.mappings()[4].path, None, "anonymous");
+        let deleted = &maps.mappings()[5];
+        assert_eq!(deleted.path.as_deref(), Some("/opt/old lib.so".as_ref()));
+        assert!(deleted.deleted && !text.deleted);
+        assert_eq!(
+            deleted.map_file(9),
+            PathBuf::from("/proc/9/map_files/7f00001b0000-7f00001b1000")
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Frame {
     /// The runtime address, as "0x…" (JSON numbers lose precision past 2^53).
     pub address: String,
     pub module: Option<String>,
+    /// The address inside the module's ELF image ("0x…"), stable across runs and ASLR.
+    pub module_offset: Option<String>,
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
@@ -32,10 +34,13 @@ pub struct Frame {
 impl Frame {
     /// `function`, or `module+0xoffset` when nothing better is known: never blank.
     pub fn name(&self) -> Cow<'_, str> {
-        match (&self.function, &self.module) {
-            (Some(function), _) => Cow::Borrowed(function),
-            (None, Some(module)) => Cow::Owned(format!("{module}+{}", self.address)),
-            (None, None) => Cow::Borrowed(&self.address),
+        match (&self.function, &self.module, &self.module_offset) {
+            (Some(function), _, _) => Cow::Borrowed(function),
+            (None, Some(module), Some(offset)) => {
+                let file = module.rsplit('/').next().unwrap_or(module);
+                Cow::Owned(format!("{file}+{offset}"))
+            }
+            _ => Cow::Borrowed(&self.address),
         }
     }
 
@@ -155,10 +160,16 @@ impl Symbolizer {
 
     fn refresh(&mut self) -> std::io::Result<()> {
         self.maps = ProcessMaps::read(self.pid)?;
-        for path in self.maps.mappings().iter().filter_map(|m| m.path.as_ref()) {
-            if !self.files.contains_key(path)
-                && let Ok(file) = File::open(host_path(self.pid, path))
-            {
+        for mapping in self.maps.mappings() {
+            let Some(path) = &mapping.path else { continue };
+            if self.files.contains_key(path) {
+                continue;
+            }
+            // map_files reaches deleted and replaced files; the path through the target's
+            // root is the fallback where map_files is not readable.
+            let file = File::open(mapping.map_file(self.pid))
+                .or_else(|_| File::open(host_path(self.pid, path)));
+            if let Ok(file) = file {
                 self.files.insert(path.clone(), file);
             }
         }
@@ -177,23 +188,32 @@ impl Symbolizer {
             .as_ref()
             .and_then(|m| m.path.as_ref())
             .map(|p| p.display().to_string());
-        let frame = |function, file, line, inlined| Frame {
+        let unknown = Frame {
             address: format!("{address:#x}"),
-            module: module_name.clone(),
+            module: module_name,
+            module_offset: None,
+            function: None,
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        let Some((mapping, path)) = mapping.and_then(|m| m.path.clone().map(|p| (m, p))) else {
+            return vec![unknown];
+        };
+        let Some(module) = self.module(&path) else {
+            return vec![unknown];
+        };
+        // A return address points after the call; the call itself is one byte earlier.
+        let Some(elf) = elf_address(&mapping, &module.segments, address.saturating_sub(1)) else {
+            return vec![unknown];
+        };
+        let frame = |function, file, line, inlined| Frame {
+            module_offset: Some(format!("{:#x}", elf + 1)),
             function,
             file,
             line,
             inlined,
-        };
-        let Some((mapping, path)) = mapping.and_then(|m| m.path.clone().map(|p| (m, p))) else {
-            return vec![frame(None, None, None, false)];
-        };
-        let Some(module) = self.module(&path) else {
-            return vec![frame(None, None, None, false)];
-        };
-        // A return address points after the call; the call itself is one byte earlier.
-        let Some(elf) = elf_address(&mapping, &module.segments, address.saturating_sub(1)) else {
-            return vec![frame(None, None, None, false)];
+            ..unknown.clone()
         };
         let found = module.frames(elf);
         let last = found.len() - 1;
@@ -227,6 +247,7 @@ mod tests {
             offset,
             executable: true,
             path: Some("/lib/x.so".into()),
+            deleted: false,
         }
     }
 
@@ -301,6 +322,21 @@ mod tests {
         );
         assert!(innermost.file.as_deref().unwrap().ends_with("symbolize.rs"));
         assert!(innermost.line.is_some());
+    }
+
+    #[test]
+    fn a_frame_without_function_is_named_by_module_and_offset() {
+        let frame = Frame {
+            address: "0x7f0000001234".into(),
+            module: Some("/usr/lib/libc.so.6".into()),
+            module_offset: Some("0x1234".into()),
+            function: None,
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        assert_eq!(frame.name(), "libc.so.6+0x1234");
+        assert_eq!(frame.describe(), "libc.so.6+0x1234");
     }
 
     #[test]

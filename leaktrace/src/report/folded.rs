@@ -43,6 +43,7 @@ mod tests {
         Frame {
             address: "0x1".into(),
             module: Some("/bin/x".into()),
+            module_offset: None,
             function: Some(function.into()),
             file: None,
             line: None,
@@ -66,6 +67,8 @@ mod tests {
             command: "x".into(),
             allocator: "libc".into(),
             duration_s: 1.0,
+            window_start_ns: 0,
+            window_end_ns: 1,
             from_start: false,
             ending: Ending::Interrupted,
             totals: Totals::default(),

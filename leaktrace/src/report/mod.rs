@@ -47,6 +47,10 @@ pub struct Report {
     pub command: String,
     pub allocator: String,
     pub duration_s: f64,
+    /// CLOCK_MONOTONIC (ns) when recording started and stopped: the window the numbers cover,
+    /// comparable with the target's own clock readings.
+    pub window_start_ns: u64,
+    pub window_end_ns: u64,
     /// True when leaktrace started the target: then nothing was allocated unseen.
     pub from_start: bool,
     pub ending: Ending,
@@ -81,6 +85,8 @@ impl Report {
             command: header.command,
             allocator: header.allocator,
             duration_s: header.duration_s,
+            window_start_ns: header.window_start_ns,
+            window_end_ns: header.window_end_ns,
             from_start: header.from_start,
             ending: header.ending,
             totals: ledger.totals(),
@@ -105,6 +111,8 @@ pub struct ReportHeader {
     pub command: String,
     pub allocator: String,
     pub duration_s: f64,
+    pub window_start_ns: u64,
+    pub window_end_ns: u64,
     pub from_start: bool,
     pub ending: Ending,
 }

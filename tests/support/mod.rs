@@ -1,0 +1,243 @@
+//! Shared helpers of the integration tests: fixtures built with the system gcc, leaktrace
+//! started as a child, output read line by line with deadlines.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{
+    env, fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const LEAKTRACE: &str = env!("CARGO_BIN_EXE_leaktrace");
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// The fixture's C source path.
+pub fn fixture_source(name: &str) -> PathBuf {
+    fixtures_dir().join(format!("{name}.c"))
+}
+
+/// Builds `tests/fixtures/NAME.c` with debug info and frame pointers, once per test binary: a
+/// rebuild must never replace a binary that another test is running.
+pub fn build_fixture(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let test_binary = env::current_exe().unwrap();
+    let stem = test_binary.file_stem().unwrap().to_string_lossy();
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(format!("{name}-{stem}"));
+    let temporary = out_dir.join(format!("{name}-{stem}.tmp"));
+    let status = Command::new("gcc")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .arg(&temporary)
+        .arg(fixture_source(name))
+        .status()
+        .expect("run gcc (`cargo xtask test` installs it)");
+    assert!(status.success(), "gcc failed on {name}.c");
+    fs::rename(&temporary, &binary).unwrap();
+    built.push((name.to_owned(), binary.clone()));
+    binary
+}
+
+/// A `#define NAME VALUE` of the fixture: the tests take the expected numbers from the source.
+pub fn fixture_define(name: &str, define: &str) -> u64 {
+    let source = fs::read_to_string(fixture_source(name)).unwrap();
+    source
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("#define ")?.strip_prefix(define)?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("{name}.c has no #define {define}"))
+}
+
+/// The line of the fixture that contains `marker`.
+pub fn fixture_line(name: &str, marker: &str) -> u64 {
+    let source = fs::read_to_string(fixture_source(name)).unwrap();
+    let index = source
+        .lines()
+        .position(|line| line.contains(marker))
+        .unwrap_or_else(|| panic!("{name}.c has no line with {marker:?}"));
+    index as u64 + 1
+}
+
+/// True when this test may load BPF programs. Off CI, a non-root run skips with a note; with
+/// CI=true a skip would hide a broken setup, so it fails instead.
+pub fn bpf_available() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        env::var("CI").as_deref() != Ok("true"),
+        "BPF tests must run in CI: run the tests as root"
+    );
+    eprintln!("skipped: BPF tests need root");
+    false
+}
+
+/// Lines of a child's output, readable with a deadline.
+pub struct Lines {
+    receiver: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stream: impl Read + Send + 'static) -> Lines {
+        let (sender, receiver) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            receiver,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first line matching `wanted`; panics with what was seen on timeout.
+    pub fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("timed out; saw {:#?}", self.seen),
+                Err(RecvTimeoutError::Disconnected) => panic!("stream ended; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line received so far, without waiting.
+    pub fn received(&mut self) -> &[String] {
+        while let Ok(line) = self.receiver.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// Every remaining line, until the stream closes.
+    pub fn rest(&mut self) -> Vec<String> {
+        while let Ok(line) = self.receiver.recv() {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}
+
+/// A child process killed when the test ends, pass or fail.
+pub struct Running {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Running {
+    pub fn start(command: &mut Command) -> Running {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// Waits for exit (with a deadline) and returns the exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited by a signal");
+            }
+            assert!(Instant::now() < deadline, "still running after {timeout:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// leaktrace's stderr line that says the probes are in.
+pub fn is_attached_line(line: &str) -> bool {
+    line.starts_with("leaktrace: attached to pid")
+}
+
+/// A temporary output path for this test.
+pub fn output_path(test: &str, extension: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{test}.{extension}"))
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Per-site numbers summed over the sites whose first frame is `function`. A compiler may
+/// unroll a loop into several call instructions, each its own stack, so one source-level site
+/// can be several report sites.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SiteSum {
+    pub sites: u64,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocs: u64,
+    pub frees: u64,
+}
+
+pub fn sites_of(report: &Value, function: &str) -> SiteSum {
+    let mut sum = SiteSum::default();
+    for site in report["sites"].as_array().unwrap() {
+        if site["frames"][0]["function"].as_str() == Some(function) {
+            sum.sites += 1;
+            sum.live_bytes += site["live_bytes"].as_u64().unwrap();
+            sum.live_allocations += site["live_allocations"].as_u64().unwrap();
+            sum.allocs += site["allocs"].as_u64().unwrap();
+            sum.frees += site["frees"].as_u64().unwrap();
+        }
+    }
+    sum
+}
