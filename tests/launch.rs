@@ -1,1 +1,120 @@
+//! `leaktrace -- CMD` and the built-in demo: traced from the first instruction, reported at exit.
 
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use leaktrace::{demo, report::thousands};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// "in use at exit: 45,000 bytes in 44 blocks" → (45000, 44), from any line that has it.
+fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
+    lines.iter().find_map(|line| {
+        let rest = &line[line.find("in use at exit: ")? + "in use at exit: ".len()..];
+        let number = |text: &str| text.replace(',', "").parse::<u64>().ok();
+        let (bytes, rest) = rest.split_once(" bytes in ")?;
+        let blocks = rest.strip_suffix(" blocks")?;
+        Some((number(bytes)?, number(blocks)?))
+    })
+}
+
+#[test]
+fn launch_mode_matches_valgrinds_in_use_at_exit() {
+    if !bpf_available() {
+        return;
+    }
+    let fixture = build_fixture("fixture");
+    let json = output_path("launch_exit", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(&fixture)
+            .arg("exit"),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let traced = in_use_at_exit(&leaktrace.stdout.rest()).expect("an in-use-at-exit line");
+
+    // valgrind frees glibc's own buffers at exit unless told not to; leaktrace sees the
+    // program as it really ends.
+    let valgrind = Command::new("valgrind")
+        .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
+        .arg(&fixture)
+        .arg("exit")
+        .output()
+        .expect("run valgrind (`cargo xtask test` installs it)");
+    let valgrind_lines: Vec<String> = String::from_utf8_lossy(&valgrind.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected = in_use_at_exit(&valgrind_lines).expect("valgrind's heap summary");
+    assert_eq!(traced, expected);
+
+    let report = read_json(&json);
+    assert_eq!(report["from_start"], true);
+    assert_eq!(report["ending"]["target_exited"]["status"], 0);
+    let leaks = fixture_define("fixture", "BURST_LEAKS");
+    assert_eq!(sites_of(&report, "leak_here").live_allocations, leaks);
+}
+
+#[test]
+fn launch_mode_reports_the_targets_exit_status() {
+    if !bpf_available() {
+        return;
+    }
+    let json = output_path("launch_status", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .args(["--", "sh", "-c", "exit 3"]),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["ending"]["target_exited"]["status"], 3);
+    assert!(
+        leaktrace
+            .stdout
+            .rest()
+            .iter()
+            .any(|l| l == "target exited with status 3")
+    );
+}
+
+#[test]
+fn the_demo_shows_its_leaking_site_with_exact_bytes() {
+    if !bpf_available() {
+        return;
+    }
+    let json = output_path("demo", "json");
+    let mut leaktrace = Running::start(Command::new(LEAKTRACE).arg("--json").arg(&json));
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    let report = read_json(&json);
+
+    let top = &report["sites"][0];
+    let function = top["frames"][0]["function"].as_str().unwrap_or_default();
+    assert!(function.ends_with("remember_session"), "{top:#}");
+    let expected = (demo::REQUESTS * demo::LEAK_BYTES) as u64;
+    assert_eq!(top["live_bytes"], expected);
+    assert_eq!(top["live_allocations"], demo::REQUESTS as u64);
+    // And the terminal says so: the first ranked site, then its frame.
+    let rank = stdout
+        .iter()
+        .position(|l| l.starts_with("#1 "))
+        .expect("a ranked site");
+    let held = format!("{} bytes in {} blocks", thousands(expected), demo::REQUESTS);
+    assert!(
+        stdout[rank].contains(&held),
+        "{} lacks {held}",
+        stdout[rank]
+    );
+    assert!(
+        stdout[rank + 1].contains("remember_session at"),
+        "{}",
+        stdout[rank + 1]
+    );
+}

@@ -51,3 +51,46 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace_with(files: &[(&str, &str)]) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("stamp-test-{}-{}", std::process::id(), files.len()));
+        let _ = fs::remove_dir_all(&root);
+        for (path, contents) in files {
+            let path = root.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, contents).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn the_stamp_changes_with_any_source_and_ignores_target() {
+        let root = workspace_with(&[
+            ("leaktrace-ebpf/src/main.rs", "fn main() {}"),
+            ("leaktrace-common/src/lib.rs", "pub struct A;"),
+        ]);
+        let before = ebpf_source_stamp(&root).unwrap();
+        assert_eq!(ebpf_source_stamp(&root).unwrap(), before, "deterministic");
+
+        fs::create_dir_all(root.join("leaktrace-ebpf/target")).unwrap();
+        fs::write(root.join("leaktrace-ebpf/target/junk"), "x").unwrap();
+        assert_eq!(
+            ebpf_source_stamp(&root).unwrap(),
+            before,
+            "build output is not source"
+        );
+
+        fs::write(root.join("leaktrace-common/src/lib.rs"), "pub struct B;").unwrap();
+        assert_ne!(
+            ebpf_source_stamp(&root).unwrap(),
+            before,
+            "an edit is noticed"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -142,10 +142,10 @@ pub fn render_interval(
     out.push('\n');
     for row in rows {
         let sign = if row.change < 0 { '-' } else { '+' };
+        let change = format!("{sign}{}", thousands(row.change.unsigned_abs()));
         let _ = writeln!(
             out,
-            "  {sign}{:>12}  {:>14} B  {:>9} blocks  {}",
-            thousands(row.change.unsigned_abs()),
+            "  {change:>13}  {:>14} B  {:>9} blocks  {}",
             thousands(row.live_bytes),
             thousands(row.live_allocations),
             row.site
