@@ -77,6 +77,15 @@ fn attach_counts_every_block_of_a_burst_exactly() {
         (steps * define("GROW_STEP"), 1, steps, steps - 1)
     );
 
+    // strdup calls malloc from inside libc and uses rbp as a plain register, so a frame-pointer
+    // walk ends in strdup: the site keeps that libc frame rather than no frame at all.
+    let name = fixture_define_text("fixture", "NAME");
+    let copy = sites_of(&report, "strdup");
+    assert_eq!(
+        (copy.live_bytes, copy.live_allocations),
+        (name.trim_matches('"').len() as u64 + 1, 1)
+    );
+
     let pairs = define("CHURN_PAIRS");
     let churn = sites_of(&report, "churn");
     assert_eq!(
@@ -92,7 +101,7 @@ fn attach_counts_every_block_of_a_burst_exactly() {
     let totals = &report["totals"];
     assert_eq!(
         totals["live_bytes"].as_u64().unwrap(),
-        leak.live_bytes + calloc.live_bytes + grown.live_bytes,
+        leak.live_bytes + calloc.live_bytes + grown.live_bytes + copy.live_bytes,
         "nothing else in the fixture allocates during the burst"
     );
     assert_eq!(totals["unmatched_frees"], 0);
@@ -184,4 +193,64 @@ fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
     assert!(line.contains("main;leak_here "), "{line}");
     let bytes: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(bytes, leak.live_bytes);
+
+    // A real consumer of the format draws it.
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(
+        &mut inferno::flamegraph::Options::default(),
+        folded.lines(),
+        &mut svg,
+    )
+    .expect("inferno reads the folded stacks");
+    assert!(String::from_utf8(svg).unwrap().contains("leak_here"));
+}
+
+#[test]
+fn a_target_that_exits_mid_capture_ends_it_with_a_report() {
+    if !bpf_available() {
+        return;
+    }
+    let mut fixture = start_fixture("burst");
+    let json = output_path("attach_target_exit", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &fixture.pid().to_string(), "--json"])
+            .arg(&json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    fixture.signal(libc::SIGUSR1);
+    fixture.stdout.wait_for(|l| l == "burst done", WAIT);
+    fixture.signal(libc::SIGKILL);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+
+    let report = read_json(&json);
+    assert!(
+        report["ending"]["target_exited"].is_object(),
+        "{}",
+        report["ending"]
+    );
+    // Symbolized from what leaktrace kept: the process and its /proc entries are gone.
+    let leaks = define("BURST_LEAKS");
+    assert_eq!(sites_of(&report, "leak_here").live_allocations, leaks);
+}
+
+#[test]
+fn sigterm_ends_the_capture_with_a_report() {
+    if !bpf_available() {
+        return;
+    }
+    let fixture = start_fixture("continuous");
+    let json = output_path("attach_sigterm", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &fixture.pid().to_string(), "--json"])
+            .arg(&json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    leaktrace.signal(libc::SIGTERM);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["ending"], "interrupted");
+    assert!(sites_of(&report, "leak_here").live_bytes > 0);
 }

@@ -31,6 +31,57 @@ fn a_pid_that_does_not_exist_exits_3() {
 }
 
 #[test]
+fn a_program_without_malloc_exits_5() {
+    let binary = build_fixture_with("no_malloc", &["-static", "-nostdlib", "-ffreestanding"]);
+    let target = Running::start(&mut Command::new(binary));
+    let output = run(&["-p", &target.pid().to_string()]);
+    assert_one_line_error(&output, 5, "no allocator found");
+}
+
+/// Runs leaktrace as the unprivileged user `nobody`, the way an operator without sudo would.
+fn run_as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(LEAKTRACE)
+        .args(args)
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+#[test]
+fn an_unprivileged_user_is_told_which_capability_is_missing() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to become another user");
+        return;
+    }
+    // Someone else's process: not ours to trace.
+    let output = run_as_nobody(&["-p", "1"]);
+    assert_one_line_error(&output, 4, "CAP_SYS_PTRACE");
+
+    // Our own process: readable, but loading BPF needs capabilities.
+    let own = Running::start(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sleep",
+        "30",
+    ]));
+    // Wait for setpriv to become sleep, so the pid's maps name libc.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{}/comm", own.pid())).unwrap() != "sleep\n" {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = run_as_nobody(&["-p", &own.pid().to_string()]);
+    assert_one_line_error(&output, 4, "CAP_BPF");
+}
+
+#[test]
 fn a_command_that_cannot_start_exits_7() {
     let output = run(&["--", "/nonexistent/program"]);
     assert_one_line_error(&output, 7, "could not start `/nonexistent/program`");

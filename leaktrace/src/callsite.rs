@@ -57,7 +57,9 @@ impl CallSites {
         self.stacks[index] = addresses;
     }
 
-    /// The site's frames, innermost first, starting at the allocator's caller.
+    /// The site's frames, innermost first, starting at the allocator's caller. When the stack
+    /// never leaves the allocator library (a frame-pointer walk that stopped inside a libc
+    /// function such as strdup), its frames are kept: a libc frame beats no frame.
     pub fn frames(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> &[Frame] {
         let index = site.index();
         if self.frames.len() <= index {
@@ -68,7 +70,7 @@ impl CallSites {
             let first_caller = addresses
                 .iter()
                 .position(|&a| symbolizer.module_of(a) != Some(self.allocator.as_path()))
-                .unwrap_or(addresses.len());
+                .unwrap_or(0);
             let frames = addresses[first_caller..]
                 .iter()
                 .flat_map(|&address| symbolizer.symbolize(address))

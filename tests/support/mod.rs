@@ -31,6 +31,11 @@ pub fn fixture_source(name: &str) -> PathBuf {
 /// Builds `tests/fixtures/NAME.c` with debug info and frame pointers, once per test binary: a
 /// rebuild must never replace a binary that another test is running.
 pub fn build_fixture(name: &str) -> PathBuf {
+    build_fixture_with(name, &[])
+}
+
+/// [`build_fixture`] with extra gcc flags (the same flags each time a name is asked for).
+pub fn build_fixture_with(name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
@@ -43,7 +48,9 @@ pub fn build_fixture(name: &str) -> PathBuf {
     let binary = out_dir.join(format!("{name}-{stem}"));
     let temporary = out_dir.join(format!("{name}-{stem}.tmp"));
     let status = Command::new("gcc")
-        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .args(["-g", "-O1", "-fno-omit-frame-pointer"])
+        .args(flags)
+        .arg("-o")
         .arg(&temporary)
         .arg(fixture_source(name))
         .status()
@@ -54,14 +61,23 @@ pub fn build_fixture(name: &str) -> PathBuf {
     binary
 }
 
-/// A `#define NAME VALUE` of the fixture: the tests take the expected numbers from the source.
+/// A numeric `#define NAME VALUE` of the fixture: the tests take the expected numbers from the
+/// source, so they are stated once.
 pub fn fixture_define(name: &str, define: &str) -> u64 {
+    let value = fixture_define_text(name, define);
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("#define {define} {value} is not a number"))
+}
+
+/// The text of a `#define NAME VALUE` of the fixture.
+pub fn fixture_define_text(name: &str, define: &str) -> String {
     let source = fs::read_to_string(fixture_source(name)).unwrap();
     source
         .lines()
         .find_map(|line| {
             let rest = line.strip_prefix("#define ")?.strip_prefix(define)?;
-            rest.trim().parse().ok()
+            rest.starts_with(' ').then(|| rest.trim().to_owned())
         })
         .unwrap_or_else(|| panic!("{name}.c has no #define {define}"))
 }
