@@ -35,7 +35,7 @@ mod tests {
     use crate::{
         ledger::{SiteStats, Totals},
         probes::DropCounts,
-        report::{Ending, SiteReport},
+        report::{Ending, ReportHeader, SiteReport},
         symbolize::Frame,
     };
 
@@ -63,14 +63,16 @@ mod tests {
 
     fn report(sites: Vec<SiteReport>) -> Report {
         Report {
-            pid: 1,
-            command: "x".into(),
-            allocator: "libc".into(),
-            duration_s: 1.0,
-            window_start_ns: 0,
-            window_end_ns: 1,
-            from_start: false,
-            ending: Ending::Interrupted,
+            header: ReportHeader {
+                pid: 1,
+                command: "x".into(),
+                allocator: "libc".into(),
+                duration_s: 1.0,
+                window_start_ns: 0,
+                window_end_ns: 1,
+                from_start: false,
+                ending: Ending::Interrupted,
+            },
             totals: Totals::default(),
             drops: DropCounts::default(),
             sites,

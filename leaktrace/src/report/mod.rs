@@ -43,17 +43,8 @@ pub enum Ending {
 /// added, never removed or renamed.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub pid: u32,
-    pub command: String,
-    pub allocator: String,
-    pub duration_s: f64,
-    /// CLOCK_MONOTONIC (ns) when recording started and stopped: the window the numbers cover,
-    /// comparable with the target's own clock readings.
-    pub window_start_ns: u64,
-    pub window_end_ns: u64,
-    /// True when leaktrace started the target: then nothing was allocated unseen.
-    pub from_start: bool,
-    pub ending: Ending,
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub totals: Totals,
     pub drops: DropCounts,
     /// Every site, by live bytes (most first).
@@ -81,14 +72,7 @@ impl Report {
             })
             .collect();
         Report {
-            pid: header.pid,
-            command: header.command,
-            allocator: header.allocator,
-            duration_s: header.duration_s,
-            window_start_ns: header.window_start_ns,
-            window_end_ns: header.window_end_ns,
-            from_start: header.from_start,
-            ending: header.ending,
+            header,
             totals: ledger.totals(),
             drops,
             sites,
@@ -106,13 +90,17 @@ impl Report {
 }
 
 /// What the report says about the capture itself.
+#[derive(Debug, Serialize)]
 pub struct ReportHeader {
     pub pid: u32,
     pub command: String,
     pub allocator: String,
     pub duration_s: f64,
+    /// CLOCK_MONOTONIC (ns) when recording started and stopped: the window the numbers cover,
+    /// comparable with the target's own clock readings.
     pub window_start_ns: u64,
     pub window_end_ns: u64,
+    /// True when leaktrace started the target: then nothing was allocated unseen.
     pub from_start: bool,
     pub ending: Ending,
 }

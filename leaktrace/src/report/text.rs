@@ -12,17 +12,18 @@ const FRAMES_SHOWN: usize = 12;
 pub fn render_final(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let totals = &report.totals;
+    let header = &report.header;
     let _ = writeln!(
         out,
         "leaktrace: pid {} ({}), {:.1} s, allocator {}",
-        report.pid, report.command, report.duration_s, report.allocator
+        header.pid, header.command, header.duration_s, header.allocator
     );
     let held = format!(
         "{} bytes in {} blocks",
         thousands(totals.live_bytes),
         thousands(totals.live_allocations)
     );
-    match (report.from_start, report.ending) {
+    match (header.from_start, header.ending) {
         (true, Ending::TargetExited { .. }) => {
             let _ = writeln!(out, "in use at exit: {held}");
         }
@@ -40,7 +41,7 @@ pub fn render_final(report: &Report, top: usize) -> String {
         thousands(totals.alloc_bytes),
         thousands(totals.frees)
     );
-    if let Ending::TargetExited { status } = report.ending {
+    if let Ending::TargetExited { status } = header.ending {
         let status = status.map_or("unknown".to_owned(), |s| s.to_string());
         let _ = writeln!(out, "target exited with status {status}");
     }
