@@ -118,3 +118,39 @@ fn the_demo_shows_its_leaking_site_with_exact_bytes() {
         stdout[rank + 1]
     );
 }
+
+#[test]
+fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("many_stacks");
+    let json = output_path("many_stacks", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(&binary),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    let stacks = fixture_define("many_stacks", "OUTERS") * fixture_define("many_stacks", "MIDDLES");
+    let leaf = sites_of(&report, "leaf");
+    assert_eq!(
+        (leaf.sites, leaf.live_allocations),
+        (stacks, stacks),
+        "one site per distinct stack, one block each"
+    );
+    assert_eq!(
+        leaf.live_bytes,
+        stacks * fixture_define("many_stacks", "BLOCK_BYTES")
+    );
+    let drops = &report["drops"];
+    assert!(
+        drops["stack_map_full"].as_u64().unwrap() > 0,
+        "this many stacks must collide in the stack map, or the test proves nothing"
+    );
+    assert_eq!(drops["stack_unreadable"], 0);
+    assert_eq!(drops["ring_buffer_full"], 0);
+}

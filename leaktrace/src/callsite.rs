@@ -59,14 +59,18 @@ impl CallSites {
 
     /// The site's frames, innermost first, starting at the allocator's caller. When the stack
     /// never leaves the allocator library (a frame-pointer walk that stopped inside a libc
-    /// function such as strdup), its frames are kept: a libc frame beats no frame.
+    /// function such as strdup), its frames are kept: a libc frame beats no frame. The stack
+    /// ends at the first address outside executable memory: past it, a frame-pointer walk
+    /// through code without frame pointers reads data, not return addresses.
     pub fn frames(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> &[Frame] {
         let index = site.index();
         if self.frames.len() <= index {
             self.add(site, Vec::new());
         }
         if self.frames[index].is_none() {
-            let addresses = &self.stacks[index];
+            let stack = &self.stacks[index];
+            let code = stack.iter().take_while(|&&a| symbolizer.is_code(a)).count();
+            let addresses = &stack[..code];
             let first_caller = addresses
                 .iter()
                 .position(|&a| symbolizer.module_of(a) != Some(self.allocator.as_path()))
@@ -78,5 +82,67 @@ impl CallSites {
             self.frames[index] = Some(frames);
         }
         self.frames[index].as_deref().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc_maps::ProcessMaps;
+
+    const LIBC: u64 = 0x7f00_0000_1000;
+    const APP: u64 = 0x5500_0000_1000;
+    const HEAP: u64 = 0x5600_0000_1000;
+
+    fn call_sites_and_symbolizer() -> (CallSites, Symbolizer) {
+        let maps = ProcessMaps::parse(
+            "550000001000-550000002000 r-xp 00001000 fe:01 1 /usr/bin/app
+560000001000-560000002000 rw-p 00000000 00:00 0 [heap]
+7f0000001000-7f0000002000 r-xp 00001000 fe:01 2 /usr/lib/libc.so.6
+",
+        );
+        (
+            CallSites::new("/usr/lib/libc.so.6".into()),
+            Symbolizer::from_maps(maps),
+        )
+    }
+
+    fn addresses(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(|f| f.address.clone()).collect()
+    }
+
+    #[test]
+    fn allocator_frames_are_cut_from_the_top_and_garbage_ends_the_stack() {
+        let (mut sites, mut symbolizer) = call_sites_and_symbolizer();
+        let site = SiteId(0);
+        sites.add(site, vec![LIBC + 5, APP + 1, APP + 2, HEAP + 8, APP + 3]);
+        assert_eq!(
+            addresses(sites.frames(site, &mut symbolizer)),
+            [format!("{:#x}", APP + 1), format!("{:#x}", APP + 2)]
+        );
+    }
+
+    #[test]
+    fn a_stack_entirely_inside_the_allocator_keeps_its_frames() {
+        let (mut sites, mut symbolizer) = call_sites_and_symbolizer();
+        let site = SiteId(0);
+        sites.add(site, vec![LIBC + 5, HEAP]);
+        assert_eq!(
+            addresses(sites.frames(site, &mut symbolizer)),
+            [format!("{:#x}", LIBC + 5)]
+        );
+    }
+
+    #[test]
+    fn inline_stacks_with_the_same_frames_share_a_key() {
+        let (mut sites, _) = call_sites_and_symbolizer();
+        let a = sites.key(&Stack::Inline(vec![1, 2]));
+        let b = sites.key(&Stack::Inline(vec![1, 2]));
+        let c = sites.key(&Stack::Inline(vec![1, 3]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a > StackKey::from(u32::MAX), "above every kernel stack id");
+        assert_eq!(sites.key(&Stack::Id(7)), 7);
+        assert_eq!(sites.key(&Stack::Lost), Ledger::LOST_STACK);
     }
 }

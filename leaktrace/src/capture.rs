@@ -131,11 +131,13 @@ impl Capture {
 /// Runs the capture until the window closes, a signal arrives or the target exits, then
 /// detaches the probes and builds the report.
 ///
-/// `window_start_ns` is when [`ProbeSet::open_window`] opened the window.
+/// The symbolizer must have been made while the target surely lived (before a launched target
+/// is resumed); `window_start_ns` is when [`ProbeSet::open_window`] opened the window.
 pub async fn run(
     target: &Target,
     allocator: &Allocator,
     probes: &mut ProbeSet,
+    symbolizer: Symbolizer,
     options: &CaptureOptions,
     window_start_ns: u64,
 ) -> Result<Report> {
@@ -144,8 +146,7 @@ pub async fn run(
         pid: target.pid,
         ledger: Ledger::default(),
         call_sites: CallSites::new(allocator.path.clone()),
-        symbolizer: Symbolizer::new(target.pid)
-            .with_context(|| format!("read /proc/{}/maps", target.pid))?,
+        symbolizer,
         change: IntervalChange::default(),
         start_ns: window_start_ns,
     };

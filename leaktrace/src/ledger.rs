@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// Index of a call site in the [`Ledger`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SiteId(u32);
+pub struct SiteId(pub(crate) u32);
 
 impl SiteId {
     pub fn index(self) -> usize {

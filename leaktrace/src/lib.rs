@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     capture::CaptureOptions, cli::Cli, error::Failure, probes::ProbeSet, report::render_final,
-    target::Target,
+    symbolize::Symbolizer, target::Target,
 };
 
 /// Runs one capture as the command line asks.
@@ -53,6 +53,9 @@ pub fn run(cli: Cli) -> Result<()> {
         None => Target::launch(&cli.command)?,
     };
     let mut probes = ProbeSet::attach(target.pid, &allocator)?;
+    // Open the target's files now: a launched command may be gone by the first event.
+    let symbolizer =
+        Symbolizer::new(target.pid).with_context(|| format!("read /proc/{}/maps", target.pid))?;
     let window_start_ns = probes.open_window()?;
     target.resume()?;
     eprintln!(
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
         &target,
         &allocator,
         &mut probes,
+        symbolizer,
         &options,
         window_start_ns,
     ))?;

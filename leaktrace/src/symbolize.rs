@@ -53,6 +53,22 @@ impl Frame {
     }
 }
 
+/// `/src/app/../lib/x.c` → `/src/lib/x.c`: DWARF joins the compile directory and the file name
+/// as they were given to the compiler. Lexical, for display: the build tree may not exist here.
+fn tidy_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "." => {}
+            ".." if parts.last().is_some_and(|p| !p.is_empty() && *p != "..") => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
+}
+
 /// A PT_LOAD segment: where a file range lands in the ELF's virtual addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadSegment {
@@ -109,7 +125,7 @@ impl Module {
                     .map(Cow::into_owned);
                 let (file, line) = frame
                     .location
-                    .map_or((None, None), |l| (l.file.map(str::to_owned), l.line));
+                    .map_or((None, None), |l| (l.file.map(tidy_path), l.line));
                 frames.push((function, file, line));
             }
         }
@@ -158,8 +174,31 @@ impl Symbolizer {
         }
     }
 
+    /// A symbolizer over a fixed address space that opens no files: for tests of what is
+    /// done with frames, not of symbol lookup.
+    #[cfg(test)]
+    pub fn from_maps(maps: ProcessMaps) -> Self {
+        Symbolizer {
+            pid: 0,
+            maps,
+            files: HashMap::new(),
+            modules: HashMap::new(),
+        }
+    }
+
     fn refresh(&mut self) -> std::io::Result<()> {
-        self.maps = ProcessMaps::read(self.pid)?;
+        let maps = ProcessMaps::read(self.pid)?;
+        // An exited target (a zombie) reads as no mappings: keep the last real snapshot.
+        if maps.mappings().is_empty() {
+            return Ok(());
+        }
+        self.maps = maps;
+        log::debug!(
+            "pid {}: {} mappings, {} files open for symbols",
+            self.pid,
+            self.maps.mappings().len(),
+            self.files.len()
+        );
         for mapping in self.maps.mappings() {
             let Some(path) = &mapping.path else { continue };
             if self.files.contains_key(path) {
@@ -174,6 +213,12 @@ impl Symbolizer {
             }
         }
         Ok(())
+    }
+
+    /// True when `address` lies in executable memory of the target: a return address that
+    /// does not is garbage from a broken frame-pointer chain.
+    pub fn is_code(&self, address: u64) -> bool {
+        self.maps.find(address).is_some_and(|m| m.executable)
     }
 
     /// The path of the module that holds `address`, as the target sees it.
@@ -298,6 +343,17 @@ mod tests {
         let text = mapping(0x1000, 0x1000);
         assert_eq!(elf_address(&text, &segments, 0x1200), None);
         assert_eq!(elf_address(&text, &segments, 0x0fff), None);
+    }
+
+    #[test]
+    fn tidy_path_folds_dot_dot_and_dot() {
+        assert_eq!(tidy_path("/work/app/../tests/./f.c"), "/work/tests/f.c");
+        assert_eq!(
+            tidy_path("../x/f.c"),
+            "../x/f.c",
+            "nothing to fold above a relative start"
+        );
+        assert_eq!(tidy_path("/a/b/f.c"), "/a/b/f.c");
     }
 
     #[inline(never)]
