@@ -24,7 +24,7 @@ pub struct AllocEvent {
     pub tid: u32,
     /// Id in the `STACKS` map, or a negative errno when the stack could not be recorded.
     pub stack_id: i32,
-    /// [`EVENT_ALLOC`] or [`EVENT_FREE`].
+    /// One of the `EVENT_*` constants.
     pub kind: u32,
 }
 
@@ -34,6 +34,12 @@ pub const EVENT_ALLOC: u32 = 1;
 pub const EVENT_FREE: u32 = 2;
 /// [`AllocEvent::kind`] of an allocation whose stack came inline ([`AllocEventWithStack`]).
 pub const EVENT_ALLOC_WITH_STACK: u32 = 3;
+/// [`AllocEvent::kind`] of realloc's old block, sent when realloc starts: before the allocator
+/// can hand the block to another thread, whose allocation must not arrive first.
+pub const EVENT_REALLOC_FREE: u32 = 4;
+/// [`AllocEvent::kind`] of a realloc that failed (NULL for a nonzero size): its old block,
+/// already reported freed, is live again. `address` is 0; `tid` says whose realloc.
+pub const EVENT_REALLOC_FAILED: u32 = 5;
 
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;

@@ -1,14 +1,14 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
-    EVENT_ALLOC_WITH_STACK, EVENT_FREE,
+    EVENT_ALLOC_WITH_STACK, EVENT_FREE, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
 };
 
 /// Userspace sizes it with `--ring-bytes`; this is the default.
@@ -18,7 +18,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// One in-flight allocator call per thread, keyed by pid_tgid.
+/// The outermost in-flight traced call of each thread, keyed by pid_tgid.
 #[map]
 static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
@@ -29,27 +29,29 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0)
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
+/// What an entry probe leaves for its return probe.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingCall {
+    size: u64,
+    /// realloc's old block, or posix_memalign's out-pointer; 0 otherwise.
+    address: u64,
+    /// The stack pointer at entry: the thread's traced-call depth, in bytes. A traced call made
+    /// from inside another one (operator new calling malloc, realloc(p, 0) calling free) runs at
+    /// or below it (at it for a tail call), and stays silent: each allocation and free is
+    /// counted once, at the outermost call, with that call's stack. Unlike a depth counter, an
+    /// entry whose return was never seen cannot wedge the thread: it sits above no later call.
+    entry_sp: u64,
+}
+
+const EEXIST: i32 = 17;
+
 #[inline(always)]
 fn window_open() -> bool {
     CONTROL
         .get(CONTROL_ENABLED)
         .is_some_and(|enabled| *enabled != 0)
 }
-
-/// What an entry probe leaves for its return probe.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct PendingCall {
-    size: u64,
-    /// realloc's old block; 0 for the other calls.
-    old_address: u64,
-    /// The stack pointer at entry. A traced call made from inside another one (realloc(NULL, n)
-    /// calling malloc) runs below it, which is how the inner call knows to stay silent: each
-    /// allocation is counted once, at the outermost call.
-    entry_sp: u64,
-}
-
-const EEXIST: i32 = 17;
 
 #[inline(always)]
 fn count_drop(counter: DropCounter) {
@@ -64,34 +66,37 @@ fn stack_pointer(regs: *mut pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// True when this thread is already inside a traced call that started above `sp`.
+/// True when this thread is inside a traced call that started at or above `sp`.
 #[inline(always)]
 fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
     match unsafe { PENDING.get(&pid_tgid) } {
-        Some(outer) => outer.entry_sp > sp,
+        Some(outer) => outer.entry_sp >= sp,
         None => false,
     }
 }
 
+/// Records an outermost call for its return probe; false when the call is nested (or the window
+/// closed) and must stay silent.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, size: u64, old_address: u64) {
+fn enter(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64) -> bool {
     if !window_open() {
-        return;
+        return false;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     let entry_sp = stack_pointer(ctx.regs);
-    // An entry found at or below our sp is stale (its return was never seen): replace it.
+    // An entry found below our sp is stale (its return was never seen): replace it.
     if inside_traced_call(pid_tgid, entry_sp) {
-        return;
+        return false;
     }
     let call = PendingCall {
         size,
-        old_address,
+        address,
         entry_sp,
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
         count_drop(DropCounter::PendingMapFull);
+        return false;
     }
+    true
 }
 
 /// Takes this thread's pending call if this return belongs to it (not to a nested call).
@@ -179,37 +184,45 @@ fn emit_alloc_with_stack(ctx: &RetProbeContext, pid_tgid: u64, address: u64, siz
     entry.submit(0);
 }
 
+/// `count * size`, or None on overflow (when calloc and reallocarray fail without allocating).
+#[inline(always)]
+fn array_bytes(count: u64, size: u64) -> Option<u64> {
+    // checked_mul needs a 128-bit multiply, which BPF lacks; LLVM turns the usual division test
+    // back into one unless the divisor is opaque to it.
+    let total = count.wrapping_mul(size);
+    let divisor = unsafe { core::ptr::read_volatile(&size) };
+    (divisor == 0 || total / divisor == count).then_some(total)
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+/// malloc, valloc, pvalloc and every operator new: the size is the first argument.
 #[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    let size = ctx.arg::<u64>(0).unwrap_or(0);
-    enter(&ctx, size, 0);
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 0), 0);
+    0
+}
+
+/// memalign and aligned_alloc: (alignment, size).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let count = ctx.arg::<u64>(0).unwrap_or(0);
-    let size = ctx.arg::<u64>(1).unwrap_or(0);
     // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
-    // checked_mul needs a 128-bit multiply, which BPF lacks; LLVM turns the usual division test
-    // back into one unless the divisor is opaque to it.
-    let total = count.wrapping_mul(size);
-    let divisor = unsafe { core::ptr::read_volatile(&size) };
-    if divisor == 0 || total / divisor == count {
-        enter(&ctx, total, 0);
+    if let Some(total) = array_bytes(arg(&ctx, 0), arg(&ctx, 1)) {
+        enter(&ctx, bpf_get_current_pid_tgid(), total, 0);
     }
     0
 }
 
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    let old_address = ctx.arg::<u64>(0).unwrap_or(0);
-    let size = ctx.arg::<u64>(1).unwrap_or(0);
-    enter(&ctx, size, old_address);
-    0
-}
-
-/// Return probe of malloc and calloc.
+/// Return probe of everything that returns the new block.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
@@ -221,6 +234,30 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[inline(always)]
+fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if enter(ctx, pid_tgid, size, old_address) && old_address != 0 {
+        emit(pid_tgid, EVENT_REALLOC_FREE, old_address, 0, 0);
+    }
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    realloc_enter_with(&ctx, arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    // On overflow reallocarray fails and leaves the old block alone.
+    if let Some(total) = array_bytes(arg(&ctx, 1), arg(&ctx, 2)) {
+        realloc_enter_with(&ctx, arg(&ctx, 0), total);
+    }
+    0
+}
+
+/// realloc and reallocarray. The old block was reported freed at entry.
 #[uretprobe]
 pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
     let Some((pid_tgid, call)) = take_pending(&ctx) else {
@@ -228,28 +265,66 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
     };
     let address: u64 = ctx.ret();
     if address != 0 {
-        if call.old_address != 0 {
-            emit(pid_tgid, EVENT_FREE, call.old_address, 0, 0);
-        }
         emit_alloc(&ctx, pid_tgid, address, call.size);
-    } else if call.size == 0 && call.old_address != 0 {
-        // glibc's realloc(p, 0) frees p and returns NULL; a failed realloc leaves p live.
-        emit(pid_tgid, EVENT_FREE, call.old_address, 0, 0);
+    } else if call.size != 0 && call.address != 0 {
+        // NULL for a nonzero size is a failure: the old block lives on. (NULL for size 0 is
+        // glibc's realloc(p, 0), which freed p.)
+        emit(pid_tgid, EVENT_REALLOC_FAILED, 0, 0, 0);
+    }
+    0
+}
+
+/// posix_memalign(memptr, alignment, size): the block comes back through *memptr.
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 2), arg(&ctx, 0));
+    0
+}
+
+#[uretprobe]
+pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    let Some((pid_tgid, call)) = take_pending(&ctx) else {
+        return 0;
+    };
+    let status: i32 = ctx.ret();
+    if status == 0
+        && let Ok(address) = unsafe { bpf_probe_read_user(call.address as *const u64) }
+        && address != 0
+    {
+        emit_alloc(&ctx, pid_tgid, address, call.size);
     }
     0
 }
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let address = ctx.arg::<u64>(0).unwrap_or(0);
+    let address = arg(&ctx, 0);
     if address == 0 || !window_open() {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    // realloc(p, 0) frees through free(): the outer realloc reports it.
+    // realloc(p, 0) and operator delete free through free(): the outer call reports it.
     if !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
         emit(pid_tgid, EVENT_FREE, address, 0, 0);
     }
+    0
+}
+
+/// Every operator delete. Like free, but it calls free (or another delete) itself, so it
+/// stays pending until it returns, and what it calls stays silent.
+#[uprobe]
+pub fn delete_enter(ctx: ProbeContext) -> u32 {
+    let address = arg(&ctx, 0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if address != 0 && enter(&ctx, pid_tgid, 0, address) {
+        emit(pid_tgid, EVENT_FREE, address, 0, 0);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn delete_exit(ctx: RetProbeContext) -> u32 {
+    let _ = take_pending(&ctx);
     0
 }
 

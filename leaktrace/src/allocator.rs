@@ -1,54 +1,259 @@
-//! Which library in the target holds its allocator.
+//! Where the target's allocator functions live: which module each call binds to, and the file
+//! offset to probe there.
+//!
+//! The dynamic linker binds a call to the first definition in its global scope: the executable,
+//! then LD_PRELOAD libraries, then DT_NEEDED libraries breadth first. So a program linked with
+//! jemalloc calls jemalloc's malloc although libc's is mapped too, and a static binary calls
+//! its own. leaktrace follows the same rule, function by function.
 
 use std::{
-    collections::HashSet,
-    fs,
+    collections::{HashMap, HashSet, VecDeque},
+    fmt::Write,
+    fs::{self, File},
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::proc_maps::ProcessMaps;
 
-/// The functions leaktrace probes; a module must define all of them to be the allocator.
-pub const ALLOCATOR_FUNCTIONS: [&str; 4] = ["malloc", "calloc", "realloc", "free"];
+/// Which functions of a family the user asked for or the probes know how to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// The C allocator: `--allocator` and `--symbol-prefix` apply to these.
+    C,
+    /// C++ operator new and delete.
+    Cxx,
+}
 
-/// The allocator library of one target process.
+/// An allocator function and the eBPF programs that read it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AllocatorFunction {
+    pub symbol: &'static str,
+    pub family: Family,
+    pub entry: &'static str,
+    pub exit: Option<&'static str>,
+}
+
+const fn c(symbol: &'static str, entry: &'static str, exit: &'static str) -> AllocatorFunction {
+    AllocatorFunction {
+        symbol,
+        family: Family::C,
+        entry,
+        exit: Some(exit),
+    }
+}
+
+const fn new(symbol: &'static str) -> AllocatorFunction {
+    AllocatorFunction {
+        symbol,
+        family: Family::Cxx,
+        entry: "alloc_enter",
+        exit: Some("alloc_exit"),
+    }
+}
+
+const fn delete(symbol: &'static str) -> AllocatorFunction {
+    AllocatorFunction {
+        symbol,
+        family: Family::Cxx,
+        entry: "delete_enter",
+        exit: Some("delete_exit"),
+    }
+}
+
+/// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
+pub const FUNCTIONS: [AllocatorFunction; 30] = [
+    c("malloc", "alloc_enter", "alloc_exit"),
+    c("calloc", "calloc_enter", "alloc_exit"),
+    c("realloc", "realloc_enter", "realloc_exit"),
+    c("reallocarray", "reallocarray_enter", "realloc_exit"),
+    c(
+        "posix_memalign",
+        "posix_memalign_enter",
+        "posix_memalign_exit",
+    ),
+    c("aligned_alloc", "memalign_enter", "alloc_exit"),
+    c("memalign", "memalign_enter", "alloc_exit"),
+    c("valloc", "alloc_enter", "alloc_exit"),
+    c("pvalloc", "alloc_enter", "alloc_exit"),
+    AllocatorFunction {
+        symbol: "free",
+        family: Family::C,
+        entry: "free_enter",
+        exit: None,
+    },
+    new("_Znwm"),
+    new("_Znam"),
+    new("_ZnwmRKSt9nothrow_t"),
+    new("_ZnamRKSt9nothrow_t"),
+    new("_ZnwmSt11align_val_t"),
+    new("_ZnamSt11align_val_t"),
+    new("_ZnwmSt11align_val_tRKSt9nothrow_t"),
+    new("_ZnamSt11align_val_tRKSt9nothrow_t"),
+    delete("_ZdlPv"),
+    delete("_ZdaPv"),
+    delete("_ZdlPvm"),
+    delete("_ZdaPvm"),
+    delete("_ZdlPvSt11align_val_t"),
+    delete("_ZdaPvSt11align_val_t"),
+    delete("_ZdlPvmSt11align_val_t"),
+    delete("_ZdaPvmSt11align_val_t"),
+    delete("_ZdlPvRKSt9nothrow_t"),
+    delete("_ZdaPvRKSt9nothrow_t"),
+    delete("_ZdlPvSt11align_val_tRKSt9nothrow_t"),
+    delete("_ZdaPvSt11align_val_tRKSt9nothrow_t"),
+];
+
+/// The user's overrides of the binding rule.
+#[derive(Clone, Debug, Default)]
+pub struct AllocatorChoice {
+    /// Probe the C family in this module (a path or a file name as mapped).
+    pub library: Option<PathBuf>,
+    /// The C family's names carry this prefix (`je_` for a prefixed jemalloc).
+    pub symbol_prefix: Option<String>,
+}
+
+/// One function to probe, where the target's calls go.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Allocator {
-    /// The path as the target sees it (inside its mount namespace).
-    pub path: PathBuf,
+pub struct ProbePoint {
+    pub function: &'static AllocatorFunction,
+    /// The symbol as found (with any prefix).
+    pub symbol: String,
+    /// The module as the target sees it.
+    pub module: PathBuf,
     /// The same file as leaktrace can open it, through `/proc/PID/root`, so containers work.
     pub host_path: PathBuf,
+    /// File offset of the function's first instruction.
+    pub offset: u64,
 }
 
-/// Looks for the allocator among the target's mapped files, remembering files already ruled out
-/// so that launch mode can ask again after every syscall of the dynamic loader cheaply.
-#[derive(Default)]
-pub struct AllocatorSearch {
-    ruled_out: HashSet<PathBuf>,
+/// Everything to probe in one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbePlan {
+    pub points: Vec<ProbePoint>,
 }
 
-impl AllocatorSearch {
-    /// The first mapped file, in address order (the executable comes first), that defines the
-    /// allocator functions. The dynamic loader is skipped: its private malloc serves only
-    /// itself before libc is relocated.
-    pub fn find(&mut self, pid: u32, maps: &ProcessMaps) -> Option<Allocator> {
-        for path in maps.mappings().iter().filter_map(|m| m.path.as_ref()) {
-            if self.ruled_out.contains(path) {
+impl ProbePlan {
+    /// The module malloc binds to: the one whose frames are cut from the top of stacks.
+    pub fn malloc_module(&self) -> Option<&Path> {
+        self.points
+            .iter()
+            .find(|p| p.function.symbol == "malloc")
+            .map(|p| p.module.as_path())
+    }
+
+    /// Every probed module, each once, in plan order.
+    pub fn modules(&self) -> Vec<&Path> {
+        let mut modules: Vec<&Path> = Vec::new();
+        for point in &self.points {
+            if !modules.contains(&point.module.as_path()) {
+                modules.push(&point.module);
+            }
+        }
+        modules
+    }
+
+    /// "malloc, calloc, … in /usr/lib/libjemalloc.so.2; _Znwm, … in …": for the report header.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for module in self.modules() {
+            let symbols: Vec<&str> = self
+                .points
+                .iter()
+                .filter(|p| p.module == module)
+                .map(|p| p.symbol.as_str())
+                .collect();
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            let _ = write!(out, "{} in {}", symbols.join(", "), module.display());
+        }
+        out
+    }
+}
+
+/// What leaktrace needs to know of one mapped file.
+struct ModuleInfo {
+    soname: Option<String>,
+    needed: Vec<String>,
+    /// Our functions it defines (with prefix where asked): name → file offset.
+    defined: HashMap<String, u64>,
+}
+
+impl ModuleInfo {
+    fn read(path: &Path, prefix: &str) -> Option<ModuleInfo> {
+        let cache = object::ReadCache::new(File::open(path).ok()?);
+        let file = object::File::parse(&cache).ok()?;
+        let wanted: HashSet<String> = FUNCTIONS
+            .iter()
+            .map(|f| match f.family {
+                Family::C => format!("{prefix}{}", f.symbol),
+                Family::Cxx => f.symbol.to_owned(),
+            })
+            .collect();
+        let mut defined = HashMap::new();
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            let Ok(name) = symbol.name() else { continue };
+            if symbol.kind() != SymbolKind::Text
+                || symbol.is_undefined()
+                || !(symbol.is_global() || symbol.is_weak())
+                || !wanted.contains(name)
+                || defined.contains_key(name)
+            {
                 continue;
             }
-            let host_path = host_path(pid, path);
-            if !is_dynamic_loader(path) && defines_allocator(&host_path) {
-                return Some(Allocator {
-                    path: path.clone(),
-                    host_path,
-                });
+            if let Some(offset) = file_offset(&file, symbol.address()) {
+                defined.insert(name.to_owned(), offset);
             }
-            self.ruled_out.insert(path.clone());
         }
-        None
+        let needed = file
+            .import_libraries()
+            .map(|libraries| {
+                libraries
+                    .filter_map(Result::ok)
+                    .map(|l| String::from_utf8_lossy(l.name()).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ModuleInfo {
+            soname: soname(&file),
+            needed,
+            defined,
+        })
     }
+
+    fn answers_to(&self, path: &Path, name: &str) -> bool {
+        self.soname.as_deref() == Some(name)
+            || path.file_name().and_then(|n| n.to_str()) == Some(name)
+    }
+}
+
+fn soname<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> Option<String> {
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    let table = elf
+        .elf_section_table()
+        .dynamic_table(elf.endian(), elf.data())
+        .ok()?;
+    let entry = table.iter().find(|d| d.tag == object::elf::DT_SONAME)?;
+    let name = table.string(entry).ok()?;
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// The file offset of a virtual address, through the PT_LOAD that maps it.
+fn file_offset<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    vaddr: u64,
+) -> Option<u64> {
+    file.segments().find_map(|segment| {
+        let (offset, size) = segment.file_range();
+        let start = segment.address();
+        (start..start + size)
+            .contains(&vaddr)
+            .then(|| vaddr - start + offset)
+    })
 }
 
 /// `path` inside the target's mount namespace, seen from ours.
@@ -56,26 +261,177 @@ pub fn host_path(pid: u32, path: &Path) -> PathBuf {
     Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
 }
 
-fn is_dynamic_loader(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|name| name.to_str())
-        .is_some_and(|name| name.starts_with("ld-linux") || name.starts_with("ld-musl"))
+/// Works out the [`ProbePlan`] of a target, caching what it reads of each file so that launch
+/// mode can ask after every syscall of the dynamic loader cheaply.
+#[derive(Default)]
+pub struct AllocatorSearch {
+    choice: AllocatorChoice,
+    /// Launch mode: no plan until every needed library is mapped.
+    wait_for_libraries: bool,
+    modules: HashMap<PathBuf, Option<ModuleInfo>>,
 }
 
-fn defines_allocator(path: &Path) -> bool {
-    let Ok(data) = fs::read(path) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    ALLOCATOR_FUNCTIONS.iter().all(|function| {
-        file.dynamic_symbols().chain(file.symbols()).any(|symbol| {
-            symbol.kind() == SymbolKind::Text
-                && !symbol.is_undefined()
-                && symbol.name() == Ok(function)
+impl AllocatorSearch {
+    /// For a running process: libraries that cannot be found are passed over.
+    pub fn new(choice: AllocatorChoice) -> Self {
+        AllocatorSearch {
+            choice,
+            wait_for_libraries: false,
+            modules: HashMap::new(),
+        }
+    }
+
+    /// For a process the dynamic loader is still setting up: [`Self::plan`] answers `None`
+    /// until every needed library is mapped.
+    pub fn while_loading(choice: AllocatorChoice) -> Self {
+        AllocatorSearch {
+            wait_for_libraries: true,
+            ..Self::new(choice)
+        }
+    }
+
+    /// The plan, or `None` while the loader is still mapping needed libraries. An empty plan
+    /// means no module defines malloc.
+    pub fn plan(&mut self, pid: u32, maps: &ProcessMaps) -> Option<ProbePlan> {
+        let prefix = self.choice.symbol_prefix.clone().unwrap_or_default();
+        let mapped: Vec<PathBuf> = {
+            let mut seen = HashSet::new();
+            maps.mappings()
+                .iter()
+                .filter_map(|m| m.path.clone())
+                .filter(|p| seen.insert(p.clone()))
+                .collect()
+        };
+        for path in &mapped {
+            self.modules
+                .entry(path.clone())
+                .or_insert_with(|| ModuleInfo::read(&host_path(pid, path), &prefix));
+        }
+        let order = self.scope_order(pid, &mapped)?;
+
+        let mut plan = ProbePlan::default();
+        for function in &FUNCTIONS {
+            let (symbol, candidates) = match function.family {
+                Family::C => (
+                    format!("{prefix}{}", function.symbol),
+                    self.c_candidates(&order),
+                ),
+                Family::Cxx => (function.symbol.to_owned(), order.clone()),
+            };
+            let found = candidates.iter().find_map(|path| {
+                let info = self.modules.get(path)?.as_ref()?;
+                Some((path, *info.defined.get(&symbol)?))
+            });
+            let Some((module, offset)) = found else {
+                continue;
+            };
+            // Aliases (memalign and aligned_alloc, free and cfree) share an address: one probe.
+            if plan
+                .points
+                .iter()
+                .any(|p| &p.module == module && p.offset == offset)
+            {
+                continue;
+            }
+            plan.points.push(ProbePoint {
+                function,
+                symbol,
+                module: module.clone(),
+                host_path: host_path(pid, module),
+                offset,
+            });
+        }
+        if plan.malloc_module().is_none() {
+            plan.points.clear();
+        }
+        Some(plan)
+    }
+
+    /// Modules in the dynamic linker's lookup order; `None` while a needed library is missing.
+    fn scope_order(&self, pid: u32, mapped: &[PathBuf]) -> Option<Vec<PathBuf>> {
+        let executable = fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| {
+                let text = p.to_string_lossy();
+                PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
+            })
+            .filter(|p| mapped.contains(p))
+            .or_else(|| mapped.first().cloned())?;
+        let mut order = vec![executable.clone()];
+        let preload = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let mut queue: VecDeque<String> = preload_entries(&preload).into();
+        let preloads = queue.len();
+        queue.extend(self.needed(&executable));
+        let mut taken = 0;
+        while let Some(name) = queue.pop_front() {
+            taken += 1;
+            let found = mapped.iter().find(|path| {
+                let by_path = name.contains('/') && path.as_path() == Path::new(&name);
+                by_path
+                    || self
+                        .modules
+                        .get(*path)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|info| info.answers_to(path, &name))
+            });
+            match found {
+                Some(path) if !order.contains(path) => {
+                    order.push(path.clone());
+                    queue.extend(self.needed(path));
+                }
+                Some(_) => {}
+                // A preloaded library that is missing is skipped by the loader too.
+                None if taken <= preloads || !self.wait_for_libraries => {}
+                None => return None,
+            }
+        }
+        // Libraries loaded by dlopen come after the initial scope.
+        for path in mapped {
+            if !order.contains(path) {
+                order.push(path.clone());
+            }
+        }
+        Some(order)
+    }
+
+    fn needed(&self, path: &Path) -> Vec<String> {
+        self.modules
+            .get(path)
+            .and_then(Option::as_ref)
+            .map(|info| info.needed.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where to look for the C family: `--allocator`'s module alone, or the whole scope.
+    fn c_candidates(&self, order: &[PathBuf]) -> Vec<PathBuf> {
+        match &self.choice.library {
+            None => order.to_vec(),
+            Some(wanted) => order
+                .iter()
+                .filter(|path| {
+                    path.as_path() == wanted.as_path()
+                        || (wanted.components().count() == 1
+                            && path.file_name() == Some(wanted.as_os_str()))
+                })
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The libraries named in LD_PRELOAD (separated by spaces or colons) of an environ block.
+fn preload_entries(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
+        .map(|value| {
+            String::from_utf8_lossy(value)
+                .split([' ', ':'])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
         })
-    })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -91,15 +447,45 @@ mod tests {
     }
 
     #[test]
-    fn finds_libc_in_our_own_process_and_not_the_loader() {
+    fn preload_entries_split_on_spaces_and_colons() {
+        let environ = b"HOME=/root\0LD_PRELOAD=/a/x.so:y.so z.so\0PATH=/bin\0";
+        assert_eq!(preload_entries(environ), ["/a/x.so", "y.so", "z.so"]);
+        assert!(preload_entries(b"HOME=/\0").is_empty());
+    }
+
+    #[test]
+    fn our_own_malloc_binds_to_libc_and_each_alias_is_probed_once() {
         let pid = std::process::id();
         let maps = ProcessMaps::read(pid).unwrap();
-        let allocator = AllocatorSearch::default().find(pid, &maps).expect("libc");
-        let name = allocator.path.file_name().unwrap().to_str().unwrap();
+        let plan = AllocatorSearch::default()
+            .plan(pid, &maps)
+            .expect("all libraries mapped");
+        let libc = plan.malloc_module().expect("malloc found");
+        let name = libc.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("libc"), "malloc in {}", libc.display());
+        let offsets: Vec<_> = plan.points.iter().map(|p| (&p.module, p.offset)).collect();
+        let unique: HashSet<_> = offsets.iter().collect();
+        assert_eq!(unique.len(), offsets.len(), "{plan:#?}");
+        for symbol in ["calloc", "realloc", "free", "posix_memalign"] {
+            assert!(
+                plan.points.iter().any(|p| p.symbol == symbol),
+                "{symbol} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn allocator_choice_limits_the_c_family_to_one_module() {
+        let pid = std::process::id();
+        let maps = ProcessMaps::read(pid).unwrap();
+        let choice = AllocatorChoice {
+            library: Some("no-such-lib.so".into()),
+            symbol_prefix: None,
+        };
+        let plan = AllocatorSearch::new(choice).plan(pid, &maps).unwrap();
         assert!(
-            name.starts_with("libc"),
-            "found {}",
-            allocator.path.display()
+            plan.points.is_empty(),
+            "no malloc in a library that is not mapped"
         );
     }
 }

@@ -16,18 +16,18 @@ const FIRST_INLINE_KEY: StackKey = 1 << 32;
 /// Frames are computed on first use and kept: a stack id always names the same stack, so each
 /// is symbolized once however many reports show it.
 pub struct CallSites {
-    allocator: PathBuf,
+    allocators: Vec<PathBuf>,
     stacks: Vec<Vec<u64>>,
     frames: Vec<Option<Vec<Frame>>>,
     inline_keys: HashMap<Vec<u64>, StackKey>,
 }
 
 impl CallSites {
-    /// `allocator` is the probed library (as the target sees it): its frames are cut from the
-    /// top of every stack, so the first frame shown is the code that called it.
-    pub fn new(allocator: PathBuf) -> Self {
+    /// `allocators` are the probed modules (as the target sees them): their frames are cut from
+    /// the top of every stack, so the first frame shown is the code that called them.
+    pub fn new(allocators: Vec<PathBuf>) -> Self {
         CallSites {
-            allocator,
+            allocators,
             stacks: Vec::new(),
             frames: Vec::new(),
             inline_keys: HashMap::new(),
@@ -73,7 +73,11 @@ impl CallSites {
             let addresses = &stack[..code];
             let first_caller = addresses
                 .iter()
-                .position(|&a| symbolizer.module_of(a) != Some(self.allocator.as_path()))
+                .position(|&a| {
+                    symbolizer
+                        .module_of(a)
+                        .is_none_or(|m| !self.allocators.iter().any(|x| x == m))
+                })
                 .unwrap_or(0);
             let frames = addresses[first_caller..]
                 .iter()
@@ -102,7 +106,7 @@ mod tests {
 ",
         );
         (
-            CallSites::new("/usr/lib/libc.so.6".into()),
+            CallSites::new(vec!["/usr/lib/libc.so.6".into()]),
             Symbolizer::from_maps(maps),
         )
     }

@@ -14,11 +14,11 @@ use tokio::{
 };
 
 use crate::{
-    allocator::Allocator,
+    allocator::ProbePlan,
     callsite::CallSites,
     events::{Event, Stack},
     ledger::Ledger,
-    probes::ProbeSet,
+    probes::{Detach, ProbeSet},
     report::{self, Ending, IntervalRow, Report, ReportHeader},
     symbolize::Symbolizer,
     target::Target,
@@ -91,6 +91,10 @@ impl Capture {
                 }
             }
             Event::Free { address, .. } => self.ledger.record_free(address),
+            Event::ReallocFree { tid, address, .. } => {
+                self.ledger.record_realloc_free(tid, address)
+            }
+            Event::ReallocFailed { tid, .. } => self.ledger.record_realloc_failed(tid),
         }
     }
 
@@ -129,23 +133,23 @@ impl Capture {
 }
 
 /// Runs the capture until the window closes, a signal arrives or the target exits, then
-/// detaches the probes and builds the report.
+/// builds the report while the probes are being removed.
 ///
 /// The symbolizer must have been made while the target surely lived (before a launched target
 /// is resumed); `window_start_ns` is when [`ProbeSet::open_window`] opened the window.
 pub async fn run(
     target: &Target,
-    allocator: &Allocator,
+    plan: &ProbePlan,
     probes: &mut ProbeSet,
     symbolizer: Symbolizer,
     options: &CaptureOptions,
     window_start_ns: u64,
-) -> Result<Report> {
+) -> Result<(Report, Detach)> {
     let started = Instant::now();
     let mut capture = Capture {
         pid: target.pid,
         ledger: Ledger::default(),
-        call_sites: CallSites::new(allocator.path.clone()),
+        call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
         symbolizer,
         change: IntervalChange::default(),
         start_ns: window_start_ns,
@@ -190,7 +194,8 @@ pub async fn run(
         }
     };
     // Close the window first: then the ring buffer holds a finite tail, all of it the window's.
-    let window_end_ns = probes.close_window_and_detach()?;
+    let window_end_ns = probes.close_window()?;
+    let detach = probes.detach_in_background();
     while !capture.drain(probes) {}
     let drops = probes.drops()?;
     let ending = match ending {
@@ -202,18 +207,22 @@ pub async fn run(
     let header = ReportHeader {
         pid: target.pid,
         command: target.command.clone(),
-        allocator: allocator.path.display().to_string(),
+        allocator: plan
+            .malloc_module()
+            .map_or_else(String::new, |m| m.display().to_string()),
+        probed: plan.describe(),
         duration_s: started.elapsed().as_secs_f64(),
         window_start_ns,
         window_end_ns,
         from_start: target.launched,
         ending,
     };
-    Ok(Report::build(
+    let report = Report::build(
         header,
         &capture.ledger,
         &mut capture.call_sites,
         &mut capture.symbolizer,
         drops,
-    ))
+    );
+    Ok((report, detach))
 }

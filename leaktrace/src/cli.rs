@@ -40,6 +40,15 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// Probe the C allocator (malloc, free, …) in this library instead of where the target's
+    /// calls bind (a path or a file name as mapped).
+    #[arg(long, value_name = "PATH")]
+    pub allocator: Option<PathBuf>,
+
+    /// The C allocator's functions carry this prefix (e.g. `je_` for a prefixed jemalloc).
+    #[arg(long, value_name = "P")]
+    pub symbol_prefix: Option<String>,
+
     /// Log what leaktrace does (probe points, maps, skipped steps).
     #[arg(short, long)]
     pub verbose: bool,

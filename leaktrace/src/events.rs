@@ -2,6 +2,7 @@
 
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_FREE,
+    EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
 };
 
 /// Where an allocation's stack is.
@@ -28,6 +29,17 @@ pub enum Event {
     Free {
         pid: u32,
         address: u64,
+    },
+    /// realloc started: its old block is freed, unless the same thread's realloc then fails.
+    ReallocFree {
+        pid: u32,
+        tid: u32,
+        address: u64,
+    },
+    /// The thread's last realloc failed: its old block is live again.
+    ReallocFailed {
+        pid: u32,
+        tid: u32,
     },
 }
 
@@ -73,13 +85,25 @@ impl Event {
                 pid: raw.tgid,
                 address: raw.address,
             }),
+            EVENT_REALLOC_FREE => Some(Event::ReallocFree {
+                pid: raw.tgid,
+                tid: raw.tid,
+                address: raw.address,
+            }),
+            EVENT_REALLOC_FAILED => Some(Event::ReallocFailed {
+                pid: raw.tgid,
+                tid: raw.tid,
+            }),
             _ => None,
         }
     }
 
     pub fn pid(&self) -> u32 {
         match *self {
-            Event::Alloc { pid, .. } | Event::Free { pid, .. } => pid,
+            Event::Alloc { pid, .. }
+            | Event::Free { pid, .. }
+            | Event::ReallocFree { pid, .. }
+            | Event::ReallocFailed { pid, .. } => pid,
         }
     }
 }
@@ -129,6 +153,20 @@ mod tests {
                 pid: 7,
                 address: 0x1000
             })
+        );
+        raw.kind = EVENT_REALLOC_FREE;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::ReallocFree {
+                pid: 7,
+                tid: 8,
+                address: 0x1000
+            })
+        );
+        raw.kind = EVENT_REALLOC_FAILED;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::ReallocFailed { pid: 7, tid: 8 })
         );
     }
 

@@ -68,6 +68,9 @@ pub struct Ledger {
     site_of_stack: HashMap<StackKey, SiteId>,
     unmatched_frees: u64,
     missed_frees: u64,
+    /// Per thread, the block its realloc in flight freed, kept until the thread's next realloc
+    /// in case this one fails: then the block is live again.
+    realloc_freed: HashMap<u32, (u64, Outstanding)>,
 }
 
 impl Ledger {
@@ -102,10 +105,37 @@ impl Ledger {
     }
 
     pub fn record_free(&mut self, address: u64) {
-        match self.outstanding.remove(&address) {
+        self.free(address);
+    }
+
+    fn free(&mut self, address: u64) -> Option<Outstanding> {
+        let block = self.outstanding.remove(&address);
+        match block {
             Some(block) => self.release(block),
             None => self.unmatched_frees += 1,
         }
+        block
+    }
+
+    /// realloc on thread `tid` started on `address`: freed now, restorable until the thread's
+    /// next realloc.
+    pub fn record_realloc_free(&mut self, tid: u32, address: u64) {
+        match self.free(address) {
+            Some(block) => self.realloc_freed.insert(tid, (address, block)),
+            None => self.realloc_freed.remove(&tid),
+        };
+    }
+
+    /// The realloc in flight on `tid` failed: its block is live again, as before.
+    pub fn record_realloc_failed(&mut self, tid: u32) {
+        let Some((address, block)) = self.realloc_freed.remove(&tid) else {
+            return;
+        };
+        let stats = &mut self.sites[block.site.index()];
+        stats.frees -= 1;
+        stats.live_bytes += block.size;
+        stats.live_allocations += 1;
+        self.outstanding.insert(address, block);
     }
 
     fn release(&mut self, block: Outstanding) {
@@ -217,6 +247,47 @@ mod tests {
         assert_eq!(ledger.site(first).live_bytes, 0);
         assert_eq!(ledger.site(second).live_bytes, 30);
         assert_eq!(ledger.totals().missed_frees, 1);
+    }
+
+    #[test]
+    fn a_failed_realloc_leaves_the_old_block_live() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 100, 5, 0);
+        ledger.record_realloc_free(7, 0x10);
+        assert_eq!(ledger.site(site).live_bytes, 0);
+        ledger.record_realloc_failed(7);
+        assert_eq!(
+            *ledger.site(site),
+            SiteStats {
+                live_bytes: 100,
+                live_allocations: 1,
+                allocs: 1,
+                frees: 0,
+                alloc_bytes: 100
+            }
+        );
+        ledger.record_free(0x10);
+        assert_eq!(
+            ledger.totals().unmatched_frees,
+            0,
+            "the block is back at its address"
+        );
+    }
+
+    #[test]
+    fn a_successful_realloc_frees_the_old_block_for_good() {
+        let mut ledger = Ledger::default();
+        let (old, _) = ledger.record_alloc(0x10, 100, 5, 0);
+        ledger.record_realloc_free(7, 0x10);
+        let (new, _) = ledger.record_alloc(0x20, 200, 6, 1);
+        ledger.record_realloc_free(7, 0x20);
+        ledger.record_realloc_failed(7);
+        assert_eq!(ledger.site(old).live_bytes, 0);
+        assert_eq!(
+            ledger.site(new).live_bytes,
+            200,
+            "only the last realloc is undone"
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    capture::CaptureOptions, cli::Cli, error::Failure, probes::ProbeSet, report::render_final,
-    symbolize::Symbolizer, target::Target,
+    allocator::AllocatorChoice, capture::CaptureOptions, cli::Cli, error::Failure,
+    probes::ProbeSet, report::render_final, symbolize::Symbolizer, target::Target,
 };
 
 /// Runs one capture as the command line asks.
@@ -40,19 +40,24 @@ pub fn run(cli: Cli) -> Result<()> {
         check_output_path(path)?;
     }
     let demo = cli.pid.is_none() && cli.command.is_empty();
-    let (target, allocator) = match cli.pid {
+    let choice = AllocatorChoice {
+        library: cli.allocator.clone(),
+        symbol_prefix: cli.symbol_prefix.clone(),
+    };
+    let (target, plan) = match cli.pid {
         Some(pid) => {
             let target = Target::existing(pid)?;
-            let allocator = target.find_allocator()?;
-            (target, allocator)
+            let plan = target.probe_plan(choice)?;
+            (target, plan)
         }
         None if demo => {
             let exe = std::env::current_exe().context("find leaktrace's own binary")?;
-            Target::launch(&[exe.into(), OsString::from("--demo-target")])?
+            Target::launch(&[exe.into(), OsString::from("--demo-target")], choice)?
         }
-        None => Target::launch(&cli.command)?,
+        None => Target::launch(&cli.command, choice)?,
     };
-    let mut probes = ProbeSet::attach(target.pid, &allocator)?;
+    log::debug!("probing {}", plan.describe());
+    let mut probes = ProbeSet::attach(target.pid, &plan)?;
     // Open the target's files now: a launched command may be gone by the first event.
     let symbolizer =
         Symbolizer::new(target.pid).with_context(|| format!("read /proc/{}/maps", target.pid))?;
@@ -62,7 +67,11 @@ pub fn run(cli: Cli) -> Result<()> {
         "leaktrace: attached to pid {} ({}); probing {}",
         target.pid,
         target.command,
-        allocator.path.display()
+        plan.modules()
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let default_interval = if demo { 1 } else { 5 };
@@ -76,17 +85,22 @@ pub fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(capture::run(
+    let (report, detach) = runtime.block_on(capture::run(
         &target,
-        &allocator,
+        &plan,
         &mut probes,
         symbolizer,
         &options,
         window_start_ns,
     ))?;
-    drop(probes);
-
     print!("\n{}", render_final(&report, options.top));
+    let written = write_outputs(&report, &cli);
+    detach.wait();
+    drop(probes);
+    written
+}
+
+fn write_outputs(report: &report::Report, cli: &Cli) -> Result<()> {
     if let Some(path) = &cli.json {
         report.write_json(path)?;
     }

@@ -6,42 +6,21 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use leaktrace_common::{CONTROL_ENABLED, DropCounter, maps};
 use serde::Serialize;
 
 use crate::{
-    allocator::Allocator,
+    allocator::{ProbePlan, ProbePoint},
     error::{Failure, os_error},
 };
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
 static OBJECT: &[u8] = include_bytes_aligned!("../bpf/leaktrace.bpf.o");
-
-/// A uprobe program on one allocator function.
-struct ProbePoint {
-    function: &'static str,
-    program: &'static str,
-}
-
-const fn point(function: &'static str, program: &'static str) -> ProbePoint {
-    ProbePoint { function, program }
-}
-
-/// Return probes go in first: an entry that fires before its return probe exists would leave a
-/// pending call that no return ever takes.
-const RETURN_PROBES: [ProbePoint; 3] = [
-    point("malloc", "alloc_exit"),
-    point("calloc", "alloc_exit"),
-    point("realloc", "realloc_exit"),
-];
-const ENTRY_PROBES: [ProbePoint; 4] = [
-    point("malloc", "malloc_enter"),
-    point("calloc", "calloc_enter"),
-    point("realloc", "realloc_enter"),
-    point("free", "free_enter"),
-];
 
 /// What the kernel side could not deliver whole, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -74,7 +53,9 @@ pub struct ProbeSet {
 }
 
 impl ProbeSet {
-    pub fn attach(pid: u32, allocator: &Allocator) -> Result<ProbeSet> {
+    /// Loads the programs and attaches every point of `plan` to `pid`, with the capture window
+    /// still closed.
+    pub fn attach(pid: u32, plan: &ProbePlan) -> Result<ProbeSet> {
         preflight()?;
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|error| {
@@ -84,9 +65,13 @@ impl ProbeSet {
                 "CAP_BPF and CAP_PERFMON",
             )
         })?;
-        let pid_nonzero = NonZeroU32::new(pid).context("pid 0 is not a process")?;
-        for point in RETURN_PROBES.iter().chain(&ENTRY_PROBES) {
-            attach_point(&mut ebpf, point, &allocator.host_path, pid_nonzero)?;
+        let pid = NonZeroU32::new(pid).context("pid 0 is not a process")?;
+        // The window is closed until open_window: the order of attaching does not matter.
+        for point in &plan.points {
+            let programs = std::iter::once(point.function.entry).chain(point.function.exit);
+            for program in programs {
+                attach_program(&mut ebpf, program, point, pid)?;
+            }
         }
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
@@ -107,14 +92,19 @@ impl ProbeSet {
         Ok(monotonic_ns())
     }
 
-    /// Stops recording in every probe at once, then removes the probes (slow: the kernel
-    /// waits for each to quiesce). The maps stay readable for the final report. Returns the
-    /// instant recording stopped.
-    pub fn close_window_and_detach(&mut self) -> Result<u64> {
+    /// Stops recording in every probe at once; returns the instant (CLOCK_MONOTONIC ns).
+    pub fn close_window(&mut self) -> Result<u64> {
         self.control.set(CONTROL_ENABLED, 0, 0)?;
-        let closed = monotonic_ns();
-        self.ebpf = None;
-        Ok(closed)
+        Ok(monotonic_ns())
+    }
+
+    /// Removes the probes on a thread of their own and returns it, to be joined before leaktrace
+    /// exits. The kernel takes ~85 ms per uprobe to quiesce it, one at a time, which the final
+    /// report need not wait for: the window is closed, so the probes record nothing more.
+    /// The maps stay readable meanwhile.
+    pub fn detach_in_background(&mut self) -> Detach {
+        let ebpf = self.ebpf.take();
+        Detach(std::thread::spawn(move || drop(ebpf)))
     }
 
     /// The return addresses of a recorded stack, innermost first.
@@ -139,6 +129,16 @@ impl ProbeSet {
     }
 }
 
+/// Probes being removed; [`Detach::wait`] returns once none is left in the target.
+#[must_use = "leaktrace must not exit before its probes are gone"]
+pub struct Detach(std::thread::JoinHandle<()>);
+
+impl Detach {
+    pub fn wait(self) {
+        let _ = self.0.join();
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's event timestamps.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
@@ -154,15 +154,15 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .with_context(|| format!("the eBPF object has no map {name}"))
 }
 
-fn attach_point(
+fn attach_program(
     ebpf: &mut Ebpf,
+    program: &str,
     point: &ProbePoint,
-    library: &Path,
     pid: NonZeroU32,
 ) -> Result<()> {
     let program: &mut UProbe = ebpf
-        .program_mut(point.program)
-        .with_context(|| format!("the eBPF object has no program {}", point.program))?
+        .program_mut(program)
+        .with_context(|| format!("the eBPF object has no program {program}"))?
         .try_into()?;
     if program.fd().is_err() {
         program.load().map_err(|error| {
@@ -174,7 +174,11 @@ fn attach_point(
         })?;
     }
     program
-        .attach(point.function, library, UProbeScope::OneProcess(pid))
+        .attach(
+            UProbeAttachLocation::AbsoluteOffset(point.offset),
+            &point.host_path,
+            UProbeScope::OneProcess(pid),
+        )
         .map_err(|error| {
             classify(
                 anyhow::Error::new(error),
@@ -182,7 +186,7 @@ fn attach_point(
                 "CAP_PERFMON and CAP_SYS_PTRACE",
             )
         })
-        .with_context(|| format!("probe {} in {}", point.function, library.display()))?;
+        .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
     Ok(())
 }
 

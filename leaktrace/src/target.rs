@@ -22,7 +22,7 @@ use nix::{
 };
 
 use crate::{
-    allocator::{Allocator, AllocatorSearch},
+    allocator::{AllocatorChoice, AllocatorSearch, ProbePlan},
     error::Failure,
     proc_maps::ProcessMaps,
 };
@@ -87,19 +87,20 @@ impl Target {
         })
     }
 
-    /// The allocator of a running process.
-    pub fn find_allocator(&self) -> Result<Allocator> {
+    /// What to probe in a running process.
+    pub fn probe_plan(&self, choice: AllocatorChoice) -> Result<ProbePlan> {
         let maps =
             ProcessMaps::read(self.pid).with_context(|| format!("read /proc/{}/maps", self.pid))?;
-        AllocatorSearch::default()
-            .find(self.pid, &maps)
+        AllocatorSearch::new(choice)
+            .plan(self.pid, &maps)
+            .filter(|plan| !plan.points.is_empty())
             .ok_or_else(|| Failure::NoAllocator(self.pid).into())
     }
 
-    /// Starts `argv` under ptrace and holds it stopped at the first syscall after its allocator
-    /// is mapped: before any of the allocator's code has run, so no allocation is missed.
-    /// [`Target::resume`] lets it go once the probes are in.
-    pub fn launch(argv: &[OsString]) -> Result<(Target, Allocator)> {
+    /// Starts `argv` under ptrace and holds it stopped at the first syscall after which every
+    /// library it needs is mapped: before any of their code has run, so no allocation is
+    /// missed. [`Target::resume`] lets it go once the probes are in.
+    pub fn launch(argv: &[OsString], choice: AllocatorChoice) -> Result<(Target, ProbePlan)> {
         let (program, args) = argv.split_first().context("no command given")?;
         let mut command = Command::new(program);
         command.args(args);
@@ -120,11 +121,13 @@ impl Target {
             ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
         )?;
         let target = Target::from_pid(pid, true)?;
-        let mut search = AllocatorSearch::default();
+        let mut search = AllocatorSearch::while_loading(choice);
         for _ in 0..MAX_LOADER_SYSCALLS {
             let maps = ProcessMaps::read(pid)?;
-            if let Some(allocator) = search.find(pid, &maps) {
-                return Ok((target, allocator));
+            match search.plan(pid, &maps) {
+                Some(plan) if plan.points.is_empty() => break,
+                Some(plan) => return Ok((target, plan)),
+                None => {}
             }
             ptrace::syscall(nix_pid, None)?;
             expect_stop(waitpid(nix_pid, None)?, pid)?;

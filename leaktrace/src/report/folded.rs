@@ -67,6 +67,7 @@ mod tests {
                 pid: 1,
                 command: "x".into(),
                 allocator: "libc".into(),
+                probed: "malloc in libc".into(),
                 duration_s: 1.0,
                 window_start_ns: 0,
                 window_end_ns: 1,

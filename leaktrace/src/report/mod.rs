@@ -94,7 +94,10 @@ impl Report {
 pub struct ReportHeader {
     pub pid: u32,
     pub command: String,
+    /// The module the target's malloc binds to.
     pub allocator: String,
+    /// Every probed function and its module.
+    pub probed: String,
     pub duration_s: f64,
     /// CLOCK_MONOTONIC (ns) when recording started and stopped: the window the numbers cover,
     /// comparable with the target's own clock readings.

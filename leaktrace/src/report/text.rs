@@ -18,6 +18,7 @@ pub fn render_final(report: &Report, top: usize) -> String {
         "leaktrace: pid {} ({}), {:.1} s, allocator {}",
         header.pid, header.command, header.duration_s, header.allocator
     );
+    let _ = writeln!(out, "probed: {}", header.probed);
     let held = format!(
         "{} bytes in {} blocks",
         thousands(totals.live_bytes),
