@@ -9,17 +9,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// "in use at exit: 45,000 bytes in 44 blocks" → (45000, 44), from any line that has it.
-fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
-    lines.iter().find_map(|line| {
-        let rest = &line[line.find("in use at exit: ")? + "in use at exit: ".len()..];
-        let number = |text: &str| text.replace(',', "").parse::<u64>().ok();
-        let (bytes, rest) = rest.split_once(" bytes in ")?;
-        let blocks = rest.strip_suffix(" blocks")?;
-        Some((number(bytes)?, number(blocks)?))
-    })
-}
-
 #[test]
 fn launch_mode_matches_valgrinds_in_use_at_exit() {
     if !bpf_available() {
@@ -38,20 +27,7 @@ fn launch_mode_matches_valgrinds_in_use_at_exit() {
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let traced = in_use_at_exit(&leaktrace.stdout.rest()).expect("an in-use-at-exit line");
 
-    // valgrind frees glibc's own buffers at exit unless told not to; leaktrace sees the
-    // program as it really ends.
-    let valgrind = Command::new("valgrind")
-        .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
-        .arg(&fixture)
-        .arg("exit")
-        .output()
-        .expect("run valgrind (`cargo xtask test` installs it)");
-    let valgrind_lines: Vec<String> = String::from_utf8_lossy(&valgrind.stderr)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let expected = in_use_at_exit(&valgrind_lines).expect("valgrind's heap summary");
-    assert_eq!(traced, expected);
+    assert_eq!(traced, valgrind_in_use_at_exit(&fixture, &["exit"], &[]));
 
     let report = read_json(&json);
     assert_eq!(report["from_start"], true);

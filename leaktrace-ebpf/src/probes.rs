@@ -199,10 +199,20 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// malloc, valloc, pvalloc and every operator new: the size is the first argument.
+/// malloc, valloc and every operator new: the size is the first argument.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 0), 0);
+    0
+}
+
+/// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    const PAGE: u64 = 4096;
+    let size = arg(&ctx, 0);
+    let pages = size.div_ceil(PAGE).max(1);
+    enter(&ctx, bpf_get_current_pid_tgid(), pages * PAGE, 0);
     0
 }
 

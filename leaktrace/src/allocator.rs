@@ -76,7 +76,7 @@ pub const FUNCTIONS: [AllocatorFunction; 30] = [
     c("aligned_alloc", "memalign_enter", "alloc_exit"),
     c("memalign", "memalign_enter", "alloc_exit"),
     c("valloc", "alloc_enter", "alloc_exit"),
-    c("pvalloc", "alloc_enter", "alloc_exit"),
+    c("pvalloc", "pvalloc_enter", "alloc_exit"),
     AllocatorFunction {
         symbol: "free",
         family: Family::C,

@@ -70,14 +70,15 @@ pub fn fixture_define(name: &str, define: &str) -> u64 {
         .unwrap_or_else(|_| panic!("#define {define} {value} is not a number"))
 }
 
-/// The text of a `#define NAME VALUE` of the fixture.
+/// The text of a `#define NAME VALUE` of the fixture, without a trailing comment.
 pub fn fixture_define_text(name: &str, define: &str) -> String {
     let source = fs::read_to_string(fixture_source(name)).unwrap();
     source
         .lines()
         .find_map(|line| {
             let rest = line.strip_prefix("#define ")?.strip_prefix(define)?;
-            rest.starts_with(' ').then(|| rest.trim().to_owned())
+            let value = rest.split("/*").next().unwrap_or_default();
+            rest.starts_with(' ').then(|| value.trim().to_owned())
         })
         .unwrap_or_else(|| panic!("{name}.c has no #define {define}"))
 }
@@ -256,4 +257,32 @@ pub fn sites_of(report: &Value, function: &str) -> SiteSum {
         }
     }
     sum
+}
+
+/// "in use at exit: 45,000 bytes in 44 blocks" → (45000, 44), from any line that has it.
+pub fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
+    lines.iter().find_map(|line| {
+        let rest = &line[line.find("in use at exit: ")? + "in use at exit: ".len()..];
+        let number = |text: &str| text.replace(',', "").parse::<u64>().ok();
+        let (bytes, rest) = rest.split_once(" bytes in ")?;
+        let blocks = rest.strip_suffix(" blocks")?;
+        Some((number(bytes)?, number(blocks)?))
+    })
+}
+
+/// valgrind's "in use at exit" for `binary args`. valgrind frees glibc's and libstdc++'s own
+/// buffers at exit unless told not to; leaktrace sees the program as it really ends.
+pub fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u64, u64) {
+    let output = Command::new("valgrind")
+        .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
+        .args(options)
+        .arg(binary)
+        .args(args)
+        .output()
+        .expect("run valgrind (`cargo xtask test` installs it)");
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    in_use_at_exit(&lines).unwrap_or_else(|| panic!("no heap summary from valgrind: {lines:#?}"))
 }
