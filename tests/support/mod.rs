@@ -23,9 +23,14 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// The fixture's C source path.
+/// The fixture's source path: NAME.c, or NAME.cc for C++.
 pub fn fixture_source(name: &str) -> PathBuf {
-    fixtures_dir().join(format!("{name}.c"))
+    let c = fixtures_dir().join(format!("{name}.c"));
+    if c.exists() {
+        c
+    } else {
+        fixtures_dir().join(format!("{name}.cc"))
+    }
 }
 
 /// Builds `tests/fixtures/NAME.c` with debug info and frame pointers, once per test binary: a
@@ -47,14 +52,20 @@ pub fn build_fixture_with(name: &str, flags: &[&str]) -> PathBuf {
     fs::create_dir_all(&out_dir).unwrap();
     let binary = out_dir.join(format!("{name}-{stem}"));
     let temporary = out_dir.join(format!("{name}-{stem}.tmp"));
-    let status = Command::new("gcc")
+    let source = fixture_source(name);
+    let compiler = if source.extension().is_some_and(|e| e == "cc") {
+        "g++"
+    } else {
+        "gcc"
+    };
+    let status = Command::new(compiler)
         .args(["-g", "-O1", "-fno-omit-frame-pointer"])
         .args(flags)
         .arg("-o")
         .arg(&temporary)
-        .arg(fixture_source(name))
+        .arg(&source)
         .status()
-        .expect("run gcc (`cargo xtask test` installs it)");
+        .unwrap_or_else(|e| panic!("run {compiler} (`cargo xtask test` installs it): {e}"));
     assert!(status.success(), "gcc failed on {name}.c");
     fs::rename(&temporary, &binary).unwrap();
     built.push((name.to_owned(), binary.clone()));
@@ -77,7 +88,7 @@ pub fn fixture_define_text(name: &str, define: &str) -> String {
         .lines()
         .find_map(|line| {
             let rest = line.strip_prefix("#define ")?.strip_prefix(define)?;
-            let value = rest.split("/*").next().unwrap_or_default();
+            let value = rest.split("/*").next()?.split("//").next()?;
             rest.starts_with(' ').then(|| value.trim().to_owned())
         })
         .unwrap_or_else(|| panic!("{name}.c has no #define {define}"))
