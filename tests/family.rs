@@ -12,9 +12,20 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `leaktrace --json … -- BINARY ARGS…`: the report, and leaktrace's stdout.
 fn launch(test: &str, binary: &std::path::Path, args: &[&str]) -> (Value, Vec<String>) {
+    launch_with(test, &[], binary, args)
+}
+
+/// [`launch`] with leaktrace options.
+fn launch_with(
+    test: &str,
+    options: &[&str],
+    binary: &std::path::Path,
+    args: &[&str],
+) -> (Value, Vec<String>) {
     let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
+            .args(options)
             .arg("--json")
             .arg(&json)
             .arg("--")
@@ -180,4 +191,162 @@ fn every_one_of_200_000_news_is_counted_once() {
     for (kind, dropped) in report["drops"].as_object().unwrap() {
         assert_eq!(dropped, 0, "{kind}");
     }
+}
+
+/// The three sites of `fixture exit` with known leaks, summed: (bytes, blocks).
+fn fixture_leaks(report: &Value) -> (u64, u64) {
+    let define = |name: &str| fixture_define("fixture", name);
+    let expected = (
+        define("BURST_LEAKS") * define("LEAK_BYTES")
+            + define("CALLOC_TABLES") * define("CALLOC_COUNT") * define("CALLOC_SIZE")
+            + define("GROW_STEPS") * define("GROW_STEP"),
+        define("BURST_LEAKS") + define("CALLOC_TABLES") + 1,
+    );
+    let seen = ["leak_here", "calloc_table", "grow_buffer"]
+        .iter()
+        .map(|f| sites_of(report, f))
+        .fold((0, 0), |(b, n), s| {
+            (b + s.live_bytes, n + s.live_allocations)
+        });
+    assert_eq!(seen, expected);
+    seen
+}
+
+#[test]
+fn jemalloc_is_probed_where_malloc_binds_without_flags() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture_with("fixture", &["-ljemalloc"]);
+    let (report, stdout) = launch("jemalloc", &binary, &["exit"]);
+    let allocator = report["allocator"].as_str().unwrap();
+    assert!(
+        allocator.ends_with("libjemalloc.so.2"),
+        "probed {allocator}"
+    );
+    fixture_leaks(&report);
+    let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
+    let synonyms = "--soname-synonyms=somalloc=*jemalloc*";
+    assert_eq!(
+        traced,
+        valgrind_in_use_at_exit(&binary, &["exit"], &[synonyms])
+    );
+}
+
+#[test]
+fn the_allocator_flag_overrides_the_binding() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture_with("fixture", &["-ljemalloc"]);
+    let (report, _) = launch_with(
+        "allocator_flag",
+        &["--allocator", "libc.so.6"],
+        &binary,
+        &["exit"],
+    );
+    let allocator = report["allocator"].as_str().unwrap();
+    assert!(allocator.ends_with("libc.so.6"), "probed {allocator}");
+    // The program's mallocs go to jemalloc, which the flag told leaktrace not to probe.
+    assert_eq!(sites_of(&report, "leak_here").allocs, 0);
+}
+
+#[test]
+fn a_symbol_prefix_finds_the_prefixed_allocator() {
+    if !bpf_available() {
+        return;
+    }
+    // glibc exports its allocator a second time as __libc_malloc, __libc_free, …
+    let binary = build_fixture("fixture");
+    let (report, _) = launch_with(
+        "symbol_prefix",
+        &["--symbol-prefix", "__libc_"],
+        &binary,
+        &["exit"],
+    );
+    assert!(report["probed"].as_str().unwrap().contains("__libc_malloc"));
+    fixture_leaks(&report);
+}
+
+#[test]
+fn a_static_binary_is_probed_in_itself() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture_with("fixture", &["-static"]);
+    let (report, _) = launch("static", &binary, &["exit"]);
+    assert_eq!(
+        report["allocator"].as_str().unwrap(),
+        binary.to_str().unwrap()
+    );
+    // valgrind cannot replace a static binary's malloc: the fixture's own numbers decide.
+    fixture_leaks(&report);
+    assert_eq!(report["totals"]["missed_frees"], 0);
+}
+
+fn thread_leaks(report: &Value) -> SiteSum {
+    sites_of(report, "thread_leak")
+}
+
+fn expected_thread_leaks() -> (u64, u64, u64, u64) {
+    let define = |name: &str| fixture_define("threads", name);
+    let allocs = define("THREADS") * define("BLOCKS");
+    (
+        allocs / 2 * define("BLOCK_BYTES"),
+        allocs / 2,
+        allocs,
+        allocs / 2,
+    )
+}
+
+#[test]
+fn eight_threads_with_cross_thread_frees() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("threads");
+    let (report, stdout) = launch("threads", &binary, &["exit"]);
+    let site = thread_leaks(&report);
+    assert_eq!(
+        (
+            site.live_bytes,
+            site.live_allocations,
+            site.allocs,
+            site.frees
+        ),
+        expected_thread_leaks()
+    );
+    let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
+    assert_eq!(traced, valgrind_in_use_at_exit(&binary, &["exit"], &[]));
+}
+
+#[test]
+fn threads_created_after_attach_are_traced() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("threads");
+    let mut target = Running::start(Command::new(&binary).arg("wait"));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let json = output_path("threads_after_attach", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &target.pid().to_string(), "--json"])
+            .arg(&json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    target.signal(libc::SIGUSR1);
+    target.stdout.wait_for(|l| l == "done", WAIT);
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let site = thread_leaks(&read_json(&json));
+    assert_eq!(
+        (
+            site.live_bytes,
+            site.live_allocations,
+            site.allocs,
+            site.frees
+        ),
+        expected_thread_leaks()
+    );
 }

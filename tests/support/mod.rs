@@ -39,19 +39,25 @@ pub fn build_fixture(name: &str) -> PathBuf {
     build_fixture_with(name, &[])
 }
 
-/// [`build_fixture`] with extra gcc flags (the same flags each time a name is asked for).
+/// [`build_fixture`] with extra compiler flags; each flag set is its own binary.
 pub fn build_fixture_with(name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let variant: String = flags
+        .concat()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let key = format!("{name}{variant}");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
         return path.clone();
     }
     let test_binary = env::current_exe().unwrap();
     let stem = test_binary.file_stem().unwrap().to_string_lossy();
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     fs::create_dir_all(&out_dir).unwrap();
-    let binary = out_dir.join(format!("{name}-{stem}"));
-    let temporary = out_dir.join(format!("{name}-{stem}.tmp"));
+    let binary = out_dir.join(format!("{key}-{stem}"));
+    let temporary = out_dir.join(format!("{key}-{stem}.tmp"));
     let source = fixture_source(name);
     let compiler = if source.extension().is_some_and(|e| e == "cc") {
         "g++"
@@ -59,16 +65,15 @@ pub fn build_fixture_with(name: &str, flags: &[&str]) -> PathBuf {
         "gcc"
     };
     let status = Command::new(compiler)
-        .args(["-g", "-O1", "-fno-omit-frame-pointer"])
-        .args(flags)
-        .arg("-o")
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-pthread", "-o"])
         .arg(&temporary)
         .arg(&source)
+        .args(flags)
         .status()
         .unwrap_or_else(|e| panic!("run {compiler} (`cargo xtask test` installs it): {e}"));
     assert!(status.success(), "gcc failed on {name}.c");
     fs::rename(&temporary, &binary).unwrap();
-    built.push((name.to_owned(), binary.clone()));
+    built.push((key, binary.clone()));
     binary
 }
 

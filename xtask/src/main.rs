@@ -17,13 +17,9 @@ tasks:
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test";
 
-/// Debian packages the integration tests run: fixtures are built with gcc, launch mode is
-/// checked against valgrind, and bpftool shows what stays attached.
-const TEST_PACKAGES: [(&str, &str); 3] = [
-    ("gcc", "gcc"),
-    ("valgrind", "valgrind"),
-    ("bpftool", "bpftool"),
-];
+/// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
+/// jemalloc), launch mode is checked against valgrind, and bpftool shows what stays attached.
+const TEST_PACKAGES: [&str; 5] = ["gcc", "g++", "valgrind", "bpftool", "libjemalloc-dev"];
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();
@@ -116,9 +112,8 @@ fn setup_ebpf() -> Result<()> {
 
 fn test() -> Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .filter(|(binary, _)| !on_path(binary))
-        .map(|(_, package)| *package)
+        .into_iter()
+        .filter(|package| !installed(package))
         .collect();
     if !missing.is_empty() {
         apt_install(&missing)?;
@@ -130,9 +125,11 @@ fn test() -> Result<()> {
     )
 }
 
-fn on_path(binary: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "--showformat=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|out| out.stdout == b"installed")
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

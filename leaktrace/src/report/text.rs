@@ -49,7 +49,7 @@ pub fn render_final(report: &Report, top: usize) -> String {
     if totals.unmatched_frees > 0 {
         let _ = writeln!(
             out,
-            "frees of blocks not seen allocated (allocated before attach): {}",
+            "frees of blocks not seen allocated (before attach, or inside the allocator): {}",
             thousands(totals.unmatched_frees)
         );
     }
