@@ -40,6 +40,11 @@ pub const EVENT_REALLOC_FREE: u32 = 4;
 /// [`AllocEvent::kind`] of a realloc that failed (NULL for a nonzero size): its old block,
 /// already reported freed, is live again. `address` is 0; `tid` says whose realloc.
 pub const EVENT_REALLOC_FAILED: u32 = 5;
+/// [`AllocEvent::kind`] of a successful fork in a traced process: `address` is the child's pid.
+pub const EVENT_FORK: u32 = 6;
+/// [`AllocEvent::kind`] of a successful exec in a traced process (`tgid`): its address space,
+/// and every block in it, is gone; what follows is a new program.
+pub const EVENT_EXEC: u32 = 7;
 
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -97,6 +102,7 @@ pub mod maps {
     pub const STACKS: &str = "STACKS";
     pub const DROPS: &str = "DROPS";
     pub const CONTROL: &str = "CONTROL";
+    pub const TRACED: &str = "TRACED";
 }
 
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.

@@ -2,13 +2,14 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
 };
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
-    EVENT_ALLOC_WITH_STACK, EVENT_FREE, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
+    EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_REALLOC_FAILED,
+    EVENT_REALLOC_FREE,
 };
 
 /// Userspace sizes it with `--ring-bytes`; this is the default.
@@ -28,6 +29,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0)
 /// Userspace opens and closes the capture window here (see [`CONTROL_ENABLED`]).
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The traced processes (tgid → 1). The uprobes are attached per process and need no filter;
+/// the exec tracepoint fires for every process on the machine and keeps to these.
+#[map]
+static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// What an entry probe leaves for its return probe.
 #[derive(Clone, Copy)]
@@ -335,6 +341,28 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn delete_exit(ctx: RetProbeContext) -> u32 {
     let _ = take_pending(&ctx);
+    0
+}
+
+/// fork's return: in the parent it returns the child's pid (the child is not a traced process
+/// until userspace attaches to it, so its own return does not reach here).
+#[uretprobe]
+pub fn fork_exit(ctx: RetProbeContext) -> u32 {
+    let child: i64 = ctx.ret();
+    if child > 0 && window_open() {
+        emit(bpf_get_current_pid_tgid(), EVENT_FORK, child as u64, 0, 0);
+    }
+    0
+}
+
+/// sched_process_exec(task, old_pid, bprm), in the context of the process that exec'd.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if unsafe { TRACED.get(&tgid) }.is_some() {
+        emit(pid_tgid, EVENT_EXEC, 0, 0, 0);
+    }
     0
 }
 

@@ -24,6 +24,8 @@ pub enum Family {
     C,
     /// C++ operator new and delete.
     Cxx,
+    /// Process lifecycle: fork, whose return tells of a new child.
+    Process,
 }
 
 /// An allocator function and the eBPF programs that read it.
@@ -31,7 +33,7 @@ pub enum Family {
 pub struct AllocatorFunction {
     pub symbol: &'static str,
     pub family: Family,
-    pub entry: &'static str,
+    pub entry: Option<&'static str>,
     pub exit: Option<&'static str>,
 }
 
@@ -39,7 +41,7 @@ const fn c(symbol: &'static str, entry: &'static str, exit: &'static str) -> All
     AllocatorFunction {
         symbol,
         family: Family::C,
-        entry,
+        entry: Some(entry),
         exit: Some(exit),
     }
 }
@@ -48,7 +50,7 @@ const fn new(symbol: &'static str) -> AllocatorFunction {
     AllocatorFunction {
         symbol,
         family: Family::Cxx,
-        entry: "alloc_enter",
+        entry: Some("alloc_enter"),
         exit: Some("alloc_exit"),
     }
 }
@@ -57,13 +59,13 @@ const fn delete(symbol: &'static str) -> AllocatorFunction {
     AllocatorFunction {
         symbol,
         family: Family::Cxx,
-        entry: "delete_enter",
+        entry: Some("delete_enter"),
         exit: Some("delete_exit"),
     }
 }
 
 /// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
-pub const FUNCTIONS: [AllocatorFunction; 30] = [
+pub const FUNCTIONS: [AllocatorFunction; 31] = [
     c("malloc", "alloc_enter", "alloc_exit"),
     c("calloc", "calloc_enter", "alloc_exit"),
     c("realloc", "realloc_enter", "realloc_exit"),
@@ -80,7 +82,7 @@ pub const FUNCTIONS: [AllocatorFunction; 30] = [
     AllocatorFunction {
         symbol: "free",
         family: Family::C,
-        entry: "free_enter",
+        entry: Some("free_enter"),
         exit: None,
     },
     new("_Znwm"),
@@ -103,6 +105,12 @@ pub const FUNCTIONS: [AllocatorFunction; 30] = [
     delete("_ZdaPvRKSt9nothrow_t"),
     delete("_ZdlPvSt11align_val_tRKSt9nothrow_t"),
     delete("_ZdaPvSt11align_val_tRKSt9nothrow_t"),
+    AllocatorFunction {
+        symbol: "fork",
+        family: Family::Process,
+        entry: None,
+        exit: Some("fork_exit"),
+    },
 ];
 
 /// The user's overrides of the binding rule.
@@ -189,7 +197,7 @@ impl ModuleInfo {
             .iter()
             .map(|f| match f.family {
                 Family::C => format!("{prefix}{}", f.symbol),
-                Family::Cxx => f.symbol.to_owned(),
+                Family::Cxx | Family::Process => f.symbol.to_owned(),
             })
             .collect();
         let mut defined = HashMap::new();
@@ -316,7 +324,7 @@ impl AllocatorSearch {
                     format!("{prefix}{}", function.symbol),
                     self.c_candidates(&order),
                 ),
-                Family::Cxx => (function.symbol.to_owned(), order.clone()),
+                Family::Cxx | Family::Process => (function.symbol.to_owned(), order.clone()),
             };
             let found = candidates.iter().find_map(|path| {
                 let info = self.modules.get(path)?.as_ref()?;

@@ -1,6 +1,7 @@
 //! The capture loop: drain events into the ledger, print the live view, stop when told.
 
 use std::{
+    collections::HashMap,
     future::pending,
     os::fd::{AsRawFd, RawFd},
     time::{Duration, Instant},
@@ -14,15 +15,14 @@ use tokio::{
 };
 
 use crate::{
-    allocator::ProbePlan,
-    callsite::CallSites,
-    events::{Event, Stack},
-    ledger::Ledger,
+    allocator::{AllocatorChoice, AllocatorSearch, ProbePlan},
+    events::Event,
+    image::TracedImage,
     probes::{Detach, ProbeSet},
-    report::{self, Ending, IntervalRow, Report, ReportHeader},
+    proc_maps::ProcessMaps,
+    report::{self, Ending, Report},
     symbolize::Symbolizer,
-    target::Target,
-    trends::IntervalChange,
+    target::{Target, process_name},
 };
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
@@ -33,20 +33,22 @@ pub struct CaptureOptions {
     pub duration: Option<Duration>,
     pub interval: Duration,
     pub top: usize,
+    /// Trace the target's children too (`-f`).
+    pub follow_forks: bool,
+    /// For re-planning the probes after an exec.
+    pub choice: AllocatorChoice,
 }
 
-/// Everything the capture accumulates.
-struct Capture {
-    pid: u32,
-    ledger: Ledger,
-    call_sites: CallSites,
-    symbolizer: Symbolizer,
-    change: IntervalChange,
-    /// CLOCK_MONOTONIC at the start, the clock of the events' timestamps.
-    start_ns: u64,
+/// Everything the capture accumulates: every image of every traced process.
+struct Capture<'a> {
+    options: &'a CaptureOptions,
+    /// In the order they started; the first is the target's first image.
+    images: Vec<TracedImage>,
+    /// The image each traced pid is running now.
+    current: HashMap<u32, usize>,
 }
 
-impl Capture {
+impl Capture<'_> {
     /// Applies up to [`DRAIN_BATCH`] records; true when the ring buffer is empty.
     fn drain(&mut self, probes: &mut ProbeSet) -> bool {
         for _ in 0..DRAIN_BATCH {
@@ -62,11 +64,11 @@ impl Capture {
         false
     }
 
-    fn apply(&mut self, event: Event, probes: &ProbeSet) {
-        // The probes fire for the target only; a forked child shares them until it execs.
-        if event.pid() != self.pid {
+    fn apply(&mut self, event: Event, probes: &mut ProbeSet) {
+        let Some(&index) = self.current.get(&event.pid()) else {
             return;
-        }
+        };
+        let image = &mut self.images[index];
         match event {
             Event::Alloc {
                 address,
@@ -74,61 +76,102 @@ impl Capture {
                 stack,
                 timestamp_ns,
                 ..
-            } => {
-                let allocated_ms = (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
-                    .try_into()
-                    .unwrap_or(u32::MAX);
-                let key = self.call_sites.key(&stack);
-                let (site, is_new) = self.ledger.record_alloc(address, size, key, allocated_ms);
-                if is_new {
-                    let addresses = match stack {
-                        Stack::Id(id) => probes.stack(id),
-                        Stack::Inline(frames) => frames,
-                        Stack::Lost => Vec::new(),
-                    };
-                    self.symbolizer.observe(&addresses);
-                    self.call_sites.add(site, addresses);
-                }
-            }
-            Event::Free { address, .. } => self.ledger.record_free(address),
+            } => image.record_alloc(address, size, stack, timestamp_ns, probes),
+            Event::Free { address, .. } => image.ledger_mut().record_free(address),
             Event::ReallocFree { tid, address, .. } => {
-                self.ledger.record_realloc_free(tid, address)
+                image.ledger_mut().record_realloc_free(tid, address)
             }
-            Event::ReallocFailed { tid, .. } => self.ledger.record_realloc_failed(tid),
+            Event::ReallocFailed { tid, .. } => image.ledger_mut().record_realloc_failed(tid),
+            Event::Exec { pid, timestamp_ns } => {
+                image.ended = Some((Ending::Exec, timestamp_ns));
+                self.start_image(pid, false, timestamp_ns, probes);
+            }
+            Event::Fork {
+                child,
+                timestamp_ns,
+                ..
+            } if self.options.follow_forks => {
+                self.start_image(child, true, timestamp_ns, probes);
+            }
+            Event::Fork { .. } => {}
         }
     }
 
+    /// A new image for `pid`: after its exec, or a child just forked. Its probes are attached
+    /// where they are missing; an image whose allocator was fully probed before its first
+    /// instruction is traced from its start.
+    fn start_image(&mut self, pid: u32, forked: bool, start_ns: u64, probes: &mut ProbeSet) {
+        let plan = self.plan_for(pid);
+        let all_probed_before = match probes.attach_process(pid, &plan) {
+            Ok(all_probed_before) => all_probed_before,
+            Err(error) => {
+                log::warn!("pid {pid}: cannot probe its new image: {error:#}");
+                false
+            }
+        };
+        let Ok(symbolizer) = Symbolizer::new(pid) else {
+            // Gone already: nothing of it will be reported.
+            self.current.remove(&pid);
+            return;
+        };
+        if forked {
+            log::debug!("following child {pid}");
+        } else {
+            log::debug!("pid {pid} exec'd {}", process_name(pid));
+        }
+        // A forked child runs before its probes are in: it is not traced from its start.
+        let from_start = !forked && all_probed_before;
+        self.images.push(TracedImage::new(
+            pid,
+            process_name(pid),
+            &plan,
+            symbolizer,
+            from_start,
+            start_ns,
+        ));
+        self.current.insert(pid, self.images.len() - 1);
+    }
+
+    /// The probe plan of a process that has just exec'd or forked. After an exec the dynamic
+    /// loader may still be mapping libraries: wait a little for them, as launch mode does.
+    fn plan_for(&self, pid: u32) -> ProbePlan {
+        const ATTEMPTS: u32 = 40;
+        let mut search = AllocatorSearch::while_loading(self.options.choice.clone());
+        for _ in 0..ATTEMPTS {
+            let Ok(maps) = ProcessMaps::read(pid) else {
+                break;
+            };
+            if let Some(plan) = search.plan(pid, &maps) {
+                return plan;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ProcessMaps::read(pid)
+            .ok()
+            .and_then(|maps| AllocatorSearch::new(self.options.choice.clone()).plan(pid, &maps))
+            .unwrap_or_default()
+    }
+
     fn live_view(&mut self, elapsed: Duration, probes: &ProbeSet, top: usize) -> String {
-        let mut sites: Vec<_> = self
-            .ledger
-            .sites()
-            .filter(|(_, _, stats)| stats.live_bytes > 0)
-            .map(|(site, _, stats)| (site, *stats))
-            .collect();
-        sites.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.live_bytes));
-        let rows: Vec<IntervalRow> = sites
-            .into_iter()
-            .take(top)
-            .map(|(site, stats)| IntervalRow {
-                live_bytes: stats.live_bytes,
-                live_allocations: stats.live_allocations,
-                change: self.change.change(site, stats.live_bytes),
-                site: self
-                    .call_sites
-                    .frames(site, &mut self.symbolizer)
-                    .first()
-                    .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
-            })
-            .collect();
-        self.change.advance(&self.ledger);
-        let totals = self.ledger.totals();
-        report::render_interval(
-            elapsed.as_secs_f64(),
-            totals.live_bytes,
-            totals.live_allocations,
-            &probes.drops().unwrap_or_default(),
-            &rows,
-        )
+        let mut out = String::new();
+        let drops = probes.drops().unwrap_or_default();
+        let mut running: Vec<usize> = self.current.values().copied().collect();
+        running.sort_unstable();
+        for index in running {
+            let image = &mut self.images[index];
+            let (live_bytes, live_allocations, rows) = image.live_view(top);
+            if index > 0 {
+                out.push_str(&format!("  pid {} ({}):\n", image.pid, image.command));
+            }
+            out.push_str(&report::render_interval(
+                elapsed.as_secs_f64(),
+                live_bytes,
+                live_allocations,
+                &drops,
+                &rows,
+            ));
+        }
+        out
     }
 }
 
@@ -146,13 +189,18 @@ pub async fn run(
     window_start_ns: u64,
 ) -> Result<(Report, Detach)> {
     let started = Instant::now();
-    let mut capture = Capture {
-        pid: target.pid,
-        ledger: Ledger::default(),
-        call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
+    let first = TracedImage::new(
+        target.pid,
+        target.command.clone(),
+        plan,
         symbolizer,
-        change: IntervalChange::default(),
-        start_ns: window_start_ns,
+        target.launched,
+        window_start_ns,
+    );
+    let mut capture = Capture {
+        options,
+        images: vec![first],
+        current: HashMap::from([(target.pid, 0)]),
     };
     // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this function
     // and so these registrations.
@@ -204,25 +252,24 @@ pub async fn run(
         },
         other => other,
     };
-    let header = ReportHeader {
-        pid: target.pid,
-        command: target.command.clone(),
-        allocator: plan
-            .malloc_module()
-            .map_or_else(String::new, |m| m.display().to_string()),
-        probed: plan.describe(),
-        duration_s: started.elapsed().as_secs_f64(),
-        window_start_ns,
-        window_end_ns,
-        from_start: target.launched,
-        ending,
-    };
-    let report = Report::build(
-        header,
-        &capture.ledger,
-        &mut capture.call_sites,
-        &mut capture.symbolizer,
-        drops,
-    );
+    // The target's current image leads; its earlier images and followed children follow.
+    let lead = capture.current[&target.pid];
+    let mut report = capture.images[lead].report(ending, window_end_ns, drops);
+    for (index, image) in capture.images.iter_mut().enumerate() {
+        if index != lead {
+            let ending = if image.pid == target.pid || process_exists(image.pid) {
+                ending
+            } else {
+                Ending::TargetExited { status: None }
+            };
+            report
+                .processes
+                .push(image.report(ending, window_end_ns, drops));
+        }
+    }
     Ok((report, detach))
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -40,6 +40,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// Trace the target's children too (created by fork after the attach), each reported on
+    /// its own. Without it, children are not traced.
+    #[arg(short = 'f', long)]
+    pub follow_forks: bool,
+
     /// Probe the C allocator (malloc, free, …) in this library instead of where the target's
     /// calls bind (a path or a file name as mapped).
     #[arg(long, value_name = "PATH")]

@@ -1,8 +1,8 @@
 //! Decoding the ring buffer's records.
 
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_FREE,
-    EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
+    AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK,
+    EVENT_FREE, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
 };
 
 /// Where an allocation's stack is.
@@ -40,6 +40,17 @@ pub enum Event {
     ReallocFailed {
         pid: u32,
         tid: u32,
+    },
+    /// The process forked `child`.
+    Fork {
+        pid: u32,
+        child: u32,
+        timestamp_ns: u64,
+    },
+    /// The process exec'd: a new program, in a new address space.
+    Exec {
+        pid: u32,
+        timestamp_ns: u64,
     },
 }
 
@@ -94,6 +105,15 @@ impl Event {
                 pid: raw.tgid,
                 tid: raw.tid,
             }),
+            EVENT_FORK => Some(Event::Fork {
+                pid: raw.tgid,
+                child: u32::try_from(raw.address).ok()?,
+                timestamp_ns: raw.timestamp_ns,
+            }),
+            EVENT_EXEC => Some(Event::Exec {
+                pid: raw.tgid,
+                timestamp_ns: raw.timestamp_ns,
+            }),
             _ => None,
         }
     }
@@ -103,7 +123,9 @@ impl Event {
             Event::Alloc { pid, .. }
             | Event::Free { pid, .. }
             | Event::ReallocFree { pid, .. }
-            | Event::ReallocFailed { pid, .. } => pid,
+            | Event::ReallocFailed { pid, .. }
+            | Event::Fork { pid, .. }
+            | Event::Exec { pid, .. } => pid,
         }
     }
 }
@@ -167,6 +189,23 @@ mod tests {
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::ReallocFailed { pid: 7, tid: 8 })
+        );
+        raw.kind = EVENT_FORK;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Fork {
+                pid: 7,
+                child: 0x1000,
+                timestamp_ns: 5
+            })
+        );
+        raw.kind = EVENT_EXEC;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Exec {
+                pid: 7,
+                timestamp_ns: 5
+            })
         );
     }
 

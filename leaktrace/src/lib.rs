@@ -13,6 +13,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod image;
 pub mod ledger;
 pub mod probes;
 pub mod proc_maps;
@@ -47,14 +48,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let (target, plan) = match cli.pid {
         Some(pid) => {
             let target = Target::existing(pid)?;
-            let plan = target.probe_plan(choice)?;
+            let plan = target.probe_plan(choice.clone())?;
             (target, plan)
         }
         None if demo => {
             let exe = std::env::current_exe().context("find leaktrace's own binary")?;
-            Target::launch(&[exe.into(), OsString::from("--demo-target")], choice)?
+            Target::launch(
+                &[exe.into(), OsString::from("--demo-target")],
+                choice.clone(),
+            )?
         }
-        None => Target::launch(&cli.command, choice)?,
+        None => Target::launch(&cli.command, choice.clone())?,
     };
     log::debug!("probing {}", plan.describe());
     let mut probes = ProbeSet::attach(target.pid, &plan)?;
@@ -81,6 +85,8 @@ pub fn run(cli: Cli) -> Result<()> {
             .interval
             .unwrap_or(Duration::from_secs(default_interval)),
         top: cli.top as usize,
+        follow_forks: cli.follow_forks,
+        choice,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

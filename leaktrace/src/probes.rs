@@ -1,13 +1,17 @@
 //! Loading the eBPF object and attaching its uprobes to the target's allocator.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -46,6 +50,9 @@ impl DropCounts {
 /// removes every probe from the target.
 pub struct ProbeSet {
     ebpf: Option<Ebpf>,
+    /// (pid, module, offset) of every attached point, so a point is never attached twice.
+    attached: HashSet<(u32, PathBuf, u64)>,
+    traced: HashMap<MapData, u32, u32>,
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
@@ -54,7 +61,7 @@ pub struct ProbeSet {
 
 impl ProbeSet {
     /// Loads the programs and attaches every point of `plan` to `pid`, with the capture window
-    /// still closed.
+    /// still closed. The window switch makes the order of attaching irrelevant.
     pub fn attach(pid: u32, plan: &ProbePlan) -> Result<ProbeSet> {
         preflight()?;
         raise_memlock_limit();
@@ -65,25 +72,52 @@ impl ProbeSet {
                 "CAP_BPF and CAP_PERFMON",
             )
         })?;
-        let pid = NonZeroU32::new(pid).context("pid 0 is not a process")?;
-        // The window is closed until open_window: the order of attaching does not matter.
-        for point in &plan.points {
-            let programs = std::iter::once(point.function.entry).chain(point.function.exit);
-            for program in programs {
-                attach_program(&mut ebpf, program, point, pid)?;
-            }
-        }
+        let exec: &mut RawTracePoint = ebpf
+            .program_mut("process_exec")
+            .context("the eBPF object has no program process_exec")?
+            .try_into()?;
+        exec.load()?;
+        exec.attach("sched_process_exec")
+            .context("attach to the sched_process_exec tracepoint")?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
-        Ok(ProbeSet {
+        let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
+        let mut probes = ProbeSet {
             ebpf: Some(ebpf),
+            attached: HashSet::new(),
+            traced,
             events,
             stacks,
             drops,
             control,
-        })
+        };
+        probes.attach_process(pid, plan)?;
+        Ok(probes)
+    }
+
+    /// Attaches the points of `plan` that `pid` lacks (a child just forked, or a process that
+    /// exec'd a program with another allocator) and traces its execs. True when every point
+    /// was attached already: then the image has been fully probed from its first instruction.
+    pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<bool> {
+        let ebpf = self.ebpf.as_mut().context("the probes are detached")?;
+        let nonzero = NonZeroU32::new(pid).context("pid 0 is not a process")?;
+        let mut all_attached_before = !plan.points.is_empty();
+        for point in &plan.points {
+            if !self
+                .attached
+                .insert((pid, point.module.clone(), point.offset))
+            {
+                continue;
+            }
+            all_attached_before = false;
+            for program in point.function.entry.into_iter().chain(point.function.exit) {
+                attach_program(ebpf, program, point, nonzero)?;
+            }
+        }
+        self.traced.insert(pid, 1, 0)?;
+        Ok(all_attached_before)
     }
 
     /// Starts recording, in every probe at once; returns the instant (CLOCK_MONOTONIC ns).

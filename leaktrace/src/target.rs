@@ -35,7 +35,7 @@ const MAX_LOADER_SYSCALLS: u32 = 20_000;
 /// The process being traced.
 pub struct Target {
     pub pid: u32,
-    /// Its program name: argv[0]'s file name, else /proc/PID/comm (cut at 15 bytes).
+    /// Its program name ([`process_name`]).
     pub command: String,
     /// True when leaktrace started it (and so saw every allocation).
     pub launched: bool,
@@ -66,22 +66,9 @@ impl Target {
     }
 
     fn from_pid(pid: u32, launched: bool) -> Result<Target> {
-        let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .and_then(|cmdline| {
-                let argv0 = cmdline.split(|&b| b == 0).next()?;
-                let name = argv0.rsplit(|&b| b == b'/').next()?;
-                (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
-            });
-        let command = argv0
-            .or_else(|| {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-                Some(comm.trim_end().to_owned())
-            })
-            .unwrap_or_else(|| "?".into());
         Ok(Target {
             pid,
-            command,
+            command: process_name(pid),
             launched,
             exit_fd: pidfd_open(pid)?,
         })
@@ -156,6 +143,23 @@ impl Target {
             _ => None,
         }
     }
+}
+
+/// A process's program name: argv[0]'s file name, else /proc/PID/comm (cut at 15 bytes).
+pub fn process_name(pid: u32) -> String {
+    let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|cmdline| {
+            let argv0 = cmdline.split(|&b| b == 0).next()?;
+            let name = argv0.rsplit(|&b| b == b'/').next()?;
+            (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+        });
+    argv0
+        .or_else(|| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            Some(comm.trim_end().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 fn expect_stop(status: WaitStatus, pid: u32) -> Result<()> {

@@ -77,6 +77,7 @@ mod tests {
             totals: Totals::default(),
             drops: DropCounts::default(),
             sites,
+            processes: Vec::new(),
         }
     }
 

@@ -37,6 +37,8 @@ pub enum Ending {
     Interrupted,
     /// The target exited; `status` is its exit code, or 128 + signal.
     TargetExited { status: Option<i32> },
+    /// The process exec'd another program: this image's address space is gone.
+    Exec,
 }
 
 /// The final state of a capture. Its JSON form is the contract in the README: fields may be
@@ -49,6 +51,10 @@ pub struct Report {
     pub drops: DropCounts,
     /// Every site, by live bytes (most first).
     pub sites: Vec<SiteReport>,
+    /// The target's earlier program images (before an exec) and, with `-f`, its children:
+    /// each reported on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<Report>,
 }
 
 impl Report {
@@ -76,6 +82,7 @@ impl Report {
             totals: ledger.totals(),
             drops,
             sites,
+            processes: Vec::new(),
         }
     }
 

@@ -8,8 +8,17 @@ use crate::probes::DropCounts;
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
 
-/// The final report, top `top` sites by live bytes.
+/// The final report, top `top` sites by live bytes; then each other image or process.
 pub fn render_final(report: &Report, top: usize) -> String {
+    let mut out = render_one(report, top);
+    for other in &report.processes {
+        out.push('\n');
+        out.push_str(&render_one(other, top));
+    }
+    out
+}
+
+fn render_one(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let totals = &report.totals;
     let header = &report.header;
@@ -27,6 +36,17 @@ pub fn render_final(report: &Report, top: usize) -> String {
     match (header.from_start, header.ending) {
         (true, Ending::TargetExited { .. }) => {
             let _ = writeln!(out, "in use at exit: {held}");
+        }
+        (from_start, Ending::Exec) => {
+            let since = if from_start {
+                ""
+            } else {
+                ", allocated since attach"
+            };
+            let _ = writeln!(
+                out,
+                "in use when it exec'd another program (its address space is gone): {held}{since}"
+            );
         }
         (true, _) => {
             let _ = writeln!(out, "live: {held}");

@@ -1,0 +1,140 @@
+//! One traced program image: its ledger, its call sites and the means to name them.
+
+use crate::{
+    allocator::ProbePlan,
+    callsite::CallSites,
+    events::Stack,
+    ledger::{Ledger, SiteStats},
+    probes::{DropCounts, ProbeSet},
+    report::{Ending, IntervalRow, Report, ReportHeader},
+    symbolize::Symbolizer,
+    trends::IntervalChange,
+};
+
+/// What one process did while it ran one program.
+///
+/// A process that execs starts a new image (the old address space, and every block in it, is
+/// gone); a child followed across fork has its own. Each image is reported on its own.
+pub struct TracedImage {
+    pub pid: u32,
+    pub command: String,
+    /// Traced from the image's first instruction: then nothing was allocated unseen.
+    pub from_start: bool,
+    allocator: String,
+    probed: String,
+    ledger: Ledger,
+    call_sites: CallSites,
+    symbolizer: Symbolizer,
+    change: IntervalChange,
+    /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
+    start_ns: u64,
+    /// Set when the image ended before the capture did (exec).
+    pub ended: Option<(Ending, u64)>,
+}
+
+impl TracedImage {
+    pub fn new(
+        pid: u32,
+        command: String,
+        plan: &ProbePlan,
+        symbolizer: Symbolizer,
+        from_start: bool,
+        start_ns: u64,
+    ) -> Self {
+        TracedImage {
+            pid,
+            command,
+            from_start,
+            allocator: plan
+                .malloc_module()
+                .map_or_else(String::new, |m| m.display().to_string()),
+            probed: plan.describe(),
+            ledger: Ledger::default(),
+            call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
+            symbolizer,
+            change: IntervalChange::default(),
+            start_ns,
+            ended: None,
+        }
+    }
+
+    pub fn record_alloc(
+        &mut self,
+        address: u64,
+        size: u64,
+        stack: Stack,
+        timestamp_ns: u64,
+        probes: &ProbeSet,
+    ) {
+        let allocated_ms = (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
+            .try_into()
+            .unwrap_or(u32::MAX);
+        let key = self.call_sites.key(&stack);
+        let (site, is_new) = self.ledger.record_alloc(address, size, key, allocated_ms);
+        if is_new {
+            let addresses = match stack {
+                Stack::Id(id) => probes.stack(id),
+                Stack::Inline(frames) => frames,
+                Stack::Lost => Vec::new(),
+            };
+            self.symbolizer.observe(&addresses);
+            self.call_sites.add(site, addresses);
+        }
+    }
+
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    /// Live bytes and blocks, and the top `top` sites with their change since the last call.
+    pub fn live_view(&mut self, top: usize) -> (u64, u64, Vec<IntervalRow>) {
+        let mut sites: Vec<_> = self
+            .ledger
+            .sites()
+            .filter(|(_, _, stats)| stats.live_bytes > 0)
+            .map(|(site, _, stats)| (site, *stats))
+            .collect();
+        sites.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.live_bytes));
+        let rows = sites
+            .into_iter()
+            .take(top)
+            .map(|(site, stats): (_, SiteStats)| IntervalRow {
+                live_bytes: stats.live_bytes,
+                live_allocations: stats.live_allocations,
+                change: self.change.change(site, stats.live_bytes),
+                site: self
+                    .call_sites
+                    .frames(site, &mut self.symbolizer)
+                    .first()
+                    .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
+            })
+            .collect();
+        self.change.advance(&self.ledger);
+        let totals = self.ledger.totals();
+        (totals.live_bytes, totals.live_allocations, rows)
+    }
+
+    /// The image's report. `ending` and `end_ns` apply unless the image ended earlier.
+    pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
+        let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
+        let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        let header = ReportHeader {
+            pid: self.pid,
+            command: self.command.clone(),
+            allocator: self.allocator.clone(),
+            probed: self.probed.clone(),
+            duration_s,
+            window_start_ns: self.start_ns,
+            window_end_ns: end_ns,
+            from_start: self.from_start,
+            ending,
+        };
+        Report::build(
+            header,
+            &self.ledger,
+            &mut self.call_sites,
+            &mut self.symbolizer,
+            drops,
+        )
+    }
+}
