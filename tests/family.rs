@@ -350,3 +350,107 @@ fn threads_created_after_attach_are_traced() {
         expected_thread_leaks()
     );
 }
+
+fn lifecycle_define(name: &str) -> u64 {
+    fixture_define("lifecycle", name)
+}
+
+#[test]
+fn without_follow_forks_a_child_is_not_mixed_in() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("lifecycle");
+    let (report, _) = launch("fork_not_followed", &binary, &["fork"]);
+    let parent = sites_of(&report, "parent_leak");
+    assert_eq!(parent.live_allocations, lifecycle_define("PARENT_LEAKS"));
+    assert_eq!(sites_of(&report, "child_leak").allocs, 0);
+    assert!(report.get("processes").is_none(), "{report:#}");
+}
+
+#[test]
+fn follow_forks_reports_the_child_on_its_own() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("lifecycle");
+    let json = output_path("fork_followed", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-f", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(&binary)
+            .arg("fork-wait"),
+    );
+    let following = leaktrace
+        .stderr
+        .wait_for(|l| l.starts_with("leaktrace: following child "), WAIT);
+    let child: i32 = following["leaktrace: following child ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(unsafe { libc::kill(child, libc::SIGUSR1) }, 0);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+
+    let report = read_json(&json);
+    assert_eq!(
+        sites_of(&report, "parent_leak").live_allocations,
+        lifecycle_define("PARENT_LEAKS")
+    );
+    assert_eq!(
+        sites_of(&report, "child_leak").allocs,
+        0,
+        "not in the parent's report"
+    );
+    let processes = report["processes"].as_array().expect("the child's report");
+    let child_report = processes
+        .iter()
+        .find(|r| r["pid"] == child)
+        .unwrap_or_else(|| panic!("no report for pid {child}: {processes:#?}"));
+    let leaks = sites_of(child_report, "child_leak");
+    let expected = lifecycle_define("CHILD_LEAKS");
+    assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
+    assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
+}
+
+#[test]
+fn an_exec_ends_one_image_and_starts_the_next() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("lifecycle");
+    let json = output_path("exec", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(&binary)
+            .arg("exec"),
+    );
+    leaktrace.stderr.wait_for(
+        |l| l.starts_with("leaktrace: pid ") && l.contains("exec'd"),
+        WAIT,
+    );
+    leaktrace.stdout.wait_for(|l| l == "after exec done", WAIT);
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    // The target lives on: leave nothing behind.
+    unsafe { libc::kill(report["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+
+    // The running program leads the report, traced from its first instruction.
+    let after = sites_of(&report, "after_exec");
+    let expected = lifecycle_define("AFTER_EXEC_LEAKS");
+    assert_eq!((after.allocs, after.live_allocations), (expected, expected));
+    assert_eq!(report["from_start"], true);
+    assert_eq!(sites_of(&report, "before_exec").allocs, 0);
+
+    let before_image = &report["processes"][0];
+    assert_eq!(before_image["ending"], "exec");
+    let before = sites_of(before_image, "before_exec");
+    assert_eq!(before.live_allocations, lifecycle_define("EXEC_LEAKS"));
+}

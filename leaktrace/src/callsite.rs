@@ -69,7 +69,13 @@ impl CallSites {
         }
         if self.frames[index].is_none() {
             let stack = &self.stacks[index];
-            let code = stack.iter().take_while(|&&a| symbolizer.is_code(a)).count();
+            // With no map of the image at all (it was gone before it could be read), the raw
+            // addresses are all there is; otherwise the stack ends where code does.
+            let code = if stack.iter().any(|&a| symbolizer.is_code(a)) {
+                stack.iter().take_while(|&&a| symbolizer.is_code(a)).count()
+            } else {
+                stack.len()
+            };
             let addresses = &stack[..code];
             let first_caller = addresses
                 .iter()
@@ -123,6 +129,18 @@ mod tests {
         assert_eq!(
             addresses(sites.frames(site, &mut symbolizer)),
             [format!("{:#x}", APP + 1), format!("{:#x}", APP + 2)]
+        );
+    }
+
+    #[test]
+    fn a_stack_of_an_image_never_mapped_keeps_its_raw_addresses() {
+        let (mut sites, _) = call_sites_and_symbolizer();
+        let mut blind = Symbolizer::from_maps(ProcessMaps::default());
+        let site = SiteId(0);
+        sites.add(site, vec![HEAP + 1, HEAP + 2]);
+        assert_eq!(
+            addresses(sites.frames(site, &mut blind)),
+            [format!("{:#x}", HEAP + 1), format!("{:#x}", HEAP + 2)]
         );
     }
 

@@ -115,9 +115,9 @@ impl Capture<'_> {
             return;
         };
         if forked {
-            log::debug!("following child {pid}");
+            eprintln!("leaktrace: following child {pid} ({})", process_name(pid));
         } else {
-            log::debug!("pid {pid} exec'd {}", process_name(pid));
+            eprintln!("leaktrace: pid {pid} exec'd {}", process_name(pid));
         }
         // A forked child runs before its probes are in: it is not traced from its start.
         let from_start = !forked && all_probed_before;

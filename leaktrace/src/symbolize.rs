@@ -188,8 +188,13 @@ impl Symbolizer {
 
     fn refresh(&mut self) -> std::io::Result<()> {
         let maps = ProcessMaps::read(self.pid)?;
-        // An exited target (a zombie) reads as no mappings: keep the last real snapshot.
-        if maps.mappings().is_empty() {
+        // An exited target (a zombie) reads as no mappings, and one that exec'd as another
+        // program (its first mapping moved): either way keep the last snapshot of this image.
+        let same_image = match self.maps.mappings().first() {
+            Some(first) => maps.mappings().contains(first),
+            None => true,
+        };
+        if maps.mappings().is_empty() || !same_image {
             return Ok(());
         }
         self.maps = maps;
