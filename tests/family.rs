@@ -454,3 +454,60 @@ fn an_exec_ends_one_image_and_starts_the_next() {
     let before = sites_of(before_image, "before_exec");
     assert_eq!(before.live_allocations, lifecycle_define("EXEC_LEAKS"));
 }
+
+fn mappings_define(name: &str) -> u64 {
+    fixture_define("mappings", name)
+}
+
+#[test]
+fn mmap_counts_the_programs_anonymous_mappings_once() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("mappings");
+    let (report, _) = launch_with("mmap", &["--mmap"], &binary, &[]);
+    let page = mappings_define("PAGE");
+    let regions = mappings_define("REGIONS");
+
+    // One region unmapped whole, one split by unmapping its middle page, one moved by mremap.
+    let mapped = sites_of(&report, "map_region");
+    assert_eq!(
+        (
+            mapped.live_bytes,
+            mapped.live_allocations,
+            mapped.allocs,
+            mapped.frees
+        ),
+        ((mappings_define("REGION_PAGES") - 1) * page, 2, regions, 2)
+    );
+    let remapped = sites_of(&report, "remap_region");
+    assert_eq!(
+        (remapped.live_bytes, remapped.live_allocations),
+        (mappings_define("REMAP_PAGES") * page, 1)
+    );
+    // malloc maps a big block itself: counted once, as the block.
+    let big = sites_of(&report, "big_block");
+    assert_eq!(
+        (big.live_bytes, big.live_allocations),
+        (mappings_define("BIG_BLOCK_BYTES"), 1)
+    );
+    assert_eq!(
+        report["totals"]["live_bytes"].as_u64().unwrap(),
+        mapped.live_bytes + remapped.live_bytes + big.live_bytes,
+        "nothing counted twice, and the file mapping not at all"
+    );
+}
+
+#[test]
+fn without_the_mmap_flag_mappings_are_not_traced() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("mappings");
+    let (report, _) = launch("no_mmap", &binary, &[]);
+    assert_eq!(sites_of(&report, "map_region").allocs, 0);
+    assert_eq!(
+        report["totals"]["live_bytes"].as_u64().unwrap(),
+        mappings_define("BIG_BLOCK_BYTES")
+    );
+}

@@ -45,6 +45,14 @@ pub const EVENT_FORK: u32 = 6;
 /// [`AllocEvent::kind`] of a successful exec in a traced process (`tgid`): its address space,
 /// and every block in it, is gone; what follows is a new program.
 pub const EVENT_EXEC: u32 = 7;
+/// [`AllocEvent::kind`] of an anonymous mapping the program made (`--mmap`): `size` is its
+/// length in whole pages.
+pub const EVENT_MMAP: u32 = 8;
+/// [`EVENT_MMAP`] with its stack inline, as [`EVENT_ALLOC_WITH_STACK`] is to [`EVENT_ALLOC`].
+pub const EVENT_MMAP_WITH_STACK: u32 = 9;
+/// [`AllocEvent::kind`] of an munmap of `size` bytes (whole pages) at `address`: all or part
+/// of earlier mappings.
+pub const EVENT_MUNMAP: u32 = 10;
 
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;

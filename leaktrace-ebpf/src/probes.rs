@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
-    EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_REALLOC_FAILED,
-    EVENT_REALLOC_FREE,
+    EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
+    EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
 };
 
 /// Userspace sizes it with `--ring-bytes`; this is the default.
@@ -40,8 +40,10 @@ static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[repr(C)]
 struct PendingCall {
     size: u64,
-    /// realloc's old block, or posix_memalign's out-pointer; 0 otherwise.
+    /// realloc's old block, posix_memalign's out-pointer, or mremap's old mapping; 0 otherwise.
     address: u64,
+    /// mremap's old length.
+    old_size: u64,
     /// The stack pointer at entry: the thread's traced-call depth, in bytes. A traced call made
     /// from inside another one (operator new calling malloc, realloc(p, 0) calling free) runs at
     /// or below it (at it for a tail call), and stays silent: each allocation and free is
@@ -85,6 +87,11 @@ fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
 /// closed) and must stay silent.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64) -> bool {
+    enter_with(ctx, pid_tgid, size, address, 0)
+}
+
+#[inline(always)]
+fn enter_with(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64, old_size: u64) -> bool {
     if !window_open() {
         return false;
     }
@@ -96,6 +103,7 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64) -> bool {
     let call = PendingCall {
         size,
         address,
+        old_size,
         entry_sp,
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
@@ -147,22 +155,33 @@ fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
 
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
+    emit_with_stack(ctx, pid_tgid, EVENT_ALLOC, address, size);
+}
+
+/// An allocation-like event ([`EVENT_ALLOC`] or [`EVENT_MMAP`]) with the caller's stack.
+#[inline(always)]
+fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => emit(pid_tgid, EVENT_ALLOC, address, size, id as i32),
+        Ok(id) => emit(pid_tgid, kind, address, size, id as i32),
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
-            emit_alloc_with_stack(ctx, pid_tgid, address, size);
+            let inline_kind = if kind == EVENT_MMAP {
+                EVENT_MMAP_WITH_STACK
+            } else {
+                EVENT_ALLOC_WITH_STACK
+            };
+            emit_inline_stack(ctx, pid_tgid, inline_kind, address, size);
         }
         Err(errno) => {
             count_drop(DropCounter::StackUnreadable);
-            emit(pid_tgid, EVENT_ALLOC, address, size, errno);
+            emit(pid_tgid, kind, address, size, errno);
         }
     }
 }
 
 /// The stack map had no room for this stack: send it in the record.
 #[inline(always)]
-fn emit_alloc_with_stack(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
+fn emit_inline_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
     let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
@@ -183,7 +202,7 @@ fn emit_alloc_with_stack(ctx: &RetProbeContext, pid_tgid: u64, address: u64, siz
         (0, filled as u64)
     };
     unsafe {
-        let header = event(pid_tgid, EVENT_ALLOC_WITH_STACK, address, size, stack_id);
+        let header = event(pid_tgid, kind, address, size, stack_id);
         core::ptr::addr_of_mut!((*record).event).write(header);
         core::ptr::addr_of_mut!((*record).stack_bytes).write(stack_bytes);
     }
@@ -215,10 +234,8 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 /// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    const PAGE: u64 = 4096;
-    let size = arg(&ctx, 0);
-    let pages = size.div_ceil(PAGE).max(1);
-    enter(&ctx, bpf_get_current_pid_tgid(), pages * PAGE, 0);
+    let size = whole_pages(arg(&ctx, 0)).max(PAGE);
+    enter(&ctx, bpf_get_current_pid_tgid(), size, 0);
     0
 }
 
@@ -341,6 +358,88 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn delete_exit(ctx: RetProbeContext) -> u32 {
     let _ = take_pending(&ctx);
+    0
+}
+
+const PAGE: u64 = 4096;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_FAILED: u64 = u64::MAX;
+
+#[inline(always)]
+fn whole_pages(bytes: u64) -> u64 {
+    bytes.div_ceil(PAGE) * PAGE
+}
+
+/// mmap(addr, length, prot, flags, fd, offset) with `--mmap`: anonymous mappings only. The
+/// allocator's own arena mappings are made inside malloc and so stay silent as nested calls.
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    if arg(&ctx, 3) & MAP_ANONYMOUS != 0 {
+        enter(
+            &ctx,
+            bpf_get_current_pid_tgid(),
+            whole_pages(arg(&ctx, 1)),
+            0,
+        );
+    }
+    0
+}
+
+#[uretprobe]
+pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
+    if let Some((pid_tgid, call)) = take_pending(&ctx) {
+        let address: u64 = ctx.ret();
+        if address != MAP_FAILED {
+            emit_with_stack(&ctx, pid_tgid, EVENT_MMAP, address, call.size);
+        }
+    }
+    0
+}
+
+/// munmap(addr, length): reported at entry, before the range can be mapped again.
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    if !window_open() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
+        emit(
+            pid_tgid,
+            EVENT_MUNMAP,
+            arg(&ctx, 0),
+            whole_pages(arg(&ctx, 1)),
+            0,
+        );
+    }
+    0
+}
+
+/// mremap(old_address, old_size, new_size, flags, new_address): a move or resize is an
+/// munmap of the old range and a mapping of the new one, when it succeeds.
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    let old_size = whole_pages(arg(&ctx, 1));
+    let new_size = whole_pages(arg(&ctx, 2));
+    enter_with(
+        &ctx,
+        bpf_get_current_pid_tgid(),
+        new_size,
+        arg(&ctx, 0),
+        old_size,
+    );
+    0
+}
+
+#[uretprobe]
+pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
+    if let Some((pid_tgid, call)) = take_pending(&ctx) {
+        let address: u64 = ctx.ret();
+        if address != MAP_FAILED {
+            emit(pid_tgid, EVENT_MUNMAP, call.address, call.old_size, 0);
+            emit_with_stack(&ctx, pid_tgid, EVENT_MMAP, address, call.size);
+        }
+    }
     0
 }
 

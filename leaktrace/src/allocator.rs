@@ -26,6 +26,8 @@ pub enum Family {
     Cxx,
     /// Process lifecycle: fork, whose return tells of a new child.
     Process,
+    /// Anonymous memory mappings, probed with `--mmap` only.
+    Mapping,
 }
 
 /// An allocator function and the eBPF programs that read it.
@@ -65,7 +67,7 @@ const fn delete(symbol: &'static str) -> AllocatorFunction {
 }
 
 /// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
-pub const FUNCTIONS: [AllocatorFunction; 31] = [
+pub const FUNCTIONS: [AllocatorFunction; 34] = [
     c("malloc", "alloc_enter", "alloc_exit"),
     c("calloc", "calloc_enter", "alloc_exit"),
     c("realloc", "realloc_enter", "realloc_exit"),
@@ -111,6 +113,24 @@ pub const FUNCTIONS: [AllocatorFunction; 31] = [
         entry: None,
         exit: Some("fork_exit"),
     },
+    AllocatorFunction {
+        symbol: "mmap",
+        family: Family::Mapping,
+        entry: Some("mmap_enter"),
+        exit: Some("mmap_exit"),
+    },
+    AllocatorFunction {
+        symbol: "munmap",
+        family: Family::Mapping,
+        entry: Some("munmap_enter"),
+        exit: None,
+    },
+    AllocatorFunction {
+        symbol: "mremap",
+        family: Family::Mapping,
+        entry: Some("mremap_enter"),
+        exit: Some("mremap_exit"),
+    },
 ];
 
 /// The user's overrides of the binding rule.
@@ -120,6 +140,8 @@ pub struct AllocatorChoice {
     pub library: Option<PathBuf>,
     /// The C family's names carry this prefix (`je_` for a prefixed jemalloc).
     pub symbol_prefix: Option<String>,
+    /// Probe mmap, munmap and mremap too (`--mmap`).
+    pub mappings: bool,
 }
 
 /// One function to probe, where the target's calls go.
@@ -197,7 +219,7 @@ impl ModuleInfo {
             .iter()
             .map(|f| match f.family {
                 Family::C => format!("{prefix}{}", f.symbol),
-                Family::Cxx | Family::Process => f.symbol.to_owned(),
+                Family::Cxx | Family::Process | Family::Mapping => f.symbol.to_owned(),
             })
             .collect();
         let mut defined = HashMap::new();
@@ -319,12 +341,17 @@ impl AllocatorSearch {
 
         let mut plan = ProbePlan::default();
         for function in &FUNCTIONS {
+            if function.family == Family::Mapping && !self.choice.mappings {
+                continue;
+            }
             let (symbol, candidates) = match function.family {
                 Family::C => (
                     format!("{prefix}{}", function.symbol),
                     self.c_candidates(&order),
                 ),
-                Family::Cxx | Family::Process => (function.symbol.to_owned(), order.clone()),
+                Family::Cxx | Family::Process | Family::Mapping => {
+                    (function.symbol.to_owned(), order.clone())
+                }
             };
             let found = candidates.iter().find_map(|path| {
                 let info = self.modules.get(path)?.as_ref()?;
@@ -488,7 +515,7 @@ mod tests {
         let maps = ProcessMaps::read(pid).unwrap();
         let choice = AllocatorChoice {
             library: Some("no-such-lib.so".into()),
-            symbol_prefix: None,
+            ..AllocatorChoice::default()
         };
         let plan = AllocatorSearch::new(choice).plan(pid, &maps).unwrap();
         assert!(

@@ -75,8 +75,10 @@ impl Capture<'_> {
                 size,
                 stack,
                 timestamp_ns,
+                mapping,
                 ..
-            } => image.record_alloc(address, size, stack, timestamp_ns, probes),
+            } => image.record_alloc(address, size, stack, timestamp_ns, mapping, probes),
+            Event::Unmap { address, size, .. } => image.ledger_mut().record_munmap(address, size),
             Event::Free { address, .. } => image.ledger_mut().record_free(address),
             Event::ReallocFree { tid, address, .. } => {
                 image.ledger_mut().record_realloc_free(tid, address)

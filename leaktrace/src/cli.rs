@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(short = 'f', long)]
     pub follow_forks: bool,
 
+    /// Trace the program's anonymous mappings too (mmap, munmap, mremap): memory that
+    /// bypasses malloc. The allocator's own mappings are not counted twice.
+    #[arg(long)]
+    pub mmap: bool,
+
     /// Probe the C allocator (malloc, free, …) in this library instead of where the target's
     /// calls bind (a path or a file name as mapped).
     #[arg(long, value_name = "PATH")]

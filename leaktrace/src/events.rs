@@ -2,7 +2,8 @@
 
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK,
-    EVENT_FREE, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
+    EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK, EVENT_MUNMAP, EVENT_REALLOC_FAILED,
+    EVENT_REALLOC_FREE,
 };
 
 /// Where an allocation's stack is.
@@ -25,6 +26,8 @@ pub enum Event {
         size: u64,
         stack: Stack,
         timestamp_ns: u64,
+        /// An anonymous mapping (`--mmap`), not a heap block.
+        mapping: bool,
     },
     Free {
         pid: u32,
@@ -47,6 +50,12 @@ pub enum Event {
         child: u32,
         timestamp_ns: u64,
     },
+    /// munmap of `[address, address + size)`.
+    Unmap {
+        pid: u32,
+        address: u64,
+        size: u64,
+    },
     /// The process exec'd: a new program, in a new address space.
     Exec {
         pid: u32,
@@ -63,19 +72,21 @@ impl Event {
         }
         // The ring buffer aligns records to 8 bytes, but do not rely on it.
         let raw = unsafe { bytes.as_ptr().cast::<AllocEvent>().read_unaligned() };
+        let mapping = matches!(raw.kind, EVENT_MMAP | EVENT_MMAP_WITH_STACK);
         let alloc = |stack| Event::Alloc {
             pid: raw.tgid,
             address: raw.address,
             size: raw.size,
             stack,
             timestamp_ns: raw.timestamp_ns,
+            mapping,
         };
         match raw.kind {
-            EVENT_ALLOC => Some(alloc(match u32::try_from(raw.stack_id) {
+            EVENT_ALLOC | EVENT_MMAP => Some(alloc(match u32::try_from(raw.stack_id) {
                 Ok(id) => Stack::Id(id),
                 Err(_) => Stack::Lost,
             })),
-            EVENT_ALLOC_WITH_STACK => {
+            EVENT_ALLOC_WITH_STACK | EVENT_MMAP_WITH_STACK => {
                 if bytes.len() < size_of::<AllocEventWithStack>() {
                     return None;
                 }
@@ -105,6 +116,11 @@ impl Event {
                 pid: raw.tgid,
                 tid: raw.tid,
             }),
+            EVENT_MUNMAP => Some(Event::Unmap {
+                pid: raw.tgid,
+                address: raw.address,
+                size: raw.size,
+            }),
             EVENT_FORK => Some(Event::Fork {
                 pid: raw.tgid,
                 child: u32::try_from(raw.address).ok()?,
@@ -124,6 +140,7 @@ impl Event {
             | Event::Free { pid, .. }
             | Event::ReallocFree { pid, .. }
             | Event::ReallocFailed { pid, .. }
+            | Event::Unmap { pid, .. }
             | Event::Fork { pid, .. }
             | Event::Exec { pid, .. } => pid,
         }
@@ -157,7 +174,8 @@ mod tests {
                 address: 0x1000,
                 size: 24,
                 stack: Stack::Id(3),
-                timestamp_ns: 5
+                timestamp_ns: 5,
+                mapping: false,
             })
         );
         raw.stack_id = -14;
@@ -190,6 +208,20 @@ mod tests {
             Event::decode(&bytes_of(&raw)),
             Some(Event::ReallocFailed { pid: 7, tid: 8 })
         );
+        raw.kind = EVENT_MUNMAP;
+        assert_eq!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Unmap {
+                pid: 7,
+                address: 0x1000,
+                size: 24
+            })
+        );
+        raw.kind = EVENT_MMAP;
+        assert!(matches!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Alloc { mapping: true, .. })
+        ));
         raw.kind = EVENT_FORK;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),

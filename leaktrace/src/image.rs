@@ -58,19 +58,25 @@ impl TracedImage {
         }
     }
 
+    /// A heap block, or with `mapping` an anonymous mapping.
     pub fn record_alloc(
         &mut self,
         address: u64,
         size: u64,
         stack: Stack,
         timestamp_ns: u64,
+        mapping: bool,
         probes: &ProbeSet,
     ) {
         let allocated_ms = (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
             .try_into()
             .unwrap_or(u32::MAX);
         let key = self.call_sites.key(&stack);
-        let (site, is_new) = self.ledger.record_alloc(address, size, key, allocated_ms);
+        let (site, is_new) = if mapping {
+            self.ledger.record_mmap(address, size, key)
+        } else {
+            self.ledger.record_alloc(address, size, key, allocated_ms)
+        };
         if is_new {
             let addresses = match stack {
                 Stack::Id(id) => probes.stack(id),

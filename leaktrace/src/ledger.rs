@@ -1,6 +1,6 @@
 //! The outstanding allocations and what each call site holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -71,6 +71,15 @@ pub struct Ledger {
     /// Per thread, the block its realloc in flight freed, kept until the thread's next realloc
     /// in case this one fails: then the block is live again.
     realloc_freed: HashMap<u32, (u64, Outstanding)>,
+    /// Anonymous mappings (`--mmap`) by start address. Unlike a block, a mapping can be
+    /// unmapped in part, which leaves up to two pieces, each counted as a live allocation.
+    mappings: BTreeMap<u64, Mapped>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapped {
+    end: u64,
+    site: SiteId,
 }
 
 impl Ledger {
@@ -102,6 +111,57 @@ impl Ledger {
             self.release(stale);
         }
         (site, is_new)
+    }
+
+    /// An anonymous mapping of `size` bytes at `address`; a mapping made over older ones
+    /// (MAP_FIXED) replaces them.
+    pub fn record_mmap(&mut self, address: u64, size: u64, stack: StackKey) -> (SiteId, bool) {
+        self.record_munmap(address, size);
+        let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
+        let stats = &mut self.sites[site.index()];
+        stats.allocs += 1;
+        stats.alloc_bytes += size;
+        stats.live_bytes += size;
+        stats.live_allocations += 1;
+        let end = address.saturating_add(size);
+        self.mappings.insert(address, Mapped { end, site });
+        (site, is_new)
+    }
+
+    /// munmap of `[address, address + size)`: whatever of known mappings lies inside goes;
+    /// ranges never seen mapped (files, mappings older than the attach) are ignored.
+    pub fn record_munmap(&mut self, address: u64, size: u64) {
+        let end = address.saturating_add(size);
+        let overlapping: Vec<(u64, Mapped)> = self
+            .mappings
+            .range(..end)
+            .rev()
+            .take_while(|(_, m)| m.end > address)
+            .map(|(&start, &m)| (start, m))
+            .collect();
+        for (start, mapped) in overlapping {
+            self.mappings.remove(&start);
+            let pieces = [(start, address), (end, mapped.end)]
+                .into_iter()
+                .filter(|(from, to)| from < to)
+                .collect::<Vec<_>>();
+            let removed = mapped.end.min(end) - start.max(address);
+            for &(from, to) in &pieces {
+                self.mappings.insert(
+                    from,
+                    Mapped {
+                        end: to,
+                        site: mapped.site,
+                    },
+                );
+            }
+            let stats = &mut self.sites[mapped.site.index()];
+            stats.live_bytes -= removed;
+            stats.live_allocations = stats.live_allocations + pieces.len() as u64 - 1;
+            if pieces.is_empty() {
+                stats.frees += 1;
+            }
+        }
     }
 
     pub fn record_free(&mut self, address: u64) {
@@ -288,6 +348,50 @@ mod tests {
             200,
             "only the last realloc is undone"
         );
+    }
+
+    const PAGE: u64 = 4096;
+
+    #[test]
+    fn unmapping_the_middle_of_a_mapping_leaves_two_pieces() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_mmap(0x10000, 5 * PAGE, 1);
+        ledger.record_munmap(0x10000 + 2 * PAGE, PAGE);
+        let stats = ledger.site(site);
+        assert_eq!((stats.live_bytes, stats.live_allocations), (4 * PAGE, 2));
+        assert_eq!(stats.frees, 0, "nothing was unmapped whole");
+        ledger.record_munmap(0x10000, 5 * PAGE);
+        let stats = ledger.site(site);
+        assert_eq!(
+            (stats.live_bytes, stats.live_allocations, stats.frees),
+            (0, 0, 2)
+        );
+    }
+
+    #[test]
+    fn one_munmap_can_span_several_mappings_and_unknown_ranges() {
+        let mut ledger = Ledger::default();
+        let (a, _) = ledger.record_mmap(0x10000, 2 * PAGE, 1);
+        let (b, _) = ledger.record_mmap(0x20000, 2 * PAGE, 2);
+        ledger.record_munmap(0x10000 + PAGE, 0x20000 + PAGE - (0x10000 + PAGE));
+        assert_eq!(ledger.site(a).live_bytes, PAGE);
+        assert_eq!(ledger.site(b).live_bytes, PAGE);
+        ledger.record_munmap(0x90000, PAGE);
+        assert_eq!(
+            ledger.totals().live_bytes,
+            2 * PAGE,
+            "an unknown range changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_fixed_mapping_over_an_old_one_replaces_it() {
+        let mut ledger = Ledger::default();
+        let (old, _) = ledger.record_mmap(0x10000, 4 * PAGE, 1);
+        let (new, _) = ledger.record_mmap(0x10000 + PAGE, PAGE, 2);
+        assert_eq!(ledger.site(old).live_bytes, 3 * PAGE);
+        assert_eq!(ledger.site(new).live_bytes, PAGE);
+        assert_eq!(ledger.totals().live_bytes, 4 * PAGE);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let choice = AllocatorChoice {
         library: cli.allocator.clone(),
         symbol_prefix: cli.symbol_prefix.clone(),
+        mappings: cli.mmap,
     };
     let (target, plan) = match cli.pid {
         Some(pid) => {
