@@ -56,12 +56,7 @@ fn check_door(door: &str, compare_with_valgrind: bool) {
     assert_eq!(totals["unmatched_frees"], 0, "{door}: every free matched");
     assert_eq!(totals["missed_frees"], 0, "{door}");
     if compare_with_valgrind {
-        let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
-        assert_eq!(
-            traced,
-            valgrind_in_use_at_exit(&binary, &[door], &[]),
-            "{door}"
-        );
+        assert_same_as_valgrind(&stdout, &binary, &[door], &[]);
     }
 }
 
@@ -114,18 +109,7 @@ fn door_pvalloc() {
 
 /// Sites whose first frame's function starts with `prefix` (C++ names carry their arguments).
 fn cxx_sites(report: &Value, prefix: &str) -> SiteSum {
-    let mut sum = SiteSum::default();
-    for site in report["sites"].as_array().unwrap() {
-        let function = site["frames"][0]["function"].as_str().unwrap_or_default();
-        if function.starts_with(prefix) {
-            sum.sites += 1;
-            sum.live_bytes += site["live_bytes"].as_u64().unwrap();
-            sum.live_allocations += site["live_allocations"].as_u64().unwrap();
-            sum.allocs += site["allocs"].as_u64().unwrap();
-            sum.frees += site["frees"].as_u64().unwrap();
-        }
-    }
-    sum
+    sites_where(report, |function| function.starts_with(prefix))
 }
 
 #[test]
@@ -172,8 +156,7 @@ fn cxx_new_and_delete_each_variant_and_the_caller_of_new_is_the_site() {
         "every delete matched its new, once"
     );
     assert_eq!(report["totals"]["unmatched_frees"], 0);
-    let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
-    assert_eq!(traced, valgrind_in_use_at_exit(&binary, &["doors"], &[]));
+    assert_same_as_valgrind(&stdout, &binary, &["doors"], &[]);
 }
 
 /// bcc's memleak lost allocations when operator new's pending entry was overwritten by the
@@ -225,12 +208,8 @@ fn jemalloc_is_probed_where_malloc_binds_without_flags() {
         "probed {allocator}"
     );
     fixture_leaks(&report);
-    let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
     let synonyms = "--soname-synonyms=somalloc=*jemalloc*";
-    assert_eq!(
-        traced,
-        valgrind_in_use_at_exit(&binary, &["exit"], &[synonyms])
-    );
+    assert_same_as_valgrind(&stdout, &binary, &["exit"], &[synonyms]);
 }
 
 #[test]
@@ -316,8 +295,7 @@ fn eight_threads_with_cross_thread_frees() {
         ),
         expected_thread_leaks()
     );
-    let traced = in_use_at_exit(&stdout).expect("an in-use-at-exit line");
-    assert_eq!(traced, valgrind_in_use_at_exit(&binary, &["exit"], &[]));
+    assert_same_as_valgrind(&stdout, &binary, &["exit"], &[]);
 }
 
 #[test]

@@ -25,9 +25,7 @@ fn launch_mode_matches_valgrinds_in_use_at_exit() {
             .arg("exit"),
     );
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    let traced = in_use_at_exit(&leaktrace.stdout.rest()).expect("an in-use-at-exit line");
-
-    assert_eq!(traced, valgrind_in_use_at_exit(&fixture, &["exit"], &[]));
+    assert_same_as_valgrind(&leaktrace.stdout.rest(), &fixture, &["exit"], &[]);
 
     let report = read_json(&json);
     assert_eq!(report["from_start"], true);

@@ -262,9 +262,14 @@ pub struct SiteSum {
 }
 
 pub fn sites_of(report: &Value, function: &str) -> SiteSum {
+    sites_where(report, |name| name == function)
+}
+
+/// [`sites_of`] for the sites whose first frame's function passes `wanted`.
+pub fn sites_where(report: &Value, wanted: impl Fn(&str) -> bool) -> SiteSum {
     let mut sum = SiteSum::default();
     for site in report["sites"].as_array().unwrap() {
-        if site["frames"][0]["function"].as_str() == Some(function) {
+        if site["frames"][0]["function"].as_str().is_some_and(&wanted) {
             sum.sites += 1;
             sum.live_bytes += site["live_bytes"].as_u64().unwrap();
             sum.live_allocations += site["live_allocations"].as_u64().unwrap();
@@ -276,7 +281,7 @@ pub fn sites_of(report: &Value, function: &str) -> SiteSum {
 }
 
 /// "in use at exit: 45,000 bytes in 44 blocks" → (45000, 44), from any line that has it.
-pub fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
+fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
     lines.iter().find_map(|line| {
         let rest = &line[line.find("in use at exit: ")? + "in use at exit: ".len()..];
         let number = |text: &str| text.replace(',', "").parse::<u64>().ok();
@@ -286,9 +291,15 @@ pub fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
     })
 }
 
+/// leaktrace's "in use at exit" line (in `stdout`) says what valgrind's heap summary says.
+pub fn assert_same_as_valgrind(stdout: &[String], binary: &Path, args: &[&str], options: &[&str]) {
+    let traced = in_use_at_exit(stdout).expect("an in-use-at-exit line");
+    assert_eq!(traced, valgrind_in_use_at_exit(binary, args, options));
+}
+
 /// valgrind's "in use at exit" for `binary args`. valgrind frees glibc's and libstdc++'s own
 /// buffers at exit unless told not to; leaktrace sees the program as it really ends.
-pub fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u64, u64) {
+fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u64, u64) {
     let output = Command::new("valgrind")
         .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
         .args(options)
