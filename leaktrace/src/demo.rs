@@ -2,7 +2,7 @@
 //! sees a real report without writing a leaky program first.
 //!
 //! It plays a tiny request handler for about three seconds: each request takes scratch memory
-//! and frees it (balanced traffic), and [`remember_session`] keeps 512 bytes that nothing ever
+//! and frees it (balanced traffic), and `remember_session` keeps 512 bytes that nothing ever
 //! frees (the leak).
 
 use std::{thread, time::Duration};

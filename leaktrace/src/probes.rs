@@ -46,8 +46,8 @@ impl DropCounts {
     }
 }
 
-/// The attached probes and the maps userspace reads. Dropping it (or [`ProbeSet::detach`])
-/// removes every probe from the target.
+/// The attached probes and the maps userspace reads. Dropping it (or
+/// [`ProbeSet::detach_in_background`]) removes every probe from the target.
 pub struct ProbeSet {
     ebpf: Option<Ebpf>,
     /// (pid, module, offset) of every attached point, so a point is never attached twice.

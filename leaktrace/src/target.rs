@@ -145,7 +145,7 @@ impl Target {
     }
 }
 
-/// A process's program name: argv[0]'s file name, else /proc/PID/comm (cut at 15 bytes).
+/// A process's program name: `argv[0]`'s file name, else /proc/PID/comm (cut at 15 bytes).
 pub fn process_name(pid: u32) -> String {
     let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
