@@ -57,6 +57,29 @@ pub const EVENT_MUNMAP: u32 = 10;
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// [`AllocEvent::kind`] of a [`StackSample`]: sent just before the allocation event of the
+/// first allocation with a new stack id (`stack_id`), when DWARF unwinding is on.
+pub const EVENT_STACK_SAMPLE: u32 = 11;
+
+/// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer).
+pub const MAX_STACK_COPY: usize = 32768;
+
+/// The registers and top of the user stack at an allocation's return, for userspace to unwind
+/// with the modules' CFI where frame pointers are missing. A frame-pointer walk stops (or goes
+/// astray) in code built without them, which is most of what distributions ship.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackSample {
+    /// `kind` is [`EVENT_STACK_SAMPLE`]; `stack_id` the frame-pointer stack it stands for;
+    /// `address` the instruction pointer; `size` the bytes copied into `bytes`.
+    pub event: AllocEvent,
+    pub sp: u64,
+    pub bp: u64,
+    /// The stack from `sp` up. One page more than [`MAX_STACK_COPY`], so that every page read
+    /// lands inside the record whatever the first, partial page's length.
+    pub bytes: [u8; MAX_STACK_COPY + 4096],
+}
+
 /// An allocation whose stack did not fit the stack map.
 ///
 /// The stack map is a hash table without chaining: two stacks whose hashes share a bucket

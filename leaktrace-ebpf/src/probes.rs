@@ -1,7 +1,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_bytes,
+    },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
@@ -9,7 +12,8 @@ use aya_ebpf::{
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
     EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
-    EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE,
+    EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, MAX_STACK_COPY,
+    StackSample,
 };
 
 /// Userspace sizes it with `--ring-bytes`; this is the default.
@@ -34,6 +38,15 @@ static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 /// the exec tracepoint fires for every process on the machine and keeps to these.
 #[map]
 static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Stack ids whose stack has been sent as a [`StackSample`]: one sample stands for every later
+/// allocation with the same frame-pointer stack.
+#[map]
+static SAMPLED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Bytes of stack each sample copies; 0 turns sampling (DWARF unwinding) off. Set at load.
+#[unsafe(no_mangle)]
+static STACK_BYTES: u32 = 0;
 
 /// What an entry probe leaves for its return probe.
 #[derive(Clone, Copy)]
@@ -162,7 +175,16 @@ fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
 #[inline(always)]
 fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => emit(pid_tgid, kind, address, size, id as i32),
+        Ok(id) => {
+            let id = id as u32;
+            if sampling()
+                && unsafe { SAMPLED.get(&id) }.is_none()
+                && SAMPLED.insert(&id, &1, 0).is_ok()
+            {
+                emit_stack_sample(ctx, pid_tgid, id);
+            }
+            emit(pid_tgid, kind, address, size, id as i32)
+        }
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
             let inline_kind = if kind == EVENT_MMAP {
@@ -205,6 +227,60 @@ fn emit_inline_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u
         let header = event(pid_tgid, kind, address, size, stack_id);
         core::ptr::addr_of_mut!((*record).event).write(header);
         core::ptr::addr_of_mut!((*record).stack_bytes).write(stack_bytes);
+    }
+    entry.submit(0);
+}
+
+const PAGE_BYTES: u64 = 4096;
+
+#[inline(always)]
+fn stack_bytes() -> u64 {
+    unsafe { core::ptr::read_volatile(&STACK_BYTES) as u64 }
+}
+
+#[inline(always)]
+fn sampling() -> bool {
+    stack_bytes() != 0
+}
+
+/// Sends the registers and the top of the user stack, for userspace to unwind with CFI.
+///
+/// The stack is read a page at a time, the first read ending at a page boundary, so that the
+/// read that runs past the top of the stack mapping (and fails) loses nothing below it.
+#[inline(always)]
+fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32) {
+    let limit = stack_bytes();
+    let Some(mut entry) = EVENTS.reserve::<StackSample>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let regs = ctx.regs;
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    let bytes = unsafe { core::ptr::addr_of_mut!((*record).bytes) }.cast::<u8>();
+    // The first, partial page: 1 to 4096 bytes, up to the next page boundary.
+    let first = ((PAGE_BYTES - (sp & (PAGE_BYTES - 1)) - 1) & (PAGE_BYTES - 1)) + 1;
+    let mut copied = 0u64;
+    if unsafe { probe_read_user_bytes(bytes.cast(), first as u32, sp as *const _) } == 0 {
+        copied = first;
+        for _ in 0..MAX_STACK_COPY as u64 / PAGE_BYTES {
+            if copied >= limit {
+                break;
+            }
+            let offset = copied & (MAX_STACK_COPY as u64 - 1);
+            let dst = unsafe { bytes.add(offset as usize) };
+            let src = (sp + copied) as *const _;
+            if unsafe { probe_read_user_bytes(dst.cast(), PAGE_BYTES as u32, src) } != 0 {
+                break;
+            }
+            copied += PAGE_BYTES;
+        }
+    }
+    unsafe {
+        let header = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, stack_id as i32);
+        core::ptr::addr_of_mut!((*record).event).write(header);
+        core::ptr::addr_of_mut!((*record).sp).write(sp);
+        core::ptr::addr_of_mut!((*record).bp).write(bp);
     }
     entry.submit(0);
 }

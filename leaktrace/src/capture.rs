@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     future::pending,
     os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,7 @@ use crate::{
     report::{self, Ending, Report},
     symbolize::Symbolizer,
     target::{Target, process_name},
+    unwind::UnwindMode,
 };
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
@@ -37,6 +39,9 @@ pub struct CaptureOptions {
     pub follow_forks: bool,
     /// For re-planning the probes after an exec.
     pub choice: AllocatorChoice,
+    pub unwind: UnwindMode,
+    /// `--debug-dir` roots.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -79,6 +84,7 @@ impl Capture<'_> {
                 ..
             } => image.record_alloc(address, size, stack, timestamp_ns, mapping, probes),
             Event::Unmap { address, size, .. } => image.ledger_mut().record_munmap(address, size),
+            Event::StackSample { stack_id, copy, .. } => image.record_stack_sample(stack_id, &copy),
             Event::Free { address, .. } => image.ledger_mut().record_free(address),
             Event::ReallocFree { tid, address, .. } => {
                 image.ledger_mut().record_realloc_free(tid, address)
@@ -111,7 +117,7 @@ impl Capture<'_> {
                 false
             }
         };
-        let Ok(symbolizer) = Symbolizer::new(pid) else {
+        let Ok(symbolizer) = Symbolizer::new(pid, &self.options.debug_dirs) else {
             // Gone already: nothing of it will be reported.
             self.current.remove(&pid);
             return;
@@ -128,6 +134,7 @@ impl Capture<'_> {
             process_name(pid),
             &plan,
             symbolizer,
+            self.options.unwind,
             from_start,
             start_ns,
         ));
@@ -196,6 +203,7 @@ pub async fn run(
         target.command.clone(),
         plan,
         symbolizer,
+        options.unwind,
         target.launched,
         window_start_ns,
     );

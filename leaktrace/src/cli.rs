@@ -4,6 +4,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::unwind::UnwindMode;
+
 /// Find memory leaks in a running process: uprobes on its allocator, live bytes per call site.
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +46,21 @@ pub struct Cli {
     /// its own. Without it, children are not traced.
     #[arg(short = 'f', long)]
     pub follow_forks: bool,
+
+    /// How to take stacks: `fp` frame pointers only; `dwarf` CFI unwinding of a stack copy
+    /// taken with each new stack; `auto` both, keeping whichever goes further.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub unwind: UnwindMode,
+
+    /// Bytes of stack copied for CFI unwinding (at most 32768).
+    #[arg(long, value_name = "BYTES", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(1024..=32768))]
+    pub stack_bytes: u32,
+
+    /// Look for separate debug info under this directory too (like /usr/lib/debug: by
+    /// build-id in .build-id/xx/yyyy.debug, and by .gnu_debuglink name). May be repeated.
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
 
     /// Trace the program's anonymous mappings too (mmap, munmap, mremap): memory that
     /// bypasses malloc. The allocator's own mappings are not counted twice.

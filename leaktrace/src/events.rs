@@ -3,8 +3,10 @@
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK,
     EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK, EVENT_MUNMAP, EVENT_REALLOC_FAILED,
-    EVENT_REALLOC_FREE,
+    EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, StackSample,
 };
+
+use crate::unwind::StackCopy;
 
 /// Where an allocation's stack is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,13 @@ pub enum Event {
         pid: u32,
         address: u64,
         size: u64,
+    },
+    /// The stack of the allocation that follows, whose frame-pointer stack is `stack_id`, for
+    /// CFI unwinding.
+    StackSample {
+        pid: u32,
+        stack_id: u32,
+        copy: StackCopy,
     },
     /// The process exec'd: a new program, in a new address space.
     Exec {
@@ -116,6 +125,32 @@ impl Event {
                 pid: raw.tgid,
                 tid: raw.tid,
             }),
+            EVENT_STACK_SAMPLE => {
+                if bytes.len() < size_of::<StackSample>() {
+                    return None;
+                }
+                let sample = bytes.as_ptr().cast::<StackSample>();
+                // SAFETY: the length was checked; fields are read unaligned, one at a time,
+                // so the 36 KiB array is never copied whole.
+                let (sp, bp) = unsafe {
+                    (
+                        std::ptr::addr_of!((*sample).sp).read_unaligned(),
+                        std::ptr::addr_of!((*sample).bp).read_unaligned(),
+                    )
+                };
+                let start = std::mem::offset_of!(StackSample, bytes);
+                let copied = (raw.size as usize).min(leaktrace_common::MAX_STACK_COPY + 4096);
+                Some(Event::StackSample {
+                    pid: raw.tgid,
+                    stack_id: u32::try_from(raw.stack_id).ok()?,
+                    copy: StackCopy {
+                        ip: raw.address,
+                        sp,
+                        bp,
+                        bytes: bytes[start..start + copied].to_vec(),
+                    },
+                })
+            }
             EVENT_MUNMAP => Some(Event::Unmap {
                 pid: raw.tgid,
                 address: raw.address,
@@ -141,6 +176,7 @@ impl Event {
             | Event::ReallocFree { pid, .. }
             | Event::ReallocFailed { pid, .. }
             | Event::Unmap { pid, .. }
+            | Event::StackSample { pid, .. }
             | Event::Fork { pid, .. }
             | Event::Exec { pid, .. } => pid,
         }

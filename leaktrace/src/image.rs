@@ -1,5 +1,7 @@
 //! One traced program image: its ledger, its call sites and the means to name them.
 
+use std::collections::HashMap;
+
 use crate::{
     allocator::ProbePlan,
     callsite::CallSites,
@@ -9,6 +11,7 @@ use crate::{
     report::{Ending, IntervalRow, Report, ReportHeader},
     symbolize::Symbolizer,
     trends::IntervalChange,
+    unwind::{DwarfUnwinder, StackCopy, UnwindMode},
 };
 
 /// What one process did while it ran one program.
@@ -26,6 +29,10 @@ pub struct TracedImage {
     call_sites: CallSites,
     symbolizer: Symbolizer,
     change: IntervalChange,
+    unwind: UnwindMode,
+    unwinder: DwarfUnwinder,
+    /// CFI-unwound stacks by frame-pointer stack id, waiting for their allocation event.
+    unwound: HashMap<u32, Vec<u64>>,
     /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
@@ -38,6 +45,7 @@ impl TracedImage {
         command: String,
         plan: &ProbePlan,
         symbolizer: Symbolizer,
+        unwind: UnwindMode,
         from_start: bool,
         start_ns: u64,
     ) -> Self {
@@ -53,6 +61,9 @@ impl TracedImage {
             call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
             symbolizer,
             change: IntervalChange::default(),
+            unwind,
+            unwinder: DwarfUnwinder::default(),
+            unwound: HashMap::new(),
             start_ns,
             ended: None,
         }
@@ -79,12 +90,44 @@ impl TracedImage {
         };
         if is_new {
             let addresses = match stack {
-                Stack::Id(id) => probes.stack(id),
+                Stack::Id(id) => {
+                    let cfi = self.unwound.remove(&id);
+                    self.best_stack(probes.stack(id), cfi)
+                }
                 Stack::Inline(frames) => frames,
                 Stack::Lost => Vec::new(),
             };
             self.symbolizer.observe(&addresses);
             self.call_sites.add(site, addresses);
+        }
+    }
+
+    /// Unwinds a stack copy now, while the image's modules are surely mapped; the allocation
+    /// event that follows picks the result up.
+    pub fn record_stack_sample(&mut self, stack_id: u32, copy: &StackCopy) {
+        self.symbolizer.observe(&[copy.ip]);
+        let addresses = self.unwinder.unwind(copy, &self.symbolizer);
+        self.unwound.insert(stack_id, addresses);
+    }
+
+    /// The frame-pointer stack or the CFI one, as `--unwind` says. Auto takes the one that
+    /// goes further through mapped code: frame pointers stop, or stray into data, where a
+    /// module was built without them.
+    fn best_stack(&self, frame_pointers: Vec<u64>, cfi: Option<Vec<u64>>) -> Vec<u64> {
+        let Some(cfi) = cfi else {
+            return frame_pointers;
+        };
+        let reach = |stack: &[u64]| {
+            stack
+                .iter()
+                .take_while(|&&a| self.symbolizer.is_code(a))
+                .count()
+        };
+        match self.unwind {
+            UnwindMode::Fp => frame_pointers,
+            UnwindMode::Dwarf => cfi,
+            UnwindMode::Auto if reach(&cfi) > reach(&frame_pointers) => cfi,
+            UnwindMode::Auto => frame_pointers,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod allocator;
 pub mod callsite;
 pub mod capture;
 pub mod cli;
+pub mod debuginfo;
 pub mod demo;
 pub mod error;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod trends;
+pub mod unwind;
 
 use std::{
     ffi::OsString,
@@ -33,6 +35,7 @@ use anyhow::{Context, Result};
 use crate::{
     allocator::AllocatorChoice, capture::CaptureOptions, cli::Cli, error::Failure,
     probes::ProbeSet, report::render_final, symbolize::Symbolizer, target::Target,
+    unwind::UnwindMode,
 };
 
 /// Runs one capture as the command line asks.
@@ -62,10 +65,14 @@ pub fn run(cli: Cli) -> Result<()> {
         None => Target::launch(&cli.command, choice.clone())?,
     };
     log::debug!("probing {}", plan.describe());
-    let mut probes = ProbeSet::attach(target.pid, &plan)?;
+    let stack_bytes = match cli.unwind {
+        UnwindMode::Fp => 0,
+        UnwindMode::Dwarf | UnwindMode::Auto => cli.stack_bytes,
+    };
+    let mut probes = ProbeSet::attach(target.pid, &plan, stack_bytes)?;
     // Open the target's files now: a launched command may be gone by the first event.
-    let symbolizer =
-        Symbolizer::new(target.pid).with_context(|| format!("read /proc/{}/maps", target.pid))?;
+    let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
+        .with_context(|| format!("read /proc/{}/maps", target.pid))?;
     let window_start_ns = probes.open_window()?;
     target.resume()?;
     eprintln!(
@@ -88,6 +95,8 @@ pub fn run(cli: Cli) -> Result<()> {
         top: cli.top as usize,
         follow_forks: cli.follow_forks,
         choice,
+        unwind: cli.unwind,
+        debug_dirs: cli.debug_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

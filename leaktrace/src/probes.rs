@@ -62,10 +62,15 @@ pub struct ProbeSet {
 impl ProbeSet {
     /// Loads the programs and attaches every point of `plan` to `pid`, with the capture window
     /// still closed. The window switch makes the order of attaching irrelevant.
-    pub fn attach(pid: u32, plan: &ProbePlan) -> Result<ProbeSet> {
+    ///
+    /// `stack_bytes` is how much stack each new stack's sample copies for CFI unwinding; 0 for
+    /// none (frame pointers only).
+    pub fn attach(pid: u32, plan: &ProbePlan, stack_bytes: u32) -> Result<ProbeSet> {
         preflight()?;
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|error| {
+        let mut loader = EbpfLoader::new();
+        loader.override_global("STACK_BYTES", &stack_bytes, true);
+        let mut ebpf = loader.load(OBJECT).map_err(|error| {
             classify(
                 anyhow::Error::new(error),
                 "load BPF programs",

@@ -55,6 +55,13 @@ impl ProcessMaps {
         &self.mappings
     }
 
+    /// True when some executable mapping of `path` exists.
+    pub fn has_code(&self, path: &std::path::Path) -> bool {
+        self.mappings
+            .iter()
+            .any(|m| m.executable && m.path.as_deref() == Some(path))
+    }
+
     /// The mapping that contains `address`.
     pub fn find(&self, address: u64) -> Option<&Mapping> {
         let index = self.mappings.partition_point(|m| m.start <= address);

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     allocator::host_path,
+    debuginfo::{DebugDirs, hex},
     proc_maps::{Mapping, ProcessMaps},
 };
 
@@ -23,6 +24,8 @@ pub struct Frame {
     /// The runtime address, as "0x…" (JSON numbers lose precision past 2^53).
     pub address: String,
     pub module: Option<String>,
+    /// The module's GNU build-id, in hex: which build of it this frame is in.
+    pub build_id: Option<String>,
     /// The address inside the module's ELF image ("0x…"), stable across runs and ASLR.
     pub module_offset: Option<String>,
     pub function: Option<String>,
@@ -92,13 +95,16 @@ pub fn elf_address(mapping: &Mapping, segments: &[LoadSegment], address: u64) ->
 struct Module {
     segments: Vec<LoadSegment>,
     debug: addr2line::Loader,
+    build_id: Option<String>,
 }
 
 impl Module {
-    fn load(path: &Path) -> Option<Module> {
-        // Only the program headers are needed here: read them lazily, not the whole file.
+    /// `path` is where we read the module; `target_path` where the target has it.
+    fn load(path: &Path, target_path: &Path, debug_dirs: &DebugDirs) -> Option<Module> {
+        // Only the headers are needed here: read them lazily, not the whole file.
         let cache = object::ReadCache::new(File::open(path).ok()?);
         let file = object::File::parse(&cache).ok()?;
+        let build_id = file.build_id().ok().flatten().map(hex);
         let segments = file
             .segments()
             .map(|segment| {
@@ -110,8 +116,15 @@ impl Module {
                 }
             })
             .collect();
-        let debug = addr2line::Loader::new(path).ok()?;
-        Some(Module { segments, debug })
+        let files = debug_dirs.find(path, target_path);
+        let debug = addr2line::Loader::new_with_sup(&files.main, files.supplementary.as_ref())
+            .or_else(|_| addr2line::Loader::new(path))
+            .ok()?;
+        Some(Module {
+            segments,
+            debug,
+            build_id,
+        })
     }
 
     fn frames(&self, elf_address: u64) -> Vec<(Option<String>, Option<String>, Option<u32>)> {
@@ -148,15 +161,21 @@ impl Module {
 /// unmapped a library. Modules are parsed once, on first use.
 pub struct Symbolizer {
     pid: u32,
+    debug_dirs: DebugDirs,
     maps: ProcessMaps,
     files: HashMap<PathBuf, File>,
     modules: HashMap<PathBuf, Option<Module>>,
 }
 
 impl Symbolizer {
-    pub fn new(pid: u32) -> std::io::Result<Self> {
+    /// `debug_dirs` are `--debug-dir` roots, searched before the system's.
+    pub fn new(pid: u32, debug_dirs: &[PathBuf]) -> std::io::Result<Self> {
         let mut symbolizer = Symbolizer {
             pid,
+            debug_dirs: DebugDirs {
+                extra: debug_dirs.to_vec(),
+                target_root: Some(PathBuf::from(format!("/proc/{pid}/root"))),
+            },
             maps: ProcessMaps::default(),
             files: HashMap::new(),
             modules: HashMap::new(),
@@ -180,6 +199,7 @@ impl Symbolizer {
     pub fn from_maps(maps: ProcessMaps) -> Self {
         Symbolizer {
             pid: 0,
+            debug_dirs: DebugDirs::default(),
             maps,
             files: HashMap::new(),
             modules: HashMap::new(),
@@ -220,6 +240,18 @@ impl Symbolizer {
         Ok(())
     }
 
+    /// Every executable file mapping with its open file: what an unwinder needs.
+    pub fn code_mappings(&self) -> impl Iterator<Item = (&Mapping, &File)> {
+        self.maps
+            .mappings()
+            .iter()
+            .filter(|m| m.executable)
+            .filter_map(|m| {
+                let file = self.files.get(m.path.as_ref()?)?;
+                Some((m, file))
+            })
+    }
+
     /// True when `address` lies in executable memory of the target: a return address that
     /// does not is garbage from a broken frame-pointer chain.
     pub fn is_code(&self, address: u64) -> bool {
@@ -241,6 +273,7 @@ impl Symbolizer {
         let unknown = Frame {
             address: format!("{address:#x}"),
             module: module_name,
+            build_id: None,
             module_offset: None,
             function: None,
             file: None,
@@ -258,6 +291,7 @@ impl Symbolizer {
             return vec![unknown];
         };
         let frame = |function, file, line, inlined| Frame {
+            build_id: module.build_id.clone(),
             module_offset: Some(format!("{:#x}", elf + 1)),
             function,
             file,
@@ -278,7 +312,8 @@ impl Symbolizer {
         if !self.modules.contains_key(path) {
             // Read through our open handle: the file may be gone from the target's view.
             let module = self.files.get(path).and_then(|file| {
-                Module::load(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+                let open = format!("/proc/self/fd/{}", file.as_raw_fd());
+                Module::load(Path::new(&open), path, &self.debug_dirs)
             });
             self.modules.insert(path.to_path_buf(), module);
         }
@@ -369,7 +404,7 @@ mod tests {
     #[test]
     fn symbolizes_a_function_of_this_test_binary() {
         let address = a_function_to_find();
-        let mut symbolizer = Symbolizer::new(std::process::id()).unwrap();
+        let mut symbolizer = Symbolizer::new(std::process::id(), &[]).unwrap();
         // Symbolize the function's first byte (+1, as for a return address).
         let frames = symbolizer.symbolize(address + 1);
         let innermost = frames.last().unwrap();
@@ -390,6 +425,7 @@ mod tests {
         let frame = Frame {
             address: "0x7f0000001234".into(),
             module: Some("/usr/lib/libc.so.6".into()),
+            build_id: None,
             module_offset: Some("0x1234".into()),
             function: None,
             file: None,
@@ -402,7 +438,7 @@ mod tests {
 
     #[test]
     fn unknown_addresses_still_get_a_name() {
-        let mut symbolizer = Symbolizer::new(std::process::id()).unwrap();
+        let mut symbolizer = Symbolizer::new(std::process::id(), &[]).unwrap();
         let frames = symbolizer.symbolize(0x10);
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].name(), "0x10");

@@ -85,8 +85,8 @@ impl Target {
     }
 
     /// Starts `argv` under ptrace and holds it stopped at the first syscall after which every
-    /// library it needs is mapped: before any of their code has run, so no allocation is
-    /// missed. [`Target::resume`] lets it go once the probes are in.
+    /// library it needs is mapped, the probed ones' code included: before any of their code
+    /// has run, so no allocation is missed. [`Target::resume`] lets it go once the probes are in.
     pub fn launch(argv: &[OsString], choice: AllocatorChoice) -> Result<(Target, ProbePlan)> {
         let (program, args) = argv.split_first().context("no command given")?;
         let mut command = Command::new(program);
@@ -113,8 +113,12 @@ impl Target {
             let maps = ProcessMaps::read(pid)?;
             match search.plan(pid, &maps) {
                 Some(plan) if plan.points.is_empty() => break,
-                Some(plan) => return Ok((target, plan)),
-                None => {}
+                // Once the probed libraries' code is mapped too, their frames can be named
+                // and unwound even if the program is gone before the first report.
+                Some(plan) if plan.modules().iter().all(|m| maps.has_code(m)) => {
+                    return Ok((target, plan));
+                }
+                Some(_) | None => {}
             }
             ptrace::syscall(nix_pid, None)?;
             expect_stop(waitpid(nix_pid, None)?, pid)?;

@@ -43,6 +43,7 @@ mod tests {
         Frame {
             address: "0x1".into(),
             module: Some("/bin/x".into()),
+            build_id: None,
             module_offset: None,
             function: Some(function.into()),
             file: None,

@@ -1,0 +1,150 @@
+//! Full stacks from stack copies: CFI unwinding of a [`StackSample`] with framehop.
+//!
+//! framehop was made for this (it is samply's unwinder): it takes registers, stack bytes and
+//! each module's .eh_frame/.eh_frame_hdr/.debug_frame, caches the rules it derives, and falls
+//! back to frame pointers where a module has no CFI. gimli alone would mean writing that
+//! evaluator, its cache and its heuristics again.
+//!
+//! [`StackSample`]: leaktrace_common::StackSample
+
+use std::{collections::HashSet, fs::File, ops::Range, path::Path};
+
+use framehop::{
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::{proc_maps::Mapping, symbolize::Symbolizer};
+
+/// How stacks are taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// Frame pointers only: no stack copies, the cheapest; stacks stop early in code built
+    /// without frame pointers.
+    Fp,
+    /// CFI unwinding of a stack copy, for every stack.
+    Dwarf,
+    /// Both; per stack, the longer (frame pointers where they hold, CFI where they break).
+    #[default]
+    Auto,
+}
+
+/// The most frames one stack gets, as for kernel stacks.
+const MAX_FRAMES: usize = leaktrace_common::MAX_STACK_DEPTH;
+
+/// Registers and stack bytes at an allocation's return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackCopy {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Unwinds the stack copies of one program image.
+pub struct DwarfUnwinder {
+    unwinder: UnwinderX86_64<Vec<u8>>,
+    cache: CacheX86_64,
+    /// Start addresses of the mappings already given to framehop.
+    added: HashSet<u64>,
+}
+
+impl Default for DwarfUnwinder {
+    fn default() -> Self {
+        DwarfUnwinder {
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            added: HashSet::new(),
+        }
+    }
+}
+
+impl DwarfUnwinder {
+    /// The return addresses of `copy`, innermost first; its `ip` (the allocation call's return
+    /// address) comes first.
+    pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Vec<u64> {
+        for (mapping, file) in symbolizer.code_mappings() {
+            if self.added.insert(mapping.start)
+                && let Some(module) = module(mapping, file)
+            {
+                self.unwinder.add_module(module);
+            }
+        }
+        let mut read_stack = |address: u64| {
+            let offset = address.checked_sub(copy.sp).ok_or(())? as usize;
+            let bytes = copy.bytes.get(offset..offset + 8).ok_or(())?;
+            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+        };
+        let mut regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+        let mut addresses = vec![copy.ip];
+        // The ip is itself a return address (the allocator has returned): look up the call.
+        let mut frame = FrameAddress::from_return_address(copy.ip);
+        while let Some(address) = frame {
+            if addresses.len() >= MAX_FRAMES {
+                break;
+            }
+            match self
+                .unwinder
+                .unwind_frame(address, &mut regs, &mut self.cache, &mut read_stack)
+            {
+                Ok(Some(return_address)) => {
+                    addresses.push(return_address);
+                    frame = FrameAddress::from_return_address(return_address);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        addresses
+    }
+}
+
+/// A framehop module for one executable mapping: its unwind sections, where it is loaded.
+fn module(mapping: &Mapping, file: &File) -> Option<Module<Vec<u8>>> {
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let section = |name: &str| {
+        let section = elf.section_by_name(name)?;
+        let range = section.address()..section.address() + section.size();
+        Some((range, section.uncompressed_data().ok()?.into_owned()))
+    };
+    // Where vaddr 0 lands: the mapping's start, less the vaddr of the file offset it maps.
+    let segment = elf.segments().find(|s| {
+        let (offset, size) = s.file_range();
+        (offset..offset + size).contains(&mapping.offset)
+    })?;
+    let (segment_offset, _) = segment.file_range();
+    let vaddr_at_start = segment.address() + (mapping.offset - segment_offset);
+    let base_avma = mapping.start.checked_sub(vaddr_at_start)?;
+    let split = |found: Option<(Range<u64>, Vec<u8>)>| match found {
+        Some((range, data)) => (Some(range), Some(data)),
+        None => (None, None),
+    };
+    let (text_svma, text) = split(section(".text"));
+    let (eh_frame_svma, eh_frame) = split(section(".eh_frame"));
+    let (eh_frame_hdr_svma, eh_frame_hdr) = split(section(".eh_frame_hdr"));
+    let info = ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma,
+        text,
+        got_svma: section(".got").map(|(range, _)| range),
+        eh_frame_svma,
+        eh_frame,
+        eh_frame_hdr_svma,
+        eh_frame_hdr,
+        debug_frame: section(".debug_frame").map(|(_, data)| data),
+        ..ExplicitModuleSectionInfo::default()
+    };
+    let name = mapping
+        .path
+        .as_deref()
+        .and_then(Path::to_str)
+        .unwrap_or("?")
+        .to_owned();
+    Some(Module::new(
+        name,
+        mapping.start..mapping.end,
+        base_avma,
+        info,
+    ))
+}
