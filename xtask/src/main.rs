@@ -18,8 +18,17 @@ tasks:
   test         install what the tests need, then run every test";
 
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
-/// jemalloc), launch mode is checked against valgrind, and bpftool shows what stays attached.
-const TEST_PACKAGES: [&str; 5] = ["gcc", "g++", "valgrind", "bpftool", "libjemalloc-dev"];
+/// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
+/// are named from libc6-dbg, and bpftool shows what stays attached.
+const TEST_PACKAGES: [&str; 7] = [
+    "gcc",
+    "g++",
+    "binutils",
+    "valgrind",
+    "bpftool",
+    "libjemalloc-dev",
+    "libc6-dbg",
+];
 
 fn main() -> Result<()> {
     let task = env::args().nth(1).unwrap_or_default();

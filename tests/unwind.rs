@@ -1,0 +1,267 @@
+//! Full stacks without frame pointers, and symbols wherever the debug info lives.
+
+mod support;
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const NO_FRAME_POINTERS: &[&str] = &["-O2", "-fomit-frame-pointer"];
+
+/// `leaktrace --json … -- BINARY ARGS…` (plus `options`): the report.
+fn launch(test: &str, options: &[&str], binary: &Path, args: &[&str]) -> Value {
+    let json = output_path(test, "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(options)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(binary)
+            .args(args),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    read_json(&json)
+}
+
+/// The first site whose innermost frame is `function`.
+fn site<'a>(report: &'a Value, function: &str) -> &'a Value {
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(function))
+        })
+        .unwrap_or_else(|| panic!("no {function} site in {report:#}"))
+}
+
+/// (function, file name, line) of each frame, up to and including `main`.
+fn chain(site: &Value) -> Vec<(String, String, u64)> {
+    let mut chain = Vec::new();
+    for frame in site["frames"].as_array().unwrap() {
+        let function = frame["function"].as_str().unwrap_or("?").to_owned();
+        let file = frame["file"].as_str().unwrap_or("?");
+        let file = file.rsplit('/').next().unwrap().to_owned();
+        let line = frame["line"].as_u64().unwrap_or(0);
+        let done = function == "main";
+        chain.push((function, file, line));
+        if done {
+            return chain;
+        }
+    }
+    panic!("the stack does not reach main: {chain:?}");
+}
+
+#[test]
+fn without_frame_pointers_the_stack_is_the_same_as_with_them() {
+    if !bpf_available() {
+        return;
+    }
+    // The frame-pointer build unwound by frame pointers alone: an independent reference.
+    let with = build_fixture_with("fixture", &["-O2", "-fno-omit-frame-pointer"]);
+    let without = build_fixture_with("fixture", NO_FRAME_POINTERS);
+    let with = launch("fp_build", &["--unwind", "fp"], &with, &["exit"]);
+    let without = launch("no_fp_build", &[], &without, &["exit"]);
+    for function in ["leak_here", "grow_buffer"] {
+        let expected = chain(site(&with, function));
+        assert!(
+            expected
+                .iter()
+                .all(|(_, file, line)| file == "fixture.c" && *line > 0)
+        );
+        assert_eq!(chain(site(&without, function)), expected, "{function}");
+    }
+    // strdup's callers: libc has no frame pointers even in the frame-pointer build.
+    let copy = chain(site(&without, "copy_name"));
+    assert_eq!(copy.first().map(|f| f.0.as_str()), Some("copy_name"));
+}
+
+#[test]
+fn frame_pointers_alone_stop_where_they_are_missing() {
+    if !bpf_available() {
+        return;
+    }
+    // The control for the test above: it is the CFI that finds the callers.
+    let without = build_fixture_with("fixture", NO_FRAME_POINTERS);
+    let report = launch(
+        "no_fp_build_fp_unwind",
+        &["--unwind", "fp"],
+        &without,
+        &["exit"],
+    );
+    let frames = site(&report, "leak_here")["frames"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        !frames.iter().any(|f| f["function"] == "main"),
+        "frame pointers reached main in a build without them: {frames:#?}"
+    );
+}
+
+#[test]
+fn cxx_without_frame_pointers_shows_the_three_callers_of_new() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture_with("cxx", NO_FRAME_POINTERS);
+    let report = launch("cxx_no_fp", &[], &binary, &["doors"]);
+    let functions: Vec<&str> = site(&report, "leak_new_here")["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        functions[..4],
+        [
+            "leak_new_here()",
+            "build_cache()",
+            "handle_request()",
+            "main"
+        ]
+    );
+}
+
+#[test]
+fn frames_inside_glibc_carry_file_and_line_from_libc6_dbg() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture_with("fixture", NO_FRAME_POINTERS);
+    let report = launch("libc_frames", &[], &binary, &["exit"]);
+    let frames = site(&report, "leak_here")["frames"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let libc: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["module"].as_str().is_some_and(|m| m.contains("libc.so")))
+        .collect();
+    assert!(!libc.is_empty(), "the stack goes on into libc: {frames:#?}");
+    for frame in libc {
+        assert!(
+            frame["file"].is_string() && frame["line"].is_u64(),
+            "{frame:#}"
+        );
+        assert!(frame["build_id"].is_string(), "{frame:#}");
+    }
+}
+
+/// The fixture with its debug info split off: stripped binary, `fixture.debug` beside it.
+fn split_debug(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let built = build_fixture("fixture");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("fixture");
+    let debug = dir.join("fixture.debug");
+    fs::copy(&built, &binary).unwrap();
+    let objcopy = |args: &[&std::ffi::OsStr]| {
+        let status = Command::new("objcopy").args(args).status().unwrap();
+        assert!(status.success(), "objcopy {args:?}");
+    };
+    objcopy(&[
+        "--only-keep-debug".as_ref(),
+        binary.as_os_str(),
+        debug.as_os_str(),
+    ]);
+    objcopy(&["--strip-debug".as_ref(), binary.as_os_str()]);
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    objcopy(&[link.as_ref(), binary.as_os_str()]);
+    (binary, debug)
+}
+
+fn assert_leak_here_has_a_line(report: &Value) {
+    let frame = &site(report, "leak_here")["frames"][0];
+    assert_eq!(
+        frame["line"].as_u64(),
+        Some(fixture_line("fixture", "/* the leak */")),
+        "{frame:#}"
+    );
+}
+
+#[test]
+fn split_debug_info_is_found_by_debuglink() {
+    if !bpf_available() {
+        return;
+    }
+    let (binary, _) = split_debug("debuglink");
+    assert_leak_here_has_a_line(&launch("debuglink", &[], &binary, &["exit"]));
+}
+
+#[test]
+fn split_debug_info_is_found_by_build_id_under_a_debug_dir() {
+    if !bpf_available() {
+        return;
+    }
+    let (binary, debug) = split_debug("build_id");
+    // Only the build-id copy is left to find.
+    let root = binary.parent().unwrap().join("debug-root");
+    let output = Command::new("readelf")
+        .args(["-n"])
+        .arg(&binary)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&output.stdout);
+    let build_id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("gcc gives binaries a build-id")
+        .to_owned();
+    let by_id = root
+        .join(".build-id")
+        .join(&build_id[..2])
+        .join(format!("{}.debug", &build_id[2..]));
+    fs::create_dir_all(by_id.parent().unwrap()).unwrap();
+    fs::rename(&debug, &by_id).unwrap();
+    let root = root.to_str().unwrap();
+    assert_leak_here_has_a_line(&launch(
+        "build_id",
+        &["--debug-dir", root],
+        &binary,
+        &["exit"],
+    ));
+}
+
+#[test]
+fn a_target_in_its_own_mount_namespace_is_symbolized() {
+    if !bpf_available() {
+        return;
+    }
+    let built = build_fixture("fixture");
+    // Inside the namespace the binary lives on a fresh tmpfs, at a path that does not exist
+    // outside it.
+    let script = format!(
+        "mount -t tmpfs none /mnt && mkdir /mnt/leaktrace-ns && cp {} /mnt/leaktrace-ns/app \
+         && exec /mnt/leaktrace-ns/app burst",
+        built.display()
+    );
+    let mut target = Running::start(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    assert!(
+        !Path::new("/mnt/leaktrace-ns/app").exists(),
+        "the path is the namespace's own"
+    );
+    let json = output_path("mount_namespace", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &target.pid().to_string(), "--json"])
+            .arg(&json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    target.signal(libc::SIGUSR1);
+    target.stdout.wait_for(|l| l == "burst done", WAIT);
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_leak_here_has_a_line(&report);
+    let module = site(&report, "leak_here")["frames"][0]["module"].clone();
+    assert_eq!(module, "/mnt/leaktrace-ns/app");
+}
