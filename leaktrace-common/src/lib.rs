@@ -18,6 +18,11 @@ pub struct AllocEvent {
     pub address: u64,
     /// Requested bytes for an allocation; 0 for a free.
     pub size: u64,
+    /// With DWARF unwinding: a hash of the return addresses found past the frame pointers'
+    /// reach, through return-address offsets userspace learned from earlier stack copies
+    /// (`RETURN_OFFSETS`). Two allocations with one frame-pointer stack but different callers
+    /// deeper down differ here. 0 when not computed.
+    pub stack_hash: u64,
     /// Process id (thread group id) of the caller.
     pub tgid: u32,
     /// Thread id of the caller.
@@ -61,8 +66,9 @@ pub const MAX_STACK_DEPTH: usize = 127;
 /// first allocation with a new stack id (`stack_id`), when DWARF unwinding is on.
 pub const EVENT_STACK_SAMPLE: u32 = 11;
 
-/// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer).
-pub const MAX_STACK_COPY: usize = 32768;
+/// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer). The
+/// sample is put together in a per-CPU array slot, whose values the kernel caps at 32 KiB.
+pub const MAX_STACK_COPY: usize = 16384;
 
 /// The registers and top of the user stack at an allocation's return, for userspace to unwind
 /// with the modules' CFI where frame pointers are missing. A frame-pointer walk stops (or goes
@@ -70,7 +76,7 @@ pub const MAX_STACK_COPY: usize = 32768;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackSample {
-    /// `kind` is [`EVENT_STACK_SAMPLE`]; `stack_id` the frame-pointer stack it stands for;
+    /// `kind` is [`EVENT_STACK_SAMPLE`]; `stack_id` and `stack_hash` the stack it stands for;
     /// `address` the instruction pointer; `size` the bytes copied into `bytes`.
     pub event: AllocEvent,
     pub sp: u64,
@@ -112,15 +118,19 @@ pub enum DropCounter {
     /// The per-thread pending map was full: the allocation's entry was not remembered, so the
     /// allocation is lost.
     PendingMapFull = 3,
+    /// A stack copy was not sent because the ring buffer was more than half full: the
+    /// allocation is counted, its stack taken by frame pointers only. Not a loss of events.
+    StackSampleSkipped = 4,
 }
 
 impl DropCounter {
     /// Every counter, in slot order.
-    pub const ALL: [DropCounter; 4] = [
+    pub const ALL: [DropCounter; 5] = [
         DropCounter::RingBufferFull,
         DropCounter::StackMapFull,
         DropCounter::StackUnreadable,
         DropCounter::PendingMapFull,
+        DropCounter::StackSampleSkipped,
     ];
 }
 
@@ -134,6 +144,7 @@ pub mod maps {
     pub const DROPS: &str = "DROPS";
     pub const CONTROL: &str = "CONTROL";
     pub const TRACED: &str = "TRACED";
+    pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
 }
 
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.

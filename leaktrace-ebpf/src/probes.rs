@@ -1,6 +1,6 @@
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, pt_regs},
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_bytes,
@@ -39,10 +39,40 @@ static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Stack ids whose stack has been sent as a [`StackSample`]: one sample stands for every later
-/// allocation with the same frame-pointer stack.
+/// Stacks (stack id and hash) already sent as a [`StackSample`]: one sample stands for every
+/// later allocation with the same stack.
 #[map]
-static SAMPLED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Where, above sp, the return address lies at a given return address: learned by userspace
+/// from the CFI unwinding of stack copies. With it the probe can follow a stack past where
+/// frame pointers end, for a key, without unwinding anything itself.
+#[map]
+static RETURN_OFFSETS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Return addresses followed through [`RETURN_OFFSETS`], at most.
+const LEARNED_FRAMES: usize = 32;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// A hash of the return addresses reachable through learned offsets from the current frame.
+#[inline(always)]
+fn learned_stack_hash(ctx: &RetProbeContext) -> u64 {
+    let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
+    let mut hash = 0u64;
+    for _ in 0..LEARNED_FRAMES {
+        let Some(offset) = (unsafe { RETURN_OFFSETS.get(&pc) }) else {
+            break;
+        };
+        let slot = sp + u64::from(*offset);
+        let Ok(return_address) = (unsafe { bpf_probe_read_user(slot as *const u64) }) else {
+            break;
+        };
+        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        sp = slot + 8;
+        pc = return_address;
+    }
+    hash
+}
 
 /// Bytes of stack each sample copies; 0 turns sampling (DWARF unwinding) off. Set at load.
 #[unsafe(no_mangle)]
@@ -149,6 +179,7 @@ fn event(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) -> Al
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         address,
         size,
+        stack_hash: 0,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         stack_id,
@@ -177,13 +208,24 @@ fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => {
             let id = id as u32;
-            if sampling()
-                && unsafe { SAMPLED.get(&id) }.is_none()
-                && SAMPLED.insert(&id, &1, 0).is_ok()
-            {
-                emit_stack_sample(ctx, pid_tgid, id);
+            let mut hash = 0;
+            if sampling() {
+                hash = learned_stack_hash(ctx);
+                let key = hash.wrapping_mul(FNV_PRIME) ^ u64::from(id);
+                if unsafe { SAMPLED.get(&key) }.is_none()
+                    && emit_stack_sample(ctx, pid_tgid, id, hash)
+                {
+                    let _ = SAMPLED.insert(&key, &1, 0);
+                }
             }
-            emit(pid_tgid, kind, address, size, id as i32)
+            let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+                count_drop(DropCounter::RingBufferFull);
+                return;
+            };
+            let mut record = event(pid_tgid, kind, address, size, id as i32);
+            record.stack_hash = hash;
+            entry.write(record);
+            entry.submit(0);
         }
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
@@ -243,18 +285,30 @@ fn sampling() -> bool {
     stack_bytes() != 0
 }
 
-/// Sends the registers and the top of the user stack, for userspace to unwind with CFI.
+/// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied.
+#[map]
+static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sends the registers and the top of the user stack, for userspace to unwind with CFI; false
+/// when it was not sent (and the stack should be sampled again next time).
 ///
 /// The stack is read a page at a time, the first read ending at a page boundary, so that the
-/// read that runs past the top of the stack mapping (and fails) loses nothing below it.
+/// read that runs past the top of the stack mapping (and fails) loses nothing below it. Only
+/// the bytes copied go into the ring buffer, and only while it is less than half full: the
+/// allocation events matter more than their stacks.
 #[inline(always)]
-fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32) {
+fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32, stack_hash: u64) -> bool {
     let limit = stack_bytes();
-    let Some(mut entry) = EVENTS.reserve::<StackSample>(0) else {
-        count_drop(DropCounter::RingBufferFull);
-        return;
+    let header = core::mem::offset_of!(StackSample, bytes) as u64;
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let ring = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if pending + header + limit + PAGE_BYTES > ring / 2 {
+        count_drop(DropCounter::StackSampleSkipped);
+        return false;
+    }
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
-    let record = entry.as_mut_ptr();
     let regs = ctx.regs;
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     let bytes = unsafe { core::ptr::addr_of_mut!((*record).bytes) }.cast::<u8>();
@@ -277,12 +331,22 @@ fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32) {
         }
     }
     unsafe {
-        let header = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, stack_id as i32);
-        core::ptr::addr_of_mut!((*record).event).write(header);
+        let mut head = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, stack_id as i32);
+        head.stack_hash = stack_hash;
+        core::ptr::addr_of_mut!((*record).event).write(head);
         core::ptr::addr_of_mut!((*record).sp).write(sp);
         core::ptr::addr_of_mut!((*record).bp).write(bp);
     }
-    entry.submit(0);
+    let mut length = header + copied;
+    if length > size_of::<StackSample>() as u64 {
+        length = size_of::<StackSample>() as u64;
+    }
+    let sample = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), length as usize) };
+    if EVENTS.output::<[u8]>(sample, 0).is_err() {
+        count_drop(DropCounter::RingBufferFull);
+        return false;
+    }
+    true
 }
 
 /// `count * size`, or None on overflow (when calloc and reallocarray fail without allocating).

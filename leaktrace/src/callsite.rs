@@ -8,18 +8,17 @@ use crate::{
     symbolize::{Frame, Symbolizer},
 };
 
-/// Inline stacks get keys above every kernel stack id (a u32).
-const FIRST_INLINE_KEY: StackKey = 1 << 32;
-
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
 ///
-/// Frames are computed on first use and kept: a stack id always names the same stack, so each
-/// is symbolized once however many reports show it.
+/// A site is a distinct stack of return addresses: however the kernel named it (a stack id,
+/// refined by a hash when unwinding with CFI, or the addresses themselves when sent inline),
+/// the same addresses make the same site. Frames are computed on first use and kept.
 pub struct CallSites {
     allocators: Vec<PathBuf>,
     stacks: Vec<Vec<u64>>,
     frames: Vec<Option<Vec<Frame>>>,
-    inline_keys: HashMap<Vec<u64>, StackKey>,
+    by_addresses: HashMap<Vec<u64>, StackKey>,
+    by_id: HashMap<(u32, u64), StackKey>,
 }
 
 impl CallSites {
@@ -30,21 +29,32 @@ impl CallSites {
             allocators,
             stacks: Vec::new(),
             frames: Vec::new(),
-            inline_keys: HashMap::new(),
+            by_addresses: HashMap::new(),
+            by_id: HashMap::new(),
         }
     }
 
-    /// The ledger key of a stack. Inline stacks with the same frames get the same key, so they
-    /// make one site however many times they arrive.
-    pub fn key(&mut self, stack: &Stack) -> StackKey {
+    /// The ledger key of a stack seen before, if it was.
+    pub fn known_key(&self, stack: &Stack) -> Option<StackKey> {
         match stack {
-            Stack::Id(id) => StackKey::from(*id),
-            Stack::Lost => Ledger::LOST_STACK,
-            Stack::Inline(frames) => {
-                let next = FIRST_INLINE_KEY + self.inline_keys.len() as StackKey;
-                *self.inline_keys.entry(frames.clone()).or_insert(next)
-            }
+            Stack::Id { id, hash } => self.by_id.get(&(*id, *hash)).copied(),
+            Stack::Inline(addresses) => self.by_addresses.get(addresses).copied(),
+            Stack::Lost => Some(Ledger::LOST_STACK),
         }
+    }
+
+    /// The ledger key of a stack seen for the first time, whose return addresses are
+    /// `addresses`: the key of those addresses, new or not.
+    pub fn intern(&mut self, stack: &Stack, addresses: &[u64]) -> StackKey {
+        if matches!(stack, Stack::Lost) {
+            return Ledger::LOST_STACK;
+        }
+        let next = self.by_addresses.len() as StackKey;
+        let key = *self.by_addresses.entry(addresses.to_vec()).or_insert(next);
+        if let Stack::Id { id, hash } = stack {
+            self.by_id.insert((*id, *hash), key);
+        }
+        key
     }
 
     /// Stores the return addresses (innermost first) of a new site.
@@ -156,15 +166,17 @@ mod tests {
     }
 
     #[test]
-    fn inline_stacks_with_the_same_frames_share_a_key() {
+    fn the_same_addresses_make_the_same_site_however_they_came() {
         let (mut sites, _) = call_sites_and_symbolizer();
-        let a = sites.key(&Stack::Inline(vec![1, 2]));
-        let b = sites.key(&Stack::Inline(vec![1, 2]));
-        let c = sites.key(&Stack::Inline(vec![1, 3]));
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert!(a > StackKey::from(u32::MAX), "above every kernel stack id");
-        assert_eq!(sites.key(&Stack::Id(7)), 7);
-        assert_eq!(sites.key(&Stack::Lost), Ledger::LOST_STACK);
+        let by_id = Stack::Id { id: 7, hash: 0 };
+        assert_eq!(sites.known_key(&by_id), None);
+        let key = sites.intern(&by_id, &[1, 2]);
+        assert_eq!(sites.known_key(&by_id), Some(key));
+        // A refined stack id that unwound to the same addresses, and an inline copy of them.
+        let refined = Stack::Id { id: 7, hash: 5 };
+        assert_eq!(sites.intern(&refined, &[1, 2]), key);
+        assert_eq!(sites.known_key(&Stack::Inline(vec![1, 2])), Some(key));
+        assert_ne!(sites.intern(&Stack::Inline(vec![1, 3]), &[1, 3]), key);
+        assert_eq!(sites.known_key(&Stack::Lost), Some(Ledger::LOST_STACK));
     }
 }

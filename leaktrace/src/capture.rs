@@ -84,7 +84,12 @@ impl Capture<'_> {
                 ..
             } => image.record_alloc(address, size, stack, timestamp_ns, mapping, probes),
             Event::Unmap { address, size, .. } => image.ledger_mut().record_munmap(address, size),
-            Event::StackSample { stack_id, copy, .. } => image.record_stack_sample(stack_id, &copy),
+            Event::StackSample {
+                stack_id,
+                stack_hash,
+                copy,
+                ..
+            } => image.record_stack_sample(stack_id, stack_hash, &copy, probes),
             Event::Free { address, .. } => image.ledger_mut().record_free(address),
             Event::ReallocFree { tid, address, .. } => {
                 image.ledger_mut().record_realloc_free(tid, address)

@@ -52,9 +52,9 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub unwind: UnwindMode,
 
-    /// Bytes of stack copied for CFI unwinding (at most 32768).
+    /// Bytes of stack copied for CFI unwinding (at most 16384).
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
-          value_parser = clap::value_parser!(u32).range(1024..=32768))]
+          value_parser = clap::value_parser!(u32).range(1024..=16384))]
     pub stack_bytes: u32,
 
     /// Look for separate debug info under this directory too (like /usr/lib/debug: by

@@ -11,8 +11,9 @@ use crate::unwind::StackCopy;
 /// Where an allocation's stack is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stack {
-    /// In the kernel's stack map, under this id.
-    Id(u32),
+    /// In the kernel's stack map, under `id`; `hash` tells apart stacks that share the
+    /// frame-pointer part but differ deeper (see [`AllocEvent::stack_hash`]), 0 if unknown.
+    Id { id: u32, hash: u64 },
     /// In the record itself (the stack map had no room): return addresses, innermost first.
     Inline(Vec<u64>),
     /// Not recorded (the kernel could not read it).
@@ -63,6 +64,7 @@ pub enum Event {
     StackSample {
         pid: u32,
         stack_id: u32,
+        stack_hash: u64,
         copy: StackCopy,
     },
     /// The process exec'd: a new program, in a new address space.
@@ -92,7 +94,10 @@ impl Event {
         };
         match raw.kind {
             EVENT_ALLOC | EVENT_MMAP => Some(alloc(match u32::try_from(raw.stack_id) {
-                Ok(id) => Stack::Id(id),
+                Ok(id) => Stack::Id {
+                    id,
+                    hash: raw.stack_hash,
+                },
                 Err(_) => Stack::Lost,
             })),
             EVENT_ALLOC_WITH_STACK | EVENT_MMAP_WITH_STACK => {
@@ -126,23 +131,25 @@ impl Event {
                 tid: raw.tid,
             }),
             EVENT_STACK_SAMPLE => {
-                if bytes.len() < size_of::<StackSample>() {
+                // Trimmed to the bytes copied: only the header is sure to be there.
+                let start = std::mem::offset_of!(StackSample, bytes);
+                if bytes.len() < start {
                     return None;
                 }
                 let sample = bytes.as_ptr().cast::<StackSample>();
-                // SAFETY: the length was checked; fields are read unaligned, one at a time,
-                // so the 36 KiB array is never copied whole.
+                // SAFETY: the header's length was checked; its fields are read unaligned, one
+                // at a time, and the array not at all: it may be shorter than declared.
                 let (sp, bp) = unsafe {
                     (
                         std::ptr::addr_of!((*sample).sp).read_unaligned(),
                         std::ptr::addr_of!((*sample).bp).read_unaligned(),
                     )
                 };
-                let start = std::mem::offset_of!(StackSample, bytes);
-                let copied = (raw.size as usize).min(leaktrace_common::MAX_STACK_COPY + 4096);
+                let copied = (raw.size as usize).min(bytes.len() - start);
                 Some(Event::StackSample {
                     pid: raw.tgid,
                     stack_id: u32::try_from(raw.stack_id).ok()?,
+                    stack_hash: raw.stack_hash,
                     copy: StackCopy {
                         ip: raw.address,
                         sp,
@@ -198,6 +205,7 @@ mod tests {
             timestamp_ns: 5,
             address: 0x1000,
             size: 24,
+            stack_hash: 9,
             tgid: 7,
             tid: 8,
             stack_id: 3,
@@ -209,7 +217,7 @@ mod tests {
                 pid: 7,
                 address: 0x1000,
                 size: 24,
-                stack: Stack::Id(3),
+                stack: Stack::Id { id: 3, hash: 9 },
                 timestamp_ns: 5,
                 mapping: false,
             })
@@ -286,6 +294,7 @@ mod tests {
                 timestamp_ns: 1,
                 address: 0x2000,
                 size: 8,
+                stack_hash: 0,
                 tgid: 7,
                 tid: 7,
                 stack_id: 0,
@@ -308,6 +317,7 @@ mod tests {
             timestamp_ns: 0,
             address: 0,
             size: 0,
+            stack_hash: 0,
             tgid: 0,
             tid: 0,
             stack_id: 0,

@@ -31,8 +31,8 @@ pub struct TracedImage {
     change: IntervalChange,
     unwind: UnwindMode,
     unwinder: DwarfUnwinder,
-    /// CFI-unwound stacks by frame-pointer stack id, waiting for their allocation event.
-    unwound: HashMap<u32, Vec<u64>>,
+    /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
+    unwound: HashMap<(u32, u64), Vec<u64>>,
     /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
@@ -82,32 +82,49 @@ impl TracedImage {
         let allocated_ms = (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
             .try_into()
             .unwrap_or(u32::MAX);
-        let key = self.call_sites.key(&stack);
+        let mut first_seen = None;
+        let key = match self.call_sites.known_key(&stack) {
+            Some(key) => key,
+            None => {
+                let addresses = match &stack {
+                    Stack::Id { id, hash } => {
+                        let cfi = self.unwound.remove(&(*id, *hash));
+                        self.best_stack(probes.stack(*id), cfi)
+                    }
+                    Stack::Inline(frames) => frames.clone(),
+                    Stack::Lost => Vec::new(),
+                };
+                self.symbolizer.observe(&addresses);
+                let key = self.call_sites.intern(&stack, &addresses);
+                first_seen = Some(addresses);
+                key
+            }
+        };
         let (site, is_new) = if mapping {
             self.ledger.record_mmap(address, size, key)
         } else {
             self.ledger.record_alloc(address, size, key, allocated_ms)
         };
         if is_new {
-            let addresses = match stack {
-                Stack::Id(id) => {
-                    let cfi = self.unwound.remove(&id);
-                    self.best_stack(probes.stack(id), cfi)
-                }
-                Stack::Inline(frames) => frames,
-                Stack::Lost => Vec::new(),
-            };
-            self.symbolizer.observe(&addresses);
-            self.call_sites.add(site, addresses);
+            self.call_sites.add(site, first_seen.unwrap_or_default());
         }
     }
 
     /// Unwinds a stack copy now, while the image's modules are surely mapped; the allocation
-    /// event that follows picks the result up.
-    pub fn record_stack_sample(&mut self, stack_id: u32, copy: &StackCopy) {
+    /// event that follows picks the result up. What the unwinding learned of return-address
+    /// offsets goes to the probes, so that later stacks get told apart by their callers.
+    pub fn record_stack_sample(
+        &mut self,
+        stack_id: u32,
+        stack_hash: u64,
+        copy: &StackCopy,
+        probes: &mut ProbeSet,
+    ) {
         self.symbolizer.observe(&[copy.ip]);
-        let addresses = self.unwinder.unwind(copy, &self.symbolizer);
-        self.unwound.insert(stack_id, addresses);
+        let unwound = self.unwinder.unwind(copy, &self.symbolizer);
+        probes.learn_return_offsets(&unwound.return_offsets);
+        self.unwound
+            .insert((stack_id, stack_hash), unwound.addresses);
     }
 
     /// The frame-pointer stack or the CFI one, as `--unwind` says. Auto takes the one that

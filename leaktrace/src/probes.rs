@@ -37,10 +37,14 @@ pub struct DropCounts {
     pub stack_unreadable: u64,
     /// Allocations lost: no room to remember the call between entry and return.
     pub pending_map_full: u64,
+    /// Stack copies not sent while the ring buffer was over half full. Nothing is lost: those
+    /// stacks were taken by frame pointers only.
+    pub stack_samples_skipped: u64,
 }
 
 impl DropCounts {
-    /// Events or stacks actually lost; [`DropCounts::stack_map_full`] is not among them.
+    /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
+    /// [`DropCounts::stack_samples_skipped`] are not among them.
     pub fn lost(&self) -> u64 {
         self.ring_buffer_full + self.stack_unreadable + self.pending_map_full
     }
@@ -53,6 +57,7 @@ pub struct ProbeSet {
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
     traced: HashMap<MapData, u32, u32>,
+    return_offsets: HashMap<MapData, u64, u32>,
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
@@ -89,10 +94,12 @@ impl ProbeSet {
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
+        let return_offsets = HashMap::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
             attached: HashSet::new(),
             traced,
+            return_offsets,
             events,
             stacks,
             drops,
@@ -146,6 +153,14 @@ impl ProbeSet {
         Detach(std::thread::spawn(move || drop(ebpf)))
     }
 
+    /// Teaches the probes where return addresses lie (see [`crate::unwind::Unwound`]). A full
+    /// map only means later stacks are told apart less finely: the error is dropped.
+    pub fn learn_return_offsets(&mut self, offsets: &[(u64, u32)]) {
+        for (pc, offset) in offsets {
+            let _ = self.return_offsets.insert(pc, offset, 0);
+        }
+    }
+
     /// The return addresses of a recorded stack, innermost first.
     pub fn stack(&self, stack_id: u32) -> Vec<u64> {
         self.stacks
@@ -164,6 +179,7 @@ impl ProbeSet {
             stack_map_full: count(DropCounter::StackMapFull)?,
             stack_unreadable: count(DropCounter::StackUnreadable)?,
             pending_map_full: count(DropCounter::PendingMapFull)?,
+            stack_samples_skipped: count(DropCounter::StackSampleSkipped)?,
         })
     }
 }

@@ -42,6 +42,16 @@ pub struct StackCopy {
     pub bytes: Vec<u8>,
 }
 
+/// An unwound stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unwound {
+    /// Return addresses, innermost first; the copy's ip comes first.
+    pub addresses: Vec<u64>,
+    /// For each of those addresses but the last: where the next return address lay, as an
+    /// offset above the stack pointer at that address.
+    pub return_offsets: Vec<(u64, u32)>,
+}
+
 /// Unwinds the stack copies of one program image.
 pub struct DwarfUnwinder {
     unwinder: UnwinderX86_64<Vec<u8>>,
@@ -63,7 +73,7 @@ impl Default for DwarfUnwinder {
 impl DwarfUnwinder {
     /// The return addresses of `copy`, innermost first; its `ip` (the allocation call's return
     /// address) comes first.
-    pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Vec<u64> {
+    pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Unwound {
         for (mapping, file) in symbolizer.code_mappings() {
             if self.added.insert(mapping.start)
                 && let Some(module) = module(mapping, file)
@@ -77,25 +87,34 @@ impl DwarfUnwinder {
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         let mut regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
-        let mut addresses = vec![copy.ip];
+        let mut unwound = Unwound {
+            addresses: vec![copy.ip],
+            return_offsets: Vec::new(),
+        };
         // The ip is itself a return address (the allocator has returned): look up the call.
-        let mut frame = FrameAddress::from_return_address(copy.ip);
-        while let Some(address) = frame {
-            if addresses.len() >= MAX_FRAMES {
+        let mut pc = copy.ip;
+        while unwound.addresses.len() < MAX_FRAMES {
+            let Some(address) = FrameAddress::from_return_address(pc) else {
                 break;
-            }
+            };
+            let sp = regs.sp();
             match self
                 .unwinder
                 .unwind_frame(address, &mut regs, &mut self.cache, &mut read_stack)
             {
                 Ok(Some(return_address)) => {
-                    addresses.push(return_address);
-                    frame = FrameAddress::from_return_address(return_address);
+                    // The return address sat just below the caller's stack pointer.
+                    let slot = regs.sp().wrapping_sub(8);
+                    if let Some(offset) = slot.checked_sub(sp).and_then(|o| u32::try_from(o).ok()) {
+                        unwound.return_offsets.push((pc, offset));
+                    }
+                    unwound.addresses.push(return_address);
+                    pc = return_address;
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        addresses
+        unwound
     }
 }
 
