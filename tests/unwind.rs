@@ -265,3 +265,61 @@ fn a_target_in_its_own_mount_namespace_is_symbolized() {
     let module = site(&report, "leak_here")["frames"][0]["module"].clone();
     assert_eq!(module, "/mnt/leaktrace-ns/app");
 }
+
+/// How each frame of the `function` site was found.
+fn found_by(report: &Value, function: &str) -> Vec<(String, String)> {
+    site(report, function)["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let name = f["function"].as_str().unwrap_or("?").to_owned();
+            (name, f["found_by"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn frames_say_whether_cfi_or_frame_pointers_found_them() {
+    if !bpf_available() {
+        return;
+    }
+    // Built with frame pointers, its CFI then removed: the unwinder falls back to the frame
+    // pointers for the program's own frames, and takes glibc's CFI again past them.
+    let built = build_fixture("fixture");
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-without-cfi");
+    let status = Command::new("objcopy")
+        .args([
+            "--remove-section",
+            ".eh_frame",
+            "--remove-section",
+            ".eh_frame_hdr",
+        ])
+        .arg(&built)
+        .arg(&binary)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = launch("found_by", &["--unwind", "dwarf"], &binary, &["exit"]);
+    let found = found_by(&report, "leak_here");
+    let how = |function: &str| {
+        found
+            .iter()
+            .find(|(name, _)| name == function)
+            .map(|(_, how)| how.as_str())
+            .unwrap_or_else(|| panic!("no {function} in {found:?}"))
+    };
+    assert_eq!(how("leak_here"), "ip");
+    assert_eq!(how("main"), "frame_pointers", "{found:?}");
+    assert_eq!(
+        found.last().unwrap().1,
+        "cfi",
+        "glibc's own frames: {found:?}"
+    );
+
+    // With the CFI in place, every caller is found through it.
+    let without = build_fixture_with("fixture", NO_FRAME_POINTERS);
+    let report = launch("found_by_cfi", &[], &without, &["exit"]);
+    let found = found_by(&report, "leak_here");
+    assert!(found[1..].iter().all(|(_, how)| how == "cfi"), "{found:?}");
+}

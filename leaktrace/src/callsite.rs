@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::PathBuf};
 use crate::{
     events::Stack,
     ledger::{Ledger, SiteId, StackKey},
-    symbolize::{Frame, Symbolizer},
+    symbolize::{FoundBy, Frame, Symbolizer},
 };
 
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
@@ -16,6 +16,7 @@ use crate::{
 pub struct CallSites {
     allocators: Vec<PathBuf>,
     stacks: Vec<Vec<u64>>,
+    found_by: Vec<Vec<FoundBy>>,
     frames: Vec<Option<Vec<Frame>>>,
     by_addresses: HashMap<Vec<u64>, StackKey>,
     by_id: HashMap<(u32, u64), StackKey>,
@@ -28,6 +29,7 @@ impl CallSites {
         CallSites {
             allocators,
             stacks: Vec::new(),
+            found_by: Vec::new(),
             frames: Vec::new(),
             by_addresses: HashMap::new(),
             by_id: HashMap::new(),
@@ -58,13 +60,16 @@ impl CallSites {
     }
 
     /// Stores the return addresses (innermost first) of a new site.
-    pub fn add(&mut self, site: SiteId, addresses: Vec<u64>) {
+    /// `found_by` says, address by address, how each was found.
+    pub fn add(&mut self, site: SiteId, addresses: Vec<u64>, found_by: Vec<FoundBy>) {
         let index = site.index();
         if self.stacks.len() <= index {
             self.stacks.resize_with(index + 1, Vec::new);
+            self.found_by.resize_with(index + 1, Vec::new);
             self.frames.resize_with(index + 1, || None);
         }
         self.stacks[index] = addresses;
+        self.found_by[index] = found_by;
     }
 
     /// The site's frames, innermost first, starting at the allocator's caller. When the stack
@@ -75,7 +80,7 @@ impl CallSites {
     pub fn frames(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> &[Frame] {
         let index = site.index();
         if self.frames.len() <= index {
-            self.add(site, Vec::new());
+            self.add(site, Vec::new(), Vec::new());
         }
         if self.frames[index].is_none() {
             let stack = &self.stacks[index];
@@ -95,9 +100,14 @@ impl CallSites {
                         .is_none_or(|m| !self.allocators.iter().any(|x| x == m))
                 })
                 .unwrap_or(0);
-            let frames = addresses[first_caller..]
-                .iter()
-                .flat_map(|&address| symbolizer.symbolize(address))
+            let found_by = &self.found_by[index];
+            let frames = (first_caller..addresses.len())
+                .flat_map(|i| {
+                    let how = found_by.get(i).copied().unwrap_or(FoundBy::FramePointers);
+                    let mut frames = symbolizer.symbolize(addresses[i]);
+                    frames.iter_mut().for_each(|f| f.found_by = how);
+                    frames
+                })
                 .collect();
             self.frames[index] = Some(frames);
         }
@@ -135,7 +145,11 @@ mod tests {
     fn allocator_frames_are_cut_from_the_top_and_garbage_ends_the_stack() {
         let (mut sites, mut symbolizer) = call_sites_and_symbolizer();
         let site = SiteId(0);
-        sites.add(site, vec![LIBC + 5, APP + 1, APP + 2, HEAP + 8, APP + 3]);
+        sites.add(
+            site,
+            vec![LIBC + 5, APP + 1, APP + 2, HEAP + 8, APP + 3],
+            Vec::new(),
+        );
         assert_eq!(
             addresses(sites.frames(site, &mut symbolizer)),
             [format!("{:#x}", APP + 1), format!("{:#x}", APP + 2)]
@@ -147,7 +161,7 @@ mod tests {
         let (mut sites, _) = call_sites_and_symbolizer();
         let mut blind = Symbolizer::from_maps(ProcessMaps::default());
         let site = SiteId(0);
-        sites.add(site, vec![HEAP + 1, HEAP + 2]);
+        sites.add(site, vec![HEAP + 1, HEAP + 2], Vec::new());
         assert_eq!(
             addresses(sites.frames(site, &mut blind)),
             [format!("{:#x}", HEAP + 1), format!("{:#x}", HEAP + 2)]
@@ -158,7 +172,7 @@ mod tests {
     fn a_stack_entirely_inside_the_allocator_keeps_its_frames() {
         let (mut sites, mut symbolizer) = call_sites_and_symbolizer();
         let site = SiteId(0);
-        sites.add(site, vec![LIBC + 5, HEAP]);
+        sites.add(site, vec![LIBC + 5, HEAP], Vec::new());
         assert_eq!(
             addresses(sites.frames(site, &mut symbolizer)),
             [format!("{:#x}", LIBC + 5)]

@@ -9,10 +9,25 @@ use crate::{
     ledger::{Ledger, SiteStats},
     probes::{DropCounts, ProbeSet},
     report::{Ending, IntervalRow, Report, ReportHeader},
+    symbolize::FoundBy,
     symbolize::Symbolizer,
     trends::IntervalChange,
-    unwind::{DwarfUnwinder, StackCopy, UnwindMode},
+    unwind::{DwarfUnwinder, StackCopy, UnwindMode, Unwound},
 };
+
+/// A stack the kernel walked by frame pointers: its first address is the exact ip.
+fn frame_pointer_stack(addresses: Vec<u64>) -> (Vec<u64>, Vec<FoundBy>) {
+    let found_by = (0..addresses.len())
+        .map(|i| {
+            if i == 0 {
+                FoundBy::Ip
+            } else {
+                FoundBy::FramePointers
+            }
+        })
+        .collect();
+    (addresses, found_by)
+}
 
 /// What one process did while it ran one program.
 ///
@@ -32,7 +47,7 @@ pub struct TracedImage {
     unwind: UnwindMode,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
-    unwound: HashMap<(u32, u64), Vec<u64>>,
+    unwound: HashMap<(u32, u64), Unwound>,
     /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
@@ -86,17 +101,17 @@ impl TracedImage {
         let key = match self.call_sites.known_key(&stack) {
             Some(key) => key,
             None => {
-                let addresses = match &stack {
+                let (addresses, found_by) = match &stack {
                     Stack::Id { id, hash } => {
                         let cfi = self.unwound.remove(&(*id, *hash));
                         self.best_stack(probes.stack(*id), cfi)
                     }
-                    Stack::Inline(frames) => frames.clone(),
-                    Stack::Lost => Vec::new(),
+                    Stack::Inline(frames) => frame_pointer_stack(frames.clone()),
+                    Stack::Lost => (Vec::new(), Vec::new()),
                 };
                 self.symbolizer.observe(&addresses);
                 let key = self.call_sites.intern(&stack, &addresses);
-                first_seen = Some(addresses);
+                first_seen = Some((addresses, found_by));
                 key
             }
         };
@@ -106,7 +121,8 @@ impl TracedImage {
             self.ledger.record_alloc(address, size, key, allocated_ms)
         };
         if is_new {
-            self.call_sites.add(site, first_seen.unwrap_or_default());
+            let (addresses, found_by) = first_seen.unwrap_or_default();
+            self.call_sites.add(site, addresses, found_by);
         }
     }
 
@@ -123,16 +139,19 @@ impl TracedImage {
         self.symbolizer.observe(&[copy.ip]);
         let unwound = self.unwinder.unwind(copy, &self.symbolizer);
         probes.learn_return_offsets(&unwound.return_offsets);
-        self.unwound
-            .insert((stack_id, stack_hash), unwound.addresses);
+        self.unwound.insert((stack_id, stack_hash), unwound);
     }
 
     /// The frame-pointer stack or the CFI one, as `--unwind` says. Auto takes the one that
     /// goes further through mapped code: frame pointers stop, or stray into data, where a
     /// module was built without them.
-    fn best_stack(&self, frame_pointers: Vec<u64>, cfi: Option<Vec<u64>>) -> Vec<u64> {
+    fn best_stack(
+        &self,
+        frame_pointers: Vec<u64>,
+        cfi: Option<Unwound>,
+    ) -> (Vec<u64>, Vec<FoundBy>) {
         let Some(cfi) = cfi else {
-            return frame_pointers;
+            return frame_pointer_stack(frame_pointers);
         };
         let reach = |stack: &[u64]| {
             stack
@@ -141,10 +160,11 @@ impl TracedImage {
                 .count()
         };
         match self.unwind {
-            UnwindMode::Fp => frame_pointers,
-            UnwindMode::Dwarf => cfi,
-            UnwindMode::Auto if reach(&cfi) > reach(&frame_pointers) => cfi,
-            UnwindMode::Auto => frame_pointers,
+            UnwindMode::Dwarf => (cfi.addresses, cfi.found_by),
+            UnwindMode::Auto if reach(&cfi.addresses) > reach(&frame_pointers) => {
+                (cfi.addresses, cfi.found_by)
+            }
+            UnwindMode::Fp | UnwindMode::Auto => frame_pointer_stack(frame_pointers),
         }
     }
 

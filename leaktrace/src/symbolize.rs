@@ -17,6 +17,20 @@ use crate::{
     proc_maps::{Mapping, ProcessMaps},
 };
 
+/// How a frame's address was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// The instruction pointer at the allocator's return: exact.
+    #[default]
+    Ip,
+    /// Unwound with the calling module's CFI.
+    Cfi,
+    /// Read through frame pointers (where no CFI was at hand): trustworthy only in code built
+    /// with them.
+    FramePointers,
+}
+
 /// One source-level frame of a stack. An address inside inlined code gives several, innermost
 /// first, all but the last marked `inlined`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,6 +46,7 @@ pub struct Frame {
     pub file: Option<String>,
     pub line: Option<u32>,
     pub inlined: bool,
+    pub found_by: FoundBy,
 }
 
 impl Frame {
@@ -279,6 +294,7 @@ impl Symbolizer {
             file: None,
             line: None,
             inlined: false,
+            found_by: FoundBy::default(),
         };
         let Some((mapping, path)) = mapping.and_then(|m| m.path.clone().map(|p| (m, p))) else {
             return vec![unknown];
@@ -431,6 +447,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
+            found_by: FoundBy::Ip,
         };
         assert_eq!(frame.name(), "libc.so.6+0x1234");
         assert_eq!(frame.describe(), "libc.so.6+0x1234");

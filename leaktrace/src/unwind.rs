@@ -7,7 +7,7 @@
 //!
 //! [`StackSample`]: leaktrace_common::StackSample
 
-use std::{collections::HashSet, fs::File, ops::Range, path::Path};
+use std::{fs::File, ops::Range, path::Path};
 
 use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
@@ -15,7 +15,10 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::{proc_maps::Mapping, symbolize::Symbolizer};
+use crate::{
+    proc_maps::Mapping,
+    symbolize::{FoundBy, Symbolizer},
+};
 
 /// How stacks are taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -50,14 +53,17 @@ pub struct Unwound {
     /// For each of those addresses but the last: where the next return address lay, as an
     /// offset above the stack pointer at that address.
     pub return_offsets: Vec<(u64, u32)>,
+    /// How each address was found: through CFI, or through frame pointers where the module
+    /// it was unwound from has none.
+    pub found_by: Vec<FoundBy>,
 }
 
 /// Unwinds the stack copies of one program image.
 pub struct DwarfUnwinder {
     unwinder: UnwinderX86_64<Vec<u8>>,
     cache: CacheX86_64,
-    /// Start addresses of the mappings already given to framehop.
-    added: HashSet<u64>,
+    /// The mappings already given to framehop, and whether each has CFI.
+    added: Vec<(Range<u64>, bool)>,
 }
 
 impl Default for DwarfUnwinder {
@@ -65,7 +71,7 @@ impl Default for DwarfUnwinder {
         DwarfUnwinder {
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
-            added: HashSet::new(),
+            added: Vec::new(),
         }
     }
 }
@@ -75,9 +81,17 @@ impl DwarfUnwinder {
     /// address) comes first.
     pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Unwound {
         for (mapping, file) in symbolizer.code_mappings() {
-            if self.added.insert(mapping.start)
-                && let Some(module) = module(mapping, file)
+            if self
+                .added
+                .iter()
+                .any(|(range, _)| range.start == mapping.start)
             {
+                continue;
+            }
+            let (module, has_cfi) = module(mapping, file).unzip();
+            self.added
+                .push((mapping.start..mapping.end, has_cfi.unwrap_or(false)));
+            if let Some(module) = module {
                 self.unwinder.add_module(module);
             }
         }
@@ -90,6 +104,7 @@ impl DwarfUnwinder {
         let mut unwound = Unwound {
             addresses: vec![copy.ip],
             return_offsets: Vec::new(),
+            found_by: vec![FoundBy::Ip],
         };
         // The ip is itself a return address (the allocator has returned): look up the call.
         let mut pc = copy.ip;
@@ -108,6 +123,15 @@ impl DwarfUnwinder {
                     if let Some(offset) = slot.checked_sub(sp).and_then(|o| u32::try_from(o).ok()) {
                         unwound.return_offsets.push((pc, offset));
                     }
+                    let has_cfi = self
+                        .added
+                        .iter()
+                        .any(|(range, cfi)| *cfi && range.contains(&pc.wrapping_sub(1)));
+                    unwound.found_by.push(if has_cfi {
+                        FoundBy::Cfi
+                    } else {
+                        FoundBy::FramePointers
+                    });
                     unwound.addresses.push(return_address);
                     pc = return_address;
                 }
@@ -118,8 +142,9 @@ impl DwarfUnwinder {
     }
 }
 
-/// A framehop module for one executable mapping: its unwind sections, where it is loaded.
-fn module(mapping: &Mapping, file: &File) -> Option<Module<Vec<u8>>> {
+/// A framehop module for one executable mapping: its unwind sections, where it is loaded; and
+/// whether it has any CFI at all.
+fn module(mapping: &Mapping, file: &File) -> Option<(Module<Vec<u8>>, bool)> {
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
     let section = |name: &str| {
@@ -141,6 +166,8 @@ fn module(mapping: &Mapping, file: &File) -> Option<Module<Vec<u8>>> {
     };
     let (text_svma, text) = split(section(".text"));
     let (eh_frame_svma, eh_frame) = split(section(".eh_frame"));
+    let debug_frame = section(".debug_frame").map(|(_, data)| data);
+    let has_cfi = eh_frame.is_some() || debug_frame.is_some();
     let (eh_frame_hdr_svma, eh_frame_hdr) = split(section(".eh_frame_hdr"));
     let info = ExplicitModuleSectionInfo {
         base_svma: 0,
@@ -151,7 +178,7 @@ fn module(mapping: &Mapping, file: &File) -> Option<Module<Vec<u8>>> {
         eh_frame,
         eh_frame_hdr_svma,
         eh_frame_hdr,
-        debug_frame: section(".debug_frame").map(|(_, data)| data),
+        debug_frame,
         ..ExplicitModuleSectionInfo::default()
     };
     let name = mapping
@@ -160,10 +187,6 @@ fn module(mapping: &Mapping, file: &File) -> Option<Module<Vec<u8>>> {
         .and_then(Path::to_str)
         .unwrap_or("?")
         .to_owned();
-    Some(Module::new(
-        name,
-        mapping.start..mapping.end,
-        base_avma,
-        info,
-    ))
+    let module = Module::new(name, mapping.start..mapping.end, base_avma, info);
+    Some((module, has_cfi))
 }

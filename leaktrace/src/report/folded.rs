@@ -49,6 +49,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
+            found_by: crate::symbolize::FoundBy::Ip,
         }
     }
 
