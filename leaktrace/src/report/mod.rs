@@ -3,7 +3,12 @@
 mod folded;
 mod text;
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    io::IsTerminal,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -70,13 +75,18 @@ impl Report {
             .map(|(site, _, stats)| (site, *stats))
             .collect();
         sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
             .into_iter()
-            .map(|(site, stats)| SiteReport {
-                stats,
-                frames: call_sites.frames(site, symbolizer).to_vec(),
+            .map(|(site, stats)| {
+                progress.advance();
+                SiteReport {
+                    stats,
+                    frames: call_sites.frames(site, symbolizer).to_vec(),
+                }
             })
             .collect();
+        progress.finish();
         Report {
             header,
             totals: ledger.totals(),
@@ -113,6 +123,45 @@ pub struct ReportHeader {
     /// True when leaktrace started the target: then nothing was allocated unseen.
     pub from_start: bool,
     pub ending: Ending,
+}
+
+/// "symbolizing 120/4,096 sites" on a terminal's stderr, once the work has taken a second:
+/// debug info for large programs takes a while to read, and silence looks like a hang.
+struct Progress {
+    what: &'static str,
+    total: usize,
+    done: usize,
+    started: Instant,
+    shown: bool,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: usize) -> Progress {
+        Progress {
+            what,
+            total,
+            done: 0,
+            started: Instant::now(),
+            shown: false,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self) {
+        self.done += 1;
+        if self.terminal && self.started.elapsed() > Duration::from_secs(1) {
+            let (done, total) = (thousands(self.done as u64), thousands(self.total as u64));
+            eprint!("\r{} {done}/{total} sites", self.what);
+            self.shown = true;
+        }
+    }
+
+    fn finish(self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 /// 1234567 → "1,234,567": byte counts are read by people first.
