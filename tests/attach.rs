@@ -2,28 +2,15 @@
 
 mod support;
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, process::Command, time::Duration};
 
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Starts `fixture MODE` and waits until it says it is ready (libc loaded, main running).
 fn start_fixture(mode: &str) -> Running {
     let mut fixture = Running::start(Command::new(build_fixture("fixture")).arg(mode));
     fixture.stdout.wait_for(|l| l == "ready", WAIT);
     fixture
-}
-
-/// `leaktrace -p FIXTURE --json JSON`, once its probes are in.
-fn attach_with_json(fixture: &Running, json: &Path) -> Running {
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-p", &fixture.pid().to_string(), "--json"])
-            .arg(json),
-    );
-    leaktrace.stderr.wait_for(is_attached_line, WAIT);
-    leaktrace
 }
 
 /// Lets a `fixture burst` run its burst and waits until it is done.
@@ -43,7 +30,7 @@ fn attach_counts_every_block_of_a_burst_exactly() {
     }
     let mut fixture = start_fixture("burst");
     let json = output_path("attach_burst", "json");
-    let mut leaktrace = attach_with_json(&fixture, &json);
+    let mut leaktrace = attach_with_json(fixture.pid(), &json);
     run_burst(&mut fixture);
     leaktrace.signal(libc::SIGINT);
     assert_eq!(
@@ -224,7 +211,7 @@ fn a_target_that_exits_mid_capture_ends_it_with_a_report() {
     }
     let mut fixture = start_fixture("burst");
     let json = output_path("attach_target_exit", "json");
-    let mut leaktrace = attach_with_json(&fixture, &json);
+    let mut leaktrace = attach_with_json(fixture.pid(), &json);
     run_burst(&mut fixture);
     fixture.signal(libc::SIGKILL);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
@@ -247,7 +234,7 @@ fn sigterm_ends_the_capture_with_a_report() {
     }
     let fixture = start_fixture("continuous");
     let json = output_path("attach_sigterm", "json");
-    let mut leaktrace = attach_with_json(&fixture, &json);
+    let mut leaktrace = attach_with_json(fixture.pid(), &json);
     std::thread::sleep(Duration::from_millis(500));
     leaktrace.signal(libc::SIGTERM);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());

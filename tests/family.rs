@@ -3,37 +3,13 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use serde_json::Value;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-/// `leaktrace --json … -- BINARY ARGS…`: the report, and leaktrace's stdout.
 fn launch(test: &str, binary: &std::path::Path, args: &[&str]) -> (Value, Vec<String>) {
-    launch_with(test, &[], binary, args)
-}
-
-/// [`launch`] with leaktrace options.
-fn launch_with(
-    test: &str,
-    options: &[&str],
-    binary: &std::path::Path,
-    args: &[&str],
-) -> (Value, Vec<String>) {
-    let json = output_path(test, "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(options)
-            .arg("--json")
-            .arg(&json)
-            .arg("--")
-            .arg(binary)
-            .args(args),
-    );
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    (read_json(&json), leaktrace.stdout.rest())
+    launch_json(test, &[], binary, args)
 }
 
 /// One door of `doors.c`: its leak_DOOR site holds exactly DOOR_BYTES in DOOR_BLOCKS, the
@@ -218,7 +194,7 @@ fn the_allocator_flag_overrides_the_binding() {
         return;
     }
     let binary = build_fixture_with("fixture", &["-ljemalloc"]);
-    let (report, _) = launch_with(
+    let (report, _) = launch_json(
         "allocator_flag",
         &["--allocator", "libc.so.6"],
         &binary,
@@ -237,7 +213,7 @@ fn a_symbol_prefix_finds_the_prefixed_allocator() {
     }
     // glibc exports its allocator a second time as __libc_malloc, __libc_free, …
     let binary = build_fixture("fixture");
-    let (report, _) = launch_with(
+    let (report, _) = launch_json(
         "symbol_prefix",
         &["--symbol-prefix", "__libc_"],
         &binary,
@@ -307,12 +283,7 @@ fn threads_created_after_attach_are_traced() {
     let mut target = Running::start(Command::new(&binary).arg("wait"));
     target.stdout.wait_for(|l| l == "ready", WAIT);
     let json = output_path("threads_after_attach", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-p", &target.pid().to_string(), "--json"])
-            .arg(&json),
-    );
-    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    let mut leaktrace = attach_with_json(target.pid(), &json);
     target.signal(libc::SIGUSR1);
     target.stdout.wait_for(|l| l == "done", WAIT);
     leaktrace.signal(libc::SIGINT);
@@ -443,7 +414,7 @@ fn mmap_counts_the_programs_anonymous_mappings_once() {
         return;
     }
     let binary = build_fixture("mappings");
-    let (report, _) = launch_with("mmap", &["--mmap"], &binary, &[]);
+    let (report, _) = launch_json("mmap", &["--mmap"], &binary, &[]);
     let page = mappings_define("PAGE");
     let regions = mappings_define("REGIONS");
 

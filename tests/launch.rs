@@ -2,12 +2,10 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use leaktrace::{demo, report::thousands};
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn launch_mode_matches_valgrinds_in_use_at_exit() {

@@ -2,29 +2,15 @@
 
 mod support;
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
 const NO_FRAME_POINTERS: &[&str] = &["-O2", "-fomit-frame-pointer"];
 
-/// `leaktrace --json … -- BINARY ARGS…` (plus `options`): the report.
 fn launch(test: &str, options: &[&str], binary: &Path, args: &[&str]) -> Value {
-    let json = output_path(test, "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(options)
-            .arg("--json")
-            .arg(&json)
-            .arg("--")
-            .arg(binary)
-            .args(args),
-    );
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    read_json(&json)
+    launch_json(test, options, binary, args).0
 }
 
 /// The first site whose innermost frame is `function`.
@@ -250,12 +236,7 @@ fn a_target_in_its_own_mount_namespace_is_symbolized() {
         "the path is the namespace's own"
     );
     let json = output_path("mount_namespace", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-p", &target.pid().to_string(), "--json"])
-            .arg(&json),
-    );
-    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    let mut leaktrace = attach_with_json(target.pid(), &json);
     target.signal(libc::SIGUSR1);
     target.stdout.wait_for(|l| l == "burst done", WAIT);
     leaktrace.signal(libc::SIGINT);

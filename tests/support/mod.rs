@@ -313,3 +313,39 @@ fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u
         .collect();
     in_use_at_exit(&lines).unwrap_or_else(|| panic!("no heap summary from valgrind: {lines:#?}"))
 }
+
+/// How long a test waits for leaktrace or a fixture.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `leaktrace OPTIONS --json … -- BINARY ARGS…`, to the end: its report and its stdout.
+pub fn launch_json(
+    test: &str,
+    options: &[&str],
+    binary: &Path,
+    args: &[&str],
+) -> (Value, Vec<String>) {
+    let json = output_path(test, "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(options)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(binary)
+            .args(args),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    (read_json(&json), stdout)
+}
+
+/// `leaktrace -p PID --json JSON`, once its probes are in.
+pub fn attach_with_json(pid: u32, json: &Path) -> Running {
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &pid.to_string(), "--json"])
+            .arg(json),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    leaktrace
+}
