@@ -38,6 +38,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub folded: Option<PathBuf>,
 
+    /// Write an SVG flamegraph of live bytes here.
+    #[arg(long, value_name = "PATH")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the final report as a gzipped pprof profile here (`go tool pprof` reads it).
+    #[arg(long, value_name = "PATH")]
+    pub pprof: Option<PathBuf>,
+
     /// Write the final report as JSON here.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,

@@ -40,7 +40,8 @@ use crate::{
 
 /// Runs one capture as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
-    for path in cli.json.iter().chain(&cli.folded) {
+    let outputs = [&cli.json, &cli.folded, &cli.pprof, &cli.flamegraph];
+    for path in outputs.into_iter().flatten() {
         check_output_path(path)?;
     }
     let demo = cli.pid.is_none() && cli.command.is_empty();
@@ -122,6 +123,12 @@ fn write_outputs(report: &report::Report, cli: &Cli) -> Result<()> {
     }
     if let Some(path) = &cli.folded {
         report.write_folded(path)?;
+    }
+    if let Some(path) = &cli.pprof {
+        report.write_pprof(path)?;
+    }
+    if let Some(path) = &cli.flamegraph {
+        report.write_flamegraph(path)?;
     }
     Ok(())
 }

@@ -19,8 +19,9 @@ tasks:
 
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
 /// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
-/// are named from libc6-dbg, and bpftool shows what stays attached.
-const TEST_PACKAGES: [&str; 7] = [
+/// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
+/// SVG checked by xmllint (libxml2-utils), and bpftool shows what stays attached.
+const TEST_PACKAGES: [&str; 9] = [
     "gcc",
     "g++",
     "binutils",
@@ -28,6 +29,8 @@ const TEST_PACKAGES: [&str; 7] = [
     "bpftool",
     "libjemalloc-dev",
     "libc6-dbg",
+    "golang-go",
+    "libxml2-utils",
 ];
 
 fn main() -> Result<()> {

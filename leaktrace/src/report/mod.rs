@@ -1,6 +1,7 @@
 //! The final report: one model, rendered as text, JSON and folded stacks.
 
 mod folded;
+mod pprof;
 mod text;
 
 use std::{
@@ -103,6 +104,32 @@ impl Report {
 
     pub fn write_folded(&self, path: &Path) -> Result<()> {
         fs::write(path, folded_stacks(self)).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
+    pub fn write_flamegraph(&self, path: &Path) -> Result<()> {
+        let folded = folded_stacks(self);
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = format!(
+            "live bytes, pid {} ({})",
+            self.header.pid, self.header.command
+        );
+        options.count_name = "bytes".to_owned();
+        let mut svg = Vec::new();
+        if folded.is_empty() {
+            // inferno refuses an empty profile; say so in the picture instead.
+            options.title.push_str(": no live bytes");
+            inferno::flamegraph::from_lines(&mut options, ["[nothing live] 0"], &mut svg)
+        } else {
+            inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+        }
+        .context("draw the flamegraph")?;
+        fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+    }
+
+    pub fn write_pprof(&self, path: &Path) -> Result<()> {
+        let profile = pprof::pprof(self)?;
+        fs::write(path, profile).with_context(|| format!("write {}", path.display()))
     }
 }
 
