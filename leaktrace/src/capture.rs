@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{interval_at, sleep},
+    time::{MissedTickBehavior, interval_at, sleep},
 };
 
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
     report::{self, Ending, Report},
     symbolize::Symbolizer,
     target::{Target, process_name},
+    trends::SortKey,
     unwind::UnwindMode,
 };
 
@@ -42,6 +43,8 @@ pub struct CaptureOptions {
     pub unwind: UnwindMode,
     /// `--debug-dir` roots.
     pub debug_dirs: Vec<PathBuf>,
+    /// The live view's order.
+    pub sort: SortKey,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -173,7 +176,7 @@ impl Capture<'_> {
         running.sort_unstable();
         for index in running {
             let image = &mut self.images[index];
-            let (live_bytes, live_allocations, rows) = image.live_view(top);
+            let (live_bytes, live_allocations, rows) = image.live_view(top, self.options.sort);
             if index > 0 {
                 out.push_str(&format!("  pid {} ({}):\n", image.pid, image.command));
             }
@@ -230,6 +233,8 @@ pub async fn run(
     let mut hangup = signal(SignalKind::hangup())?;
     let start = tokio::time::Instant::now();
     let mut ticker = interval_at(start + options.interval, options.interval);
+    // A late tick is skipped, not caught up: two samples close together make a wild slope.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let window = async {
         match options.duration {
             Some(duration) => sleep(duration).await,
@@ -238,15 +243,22 @@ pub async fn run(
     };
     tokio::pin!(window);
 
+    // The ring buffer wakes its reader only for a record committed while the reader had
+    // caught up. So readiness is cleared before draining, never after: a record committed
+    // after the last read then always wakes the loop, and a backlog is drained to the end.
+    let mut backlog = false;
     let ending = loop {
         tokio::select! {
-            guard = ring.readable() => {
-                let mut guard = guard?;
-                if capture.drain(probes) {
-                    guard.clear_ready();
-                }
+            guard = ring.readable(), if !backlog => {
+                guard?.clear_ready();
+                backlog = true;
+            }
+            _ = std::future::ready(()), if backlog => {
+                backlog = !capture.drain(probes);
             }
             _ = ticker.tick() => {
+                // Sample what the target has done up to now, not up to the last wake-up.
+                while !capture.drain(probes) {}
                 print!("{}", capture.live_view(started.elapsed(), probes, options.top));
             }
             _ = &mut window => break Ending::DurationElapsed,

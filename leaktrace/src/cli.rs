@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::unwind::UnwindMode;
+use crate::{trends::SortKey, unwind::UnwindMode};
 
 /// Find memory leaks in a running process: uprobes on its allocator, live bytes per call site.
 #[derive(Debug, Parser)]
@@ -28,6 +28,10 @@ pub struct Cli {
     /// Period of the live report [default: 5s; 1s for the demo].
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
     pub interval: Option<Duration>,
+
+    /// Order of the live view: by growth rate, live bytes or allocations.
+    #[arg(long, value_name = "KEY", default_value = "growth")]
+    pub sort: SortKey,
 
     /// Call sites shown in each report.
     #[arg(short = 'T', long, value_name = "N", default_value_t = 10,

@@ -7,11 +7,12 @@ use crate::{
     callsite::CallSites,
     events::Stack,
     ledger::{Ledger, SiteStats},
+    probes::monotonic_ns,
     probes::{DropCounts, ProbeSet},
     report::{Ending, IntervalRow, Report, ReportHeader},
     symbolize::FoundBy,
     symbolize::Symbolizer,
-    trends::IntervalChange,
+    trends::{SortKey, Trends},
     unwind::{DwarfUnwinder, StackCopy, UnwindMode, Unwound},
 };
 
@@ -43,7 +44,7 @@ pub struct TracedImage {
     ledger: Ledger,
     call_sites: CallSites,
     symbolizer: Symbolizer,
-    change: IntervalChange,
+    trends: Trends,
     unwind: UnwindMode,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
@@ -75,7 +76,7 @@ impl TracedImage {
             ledger: Ledger::default(),
             call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
             symbolizer,
-            change: IntervalChange::default(),
+            trends: Trends::default(),
             unwind,
             unwinder: DwarfUnwinder::default(),
             unwound: HashMap::new(),
@@ -172,22 +173,39 @@ impl TracedImage {
         &mut self.ledger
     }
 
-    /// Live bytes and blocks, and the top `top` sites with their change since the last call.
-    pub fn live_view(&mut self, top: usize) -> (u64, u64, Vec<IntervalRow>) {
+    /// Seconds since this image's recording started.
+    fn now(&self) -> f64 {
+        monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e9
+    }
+
+    /// Live bytes and blocks, and the top `top` sites by `sort` with their change since the
+    /// last call; then a new trend sample.
+    pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
+        // The sample is of the ledger as it is now; symbolizing the rows may take a while.
+        let now = self.now();
         let mut sites: Vec<_> = self
             .ledger
             .sites()
-            .filter(|(_, _, stats)| stats.live_bytes > 0)
+            .filter(|(_, _, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
             .map(|(site, _, stats)| (site, *stats))
             .collect();
-        sites.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.live_bytes));
+        match sort {
+            SortKey::Growth => sites.sort_by(|a, b| {
+                let growth = |site| self.trends.growth(site).bytes_per_s;
+                // Until there are samples to fit, live bytes decide.
+                (growth(b.0).total_cmp(&growth(a.0))).then(b.1.live_bytes.cmp(&a.1.live_bytes))
+            }),
+            SortKey::Live => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes)),
+            SortKey::Allocs => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.allocs)),
+        }
         let rows = sites
             .into_iter()
             .take(top)
             .map(|(site, stats): (_, SiteStats)| IntervalRow {
                 live_bytes: stats.live_bytes,
                 live_allocations: stats.live_allocations,
-                change: self.change.change(site, stats.live_bytes),
+                change: self.trends.change(site, stats.live_bytes),
+                growth: self.trends.growth(site),
                 site: self
                     .call_sites
                     .frames(site, &mut self.symbolizer)
@@ -195,13 +213,17 @@ impl TracedImage {
                     .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
             })
             .collect();
-        self.change.advance(&self.ledger);
+        self.trends.sample(&self.ledger, now);
         let totals = self.ledger.totals();
         (totals.live_bytes, totals.live_allocations, rows)
     }
 
     /// The image's report. `ending` and `end_ns` apply unless the image ended earlier.
     pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
+        if self.ended.is_none() {
+            let now = self.now();
+            self.trends.sample(&self.ledger, now);
+        }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
         let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
         let header = ReportHeader {
@@ -218,6 +240,7 @@ impl TracedImage {
         Report::build(
             header,
             &self.ledger,
+            &self.trends,
             &mut self.call_sites,
             &mut self.symbolizer,
             drops,

@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> Result<()> {
         choice,
         unwind: cli.unwind,
         debug_dirs: cli.debug_dir.clone(),
+        sort: cli.sort,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -59,6 +59,9 @@ mod tests {
                 live_bytes,
                 ..SiteStats::default()
             },
+            growth_bytes_per_s: 0.0,
+            growth_steadiness: 0.0,
+            series: Vec::new(),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
         }
     }

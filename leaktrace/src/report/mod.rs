@@ -22,6 +22,7 @@ use crate::{
     ledger::{Ledger, SiteStats, Totals},
     probes::DropCounts,
     symbolize::{Frame, Symbolizer},
+    trends::Trends,
 };
 
 /// One call site in the report.
@@ -29,6 +30,12 @@ use crate::{
 pub struct SiteReport {
     #[serde(flatten)]
     pub stats: SiteStats,
+    /// Least-squares slope of live bytes over the last intervals ([`crate::trends`]).
+    pub growth_bytes_per_s: f64,
+    /// R² of that fit: how steadily the site grows, 0 to 1.
+    pub growth_steadiness: f64,
+    /// (seconds since the start, live bytes) at each interval and at the end.
+    pub series: Vec<(f64, u64)>,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
 }
@@ -67,6 +74,7 @@ impl Report {
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
+        trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
@@ -81,8 +89,12 @@ impl Report {
             .into_iter()
             .map(|(site, stats)| {
                 progress.advance();
+                let growth = trends.growth(site);
                 SiteReport {
                     stats,
+                    growth_bytes_per_s: growth.bytes_per_s,
+                    growth_steadiness: growth.steadiness,
+                    series: trends.series(site).to_vec(),
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                 }
             })

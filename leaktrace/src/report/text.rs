@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::{Ending, Report, thousands};
 use crate::probes::DropCounts;
+use crate::trends::Growth;
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
@@ -86,12 +87,14 @@ fn render_one(report: &Report, top: usize) -> String {
         let stats = &site.stats;
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks (allocs {}, frees {})",
+            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), growth {}/s (R² {:.2})",
             rank + 1,
             thousands(stats.live_bytes),
             thousands(stats.live_allocations),
             thousands(stats.allocs),
-            thousands(stats.frees)
+            thousands(stats.frees),
+            signed_bytes(site.growth_bytes_per_s),
+            site.growth_steadiness
         );
         if site.frames.is_empty() {
             out.push_str("    [stack not recorded]\n");
@@ -142,6 +145,7 @@ pub struct IntervalRow {
     pub live_bytes: u64,
     pub live_allocations: u64,
     pub change: i64,
+    pub growth: Growth,
     pub site: String,
 }
 
@@ -165,13 +169,41 @@ pub fn render_interval(
     for row in rows {
         let sign = if row.change < 0 { '-' } else { '+' };
         let change = format!("{sign}{}", thousands(row.change.unsigned_abs()));
+        let growth = format!("{}/s", signed_bytes(row.growth.bytes_per_s));
         let _ = writeln!(
             out,
-            "  {change:>13}  {:>14} B  {:>9} blocks  {}",
+            "  {change:>13}  {:>14} B  {:>9} blocks  {growth:>12} (R² {:.2})  {}",
             thousands(row.live_bytes),
             thousands(row.live_allocations),
+            row.growth.steadiness,
             row.site
         );
     }
     out
+}
+
+/// A byte rate for people: "+1.2 KiB", "-300 B".
+fn signed_bytes(bytes: f64) -> String {
+    let sign = if bytes < 0.0 { '-' } else { '+' };
+    let magnitude = bytes.abs();
+    let (value, unit) = match magnitude {
+        m if m >= 1024.0 * 1024.0 * 1024.0 => (m / (1024.0 * 1024.0 * 1024.0), "GiB"),
+        m if m >= 1024.0 * 1024.0 => (m / (1024.0 * 1024.0), "MiB"),
+        m if m >= 1024.0 => (m / 1024.0, "KiB"),
+        m => return format!("{sign}{m:.0} B"),
+    };
+    format!("{sign}{value:.1} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_rates_are_human() {
+        assert_eq!(signed_bytes(0.0), "+0 B");
+        assert_eq!(signed_bytes(-300.0), "-300 B");
+        assert_eq!(signed_bytes(1536.0), "+1.5 KiB");
+        assert_eq!(signed_bytes(3.0 * 1024.0 * 1024.0), "+3.0 MiB");
+    }
 }

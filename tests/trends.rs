@@ -1,0 +1,73 @@
+//! Which site is leaking, over time: growth ranks a steady leak above a full cache.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("trends");
+    let mut target = Running::start(&mut Command::new(binary));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let json = output_path("trends", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args([
+                "-p",
+                &target.pid().to_string(),
+                "-i",
+                "1s",
+                "-d",
+                "10s",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    let report = read_json(&json);
+
+    let growth = |function: &str| {
+        let site = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frames"][0]["function"] == function)
+            .unwrap_or_else(|| panic!("no {function} site"));
+        (
+            site["growth_bytes_per_s"].as_f64().unwrap(),
+            site["growth_steadiness"].as_f64().unwrap(),
+            site["live_bytes"].as_u64().unwrap(),
+        )
+    };
+    let define = |name: &str| fixture_define("trends", name) as f64;
+    let leak_rate = define("LEAK_BYTES") * 1000.0 / define("TICK_MS");
+    let (leak, leak_steadiness, leak_live) = growth("steady_leak");
+    let (cache, _, cache_live) = growth("fill_cache");
+    assert!(
+        (leak - leak_rate).abs() < leak_rate * 0.2,
+        "the leak grows at its rate: {leak} vs {leak_rate}"
+    );
+    assert!(leak_steadiness > 0.9, "and steadily: {leak_steadiness}");
+    assert!(
+        cache_live > leak_live,
+        "the cache holds more: {cache_live} vs {leak_live}"
+    );
+    assert!(cache.abs() < leak_rate * 0.05, "but does not grow: {cache}");
+    assert_eq!(sites_of(&report, "churn").live_bytes, 0);
+    assert!(growth("churn").0.abs() < 1.0);
+
+    // The live view, sorted by growth, has the leak on top once there is a trend to fit.
+    let last_block: Vec<&String> = stdout
+        .iter()
+        .rev()
+        .take_while(|l| !l.starts_with('['))
+        .collect();
+    let top = last_block.last().expect("a live view row");
+    assert!(top.contains("steady_leak"), "{stdout:#?}");
+}
