@@ -16,7 +16,11 @@ Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permi
 5 no allocator found, 6 kernel lacks BPF/uprobes, 7 command could not start,\n\
 8 output path unusable."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub watch: Option<Watch>,
+
     /// Attach to this running process.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
@@ -99,6 +103,24 @@ pub struct Cli {
     /// Start this command stopped, trace it from its first instruction, report at its exit.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The one subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Watch {
+    /// Watch a process's memory (RSS, PSS, anonymous, heap) with no probes, and say whether
+    /// it grows: the first step of leak hunting, needing only read access to /proc.
+    Watch {
+        /// The process to watch.
+        #[arg(short, long, value_name = "PID")]
+        pid: u32,
+        /// Period of the readings.
+        #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop after this long; default: Ctrl-C or the process's exit.
+        #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -18,11 +18,13 @@ pub mod image;
 pub mod ledger;
 pub mod probes;
 pub mod proc_maps;
+pub mod procmem;
 pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod trends;
 pub mod unwind;
+pub mod watch;
 
 use std::{
     ffi::OsString,
@@ -38,8 +40,16 @@ use crate::{
     unwind::UnwindMode,
 };
 
-/// Runs one capture as the command line asks.
+/// Runs one capture (or `watch`) as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(cli::Watch::Watch {
+        pid,
+        interval,
+        duration,
+    }) = cli.watch
+    {
+        return watch::run(pid, interval, duration);
+    }
     let outputs = [&cli.json, &cli.folded, &cli.pprof, &cli.flamegraph];
     for path in outputs.into_iter().flatten() {
         check_output_path(path)?;

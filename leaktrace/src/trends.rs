@@ -75,7 +75,7 @@ impl Trends {
 }
 
 /// Least-squares line through `points`: its slope, and R².
-fn fit(points: &[(f64, u64)]) -> Growth {
+pub fn fit(points: &[(f64, u64)]) -> Growth {
     if points.len() < 2 {
         return Growth::default();
     }
