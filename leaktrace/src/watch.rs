@@ -118,7 +118,14 @@ mod tests {
 
     #[test]
     fn a_few_pages_of_noise_are_stable() {
-        let noisy = samples(|t| 10_000_000 + if t as u64 % 2 == 0 { 8192 } else { 0 });
+        let noisy = samples(|t| {
+            10_000_000
+                + if (t as u64).is_multiple_of(2) {
+                    8192
+                } else {
+                    0
+                }
+        });
         assert!(!Verdict::of(&noisy).growing);
     }
 }
