@@ -71,3 +71,39 @@ fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
     let top = last_block.last().expect("a live view row");
     assert!(top.contains("steady_leak"), "{stdout:#?}");
 }
+
+/// RSS growing through mmap, which the heap probes do not see: the live view says the growth
+/// is elsewhere, and the JSON carries the memory samples.
+#[test]
+fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("rss");
+    let mut target = Running::start(Command::new(binary).arg("map"));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let json = output_path("rss_divergence", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args([
+                "-p",
+                &target.pid().to_string(),
+                "-i",
+                "500ms",
+                "-d",
+                "5s",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    assert!(
+        stdout.iter().any(|l| l.starts_with("warning: RSS grows")),
+        "{stdout:#?}"
+    );
+    let memory = read_json(&json)["memory"].as_array().unwrap().clone();
+    let rss = |i: usize| memory[i]["vm_rss"].as_u64().unwrap();
+    assert!(memory.len() >= 8, "{memory:#?}");
+    assert!(rss(memory.len() - 1) > rss(0) + 1_000_000, "{memory:#?}");
+}

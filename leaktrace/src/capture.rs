@@ -21,6 +21,7 @@ use crate::{
     image::TracedImage,
     probes::{Detach, ProbeSet},
     proc_maps::ProcessMaps,
+    procmem::MemoryTrend,
     report::{self, Ending, Report},
     symbolize::Symbolizer,
     target::{Target, process_name},
@@ -54,6 +55,9 @@ struct Capture<'a> {
     images: Vec<TracedImage>,
     /// The image each traced pid is running now.
     current: HashMap<u32, usize>,
+    /// The target's RSS and friends beside its traced heap.
+    memory: MemoryTrend,
+    target_pid: u32,
 }
 
 impl Capture<'_> {
@@ -177,16 +181,34 @@ impl Capture<'_> {
         for index in running {
             let image = &mut self.images[index];
             let (live_bytes, live_allocations, rows) = image.live_view(top, self.options.sort);
-            if index > 0 {
+            let mut memory = String::new();
+            if image.pid == self.target_pid {
+                self.memory
+                    .record(image.pid, elapsed.as_secs_f64(), live_bytes);
+                if let Some((rss, growth)) = self.memory.rss() {
+                    memory = format!(
+                        "; RSS {} bytes ({:+.0} B/s)",
+                        report::thousands(rss),
+                        growth.bytes_per_s
+                    );
+                }
+            } else {
                 out.push_str(&format!("  pid {} ({}):\n", image.pid, image.command));
             }
             out.push_str(&report::render_interval(
                 elapsed.as_secs_f64(),
                 live_bytes,
                 live_allocations,
+                &memory,
                 &drops,
                 &rows,
             ));
+            if image.pid == self.target_pid
+                && let Some(warning) = self.memory.divergence()
+            {
+                out.push_str(&warning);
+                out.push('\n');
+            }
         }
         out
     }
@@ -219,6 +241,8 @@ pub async fn run(
         options,
         images: vec![first],
         current: HashMap::from([(target.pid, 0)]),
+        memory: MemoryTrend::default(),
+        target_pid: target.pid,
     };
     // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this function
     // and so these registrations.
@@ -282,6 +306,7 @@ pub async fn run(
     // The target's current image leads; its earlier images and followed children follow.
     let lead = capture.current[&target.pid];
     let mut report = capture.images[lead].report(ending, window_end_ns, drops);
+    report.memory = std::mem::take(&mut capture.memory.samples);
     for (index, image) in capture.images.iter_mut().enumerate() {
         if index != lead {
             let ending = if image.pid == target.pid || process_exists(image.pid) {

@@ -7,6 +7,8 @@ use std::{fs, io};
 
 use serde::Serialize;
 
+use crate::trends::{Growth, TREND_INTERVALS, fit};
+
 /// One reading of a process's memory, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MemorySample {
@@ -62,6 +64,56 @@ impl MemorySample {
             }
         }
     }
+}
+
+/// The target's memory beside the traced heap, interval by interval, to tell whether the
+/// traced heap explains RSS growth.
+#[derive(Default)]
+pub struct MemoryTrend {
+    pub samples: Vec<MemorySample>,
+    heap: Vec<(f64, u64)>,
+}
+
+/// RSS growth at least this fast, with the traced heap growing at under a quarter of it, is
+/// growth somewhere leaktrace does not see.
+const DIVERGENCE_MIN_BYTES_PER_S: f64 = 64.0 * 1024.0;
+
+impl MemoryTrend {
+    /// Reads the process's memory at `t` (seconds) beside the traced heap's live bytes.
+    pub fn record(&mut self, pid: u32, t: f64, heap_live_bytes: u64) {
+        if let Ok(sample) = MemorySample::read(pid, t) {
+            self.samples.push(sample);
+            self.heap.push((t, heap_live_bytes));
+        }
+    }
+
+    /// RSS and its growth over the last intervals.
+    pub fn rss(&self) -> Option<(u64, Growth)> {
+        let last = self.samples.last()?;
+        let rss: Vec<(f64, u64)> = self.samples.iter().map(|s| (s.t, s.vm_rss)).collect();
+        Some((last.vm_rss, recent_growth(&rss)))
+    }
+
+    /// A warning when RSS grows and the traced heap does not keep up with it.
+    pub fn divergence(&self) -> Option<String> {
+        if self.samples.len() <= TREND_INTERVALS {
+            return None;
+        }
+        let (_, rss) = self.rss()?;
+        let heap = recent_growth(&self.heap);
+        (rss.bytes_per_s >= DIVERGENCE_MIN_BYTES_PER_S && heap.bytes_per_s < rss.bytes_per_s / 4.0)
+            .then(|| {
+                format!(
+                    "warning: RSS grows {:.0} B/s but the traced heap {:.0} B/s: the growth is \
+                     elsewhere (mmap, fragmentation, another allocator)",
+                    rss.bytes_per_s, heap.bytes_per_s
+                )
+            })
+    }
+}
+
+fn recent_growth(points: &[(f64, u64)]) -> Growth {
+    fit(&points[points.len().saturating_sub(TREND_INTERVALS + 1)..])
 }
 
 #[derive(Clone, Copy)]
@@ -146,6 +198,26 @@ Rss:                   4 kB
         assert_eq!(field_kib(status, "VmHWM"), 2048 * 1024);
         assert_eq!(field_kib(status, "RssAnon"), 12 * 1024);
         assert_eq!(field_kib(status, "VmData"), 0, "absent");
+    }
+
+    #[test]
+    fn rss_growing_without_the_heap_is_a_divergence() {
+        let mut trend = MemoryTrend::default();
+        for i in 0..8 {
+            let t = i as f64;
+            trend.samples.push(MemorySample {
+                t,
+                vm_rss: 10_000_000 + i * 1_000_000,
+                ..MemorySample::default()
+            });
+            trend.heap.push((t, 5_000));
+        }
+        assert!(trend.divergence().is_some());
+        // The heap growing as fast as RSS explains it.
+        for (i, point) in trend.heap.iter_mut().enumerate() {
+            point.1 = 5_000 + i as u64 * 1_000_000;
+        }
+        assert!(trend.divergence().is_none());
     }
 
     #[test]

@@ -83,6 +83,7 @@ mod tests {
             drops: DropCounts::default(),
             sites,
             processes: Vec::new(),
+            memory: Vec::new(),
         }
     }
 

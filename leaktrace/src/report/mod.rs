@@ -21,6 +21,7 @@ use crate::{
     callsite::CallSites,
     ledger::{Ledger, SiteStats, Totals},
     probes::DropCounts,
+    procmem::MemorySample,
     symbolize::{Frame, Symbolizer},
     trends::Trends,
 };
@@ -68,6 +69,9 @@ pub struct Report {
     /// each reported on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<Report>,
+    /// The target's memory (RSS, PSS, anonymous, heap…) at each interval.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<MemorySample>,
 }
 
 impl Report {
@@ -106,6 +110,7 @@ impl Report {
             drops,
             sites,
             processes: Vec::new(),
+            memory: Vec::new(),
         }
     }
 

@@ -154,11 +154,12 @@ pub fn render_interval(
     elapsed_s: f64,
     live_bytes: u64,
     live_allocations: u64,
+    memory: &str,
     drops: &DropCounts,
     rows: &[IntervalRow],
 ) -> String {
     let mut out = format!(
-        "[{elapsed_s:7.1}s] live {} bytes in {} blocks",
+        "[{elapsed_s:7.1}s] live {} bytes in {} blocks{memory}",
         thousands(live_bytes),
         thousands(live_allocations)
     );
