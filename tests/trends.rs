@@ -107,3 +107,48 @@ fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
     assert!(memory.len() >= 8, "{memory:#?}");
     assert!(rss(memory.len() - 1) > rss(0) + 1_000_000, "{memory:#?}");
 }
+
+#[test]
+fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("trends");
+    let mut target = Running::start(&mut Command::new(binary));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let json = output_path("min_age", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &target.pid().to_string(), "-i", "1s", "--count", "4"])
+            .args(["-o", "2s", "--json"])
+            .arg(&json),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["ending"], "duration_elapsed");
+    let duration = report["duration_s"].as_f64().unwrap();
+    assert!(
+        (3.5..6.0).contains(&duration),
+        "four 1 s intervals: {duration}"
+    );
+    assert!(
+        report["live_filter"]
+            .as_str()
+            .unwrap()
+            .contains("older than 2000 ms")
+    );
+
+    // Half the window's leaks are younger than 2 s: not counted as live, still as allocated.
+    let leak = sites_of(&report, "steady_leak");
+    assert!(leak.live_allocations > 0, "{leak:?}");
+    assert!(leak.live_allocations * 3 < leak.allocs * 2, "{leak:?}");
+    // Churn is all temporary: freed right after allocation.
+    let churn = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "churn")
+        .unwrap();
+    assert_eq!(churn["temporary"], churn["frees"]);
+    assert!(churn["frees"].as_u64().unwrap() > 0);
+}

@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     allocator::{AllocatorChoice, AllocatorSearch, ProbePlan},
     events::Event,
-    image::TracedImage,
+    image::{ImageOptions, TracedImage},
     probes::{Detach, ProbeSet},
     proc_maps::ProcessMaps,
     procmem::MemoryTrend,
@@ -26,7 +26,6 @@ use crate::{
     symbolize::Symbolizer,
     target::{Target, process_name},
     trends::SortKey,
-    unwind::UnwindMode,
 };
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
@@ -41,11 +40,13 @@ pub struct CaptureOptions {
     pub follow_forks: bool,
     /// For re-planning the probes after an exec.
     pub choice: AllocatorChoice,
-    pub unwind: UnwindMode,
+    pub image: ImageOptions,
     /// `--debug-dir` roots.
     pub debug_dirs: Vec<PathBuf>,
     /// The live view's order.
     pub sort: SortKey,
+    /// End after this many intervals.
+    pub count: Option<u32>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -97,9 +98,24 @@ impl Capture<'_> {
                 copy,
                 ..
             } => image.record_stack_sample(stack_id, stack_hash, &copy, probes),
-            Event::Free { address, .. } => image.ledger_mut().record_free(address),
-            Event::ReallocFree { tid, address, .. } => {
-                image.ledger_mut().record_realloc_free(tid, address)
+            Event::Free {
+                address,
+                timestamp_ns,
+                ..
+            } => {
+                let freed_ms = image.ms(timestamp_ns);
+                image.ledger_mut().record_free(address, freed_ms)
+            }
+            Event::ReallocFree {
+                tid,
+                address,
+                timestamp_ns,
+                ..
+            } => {
+                let freed_ms = image.ms(timestamp_ns);
+                image
+                    .ledger_mut()
+                    .record_realloc_free(tid, address, freed_ms)
             }
             Event::ReallocFailed { tid, .. } => image.ledger_mut().record_realloc_failed(tid),
             Event::Exec { pid, timestamp_ns } => {
@@ -146,7 +162,7 @@ impl Capture<'_> {
             process_name(pid),
             &plan,
             symbolizer,
-            self.options.unwind,
+            self.options.image,
             from_start,
             start_ns,
         ));
@@ -233,7 +249,7 @@ pub async fn run(
         target.command.clone(),
         plan,
         symbolizer,
-        options.unwind,
+        options.image,
         target.launched,
         window_start_ns,
     );
@@ -271,6 +287,7 @@ pub async fn run(
     // caught up. So readiness is cleared before draining, never after: a record committed
     // after the last read then always wakes the loop, and a backlog is drained to the end.
     let mut backlog = false;
+    let mut intervals = 0;
     let ending = loop {
         tokio::select! {
             guard = ring.readable(), if !backlog => {
@@ -284,6 +301,10 @@ pub async fn run(
                 // Sample what the target has done up to now, not up to the last wake-up.
                 while !capture.drain(probes) {}
                 print!("{}", capture.live_view(started.elapsed(), probes, options.top));
+                intervals += 1;
+                if options.count.is_some_and(|count| intervals >= count) {
+                    break Ending::DurationElapsed;
+                }
             }
             _ = &mut window => break Ending::DurationElapsed,
             _ = interrupt.recv() => break Ending::Interrupted,

@@ -29,6 +29,22 @@ pub struct Cli {
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// End the capture after this many intervals (like bcc memleak's count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+
+    /// Count only live blocks at least this old (e.g. 30s): long-lived, not churn.
+    #[arg(short = 'o', long, value_name = "DUR", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+
+    /// Count only live blocks of at least this many bytes.
+    #[arg(short = 'z', long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+
+    /// Count only live blocks of at most this many bytes.
+    #[arg(short = 'Z', long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+
     /// Period of the live report [default: 5s; 1s for the demo].
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
     pub interval: Option<Duration>,

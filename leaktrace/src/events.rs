@@ -35,18 +35,17 @@ pub enum Event {
     Free {
         pid: u32,
         address: u64,
+        timestamp_ns: u64,
     },
     /// realloc started: its old block is freed, unless the same thread's realloc then fails.
     ReallocFree {
         pid: u32,
         tid: u32,
         address: u64,
+        timestamp_ns: u64,
     },
     /// The thread's last realloc failed: its old block is live again.
-    ReallocFailed {
-        pid: u32,
-        tid: u32,
-    },
+    ReallocFailed { pid: u32, tid: u32 },
     /// The process forked `child`.
     Fork {
         pid: u32,
@@ -54,11 +53,7 @@ pub enum Event {
         timestamp_ns: u64,
     },
     /// munmap of `[address, address + size)`.
-    Unmap {
-        pid: u32,
-        address: u64,
-        size: u64,
-    },
+    Unmap { pid: u32, address: u64, size: u64 },
     /// The stack of the allocation that follows, whose frame-pointer stack is `stack_id`, for
     /// CFI unwinding.
     StackSample {
@@ -68,10 +63,7 @@ pub enum Event {
         copy: StackCopy,
     },
     /// The process exec'd: a new program, in a new address space.
-    Exec {
-        pid: u32,
-        timestamp_ns: u64,
-    },
+    Exec { pid: u32, timestamp_ns: u64 },
 }
 
 impl Event {
@@ -120,11 +112,13 @@ impl Event {
             EVENT_FREE => Some(Event::Free {
                 pid: raw.tgid,
                 address: raw.address,
+                timestamp_ns: raw.timestamp_ns,
             }),
             EVENT_REALLOC_FREE => Some(Event::ReallocFree {
                 pid: raw.tgid,
                 tid: raw.tid,
                 address: raw.address,
+                timestamp_ns: raw.timestamp_ns,
             }),
             EVENT_REALLOC_FAILED => Some(Event::ReallocFailed {
                 pid: raw.tgid,
@@ -235,7 +229,8 @@ mod tests {
             Event::decode(&bytes_of(&raw)),
             Some(Event::Free {
                 pid: 7,
-                address: 0x1000
+                address: 0x1000,
+                timestamp_ns: 5
             })
         );
         raw.kind = EVENT_REALLOC_FREE;
@@ -244,7 +239,8 @@ mod tests {
             Some(Event::ReallocFree {
                 pid: 7,
                 tid: 8,
-                address: 0x1000
+                address: 0x1000,
+                timestamp_ns: 5
             })
         );
         raw.kind = EVENT_REALLOC_FAILED;

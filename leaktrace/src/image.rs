@@ -6,7 +6,7 @@ use crate::{
     allocator::ProbePlan,
     callsite::CallSites,
     events::Stack,
-    ledger::{Ledger, SiteStats},
+    ledger::{BlockFilter, Ledger, SiteStats},
     probes::monotonic_ns,
     probes::{DropCounts, ProbeSet},
     report::{Ending, IntervalRow, Report, ReportHeader},
@@ -15,6 +15,23 @@ use crate::{
     trends::{SortKey, Trends},
     unwind::{DwarfUnwinder, StackCopy, UnwindMode, Unwound},
 };
+
+/// "older than 30000 ms, of 16 to 4096 bytes", for the report header.
+fn describe(filter: &BlockFilter) -> String {
+    let mut parts = Vec::new();
+    if filter.min_age_ms > 0 {
+        parts.push(format!("older than {} ms", filter.min_age_ms));
+    }
+    if filter.min_size > 0 || filter.max_size < u64::MAX {
+        let max = if filter.max_size == u64::MAX {
+            "any".to_owned()
+        } else {
+            filter.max_size.to_string()
+        };
+        parts.push(format!("of {} to {max} bytes", filter.min_size));
+    }
+    parts.join(", ")
+}
 
 /// A stack the kernel walked by frame pointers: its first address is the exact ip.
 fn frame_pointer_stack(addresses: Vec<u64>) -> (Vec<u64>, Vec<FoundBy>) {
@@ -28,6 +45,14 @@ fn frame_pointer_stack(addresses: Vec<u64>) -> (Vec<u64>, Vec<FoundBy>) {
         })
         .collect();
     (addresses, found_by)
+}
+
+/// How every image is traced and counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageOptions {
+    pub unwind: UnwindMode,
+    /// Which live blocks the reports count.
+    pub filter: BlockFilter,
 }
 
 /// What one process did while it ran one program.
@@ -46,6 +71,8 @@ pub struct TracedImage {
     symbolizer: Symbolizer,
     trends: Trends,
     unwind: UnwindMode,
+    /// Which live blocks the report counts.
+    filter: BlockFilter,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
     unwound: HashMap<(u32, u64), Unwound>,
@@ -61,7 +88,7 @@ impl TracedImage {
         command: String,
         plan: &ProbePlan,
         symbolizer: Symbolizer,
-        unwind: UnwindMode,
+        options: ImageOptions,
         from_start: bool,
         start_ns: u64,
     ) -> Self {
@@ -77,7 +104,8 @@ impl TracedImage {
             call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
             symbolizer,
             trends: Trends::default(),
-            unwind,
+            unwind: options.unwind,
+            filter: options.filter,
             unwinder: DwarfUnwinder::default(),
             unwound: HashMap::new(),
             start_ns,
@@ -95,9 +123,7 @@ impl TracedImage {
         mapping: bool,
         probes: &ProbeSet,
     ) {
-        let allocated_ms = (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
-            .try_into()
-            .unwrap_or(u32::MAX);
+        let allocated_ms = self.ms(timestamp_ns);
         let mut first_seen = None;
         let key = match self.call_sites.known_key(&stack) {
             Some(key) => key,
@@ -173,6 +199,13 @@ impl TracedImage {
         &mut self.ledger
     }
 
+    /// Milliseconds since this image's recording started, at an event's timestamp.
+    pub fn ms(&self, timestamp_ns: u64) -> u32 {
+        (timestamp_ns.saturating_sub(self.start_ns) / 1_000_000)
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
+
     /// Seconds since this image's recording started.
     fn now(&self) -> f64 {
         monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e9
@@ -183,11 +216,21 @@ impl TracedImage {
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let now = self.now();
+        let filtered = self.filter.is_active().then(|| {
+            let now_ms = (now * 1000.0) as u32;
+            self.ledger.filtered_live(&self.filter, now_ms)
+        });
         let mut sites: Vec<_> = self
             .ledger
             .sites()
-            .filter(|(_, _, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
-            .map(|(site, _, stats)| (site, *stats))
+            .map(|(site, _, stats)| {
+                let mut stats = *stats;
+                if let Some(live) = &filtered {
+                    (stats.live_bytes, stats.live_allocations) = live[site.index()];
+                }
+                (site, stats)
+            })
+            .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
             .collect();
         match sort {
             SortKey::Growth => sites.sort_by(|a, b| {
@@ -236,10 +279,16 @@ impl TracedImage {
             window_end_ns: end_ns,
             from_start: self.from_start,
             ending,
+            live_filter: self.filter.is_active().then(|| describe(&self.filter)),
         };
+        let live = self.filter.is_active().then(|| {
+            let now_ms = self.ms(end_ns);
+            self.ledger.filtered_live(&self.filter, now_ms)
+        });
         Report::build(
             header,
             &self.ledger,
+            live,
             &self.trends,
             &mut self.call_sites,
             &mut self.symbolizer,

@@ -36,6 +36,9 @@ pub struct SiteStats {
     pub allocs: u64,
     pub frees: u64,
     pub alloc_bytes: u64,
+    /// Blocks freed within [`Ledger::TEMPORARY_MS`] of their allocation: churn, not leaks
+    /// (heaptrack's "temporary allocations").
+    pub temporary: u64,
 }
 
 /// Totals over all sites, plus the events that matched no site.
@@ -51,6 +54,36 @@ pub struct Totals {
     /// Allocations returned at an address we still held as live: its free was not seen
     /// (a lost event), so the old block is taken as freed.
     pub missed_frees: u64,
+}
+
+/// Which live blocks a report counts (`-o`, `-z`, `-Z`): old enough to matter, of a size of
+/// interest. The allocation and free counts are not filtered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFilter {
+    pub min_age_ms: u32,
+    pub min_size: u64,
+    pub max_size: u64,
+}
+
+impl Default for BlockFilter {
+    fn default() -> Self {
+        BlockFilter {
+            min_age_ms: 0,
+            min_size: 0,
+            max_size: u64::MAX,
+        }
+    }
+}
+
+impl BlockFilter {
+    pub fn is_active(&self) -> bool {
+        *self != BlockFilter::default()
+    }
+
+    fn keeps(&self, block: &Outstanding, now_ms: u32) -> bool {
+        (self.min_size..=self.max_size).contains(&block.size)
+            && now_ms.saturating_sub(block.allocated_ms) >= self.min_age_ms
+    }
 }
 
 /// Identifies a distinct stack: the kernel's stack id, a key [`crate::callsite::CallSites`]
@@ -70,10 +103,18 @@ pub struct Ledger {
     missed_frees: u64,
     /// Per thread, the block its realloc in flight freed, kept until the thread's next realloc
     /// in case this one fails: then the block is live again.
-    realloc_freed: HashMap<u32, (u64, Outstanding)>,
+    realloc_freed: HashMap<u32, Released>,
     /// Anonymous mappings (`--mmap`) by start address. Unlike a block, a mapping can be
     /// unmapped in part, which leaves up to two pieces, each counted as a live allocation.
     mappings: BTreeMap<u64, Mapped>,
+}
+
+/// A block realloc freed, kept in case the realloc fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Released {
+    address: u64,
+    block: Outstanding,
+    temporary: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +126,9 @@ struct Mapped {
 impl Ledger {
     /// Site key of allocations whose stack the kernel could not record.
     pub const LOST_STACK: StackKey = -1;
+
+    /// A block freed this soon after its allocation counts as temporary.
+    pub const TEMPORARY_MS: u32 = 100;
 
     /// Records an allocation; returns the site and whether the site is new, so the caller can
     /// fetch the stack once.
@@ -108,7 +152,7 @@ impl Ledger {
         };
         if let Some(stale) = self.outstanding.insert(address, block) {
             self.missed_frees += 1;
-            self.release(stale);
+            self.release(stale, allocated_ms);
         }
         (site, is_new)
     }
@@ -164,45 +208,60 @@ impl Ledger {
         }
     }
 
-    pub fn record_free(&mut self, address: u64) {
-        self.free(address);
+    /// A free at `freed_ms` (milliseconds since the capture started).
+    pub fn record_free(&mut self, address: u64, freed_ms: u32) {
+        self.free(address, freed_ms);
     }
 
-    fn free(&mut self, address: u64) -> Option<Outstanding> {
-        let block = self.outstanding.remove(&address);
-        match block {
-            Some(block) => self.release(block),
-            None => self.unmatched_frees += 1,
-        }
-        block
+    fn free(&mut self, address: u64, freed_ms: u32) -> Option<Released> {
+        let Some(block) = self.outstanding.remove(&address) else {
+            self.unmatched_frees += 1;
+            return None;
+        };
+        let temporary = self.release(block, freed_ms);
+        Some(Released {
+            address,
+            block,
+            temporary,
+        })
     }
 
     /// realloc on thread `tid` started on `address`: freed now, restorable until the thread's
     /// next realloc.
-    pub fn record_realloc_free(&mut self, tid: u32, address: u64) {
-        match self.free(address) {
-            Some(block) => self.realloc_freed.insert(tid, (address, block)),
+    pub fn record_realloc_free(&mut self, tid: u32, address: u64, freed_ms: u32) {
+        match self.free(address, freed_ms) {
+            Some(released) => self.realloc_freed.insert(tid, released),
             None => self.realloc_freed.remove(&tid),
         };
     }
 
     /// The realloc in flight on `tid` failed: its block is live again, as before.
     pub fn record_realloc_failed(&mut self, tid: u32) {
-        let Some((address, block)) = self.realloc_freed.remove(&tid) else {
+        let Some(Released {
+            address,
+            block,
+            temporary,
+        }) = self.realloc_freed.remove(&tid)
+        else {
             return;
         };
         let stats = &mut self.sites[block.site.index()];
         stats.frees -= 1;
+        stats.temporary -= u64::from(temporary);
         stats.live_bytes += block.size;
         stats.live_allocations += 1;
         self.outstanding.insert(address, block);
     }
 
-    fn release(&mut self, block: Outstanding) {
+    /// Takes a freed block off its site; true when it counted as temporary.
+    fn release(&mut self, block: Outstanding, freed_ms: u32) -> bool {
+        let temporary = freed_ms.saturating_sub(block.allocated_ms) < Self::TEMPORARY_MS;
         let stats = &mut self.sites[block.site.index()];
         stats.frees += 1;
+        stats.temporary += u64::from(temporary);
         stats.live_bytes -= block.size;
         stats.live_allocations -= 1;
+        temporary
     }
 
     fn site_for(&mut self, stack: StackKey) -> (SiteId, bool) {
@@ -223,6 +282,20 @@ impl Ledger {
             .zip(&self.stack_keys)
             .enumerate()
             .map(|(index, (stats, &stack))| (SiteId(index as u32), stack, stats))
+    }
+
+    /// Live bytes and blocks per site (by [`SiteId`] index) counting only the blocks `filter`
+    /// keeps at `now_ms`. One pass over the outstanding blocks.
+    pub fn filtered_live(&self, filter: &BlockFilter, now_ms: u32) -> Vec<(u64, u64)> {
+        let mut live = vec![(0, 0); self.sites.len()];
+        for block in self.outstanding.values() {
+            if filter.keeps(block, now_ms) {
+                let entry = &mut live[block.site.index()];
+                entry.0 += block.size;
+                entry.1 += 1;
+            }
+        }
+        live
     }
 
     pub fn site(&self, site: SiteId) -> &SiteStats {
@@ -267,8 +340,8 @@ mod tests {
         let (same, new) = ledger.record_alloc(0x20, 50, 5, 1);
         assert_eq!((same, new), (leaky, false));
         let (balanced, _) = ledger.record_alloc(0x30, 8, 6, 2);
-        ledger.record_free(0x30);
-        ledger.record_free(0x10);
+        ledger.record_free(0x30, 0);
+        ledger.record_free(0x10, 0);
 
         assert_eq!(
             *ledger.site(leaky),
@@ -277,7 +350,8 @@ mod tests {
                 live_allocations: 1,
                 allocs: 2,
                 frees: 1,
-                alloc_bytes: 150
+                alloc_bytes: 150,
+                temporary: 1,
             }
         );
         assert_eq!(ledger.site(balanced).live_bytes, 0);
@@ -294,7 +368,7 @@ mod tests {
     fn unknown_frees_are_counted_not_applied() {
         let mut ledger = Ledger::default();
         ledger.record_alloc(0x10, 100, 5, 0);
-        ledger.record_free(0x999);
+        ledger.record_free(0x999, 0);
         assert_eq!(ledger.totals().unmatched_frees, 1);
         assert_eq!(ledger.totals().live_bytes, 100);
     }
@@ -313,7 +387,7 @@ mod tests {
     fn a_failed_realloc_leaves_the_old_block_live() {
         let mut ledger = Ledger::default();
         let (site, _) = ledger.record_alloc(0x10, 100, 5, 0);
-        ledger.record_realloc_free(7, 0x10);
+        ledger.record_realloc_free(7, 0x10, 0);
         assert_eq!(ledger.site(site).live_bytes, 0);
         ledger.record_realloc_failed(7);
         assert_eq!(
@@ -323,10 +397,11 @@ mod tests {
                 live_allocations: 1,
                 allocs: 1,
                 frees: 0,
-                alloc_bytes: 100
+                alloc_bytes: 100,
+                temporary: 0,
             }
         );
-        ledger.record_free(0x10);
+        ledger.record_free(0x10, 0);
         assert_eq!(
             ledger.totals().unmatched_frees,
             0,
@@ -338,9 +413,9 @@ mod tests {
     fn a_successful_realloc_frees_the_old_block_for_good() {
         let mut ledger = Ledger::default();
         let (old, _) = ledger.record_alloc(0x10, 100, 5, 0);
-        ledger.record_realloc_free(7, 0x10);
+        ledger.record_realloc_free(7, 0x10, 0);
         let (new, _) = ledger.record_alloc(0x20, 200, 6, 1);
-        ledger.record_realloc_free(7, 0x20);
+        ledger.record_realloc_free(7, 0x20, 0);
         ledger.record_realloc_failed(7);
         assert_eq!(ledger.site(old).live_bytes, 0);
         assert_eq!(
@@ -392,6 +467,38 @@ mod tests {
         assert_eq!(ledger.site(old).live_bytes, 3 * PAGE);
         assert_eq!(ledger.site(new).live_bytes, PAGE);
         assert_eq!(ledger.totals().live_bytes, 4 * PAGE);
+    }
+
+    #[test]
+    fn a_filter_counts_only_old_enough_blocks_of_the_sizes_asked() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 100, 1, 0);
+        ledger.record_alloc(0x20, 5000, 1, 0);
+        ledger.record_alloc(0x30, 100, 1, 9_000);
+        let old = BlockFilter {
+            min_age_ms: 5_000,
+            ..BlockFilter::default()
+        };
+        assert_eq!(ledger.filtered_live(&old, 10_000)[site.index()], (5100, 2));
+        let small = BlockFilter {
+            max_size: 1000,
+            ..BlockFilter::default()
+        };
+        assert_eq!(ledger.filtered_live(&small, 10_000)[site.index()], (200, 2));
+        assert!(!BlockFilter::default().is_active() && small.is_active());
+    }
+
+    #[test]
+    fn blocks_freed_soon_after_allocation_are_temporary() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 8, 1, 1000);
+        ledger.record_alloc(0x20, 8, 1, 1000);
+        ledger.record_free(0x10, 1000 + Ledger::TEMPORARY_MS - 1);
+        ledger.record_free(0x20, 1000 + Ledger::TEMPORARY_MS);
+        assert_eq!(
+            (ledger.site(site).frees, ledger.site(site).temporary),
+            (2, 1)
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ use anyhow::{Context, Result};
 
 use crate::{
     allocator::AllocatorChoice, capture::CaptureOptions, cli::Cli, error::Failure,
-    probes::ProbeSet, report::render_final, symbolize::Symbolizer, target::Target,
-    unwind::UnwindMode,
+    image::ImageOptions, ledger::BlockFilter, probes::ProbeSet, report::render_final,
+    symbolize::Symbolizer, target::Target, unwind::UnwindMode,
 };
 
 /// Runs one capture (or `watch`) as the command line asks.
@@ -106,9 +106,19 @@ pub fn run(cli: Cli) -> Result<()> {
         top: cli.top as usize,
         follow_forks: cli.follow_forks,
         choice,
-        unwind: cli.unwind,
+        image: ImageOptions {
+            unwind: cli.unwind,
+            filter: BlockFilter {
+                min_age_ms: cli
+                    .min_age
+                    .map_or(0, |age| age.as_millis().try_into().unwrap_or(u32::MAX)),
+                min_size: cli.min_size.unwrap_or(0),
+                max_size: cli.max_size.unwrap_or(u64::MAX),
+            },
+        },
         debug_dirs: cli.debug_dir.clone(),
         sort: cli.sort,
+        count: cli.count,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

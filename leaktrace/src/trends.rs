@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(trends.change(site, ledger.site(site).live_bytes), 100);
         trends.sample(&ledger, 1.0);
         ledger.record_alloc(0x20, 40, 1, 0);
-        ledger.record_free(0x10);
+        ledger.record_free(0x10, 0);
         assert_eq!(trends.change(site, ledger.site(site).live_bytes), -60);
     }
 }

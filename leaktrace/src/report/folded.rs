@@ -78,6 +78,7 @@ mod tests {
                 window_end_ns: 1,
                 from_start: false,
                 ending: Ending::Interrupted,
+                live_filter: None,
             },
             totals: Totals::default(),
             drops: DropCounts::default(),

@@ -75,18 +75,30 @@ pub struct Report {
 }
 
 impl Report {
+    /// `live` replaces each site's live bytes and blocks (by site index) when a
+    /// [`crate::ledger::BlockFilter`] is in force.
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
+        live: Option<Vec<(u64, u64)>>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
     ) -> Report {
+        let mut totals = ledger.totals();
         let mut sites: Vec<_> = ledger
             .sites()
             .map(|(site, _, stats)| (site, *stats))
             .collect();
+        if let Some(live) = &live {
+            (totals.live_bytes, totals.live_allocations) = (0, 0);
+            for (site, stats) in &mut sites {
+                (stats.live_bytes, stats.live_allocations) = live[site.index()];
+                totals.live_bytes += stats.live_bytes;
+                totals.live_allocations += stats.live_allocations;
+            }
+        }
         sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
         let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
@@ -106,7 +118,7 @@ impl Report {
         progress.finish();
         Report {
             header,
-            totals: ledger.totals(),
+            totals,
             drops,
             sites,
             processes: Vec::new(),
@@ -167,6 +179,9 @@ pub struct ReportHeader {
     /// True when leaktrace started the target: then nothing was allocated unseen.
     pub from_start: bool,
     pub ending: Ending,
+    /// Which live blocks are counted, when not all (`-o`, `-z`, `-Z`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_filter: Option<String>,
 }
 
 /// "symbolizing 120/4,096 sites" on a terminal's stderr, once the work has taken a second:

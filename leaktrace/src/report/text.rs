@@ -29,6 +29,9 @@ fn render_one(report: &Report, top: usize) -> String {
         header.pid, header.command, header.duration_s, header.allocator
     );
     let _ = writeln!(out, "probed: {}", header.probed);
+    if let Some(filter) = &header.live_filter {
+        let _ = writeln!(out, "live counts only blocks {filter}");
+    }
     let held = format!(
         "{} bytes in {} blocks",
         thousands(totals.live_bytes),
