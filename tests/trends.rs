@@ -152,3 +152,38 @@ fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
     assert_eq!(churn["temporary"], churn["frees"]);
     assert!(churn["frees"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_leak_in_the_second_of_three_windows_is_attributed_to_it() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("windows");
+    let (report, _) = launch_json("windows", &["--windows", "3", "-i", "1s"], &binary, &[]);
+    let windows = report["windows"].as_array().expect("three windows");
+    assert_eq!(windows.len(), 3);
+    let leaks = fixture_define("windows", "WINDOW_LEAKS");
+    let in_window = |w: &serde_json::Value| {
+        w["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["site"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("second_window_leak")
+            })
+            .map(|s| s["live_allocations"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        [
+            in_window(&windows[0]),
+            in_window(&windows[1]),
+            in_window(&windows[2])
+        ],
+        [0, leaks, 0],
+        "{windows:#?}"
+    );
+}

@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Cut the capture into N windows of one interval each, and report for each window what
+    /// it allocated that is still live at the end.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub windows: Option<u32>,
+
     /// End the capture after this many intervals (like bcc memleak's count).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,

@@ -6,10 +6,10 @@ use crate::{
     allocator::ProbePlan,
     callsite::CallSites,
     events::Stack,
-    ledger::{BlockFilter, Ledger, SiteStats},
+    ledger::{BlockFilter, Ledger, SiteId, SiteStats},
     probes::monotonic_ns,
     probes::{DropCounts, ProbeSet},
-    report::{Ending, IntervalRow, Report, ReportHeader},
+    report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
     symbolize::FoundBy,
     symbolize::Symbolizer,
     trends::{SortKey, Trends},
@@ -53,6 +53,8 @@ pub struct ImageOptions {
     pub unwind: UnwindMode,
     /// Which live blocks the reports count.
     pub filter: BlockFilter,
+    /// `--windows`: the window length in ms, and how many.
+    pub windows: Option<(u32, usize)>,
 }
 
 /// What one process did while it ran one program.
@@ -73,6 +75,7 @@ pub struct TracedImage {
     unwind: UnwindMode,
     /// Which live blocks the report counts.
     filter: BlockFilter,
+    windows: Option<(u32, usize)>,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
     unwound: HashMap<(u32, u64), Unwound>,
@@ -106,6 +109,7 @@ impl TracedImage {
             trends: Trends::default(),
             unwind: options.unwind,
             filter: options.filter,
+            windows: options.windows,
             unwinder: DwarfUnwinder::default(),
             unwound: HashMap::new(),
             start_ns,
@@ -285,7 +289,7 @@ impl TracedImage {
             let now_ms = self.ms(end_ns);
             self.ledger.filtered_live(&self.filter, now_ms)
         });
-        Report::build(
+        let mut report = Report::build(
             header,
             &self.ledger,
             live,
@@ -293,6 +297,43 @@ impl TracedImage {
             &mut self.call_sites,
             &mut self.symbolizer,
             drops,
-        )
+        );
+        if let Some((window_ms, count)) = self.windows {
+            report.windows = self.window_reports(window_ms, count);
+        }
+        report
+    }
+
+    fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
+        let by_window = self.ledger.live_by_window(window_ms, count);
+        let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
+        by_window
+            .into_iter()
+            .enumerate()
+            .map(|(index, live)| {
+                let mut window_sites: Vec<WindowSite> = sites
+                    .iter()
+                    .filter(|site| live[site.index()].1 > 0)
+                    .map(|&site| WindowSite {
+                        live_bytes: live[site.index()].0,
+                        live_allocations: live[site.index()].1,
+                        site: self
+                            .call_sites
+                            .frames(site, &mut self.symbolizer)
+                            .first()
+                            .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
+                    })
+                    .collect();
+                window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));
+                let window_s = f64::from(window_ms) / 1000.0;
+                WindowReport {
+                    start_s: index as f64 * window_s,
+                    end_s: (index + 1) as f64 * window_s,
+                    live_bytes: window_sites.iter().map(|s| s.live_bytes).sum(),
+                    live_allocations: window_sites.iter().map(|s| s.live_allocations).sum(),
+                    sites: window_sites,
+                }
+            })
+            .collect()
     }
 }

@@ -298,6 +298,19 @@ impl Ledger {
         live
     }
 
+    /// For windows of `window_ms` from the start: per window, per site (by index), the live
+    /// bytes and blocks allocated in it. Blocks past the last window go into the last.
+    pub fn live_by_window(&self, window_ms: u32, windows: usize) -> Vec<Vec<(u64, u64)>> {
+        let mut live = vec![vec![(0, 0); self.sites.len()]; windows];
+        for block in self.outstanding.values() {
+            let window = (block.allocated_ms / window_ms.max(1)) as usize;
+            let entry = &mut live[window.min(windows - 1)][block.site.index()];
+            entry.0 += block.size;
+            entry.1 += 1;
+        }
+        live
+    }
+
     pub fn site(&self, site: SiteId) -> &SiteStats {
         &self.sites[site.index()]
     }
@@ -486,6 +499,22 @@ mod tests {
         };
         assert_eq!(ledger.filtered_live(&small, 10_000)[site.index()], (200, 2));
         assert!(!BlockFilter::default().is_active() && small.is_active());
+    }
+
+    #[test]
+    fn live_blocks_are_attributed_to_the_window_they_were_allocated_in() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 100, 1, 500);
+        ledger.record_alloc(0x20, 30, 1, 1500);
+        ledger.record_alloc(0x30, 7, 1, 1700);
+        ledger.record_alloc(0x40, 1, 1, 9000);
+        ledger.record_free(0x30, 1800);
+        let windows = ledger.live_by_window(1000, 3);
+        let i = site.index();
+        assert_eq!(
+            (windows[0][i], windows[1][i], windows[2][i]),
+            ((100, 1), (30, 1), (1, 1))
+        );
     }
 
     #[test]

@@ -98,11 +98,17 @@ pub fn run(cli: Cli) -> Result<()> {
     );
 
     let default_interval = if demo { 1 } else { 5 };
+    let interval = cli
+        .interval
+        .unwrap_or(Duration::from_secs(default_interval));
+    let windows = cli.windows.map(|count| {
+        let window_ms = interval.as_millis().try_into().unwrap_or(u32::MAX);
+        (window_ms, count as usize)
+    });
     let options = CaptureOptions {
-        duration: cli.duration,
-        interval: cli
-            .interval
-            .unwrap_or(Duration::from_secs(default_interval)),
+        // N windows end the capture after N intervals, unless told otherwise.
+        duration: cli.duration.or(cli.windows.map(|count| interval * count)),
+        interval,
         top: cli.top as usize,
         follow_forks: cli.follow_forks,
         choice,
@@ -115,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 min_size: cli.min_size.unwrap_or(0),
                 max_size: cli.max_size.unwrap_or(u64::MAX),
             },
+            windows,
         },
         debug_dirs: cli.debug_dir.clone(),
         sort: cli.sort,

@@ -84,6 +84,7 @@ mod tests {
             drops: DropCounts::default(),
             sites,
             processes: Vec::new(),
+            windows: Vec::new(),
             memory: Vec::new(),
         }
     }

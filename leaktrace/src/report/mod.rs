@@ -69,6 +69,9 @@ pub struct Report {
     /// each reported on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<Report>,
+    /// With `--windows`: what each window allocated that is still live.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowReport>,
     /// The target's memory (RSS, PSS, anonymous, heap…) at each interval.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub memory: Vec<MemorySample>,
@@ -122,6 +125,7 @@ impl Report {
             drops,
             sites,
             processes: Vec::new(),
+            windows: Vec::new(),
             memory: Vec::new(),
         }
     }
@@ -160,6 +164,26 @@ impl Report {
         let profile = pprof::pprof(self)?;
         fs::write(path, profile).with_context(|| format!("write {}", path.display()))
     }
+}
+
+/// One capture window (`--windows`): the blocks allocated in it and still live at the end,
+/// memray's "leaks in a time range".
+#[derive(Debug, Serialize)]
+pub struct WindowReport {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    /// By live bytes, most first; sites with nothing live from this window left out.
+    pub sites: Vec<WindowSite>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowSite {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    /// The site's first frame, as the text report shows it.
+    pub site: String,
 }
 
 /// What the report says about the capture itself.

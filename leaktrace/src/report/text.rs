@@ -117,6 +117,25 @@ fn render_one(report: &Report, top: usize) -> String {
     if live.len() > top {
         let _ = writeln!(out, "\n… {} more sites hold live bytes", live.len() - top);
     }
+    for window in &report.windows {
+        let _ = writeln!(
+            out,
+            "\nwindow {:.1}–{:.1} s: {} bytes in {} blocks allocated then are still live",
+            window.start_s,
+            window.end_s,
+            thousands(window.live_bytes),
+            thousands(window.live_allocations)
+        );
+        for site in window.sites.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "    {:>14} B  {:>9} blocks  {}",
+                thousands(site.live_bytes),
+                thousands(site.live_allocations),
+                site.site
+            );
+        }
+    }
     out
 }
 
