@@ -64,3 +64,61 @@ fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("leak_here"));
 }
+
+#[test]
+fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("windows");
+    let html = output_path("report", "html");
+    launch_json(
+        "html",
+        &["-i", "500ms", "--html", html.to_str().unwrap()],
+        &binary,
+        &[],
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg class=\"plot\"").count(), 2, "two plots");
+    assert!(page.contains("<img class=\"flame\""), "the flamegraph");
+    assert!(
+        page.contains("second_window_leak"),
+        "the top sites and their stacks"
+    );
+    for reference in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(
+            !page.contains(reference),
+            "nothing fetched from a network: {reference}"
+        );
+    }
+
+    let screenshot = output_path("report", "png");
+    let profile = output_path("chromium-profile", "d");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+        ])
+        .args(["--no-first-run", "--disable-background-networking"])
+        .args([
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+        ])
+        .args(["--window-size=1000,1400"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("run chromium (`cargo xtask test` installs it)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(!log.contains("Uncaught"), "a script error: {log}");
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot"
+    );
+}

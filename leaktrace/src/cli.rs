@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub folded: Option<PathBuf>,
 
+    /// Write a self-contained HTML report here: plots of RSS, traced heap and the top sites
+    /// over time, the top sites with their stacks, and the flamegraph.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+
     /// Write an SVG flamegraph of live bytes here.
     #[arg(long, value_name = "PATH")]
     pub flamegraph: Option<PathBuf>,

@@ -50,7 +50,13 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         return watch::run(pid, interval, duration);
     }
-    let outputs = [&cli.json, &cli.folded, &cli.pprof, &cli.flamegraph];
+    let outputs = [
+        &cli.json,
+        &cli.folded,
+        &cli.pprof,
+        &cli.flamegraph,
+        &cli.html,
+    ];
     for path in outputs.into_iter().flatten() {
         check_output_path(path)?;
     }
@@ -157,6 +163,9 @@ fn write_outputs(report: &report::Report, cli: &Cli) -> Result<()> {
     }
     if let Some(path) = &cli.flamegraph {
         report.write_flamegraph(path)?;
+    }
+    if let Some(path) = &cli.html {
+        report.write_html(path, cli.top as usize)?;
     }
     Ok(())
 }

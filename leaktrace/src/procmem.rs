@@ -20,6 +20,8 @@ pub struct MemorySample {
     pub rss_anon: u64,
     pub pss: u64,
     pub private_dirty: u64,
+    /// Live bytes of the traced heap at the same moment (0 in `watch`, which traces nothing).
+    pub traced_heap: u64,
     /// Resident bytes by kind of mapping, from smaps.
     pub heap: u64,
     pub anonymous: u64,
@@ -81,7 +83,8 @@ const DIVERGENCE_MIN_BYTES_PER_S: f64 = 64.0 * 1024.0;
 impl MemoryTrend {
     /// Reads the process's memory at `t` (seconds) beside the traced heap's live bytes.
     pub fn record(&mut self, pid: u32, t: f64, heap_live_bytes: u64) {
-        if let Ok(sample) = MemorySample::read(pid, t) {
+        if let Ok(mut sample) = MemorySample::read(pid, t) {
+            sample.traced_heap = heap_live_bytes;
             self.samples.push(sample);
             self.heap.push((t, heap_live_bytes));
         }

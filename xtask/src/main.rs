@@ -20,8 +20,9 @@ tasks:
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
 /// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
-/// SVG checked by xmllint (libxml2-utils), and bpftool shows what stays attached.
-const TEST_PACKAGES: [&str; 9] = [
+/// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
+/// stays attached.
+const TEST_PACKAGES: [&str; 10] = [
     "gcc",
     "g++",
     "binutils",
@@ -31,6 +32,7 @@ const TEST_PACKAGES: [&str; 9] = [
     "libc6-dbg",
     "golang-go",
     "libxml2-utils",
+    "chromium",
 ];
 
 fn main() -> Result<()> {

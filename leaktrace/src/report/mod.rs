@@ -1,6 +1,7 @@
 //! The final report: one model, rendered as text, JSON and folded stacks.
 
 mod folded;
+mod html;
 mod pprof;
 mod text;
 
@@ -139,8 +140,19 @@ impl Report {
         fs::write(path, folded_stacks(self)).with_context(|| format!("write {}", path.display()))
     }
 
-    /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
     pub fn write_flamegraph(&self, path: &Path) -> Result<()> {
+        let svg = self.flamegraph()?;
+        fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// The self-contained HTML report, with the top `top` sites.
+    pub fn write_html(&self, path: &Path, top: usize) -> Result<()> {
+        let page = html::html(self, top, &self.flamegraph()?);
+        fs::write(path, page).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
+    fn flamegraph(&self) -> Result<String> {
         let folded = folded_stacks(self);
         let mut options = inferno::flamegraph::Options::default();
         options.title = format!(
@@ -157,7 +169,7 @@ impl Report {
             inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
         }
         .context("draw the flamegraph")?;
-        fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+        Ok(String::from_utf8_lossy(&svg).into_owned())
     }
 
     pub fn write_pprof(&self, path: &Path) -> Result<()> {
