@@ -62,14 +62,18 @@ fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
     assert_eq!(sites_of(&report, "churn").live_bytes, 0);
     assert!(growth("churn").0.abs() < 1.0);
 
-    // The live view, sorted by growth, has the leak on top once there is a trend to fit.
-    let last_block: Vec<&String> = stdout
+    // The live view, sorted by growth, has the leak on top once there is a trend to fit: the
+    // first row under the last block's column headings. Piped, it is plain text.
+    let last_block = stdout
         .iter()
-        .rev()
-        .take_while(|l| !l.starts_with('['))
-        .collect();
-    let top = last_block.last().expect("a live view row");
+        .rposition(|l| l.starts_with('['))
+        .expect("a live view block");
+    let top = &stdout[last_block + 2];
     assert!(top.contains("steady_leak"), "{stdout:#?}");
+    assert!(
+        !stdout.iter().any(|l| l.contains('\x1b')),
+        "no terminal codes when piped"
+    );
 }
 
 /// RSS growing through mmap, which the heap probes do not see: the live view says the growth
@@ -186,4 +190,29 @@ fn a_leak_in_the_second_of_three_windows_is_attributed_to_it() {
         [0, leaks, 0],
         "{windows:#?}"
     );
+}
+
+/// On a terminal the live view redraws in place, like top.
+#[test]
+fn on_a_terminal_the_live_view_redraws_in_place() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("trends");
+    let mut target = Running::start(&mut Command::new(binary));
+    target.stdout.wait_for(|l| l == "ready", WAIT);
+    // script(1) gives leaktrace a pseudo-terminal for its stdout.
+    let command = format!("{LEAKTRACE} -p {} -i 500ms -d 2s", target.pid());
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.matches("\x1b[H\x1b[2J").count() >= 2, "{screen}");
+    assert!(screen.contains("steady_leak"), "{screen}");
 }

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     future::pending,
+    io::{IsTerminal, Write},
     os::fd::{AsRawFd, RawFd},
     path::PathBuf,
     time::{Duration, Instant},
@@ -203,9 +204,9 @@ impl Capture<'_> {
                     .record(image.pid, elapsed.as_secs_f64(), live_bytes);
                 if let Some((rss, growth)) = self.memory.rss() {
                     memory = format!(
-                        "; RSS {} bytes ({:+.0} B/s)",
-                        report::thousands(rss),
-                        growth.bytes_per_s
+                        "; RSS {} ({}/s)",
+                        report::human_bytes(rss as f64),
+                        report::signed_bytes(growth.bytes_per_s)
                     );
                 }
             } else {
@@ -286,6 +287,7 @@ pub async fn run(
     // The ring buffer wakes its reader only for a record committed while the reader had
     // caught up. So readiness is cleared before draining, never after: a record committed
     // after the last read then always wakes the loop, and a backlog is drained to the end.
+    let terminal = std::io::stdout().is_terminal();
     let mut backlog = false;
     let mut intervals = 0;
     let ending = loop {
@@ -300,7 +302,11 @@ pub async fn run(
             _ = ticker.tick() => {
                 // Sample what the target has done up to now, not up to the last wake-up.
                 while !capture.drain(probes) {}
-                print!("{}", capture.live_view(started.elapsed(), probes, options.top));
+                let view = capture.live_view(started.elapsed(), probes, options.top);
+                // On a terminal, redraw in place like top; piped, one block per interval.
+                let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
+                print!("{redraw}{view}");
+                let _ = std::io::stdout().flush();
                 intervals += 1;
                 if options.count.is_some_and(|count| intervals >= count) {
                     break Ending::DurationElapsed;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use folded::folded_stacks;
-pub use text::{IntervalRow, render_final, render_interval};
+pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
 
 use crate::{
     callsite::CallSites,

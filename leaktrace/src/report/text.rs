@@ -181,22 +181,24 @@ pub fn render_interval(
     rows: &[IntervalRow],
 ) -> String {
     let mut out = format!(
-        "[{elapsed_s:7.1}s] live {} bytes in {} blocks{memory}",
-        thousands(live_bytes),
-        thousands(live_allocations)
+        "[{elapsed_s:7.1}s] live {} in {} blocks{memory}; lost events {}",
+        human_bytes(live_bytes as f64),
+        thousands(live_allocations),
+        thousands(drops.lost())
     );
-    if drops.lost() > 0 {
-        let _ = write!(out, " (lost events: {})", thousands(drops.lost()));
-    }
     out.push('\n');
+    let _ = writeln!(
+        out,
+        "  {:>11}  {:>11}  {:>9}  {:>12}  {:>6}  site",
+        "change", "live", "blocks", "growth", "R²"
+    );
     for row in rows {
-        let sign = if row.change < 0 { '-' } else { '+' };
-        let change = format!("{sign}{}", thousands(row.change.unsigned_abs()));
+        let change = signed_bytes(row.change as f64);
         let growth = format!("{}/s", signed_bytes(row.growth.bytes_per_s));
         let _ = writeln!(
             out,
-            "  {change:>13}  {:>14} B  {:>9} blocks  {growth:>12} (R² {:.2})  {}",
-            thousands(row.live_bytes),
+            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {:>6.2}  {}",
+            human_bytes(row.live_bytes as f64),
             thousands(row.live_allocations),
             row.growth.steadiness,
             row.site
@@ -205,17 +207,21 @@ pub fn render_interval(
     out
 }
 
-/// A byte rate for people: "+1.2 KiB", "-300 B".
-fn signed_bytes(bytes: f64) -> String {
+/// A change or rate in bytes for people: "+1.2 KiB", "-300 B".
+pub fn signed_bytes(bytes: f64) -> String {
     let sign = if bytes < 0.0 { '-' } else { '+' };
-    let magnitude = bytes.abs();
-    let (value, unit) = match magnitude {
-        m if m >= 1024.0 * 1024.0 * 1024.0 => (m / (1024.0 * 1024.0 * 1024.0), "GiB"),
-        m if m >= 1024.0 * 1024.0 => (m / (1024.0 * 1024.0), "MiB"),
-        m if m >= 1024.0 => (m / 1024.0, "KiB"),
-        m => return format!("{sign}{m:.0} B"),
+    format!("{sign}{}", human_bytes(bytes.abs()))
+}
+
+/// Bytes for people: "300 B", "1.2 KiB", "3.0 MiB".
+pub fn human_bytes(bytes: f64) -> String {
+    let (value, unit) = match bytes {
+        b if b >= 1024.0 * 1024.0 * 1024.0 => (b / (1024.0 * 1024.0 * 1024.0), "GiB"),
+        b if b >= 1024.0 * 1024.0 => (b / (1024.0 * 1024.0), "MiB"),
+        b if b >= 1024.0 => (b / 1024.0, "KiB"),
+        b => return format!("{b:.0} B"),
     };
-    format!("{sign}{value:.1} {unit}")
+    format!("{value:.1} {unit}")
 }
 
 #[cfg(test)]
