@@ -8,9 +8,7 @@ use support::*;
 
 /// Starts `fixture MODE` and waits until it says it is ready (libc loaded, main running).
 fn start_fixture(mode: &str) -> Running {
-    let mut fixture = Running::start(Command::new(build_fixture("fixture")).arg(mode));
-    fixture.stdout.wait_for(|l| l == "ready", WAIT);
-    fixture
+    start_ready(&build_fixture("fixture"), &[mode])
 }
 
 /// Lets a `fixture burst` run its burst and waits until it is done.

@@ -278,8 +278,7 @@ fn threads_created_after_attach_are_traced() {
         return;
     }
     let binary = build_fixture("threads");
-    let mut target = Running::start(Command::new(&binary).arg("wait"));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let mut target = start_ready(&binary, &["wait"]);
     let json = output_path("threads_after_attach", "json");
     let mut leaktrace = attach_with_json(target.pid(), &json);
     target.signal(libc::SIGUSR1);

@@ -12,8 +12,7 @@ fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
         return;
     }
     let binary = build_fixture("trends");
-    let mut target = Running::start(&mut Command::new(binary));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let target = start_ready(&binary, &[]);
     let json = output_path("trends", "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -84,8 +83,7 @@ fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
         return;
     }
     let binary = build_fixture("rss");
-    let mut target = Running::start(Command::new(binary).arg("map"));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let target = start_ready(&binary, &["map"]);
     let json = output_path("rss_divergence", "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -118,8 +116,7 @@ fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
         return;
     }
     let binary = build_fixture("trends");
-    let mut target = Running::start(&mut Command::new(binary));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let target = start_ready(&binary, &[]);
     let json = output_path("min_age", "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -199,8 +196,7 @@ fn on_a_terminal_the_live_view_redraws_in_place() {
         return;
     }
     let binary = build_fixture("trends");
-    let mut target = Running::start(&mut Command::new(binary));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let target = start_ready(&binary, &[]);
     // script(1) gives leaktrace a pseudo-terminal for its stdout.
     let command = format!("{LEAKTRACE} -p {} -i 500ms -d 2s", target.pid());
     let output = Command::new("script")

@@ -9,8 +9,7 @@ use support::*;
 /// `leaktrace watch` on `rss MODE` for a few seconds: its last line.
 fn verdict(mode: &str) -> String {
     let binary = build_fixture("rss");
-    let mut target = Running::start(Command::new(binary).arg(mode));
-    target.stdout.wait_for(|l| l == "ready", WAIT);
+    let target = start_ready(&binary, &[mode]);
     let output = Command::new(LEAKTRACE)
         .args([
             "watch",

@@ -72,6 +72,13 @@ impl CallSites {
         self.found_by[index] = found_by;
     }
 
+    /// The site's first frame as the reports show it, or a note that its stack is missing.
+    pub fn describe(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> String {
+        self.frames(site, symbolizer)
+            .first()
+            .map_or_else(|| "[stack not recorded]".to_owned(), Frame::describe)
+    }
+
     /// The site's frames, innermost first, starting at the allocator's caller. When the stack
     /// never leaves the allocator library (a frame-pointer walk that stopped inside a libc
     /// function such as strdup), its frames are kept: a libc frame beats no frame. The stack

@@ -253,11 +253,7 @@ impl TracedImage {
                 live_allocations: stats.live_allocations,
                 change: self.trends.change(site, stats.live_bytes),
                 growth: self.trends.growth(site),
-                site: self
-                    .call_sites
-                    .frames(site, &mut self.symbolizer)
-                    .first()
-                    .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
+                site: self.call_sites.describe(site, &mut self.symbolizer),
             })
             .collect();
         self.trends.sample(&self.ledger, now);
@@ -317,11 +313,7 @@ impl TracedImage {
                     .map(|&site| WindowSite {
                         live_bytes: live[site.index()].0,
                         live_allocations: live[site.index()].1,
-                        site: self
-                            .call_sites
-                            .frames(site, &mut self.symbolizer)
-                            .first()
-                            .map_or_else(|| "[stack not recorded]".to_owned(), |f| f.describe()),
+                        site: self.call_sites.describe(site, &mut self.symbolizer),
                     })
                     .collect();
                 window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));

@@ -357,3 +357,10 @@ pub fn assert_nothing_lost(report: &Value) {
         assert_eq!(report["drops"][lost], 0, "{lost}: {}", report["drops"]);
     }
 }
+
+/// Starts a fixture and waits until it prints "ready".
+pub fn start_ready(binary: &Path, args: &[&str]) -> Running {
+    let mut fixture = Running::start(Command::new(binary).args(args));
+    fixture.stdout.wait_for(|l| l == "ready", WAIT);
+    fixture
+}
