@@ -315,10 +315,6 @@ impl Ledger {
         &self.sites[site.index()]
     }
 
-    pub fn site_count(&self) -> usize {
-        self.sites.len()
-    }
-
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             unmatched_frees: self.unmatched_frees,
