@@ -99,3 +99,12 @@ fn a_bad_duration_exits_2_and_says_how_to_write_one() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("like 500ms, 30s or 5m"));
 }
+
+#[test]
+fn an_output_path_that_is_a_symbolic_link_exits_8_before_attaching() {
+    let link = output_path("symlinked", "json");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    let output = run(&["--json", link.to_str().unwrap(), "-p", "1"]);
+    assert_one_line_error(&output, 8, "symbolic link");
+}

@@ -176,12 +176,16 @@ fn check_output_path(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        return Err(Failure::OutputPath {
-            path: path.to_path_buf(),
-            reason: format!("directory {} does not exist", parent.display()),
-        }
-        .into());
+    let reason = if !parent.is_dir() {
+        format!("directory {} does not exist", parent.display())
+    } else if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        "it is a symbolic link, which leaktrace does not follow".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Failure::OutputPath {
+        path: path.to_path_buf(),
+        reason,
     }
-    Ok(())
+    .into())
 }

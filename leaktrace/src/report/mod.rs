@@ -2,11 +2,11 @@
 
 mod folded;
 mod html;
+pub mod output;
 mod pprof;
 mod text;
 
 use std::{
-    fs,
     io::IsTerminal,
     path::Path,
     time::{Duration, Instant},
@@ -133,22 +133,22 @@ impl Report {
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)?;
-        fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))
+        write_report(path, (json + "\n").as_bytes())
     }
 
     pub fn write_folded(&self, path: &Path) -> Result<()> {
-        fs::write(path, folded_stacks(self)).with_context(|| format!("write {}", path.display()))
+        write_report(path, folded_stacks(self).as_bytes())
     }
 
     pub fn write_flamegraph(&self, path: &Path) -> Result<()> {
         let svg = self.flamegraph()?;
-        fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+        write_report(path, svg.as_bytes())
     }
 
     /// The self-contained HTML report, with the top `top` sites.
     pub fn write_html(&self, path: &Path, top: usize) -> Result<()> {
         let page = html::html(self, top, &self.flamegraph()?);
-        fs::write(path, page).with_context(|| format!("write {}", path.display()))
+        write_report(path, page.as_bytes())
     }
 
     /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
@@ -174,8 +174,14 @@ impl Report {
 
     pub fn write_pprof(&self, path: &Path) -> Result<()> {
         let profile = pprof::pprof(self)?;
-        fs::write(path, profile).with_context(|| format!("write {}", path.display()))
+        write_report(path, &profile)
     }
+}
+
+/// Every report file goes out this way: atomically, never through a link, owned by the sudo
+/// user.
+fn write_report(path: &Path, contents: &[u8]) -> Result<()> {
+    output::write_atomically(path, contents, output::invoking_user())
 }
 
 /// One capture window (`--windows`): the blocks allocated in it and still live at the end,

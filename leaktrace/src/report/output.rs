@@ -1,0 +1,124 @@
+//! Writing report files safely: leaktrace runs as root, often in a directory others can write.
+//!
+//! A report appears whole or not at all (written to a temporary file beside it, then renamed),
+//! a symbolic link at its path is refused rather than followed, the temporary file is created
+//! exclusively and without following links, and the file belongs to the user who ran sudo.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::error::Failure;
+
+/// Who should own the files: the invoking user under sudo (SUDO_UID/SUDO_GID), else nobody
+/// in particular (they stay the writer's).
+pub fn invoking_user() -> Option<(u32, u32)> {
+    let id = |name| std::env::var(name).ok()?.parse::<u32>().ok();
+    Some((id("SUDO_UID")?, id("SUDO_GID")?))
+}
+
+/// Writes `contents` to `path` atomically, mode 0644, owned by `owner` when given.
+pub fn write_atomically(path: &Path, contents: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Failure::OutputPath {
+            path: path.to_path_buf(),
+            reason: "it is a symbolic link, which leaktrace does not follow".into(),
+        }
+        .into());
+    }
+    let temporary = temporary_path(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .with_context(|| format!("create {}", temporary.display()))?;
+    let written = (|| -> Result<()> {
+        file.write_all(contents)?;
+        // The umask may have taken bits away: 0644 is what readers expect.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written.with_context(|| format!("write {}", path.display()))
+}
+
+/// `dir/.name.leaktrace-PID.tmp`: beside the target, so that the rename stays on one file
+/// system, and unique to this process.
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.leaktrace-{}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn scratch(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("leaktrace-output-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn writes_whole_with_mode_0644_and_leaves_no_temporary_file() {
+        let dir = scratch("whole");
+        let path = dir.join("r.json");
+        fs::write(&path, "old").unwrap();
+        write_atomically(&path, b"new", None).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "only the report is left"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symbolic_link_and_leaves_its_target_alone() {
+        let dir = scratch("symlink");
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let path = dir.join("r.json");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let error = write_atomically(&path, b"report", None).unwrap_err();
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_sudo_user_owns_the_file() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = scratch("owner");
+        let path = dir.join("r.json");
+        write_atomically(&path, b"x", Some((65534, 65534))).unwrap();
+        let metadata = fs::metadata(&path).unwrap();
+        assert_eq!((metadata.uid(), metadata.gid()), (65534, 65534));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
