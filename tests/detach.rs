@@ -1,0 +1,131 @@
+//! However leaktrace ends, nothing of it stays in the target: every breakpoint it planted is
+//! gone, checked byte for byte in the target's memory.
+
+mod support;
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use leaktrace::{
+    allocator::{AllocatorChoice, AllocatorSearch},
+    proc_maps::ProcessMaps,
+};
+use support::*;
+
+/// The first byte of every probed function, as the target's memory has it and as its file does.
+fn probed_bytes(pid: u32) -> Vec<(u8, u8)> {
+    let maps = ProcessMaps::read(pid).unwrap();
+    let plan = AllocatorSearch::new(AllocatorChoice::default())
+        .plan(pid, &maps)
+        .unwrap();
+    plan.points
+        .iter()
+        .filter_map(|point| {
+            let mapping = maps.mappings().iter().find(|m| {
+                m.executable
+                    && m.path.as_deref() == Some(point.module.as_path())
+                    && (m.offset..m.offset + (m.end - m.start)).contains(&point.offset)
+            })?;
+            let address = mapping.start + (point.offset - mapping.offset);
+            let in_memory = read_byte(&format!("/proc/{pid}/mem"), address);
+            let in_file = read_byte(point.host_path.to_str().unwrap(), point.offset);
+            Some((in_memory, in_file))
+        })
+        .collect()
+}
+
+fn read_byte(path: &str, offset: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8];
+    fs::File::open(Path::new(path))
+        .unwrap()
+        .read_exact_at(&mut byte, offset)
+        .unwrap();
+    byte[0]
+}
+
+const INT3: u8 = 0xcc;
+
+/// Attaches to a fixture, checks the breakpoints are in, ends leaktrace with `end`, and checks
+/// they are all gone; returns whether the JSON report was written.
+fn ends_clean(test: &str, args: &[&str], end: impl FnOnce(&Running)) -> bool {
+    let target = start_ready(&build_fixture("fixture"), &["continuous"]);
+    let json = output_path(test, "json");
+    let _ = fs::remove_file(&json);
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-p", &target.pid().to_string(), "--json"])
+            .arg(&json)
+            .args(args),
+    );
+    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    let planted = probed_bytes(target.pid());
+    assert!(!planted.is_empty());
+    assert!(
+        planted.iter().all(|&(memory, _)| memory == INT3),
+        "the probes are in: {planted:?}"
+    );
+    end(&leaktrace);
+    let deadline = std::time::Instant::now() + WAIT;
+    while leaktrace.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leaktrace did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = probed_bytes(target.pid());
+    assert!(
+        left.iter().all(|&(memory, file)| memory == file),
+        "breakpoints left behind: {left:?}"
+    );
+    json.exists()
+}
+
+fn signal(leaktrace: &Running, signal: i32) {
+    leaktrace.signal(signal);
+}
+
+#[test]
+fn sigint_detaches_and_reports() {
+    if bpf_available() {
+        assert!(ends_clean("detach_sigint", &[], |l| signal(
+            l,
+            libc::SIGINT
+        )));
+    }
+}
+
+#[test]
+fn sigterm_detaches_and_reports() {
+    if bpf_available() {
+        assert!(ends_clean("detach_sigterm", &[], |l| signal(
+            l,
+            libc::SIGTERM
+        )));
+    }
+}
+
+#[test]
+fn sighup_detaches_and_reports() {
+    if bpf_available() {
+        assert!(ends_clean("detach_sighup", &[], |l| signal(
+            l,
+            libc::SIGHUP
+        )));
+    }
+}
+
+#[test]
+fn the_end_of_the_window_detaches_and_reports() {
+    if bpf_available() {
+        assert!(ends_clean("detach_duration", &["-d", "1s"], |_| {}));
+    }
+}
+
+#[test]
+fn kill_9_leaves_nothing_attached() {
+    if bpf_available() {
+        // No report can be written; the kernel takes the probes away with leaktrace's files.
+        ends_clean("detach_kill", &[], |l| signal(l, libc::SIGKILL));
+    }
+}
