@@ -126,3 +126,30 @@ fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
     assert_eq!(drops["stack_unreadable"], 0);
     assert_eq!(drops["ring_buffer_full"], 0);
 }
+
+#[test]
+fn a_ring_buffer_too_small_loses_events_and_says_so() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("cxx");
+    let (report, stdout) = launch_json(
+        "small_ring",
+        &["--ring-bytes", "4096"],
+        &binary,
+        &["count", "200000"],
+    );
+    let lost = report["drops"]["ring_buffer_full"].as_u64().unwrap();
+    assert!(
+        lost > 0,
+        "200,000 events through 4 KiB: {}",
+        report["drops"]
+    );
+    assert!(
+        stdout
+            .iter()
+            .any(|l| l.starts_with("drops: ring buffer full")
+                && l.contains("the numbers above are a lower bound")),
+        "{stdout:#?}"
+    );
+}

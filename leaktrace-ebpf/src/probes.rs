@@ -16,7 +16,7 @@ use leaktrace_common::{
     StackSample,
 };
 
-/// Userspace sizes it with `--ring-bytes`; this is the default.
+/// Userspace sizes it with `--ring-bytes` (8 MiB by default).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 

@@ -94,6 +94,11 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub unwind: UnwindMode,
 
+    /// Size of the ring buffer that carries events to leaktrace: a power of two, at least a
+    /// page. Too small for the event rate, events are lost (and counted).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+
     /// Bytes of stack copied for CFI unwinding (at most 16384).
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1024..=16384))]
@@ -149,6 +154,14 @@ pub enum Watch {
     },
 }
 
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err("must be a power of two of at least 4096".into());
+    }
+    Ok(bytes)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("{e}; write a duration like 500ms, 30s or 5m"))?;
@@ -184,6 +197,8 @@ mod tests {
             &["leaktrace", "-T", "0"],
             &["leaktrace", "-p", "1", "--", "ls"],
             &["leaktrace", "-p", "-5"],
+            &["leaktrace", "--ring-bytes", "5000"],
+            &["leaktrace", "--ring-bytes", "1024"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

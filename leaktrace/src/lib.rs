@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
         UnwindMode::Fp => 0,
         UnwindMode::Dwarf | UnwindMode::Auto => cli.stack_bytes,
     };
-    let mut probes = ProbeSet::attach(target.pid, &plan, stack_bytes)?;
+    let mut probes = ProbeSet::attach(target.pid, &plan, stack_bytes, cli.ring_bytes)?;
     // Open the target's files now: a launched command may be gone by the first event.
     let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
         .with_context(|| format!("read /proc/{}/maps", target.pid))?;

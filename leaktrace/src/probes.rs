@@ -69,12 +69,18 @@ impl ProbeSet {
     /// still closed. The window switch makes the order of attaching irrelevant.
     ///
     /// `stack_bytes` is how much stack each new stack's sample copies for CFI unwinding; 0 for
-    /// none (frame pointers only).
-    pub fn attach(pid: u32, plan: &ProbePlan, stack_bytes: u32) -> Result<ProbeSet> {
+    /// none (frame pointers only). `ring_bytes` sizes the ring buffer.
+    pub fn attach(
+        pid: u32,
+        plan: &ProbePlan,
+        stack_bytes: u32,
+        ring_bytes: u32,
+    ) -> Result<ProbeSet> {
         preflight()?;
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         loader.override_global("STACK_BYTES", &stack_bytes, true);
+        loader.map_max_entries(maps::EVENTS, ring_bytes);
         let mut ebpf = loader.load(OBJECT).map_err(|error| {
             classify(
                 anyhow::Error::new(error),

@@ -1,0 +1,52 @@
+//! Tracing changes nothing the target does: the same output, the same exit code.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn a_traced_multithreaded_program_computes_what_it_computes_untraced() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("checksum");
+    let untraced = Command::new(&binary).output().unwrap();
+    let checksum = |stdout: &[u8]| {
+        String::from_utf8_lossy(stdout)
+            .lines()
+            .find(|l| l.starts_with("checksum "))
+            .map(str::to_owned)
+    };
+    let expected = checksum(&untraced.stdout).expect("the fixture prints its checksum");
+    assert_eq!(
+        untraced.status.code(),
+        Some(fixture_define("checksum", "EXIT_CODE") as i32)
+    );
+
+    let json = output_path("unchanged", "json");
+    let traced = Command::new(LEAKTRACE)
+        .arg("--json")
+        .arg(&json)
+        .arg("--")
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert!(
+        traced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    assert_eq!(checksum(&traced.stdout), Some(expected));
+    let report = read_json(&json);
+    assert_eq!(
+        report["ending"]["target_exited"]["status"],
+        fixture_define("checksum", "EXIT_CODE"),
+        "the target's exit code is its own"
+    );
+    // And it was traced: every round's block was seen and freed.
+    let rounds = fixture_define("checksum", "THREADS") * fixture_define("checksum", "ROUNDS");
+    assert!(report["totals"]["allocs"].as_u64().unwrap() >= rounds * 2);
+    assert_nothing_lost(&report);
+}
