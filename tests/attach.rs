@@ -238,3 +238,36 @@ fn sigterm_ends_the_capture_with_a_report() {
     assert_eq!(report["ending"], "interrupted");
     assert!(sites_of(&report, "leak_here").live_bytes > 0);
 }
+
+/// The allocator library deleted while the target runs (an upgrade under a live process): the
+/// probes go on the mapped inode itself, through /proc/PID/map_files.
+#[test]
+fn a_deleted_allocator_library_is_still_probed() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("deleted-libc");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let libc = dir.join("libc.so.6");
+    fs::copy("/lib/x86_64-linux-gnu/libc.so.6", &libc).unwrap();
+    let mut fixture = Running::start(
+        Command::new(build_fixture("fixture"))
+            .arg("burst")
+            .env("LD_LIBRARY_PATH", &dir),
+    );
+    fixture.stdout.wait_for(|l| l == "ready", WAIT);
+    fs::remove_file(&libc).unwrap();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", fixture.pid())).unwrap();
+    assert!(maps.contains("libc.so.6 (deleted)"), "{maps}");
+
+    let json = output_path("deleted_libc", "json");
+    let mut leaktrace = attach_with_json(fixture.pid(), &json);
+    run_burst(&mut fixture);
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert!(report["allocator"].as_str().unwrap().ends_with("libc.so.6"));
+    let leak = sites_of(&report, "leak_here");
+    assert_eq!(leak.live_allocations, define("BURST_LEAKS"));
+}

@@ -108,3 +108,31 @@ fn an_output_path_that_is_a_symbolic_link_exits_8_before_attaching() {
     let output = run(&["--json", link.to_str().unwrap(), "-p", "1"]);
     assert_one_line_error(&output, 8, "symbolic link");
 }
+
+#[test]
+fn a_kernel_thread_exits_9() {
+    // kthreadd is pid 2 on Linux.
+    let output = run(&["-p", "2"]);
+    assert_one_line_error(&output, 9, "kernel thread");
+}
+
+#[test]
+fn a_zombie_exits_10() {
+    // A child that has exited and that we do not reap yet.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .contains(") Z ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = run(&["-p", &pid.to_string()]);
+    child.wait().unwrap();
+    assert_one_line_error(&output, 10, "zombie");
+}

@@ -152,7 +152,7 @@ pub struct ProbePoint {
     pub symbol: String,
     /// The module as the target sees it.
     pub module: PathBuf,
-    /// The same file as leaktrace can open it, through `/proc/PID/root`, so containers work.
+    /// The same file as leaktrace can open it ([`module_file`]).
     pub host_path: PathBuf,
     /// File offset of the function's first instruction.
     pub offset: u64,
@@ -286,6 +286,18 @@ fn file_offset<'data, R: object::ReadRef<'data>>(
     })
 }
 
+/// The file the target has mapped at `path`, as leaktrace can open it: its
+/// `/proc/PID/map_files` entry, which is the mapped inode itself even when the path is gone,
+/// replaced or in another mount namespace; failing that, the path through `/proc/PID/root`.
+pub fn module_file(pid: u32, maps: &ProcessMaps, path: &Path) -> PathBuf {
+    maps.mappings()
+        .iter()
+        .find(|m| m.path.as_deref() == Some(path))
+        .map(|m| m.map_file(pid))
+        .filter(|file| std::fs::File::open(file).is_ok())
+        .unwrap_or_else(|| host_path(pid, path))
+}
+
 /// `path` inside the target's mount namespace, seen from ours.
 pub fn host_path(pid: u32, path: &Path) -> PathBuf {
     Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
@@ -335,7 +347,7 @@ impl AllocatorSearch {
         for path in &mapped {
             self.modules
                 .entry(path.clone())
-                .or_insert_with(|| ModuleInfo::read(&host_path(pid, path), &prefix));
+                .or_insert_with(|| ModuleInfo::read(&module_file(pid, maps, path), &prefix));
         }
         let order = self.scope_order(pid, &mapped)?;
 
@@ -372,7 +384,7 @@ impl AllocatorSearch {
                 function,
                 symbol,
                 module: module.clone(),
-                host_path: host_path(pid, module),
+                host_path: module_file(pid, maps, module),
                 offset,
             });
         }

@@ -20,6 +20,10 @@ pub enum Failure {
     LaunchFailed { command: String, source: io::Error },
     #[error("cannot write {}: {reason}", path.display())]
     OutputPath { path: PathBuf, reason: String },
+    #[error("pid {0} is a kernel thread: it has no user-space allocator to trace")]
+    KernelThread(u32),
+    #[error("pid {0} is a zombie: it has exited and waits for its parent to reap it")]
+    Zombie(u32),
 }
 
 /// Exit code for failures that are not a [`Failure`].
@@ -37,6 +41,8 @@ impl Failure {
             Failure::KernelUnsupported(_) => 6,
             Failure::LaunchFailed { .. } => 7,
             Failure::OutputPath { .. } => 8,
+            Failure::KernelThread(_) => 9,
+            Failure::Zombie(_) => 10,
         }
     }
 }
@@ -86,6 +92,8 @@ mod tests {
                 path: "x".into(),
                 reason: "y".into(),
             },
+            Failure::KernelThread(1),
+            Failure::Zombie(1),
         ];
         let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
         codes.extend([EXIT_OTHER, EXIT_USAGE, 0]);

@@ -50,6 +50,14 @@ impl Target {
             .ok()
             .filter(|&p| p > 0)
             .ok_or(Failure::NoSuchProcess(pid))?;
+        // What the pid is comes first: a kernel thread is no one's to trace.
+        let (state, flags) = stat_state_and_flags(pid).ok_or(Failure::NoSuchProcess(pid))?;
+        if flags & PF_KTHREAD != 0 {
+            return Err(Failure::KernelThread(pid).into());
+        }
+        if state == 'Z' {
+            return Err(Failure::Zombie(pid).into());
+        }
         match kill(Pid::from_raw(nix_pid), None) {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Err(Failure::NoSuchProcess(pid).into()),
@@ -147,6 +155,19 @@ impl Target {
             _ => None,
         }
     }
+}
+
+/// The kernel's flag for kernel threads, in /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The state letter and the flags of /proc/PID/stat. The command name before them is in
+/// parentheses and may hold spaces and parentheses itself: read from the last ')'.
+fn stat_state_and_flags(pid: u32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some((state, flags))
 }
 
 /// A process's program name: `argv[0]`'s file name, else /proc/PID/comm (cut at 15 bytes).
