@@ -271,3 +271,24 @@ fn a_deleted_allocator_library_is_still_probed() {
     let leak = sites_of(&report, "leak_here");
     assert_eq!(leak.live_allocations, define("BURST_LEAKS"));
 }
+
+#[test]
+fn a_target_that_crashes_mid_capture_ends_it_with_a_report() {
+    if !bpf_available() {
+        return;
+    }
+    let mut fixture = start_fixture("crash");
+    let json = output_path("attach_target_crash", "json");
+    let mut leaktrace = attach_with_json(fixture.pid(), &json);
+    run_burst(&mut fixture);
+    // The fixture dies of SIGSEGV on its own; leaktrace notices and reports.
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert!(
+        report["ending"]["target_exited"].is_object(),
+        "{}",
+        report["ending"]
+    );
+    let leak = sites_of(&report, "leak_here");
+    assert_eq!(leak.live_allocations, define("BURST_LEAKS"));
+}
