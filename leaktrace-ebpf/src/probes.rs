@@ -189,11 +189,16 @@ fn event(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) -> Al
 
 #[inline(always)]
 fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
+    send(event(pid_tgid, kind, address, size, stack_id));
+}
+
+#[inline(always)]
+fn send(record: AllocEvent) {
     let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
     };
-    entry.write(event(pid_tgid, kind, address, size, stack_id));
+    entry.write(record);
     entry.submit(0);
 }
 
@@ -218,14 +223,10 @@ fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64
                     let _ = SAMPLED.insert(&key, &1, 0);
                 }
             }
-            let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
-                count_drop(DropCounter::RingBufferFull);
-                return;
-            };
-            let mut record = event(pid_tgid, kind, address, size, id as i32);
-            record.stack_hash = hash;
-            entry.write(record);
-            entry.submit(0);
+            send(AllocEvent {
+                stack_hash: hash,
+                ..event(pid_tgid, kind, address, size, id as i32)
+            });
         }
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);

@@ -3,7 +3,7 @@
 //! file a .gnu_debugaltlink names.
 
 use std::{
-    fs::{self, File},
+    fs::File,
     io::Read,
     path::{Path, PathBuf},
 };
@@ -97,8 +97,8 @@ impl DebugDirs {
     /// The dwz file that `.gnu_debugaltlink` names: a path (relative to the debug file) or,
     /// failing that, its build-id.
     fn supplementary_file(&self, main: &Path) -> Option<PathBuf> {
-        let data = fs::read(main).ok()?;
-        let file = object::File::parse(&*data).ok()?;
+        let cache = object::ReadCache::new(File::open(main).ok()?);
+        let file = object::File::parse(&cache).ok()?;
         let (name, build_id) = file.gnu_debugaltlink().ok()??;
         let named = main
             .parent()?

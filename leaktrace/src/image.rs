@@ -220,22 +220,8 @@ impl TracedImage {
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let now = self.now();
-        let filtered = self.filter.is_active().then(|| {
-            let now_ms = (now * 1000.0) as u32;
-            self.ledger.filtered_live(&self.filter, now_ms)
-        });
-        let mut sites: Vec<_> = self
-            .ledger
-            .sites()
-            .map(|(site, _, stats)| {
-                let mut stats = *stats;
-                if let Some(live) = &filtered {
-                    (stats.live_bytes, stats.live_allocations) = live[site.index()];
-                }
-                (site, stats)
-            })
-            .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
-            .collect();
+        let mut sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
+        sites.retain(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs);
         match sort {
             SortKey::Growth => sites.sort_by(|a, b| {
                 let growth = |site| self.trends.growth(site).bytes_per_s;
@@ -281,14 +267,11 @@ impl TracedImage {
             ending,
             live_filter: self.filter.is_active().then(|| describe(&self.filter)),
         };
-        let live = self.filter.is_active().then(|| {
-            let now_ms = self.ms(end_ns);
-            self.ledger.filtered_live(&self.filter, now_ms)
-        });
+        let sites = self.ledger.site_stats(&self.filter, self.ms(end_ns));
         let mut report = Report::build(
             header,
             &self.ledger,
-            live,
+            sites,
             &self.trends,
             &mut self.call_sites,
             &mut self.symbolizer,

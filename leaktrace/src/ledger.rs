@@ -284,18 +284,26 @@ impl Ledger {
             .map(|(index, (stats, &stack))| (SiteId(index as u32), stack, stats))
     }
 
-    /// Live bytes and blocks per site (by [`SiteId`] index) counting only the blocks `filter`
-    /// keeps at `now_ms`. One pass over the outstanding blocks.
-    pub fn filtered_live(&self, filter: &BlockFilter, now_ms: u32) -> Vec<(u64, u64)> {
-        let mut live = vec![(0, 0); self.sites.len()];
-        for block in self.outstanding.values() {
-            if filter.keeps(block, now_ms) {
-                let entry = &mut live[block.site.index()];
-                entry.0 += block.size;
-                entry.1 += 1;
+    /// Every site's stats, its live bytes and blocks counting only the blocks `filter` keeps
+    /// at `now_ms` (one pass over the outstanding blocks when a filter is in force).
+    pub fn site_stats(&self, filter: &BlockFilter, now_ms: u32) -> Vec<(SiteId, SiteStats)> {
+        let mut sites: Vec<(SiteId, SiteStats)> = self
+            .sites()
+            .map(|(site, _, stats)| (site, *stats))
+            .collect();
+        if filter.is_active() {
+            for (_, stats) in &mut sites {
+                (stats.live_bytes, stats.live_allocations) = (0, 0);
+            }
+            for block in self.outstanding.values() {
+                if filter.keeps(block, now_ms) {
+                    let stats = &mut sites[block.site.index()].1;
+                    stats.live_bytes += block.size;
+                    stats.live_allocations += 1;
+                }
             }
         }
-        live
+        sites
     }
 
     /// For windows of `window_ms` from the start: per window, per site (by index), the live
@@ -488,12 +496,17 @@ mod tests {
             min_age_ms: 5_000,
             ..BlockFilter::default()
         };
-        assert_eq!(ledger.filtered_live(&old, 10_000)[site.index()], (5100, 2));
+        let live = |filter: &BlockFilter| {
+            let stats = ledger.site_stats(filter, 10_000)[site.index()].1;
+            (stats.live_bytes, stats.live_allocations)
+        };
+        assert_eq!(live(&old), (5100, 2));
         let small = BlockFilter {
             max_size: 1000,
             ..BlockFilter::default()
         };
-        assert_eq!(ledger.filtered_live(&small, 10_000)[site.index()], (200, 2));
+        assert_eq!(live(&small), (200, 2));
+        assert_eq!(live(&BlockFilter::default()), (5200, 3));
         assert!(!BlockFilter::default().is_active() && small.is_active());
     }
 

@@ -20,7 +20,7 @@ pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_b
 
 use crate::{
     callsite::CallSites,
-    ledger::{Ledger, SiteStats, Totals},
+    ledger::{Ledger, SiteId, SiteStats, Totals},
     probes::DropCounts,
     procmem::MemorySample,
     symbolize::{Frame, Symbolizer},
@@ -79,30 +79,20 @@ pub struct Report {
 }
 
 impl Report {
-    /// `live` replaces each site's live bytes and blocks (by site index) when a
-    /// [`crate::ledger::BlockFilter`] is in force.
+    /// `sites` are the ledger's sites with their stats as the report counts them
+    /// ([`Ledger::site_stats`]).
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
-        live: Option<Vec<(u64, u64)>>,
+        mut sites: Vec<(SiteId, SiteStats)>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
-        let mut sites: Vec<_> = ledger
-            .sites()
-            .map(|(site, _, stats)| (site, *stats))
-            .collect();
-        if let Some(live) = &live {
-            (totals.live_bytes, totals.live_allocations) = (0, 0);
-            for (site, stats) in &mut sites {
-                (stats.live_bytes, stats.live_allocations) = live[site.index()];
-                totals.live_bytes += stats.live_bytes;
-                totals.live_allocations += stats.live_allocations;
-            }
-        }
+        totals.live_bytes = sites.iter().map(|(_, s)| s.live_bytes).sum();
+        totals.live_allocations = sites.iter().map(|(_, s)| s.live_allocations).sum();
         sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
         let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
