@@ -2,13 +2,23 @@
 
 mod support;
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use support::*;
 
 /// Starts `fixture MODE` and waits until it says it is ready (libc loaded, main running).
 fn start_fixture(mode: &str) -> Running {
     start_ready(&build_fixture("fixture"), &[mode])
+}
+
+/// `fixture MODE` (burst or crash) with leaktrace attached, its burst done: the fixture,
+/// leaktrace, and where its JSON report goes.
+fn burst_under_leaktrace(mode: &str, test: &str) -> (Running, Running, PathBuf) {
+    let mut fixture = start_fixture(mode);
+    let json = output_path(test, "json");
+    let leaktrace = attach_with_json(fixture.pid(), &json, &[]);
+    run_burst(&mut fixture);
+    (fixture, leaktrace, json)
 }
 
 /// Lets a `fixture burst` run its burst and waits until it is done.
@@ -26,10 +36,7 @@ fn attach_counts_every_block_of_a_burst_exactly() {
     if !bpf_available() {
         return;
     }
-    let mut fixture = start_fixture("burst");
-    let json = output_path("attach_burst", "json");
-    let mut leaktrace = attach_with_json(fixture.pid(), &json);
-    run_burst(&mut fixture);
+    let (_fixture, mut leaktrace, json) = burst_under_leaktrace("burst", "attach_burst");
     leaktrace.signal(libc::SIGINT);
     assert_eq!(
         leaktrace.wait(WAIT),
@@ -114,21 +121,9 @@ fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
     let mut fixture = start_fixture("continuous");
     let json = output_path("attach_continuous", "json");
     let folded = output_path("attach_continuous", "folded");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args([
-                "-p",
-                &fixture.pid().to_string(),
-                "-d",
-                "3s",
-                "-i",
-                "1s",
-                "--json",
-            ])
-            .arg(&json)
-            .arg("--folded")
-            .arg(&folded),
-    );
+    let folded_arg = folded.to_str().unwrap();
+    let args = ["-d", "3s", "-i", "1s", "--folded", folded_arg];
+    let mut leaktrace = attach_with_json(fixture.pid(), &json, &args);
     assert_eq!(
         leaktrace.wait(WAIT),
         0,
@@ -205,10 +200,7 @@ fn a_target_that_exits_mid_capture_ends_it_with_a_report() {
     if !bpf_available() {
         return;
     }
-    let mut fixture = start_fixture("burst");
-    let json = output_path("attach_target_exit", "json");
-    let mut leaktrace = attach_with_json(fixture.pid(), &json);
-    run_burst(&mut fixture);
+    let (fixture, mut leaktrace, json) = burst_under_leaktrace("burst", "attach_target_exit");
     fixture.signal(libc::SIGKILL);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
 
@@ -230,7 +222,7 @@ fn sigterm_ends_the_capture_with_a_report() {
     }
     let fixture = start_fixture("continuous");
     let json = output_path("attach_sigterm", "json");
-    let mut leaktrace = attach_with_json(fixture.pid(), &json);
+    let mut leaktrace = attach_with_json(fixture.pid(), &json, &[]);
     std::thread::sleep(Duration::from_millis(500));
     leaktrace.signal(libc::SIGTERM);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
@@ -262,7 +254,7 @@ fn a_deleted_allocator_library_is_still_probed() {
     assert!(maps.contains("libc.so.6 (deleted)"), "{maps}");
 
     let json = output_path("deleted_libc", "json");
-    let mut leaktrace = attach_with_json(fixture.pid(), &json);
+    let mut leaktrace = attach_with_json(fixture.pid(), &json, &[]);
     run_burst(&mut fixture);
     leaktrace.signal(libc::SIGINT);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
@@ -277,10 +269,7 @@ fn a_target_that_crashes_mid_capture_ends_it_with_a_report() {
     if !bpf_available() {
         return;
     }
-    let mut fixture = start_fixture("crash");
-    let json = output_path("attach_target_crash", "json");
-    let mut leaktrace = attach_with_json(fixture.pid(), &json);
-    run_burst(&mut fixture);
+    let (_fixture, mut leaktrace, json) = burst_under_leaktrace("crash", "attach_target_crash");
     // The fixture dies of SIGSEGV on its own; leaktrace notices and reports.
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let report = read_json(&json);

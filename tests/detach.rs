@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 use leaktrace::{
     allocator::{AllocatorChoice, AllocatorSearch},
@@ -51,13 +51,7 @@ fn ends_clean(test: &str, args: &[&str], end: impl FnOnce(&Running)) -> bool {
     let target = start_ready(&build_fixture("fixture"), &["continuous"]);
     let json = output_path(test, "json");
     let _ = fs::remove_file(&json);
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-p", &target.pid().to_string(), "--json"])
-            .arg(&json)
-            .args(args),
-    );
-    leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    let mut leaktrace = attach_with_json(target.pid(), &json, args);
     let planted = probed_bytes(target.pid());
     assert!(!planted.is_empty());
     assert!(

@@ -111,8 +111,21 @@ fn an_output_path_that_is_a_symbolic_link_exits_8_before_attaching() {
 
 #[test]
 fn a_kernel_thread_exits_9() {
-    // kthreadd is pid 2 on Linux.
-    let output = run(&["-p", "2"]);
+    // A kernel thread has PF_KTHREAD (0x00200000) in the flags of /proc/PID/stat.
+    let kernel_thread = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after_name = stat.rsplit(')').next().unwrap_or_default();
+            let flags = after_name
+                .split_whitespace()
+                .nth(6)
+                .and_then(|f| f.parse::<u64>().ok());
+            flags.is_some_and(|f| f & 0x0020_0000 != 0)
+        })
+        .expect("kernel threads are visible in /proc");
+    let output = run(&["-p", &kernel_thread.to_string()]);
     assert_one_line_error(&output, 9, "kernel thread");
 }
 

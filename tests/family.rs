@@ -280,7 +280,7 @@ fn threads_created_after_attach_are_traced() {
     let binary = build_fixture("threads");
     let mut target = start_ready(&binary, &["wait"]);
     let json = output_path("threads_after_attach", "json");
-    let mut leaktrace = attach_with_json(target.pid(), &json);
+    let mut leaktrace = attach_with_json(target.pid(), &json, &[]);
     target.signal(libc::SIGUSR1);
     target.stdout.wait_for(|l| l == "done", WAIT);
     leaktrace.signal(libc::SIGINT);

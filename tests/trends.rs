@@ -14,19 +14,7 @@ fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
     let json = output_path("trends", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args([
-                "-p",
-                &target.pid().to_string(),
-                "-i",
-                "1s",
-                "-d",
-                "10s",
-                "--json",
-            ])
-            .arg(&json),
-    );
+    let mut leaktrace = attach_with_json(target.pid(), &json, &["-i", "1s", "-d", "10s"]);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();
     let report = read_json(&json);
@@ -85,19 +73,7 @@ fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
     let binary = build_fixture("rss");
     let target = start_ready(&binary, &["map"]);
     let json = output_path("rss_divergence", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args([
-                "-p",
-                &target.pid().to_string(),
-                "-i",
-                "500ms",
-                "-d",
-                "5s",
-                "--json",
-            ])
-            .arg(&json),
-    );
+    let mut leaktrace = attach_with_json(target.pid(), &json, &["-i", "500ms", "-d", "5s"]);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();
     assert!(
@@ -118,11 +94,10 @@ fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
     let json = output_path("min_age", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-p", &target.pid().to_string(), "-i", "1s", "--count", "4"])
-            .args(["-o", "2s", "--json"])
-            .arg(&json),
+    let mut leaktrace = attach_with_json(
+        target.pid(),
+        &json,
+        &["-i", "1s", "--count", "4", "-o", "2s"],
     );
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let report = read_json(&json);

@@ -236,7 +236,7 @@ fn a_target_in_its_own_mount_namespace_is_symbolized() {
         "the path is the namespace's own"
     );
     let json = output_path("mount_namespace", "json");
-    let mut leaktrace = attach_with_json(target.pid(), &json);
+    let mut leaktrace = attach_with_json(target.pid(), &json, &[]);
     target.signal(libc::SIGUSR1);
     target.stdout.wait_for(|l| l == "burst done", WAIT);
     leaktrace.signal(libc::SIGINT);

@@ -339,12 +339,13 @@ pub fn launch_json(
     (read_json(&json), stdout)
 }
 
-/// `leaktrace -p PID --json JSON`, once its probes are in.
-pub fn attach_with_json(pid: u32, json: &Path) -> Running {
+/// `leaktrace -p PID --json JSON ARGS…`, once its probes are in.
+pub fn attach_with_json(pid: u32, json: &Path, args: &[&str]) -> Running {
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
             .args(["-p", &pid.to_string(), "--json"])
-            .arg(json),
+            .arg(json)
+            .args(args),
     );
     leaktrace.stderr.wait_for(is_attached_line, WAIT);
     leaktrace
