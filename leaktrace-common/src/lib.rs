@@ -3,7 +3,9 @@
 //! Both sides compile this crate, so a field added here cannot be read differently on the two
 //! sides. Everything is `#[repr(C)]` with explicit padding-free layouts, because the kernel copies
 //! these bytes verbatim through the ring buffer.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod sampling;
 
 /// One allocator event, as the ring buffer carries it.
 ///
@@ -18,16 +20,19 @@ pub struct AllocEvent {
     pub address: u64,
     /// Requested bytes for an allocation; 0 for a free.
     pub size: u64,
-    /// With DWARF unwinding: a hash of the return addresses found past the frame pointers'
-    /// reach, through return-address offsets userspace learned from earlier stack copies
-    /// (`RETURN_OFFSETS`). Two allocations with one frame-pointer stack but different callers
-    /// deeper down differ here. 0 when not computed.
+    /// With stack copies (DWARF unwinding): the stack's key, a hash of the return address and
+    /// of the callers' return addresses found through offsets userspace learned from earlier
+    /// copies (`RETURN_OFFSETS`), never 0. The probe walks no frame pointers then: in code
+    /// built without them that walk costs microseconds and finds nothing. 0 when the stack is
+    /// a frame-pointer one (`stack_id`).
     pub stack_hash: u64,
     /// Process id (thread group id) of the caller.
     pub tgid: u32,
     /// Thread id of the caller.
     pub tid: u32,
-    /// Id in the `STACKS` map, or a negative errno when the stack could not be recorded.
+    /// Id in the `STACKS` map (frame pointers), or a negative errno when the stack could not
+    /// be recorded. With stack copies it is 0, unless the copy could not be sent and the probe
+    /// fell back to frame pointers.
     pub stack_id: i32,
     /// One of the `EVENT_*` constants.
     pub kind: u32,
@@ -63,7 +68,7 @@ pub const EVENT_MUNMAP: u32 = 10;
 pub const MAX_STACK_DEPTH: usize = 127;
 
 /// [`AllocEvent::kind`] of a [`StackSample`]: sent just before the allocation event of the
-/// first allocation with a new stack id (`stack_id`), when DWARF unwinding is on.
+/// first allocation with a new stack key (`stack_hash`), when DWARF unwinding is on.
 pub const EVENT_STACK_SAMPLE: u32 = 11;
 
 /// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer). The
@@ -121,16 +126,20 @@ pub enum DropCounter {
     /// A stack copy was not sent because the ring buffer was more than half full: the
     /// allocation is counted, its stack taken by frame pointers only. Not a loss of events.
     StackSampleSkipped = 4,
+    /// Sampling only: the map of sampled live blocks was full. The allocation is not recorded
+    /// (its free could not be recognised), so the estimates miss it.
+    SampledMapFull = 5,
 }
 
 impl DropCounter {
     /// Every counter, in slot order.
-    pub const ALL: [DropCounter; 5] = [
+    pub const ALL: [DropCounter; 6] = [
         DropCounter::RingBufferFull,
         DropCounter::StackMapFull,
         DropCounter::StackUnreadable,
         DropCounter::PendingMapFull,
         DropCounter::StackSampleSkipped,
+        DropCounter::SampledMapFull,
     ];
 }
 
@@ -145,6 +154,7 @@ pub mod maps {
     pub const CONTROL: &str = "CONTROL";
     pub const TRACED: &str = "TRACED";
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
+    pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
 }
 
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.

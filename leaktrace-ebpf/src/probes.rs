@@ -2,8 +2,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_bytes,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_bytes,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -13,7 +13,7 @@ use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
     EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
     EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, MAX_STACK_COPY,
-    StackSample,
+    StackSample, sampling,
 };
 
 /// Userspace sizes it with `--ring-bytes` (8 MiB by default).
@@ -39,10 +39,16 @@ static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Stacks (stack id and hash) already sent as a [`StackSample`]: one sample stands for every
-/// later allocation with the same stack.
+/// Stack keys already sent with a [`StackSample`]: one copy stands for every later allocation
+/// with the same key.
 #[map]
-static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+static COPIED_STACKS: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+/// When sampling: the addresses of the live blocks that were recorded, so that a free of any
+/// other block costs one failed map delete and sends nothing. Userspace sizes it at load (one
+/// entry when not sampling).
+#[map]
+static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1 << 18, 0);
 
 /// Where, above sp, the return address lies at a given return address: learned by userspace
 /// from the CFI unwinding of stack copies. With it the probe can follow a stack past where
@@ -54,11 +60,18 @@ static RETURN_OFFSETS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 const LEARNED_FRAMES: usize = 32;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// A hash of the return addresses reachable through learned offsets from the current frame.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The stack's key: a hash of the process, the allocation's return address and the callers'
+/// return addresses reachable from it through learned offsets; never 0. Until userspace has
+/// learned a frame's offset (from the first copy of a stack through it) the walk stops there,
+/// so a stack's key grows longer, once, as its frames are learned. The process is in the key
+/// because each process (a forked child too) unwinds its own copies.
 #[inline(always)]
-fn learned_stack_hash(ctx: &RetProbeContext) -> u64 {
+fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
     let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
-    let mut hash = 0u64;
+    let mut hash = (FNV_OFFSET ^ (pid_tgid >> 32)).wrapping_mul(FNV_PRIME);
+    hash = (hash ^ pc).wrapping_mul(FNV_PRIME);
     for _ in 0..LEARNED_FRAMES {
         let Some(offset) = (unsafe { RETURN_OFFSETS.get(&pc) }) else {
             break;
@@ -71,12 +84,59 @@ fn learned_stack_hash(ctx: &RetProbeContext) -> u64 {
         sp = slot + 8;
         pc = return_address;
     }
-    hash
+    hash | 1
 }
 
-/// Bytes of stack each sample copies; 0 turns sampling (DWARF unwinding) off. Set at load.
+/// Bytes of stack each sample copies; 0 turns stack copies (DWARF unwinding) off. Set at load.
 #[unsafe(no_mangle)]
 static STACK_BYTES: u32 = 0;
+
+/// Which allocations are recorded: one of [`sampling`]'s modes, and its parameter. Set at load.
+#[unsafe(no_mangle)]
+static SAMPLE_MODE: u32 = sampling::MODE_EXACT;
+#[unsafe(no_mangle)]
+static SAMPLE_PARAMETER: u64 = 0;
+
+#[inline(always)]
+fn exact() -> bool {
+    unsafe { core::ptr::read_volatile(&SAMPLE_MODE) == sampling::MODE_EXACT }
+}
+
+/// Whether to record an allocation of `size` bytes: always, unless sampling.
+#[inline(always)]
+fn chosen(size: u64) -> bool {
+    if exact() {
+        return true;
+    }
+    let (mode, parameter) = unsafe {
+        (
+            core::ptr::read_volatile(&SAMPLE_MODE),
+            core::ptr::read_volatile(&SAMPLE_PARAMETER),
+        )
+    };
+    u64::from(unsafe { bpf_get_prandom_u32() }) < sampling::threshold(mode, parameter, size)
+}
+
+/// Keeps a recorded block's address, when sampling, so that its free is recognised; false
+/// (and counted) when there is no room, and then the block must not be reported either.
+#[inline(always)]
+fn remember_block(address: u64) -> bool {
+    if exact() {
+        return true;
+    }
+    if SAMPLED_BLOCKS.insert(&address, &1, 0).is_err() {
+        count_drop(DropCounter::SampledMapFull);
+        return false;
+    }
+    true
+}
+
+/// Whether a freed block was recorded (and forgets it): always when exact; when sampling, one
+/// map delete, which for the many unsampled blocks fails and ends the probe.
+#[inline(always)]
+fn forget_block(address: u64) -> bool {
+    exact() || SAMPLED_BLOCKS.remove(&address).is_ok()
+}
 
 /// What an entry probe leaves for its return probe.
 #[derive(Clone, Copy)]
@@ -93,6 +153,10 @@ struct PendingCall {
     /// counted once, at the outermost call, with that call's stack. Unlike a depth counter, an
     /// entry whose return was never seen cannot wedge the thread: it sits above no later call.
     entry_sp: u64,
+    /// Nonzero when the result is to be recorded. A call sampling passed over is remembered
+    /// all the same, so that what it calls stays silent (operator new must not give its
+    /// malloc a second chance of being sampled).
+    record: u64,
 }
 
 const EEXIST: i32 = 17;
@@ -126,37 +190,57 @@ fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
     }
 }
 
-/// Records an outermost call for its return probe; false when the call is nested (or the window
-/// closed) and must stay silent.
+/// The entry stack pointer of an outermost traced call; None when the call is nested inside
+/// another (or the window is closed) and must stay silent.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64) -> bool {
-    enter_with(ctx, pid_tgid, size, address, 0)
-}
-
-#[inline(always)]
-fn enter_with(ctx: &ProbeContext, pid_tgid: u64, size: u64, address: u64, old_size: u64) -> bool {
+fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<u64> {
     if !window_open() {
-        return false;
+        return None;
     }
     let entry_sp = stack_pointer(ctx.regs);
-    // An entry found below our sp is stale (its return was never seen): replace it.
-    if inside_traced_call(pid_tgid, entry_sp) {
-        return false;
-    }
-    let call = PendingCall {
-        size,
-        address,
-        old_size,
-        entry_sp,
-    };
-    if PENDING.insert(&pid_tgid, &call, 0).is_err() {
+    // An entry found below our sp is stale (its return was never seen): it is replaced.
+    (!inside_traced_call(pid_tgid, entry_sp)).then_some(entry_sp)
+}
+
+/// Keeps a call for its return probe; false (and counted) when there is no room.
+#[inline(always)]
+fn remember_call(pid_tgid: u64, call: &PendingCall) -> bool {
+    if PENDING.insert(&pid_tgid, call, 0).is_err() {
         count_drop(DropCounter::PendingMapFull);
         return false;
     }
     true
 }
 
+/// Records an outermost allocation call of `size` bytes for its return probe, sampled or not.
+#[inline(always)]
+fn enter_alloc(ctx: &ProbeContext, size: u64, address: u64) {
+    enter_call(ctx, size, address, 0, chosen(size));
+}
+
+/// Records an outermost call for its return probe; nested calls stay silent.
+#[inline(always)]
+fn enter_call(ctx: &ProbeContext, size: u64, address: u64, old_size: u64, record: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(entry_sp) = outermost(ctx, pid_tgid) {
+        let call = PendingCall {
+            size,
+            address,
+            old_size,
+            entry_sp,
+            record: u64::from(record),
+        };
+        remember_call(pid_tgid, &call);
+    }
+}
+
 /// Takes this thread's pending call if this return belongs to it (not to a nested call).
+/// A call sampling passed over is taken too, and its result left alone.
+#[inline(always)]
+fn take_recorded(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
+    take_pending(ctx).filter(|(_, call)| call.record != 0)
+}
+
 #[inline(always)]
 fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
     // A call that returns after the window closed is not the window's: leave it.
@@ -204,30 +288,32 @@ fn send(record: AllocEvent) {
 
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
-    emit_with_stack(ctx, pid_tgid, EVENT_ALLOC, address, size);
+    if remember_block(address) {
+        emit_with_stack(ctx, pid_tgid, EVENT_ALLOC, address, size);
+    }
 }
 
-/// An allocation-like event ([`EVENT_ALLOC`] or [`EVENT_MMAP`]) with the caller's stack.
+/// An allocation-like event ([`EVENT_ALLOC`] or [`EVENT_MMAP`]) with the caller's stack: by
+/// its key and, the first time, a copy for userspace to unwind; or by frame pointers, when
+/// copies are off or this one could not be sent.
 #[inline(always)]
 fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => {
-            let id = id as u32;
-            let mut hash = 0;
-            if sampling() {
-                hash = learned_stack_hash(ctx);
-                let key = hash.wrapping_mul(FNV_PRIME) ^ u64::from(id);
-                if unsafe { SAMPLED.get(&key) }.is_none()
-                    && emit_stack_sample(ctx, pid_tgid, id, hash)
-                {
-                    let _ = SAMPLED.insert(&key, &1, 0);
-                }
+    if copies_on() {
+        let hash = learned_stack_hash(ctx, pid_tgid);
+        let copied = unsafe { COPIED_STACKS.get(&hash) }.is_some();
+        if copied || emit_stack_sample(ctx, pid_tgid, hash) {
+            if !copied {
+                let _ = COPIED_STACKS.insert(&hash, &1, 0);
             }
             send(AllocEvent {
                 stack_hash: hash,
-                ..event(pid_tgid, kind, address, size, id as i32)
+                ..event(pid_tgid, kind, address, size, 0)
             });
+            return;
         }
+    }
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => emit(pid_tgid, kind, address, size, id as i32),
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
             let inline_kind = if kind == EVENT_MMAP {
@@ -282,7 +368,7 @@ fn stack_bytes() -> u64 {
 }
 
 #[inline(always)]
-fn sampling() -> bool {
+fn copies_on() -> bool {
     stack_bytes() != 0
 }
 
@@ -298,7 +384,7 @@ static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);
 /// the bytes copied go into the ring buffer, and only while it is less than half full: the
 /// allocation events matter more than their stacks.
 #[inline(always)]
-fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32, stack_hash: u64) -> bool {
+fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64) -> bool {
     let limit = stack_bytes();
     let header = core::mem::offset_of!(StackSample, bytes) as u64;
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -332,7 +418,7 @@ fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_id: u32, stack_
         }
     }
     unsafe {
-        let mut head = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, stack_id as i32);
+        let mut head = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, 0);
         head.stack_hash = stack_hash;
         core::ptr::addr_of_mut!((*record).event).write(head);
         core::ptr::addr_of_mut!((*record).sp).write(sp);
@@ -368,22 +454,21 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 /// malloc, valloc and every operator new: the size is the first argument.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 0), 0);
+    enter_alloc(&ctx, arg(&ctx, 0), 0);
     0
 }
 
 /// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    let size = whole_pages(arg(&ctx, 0)).max(PAGE);
-    enter(&ctx, bpf_get_current_pid_tgid(), size, 0);
+    enter_alloc(&ctx, whole_pages(arg(&ctx, 0)).max(PAGE), 0);
     0
 }
 
 /// memalign and aligned_alloc: (alignment, size).
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 1), 0);
+    enter_alloc(&ctx, arg(&ctx, 1), 0);
     0
 }
 
@@ -391,7 +476,7 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
     if let Some(total) = array_bytes(arg(&ctx, 0), arg(&ctx, 1)) {
-        enter(&ctx, bpf_get_current_pid_tgid(), total, 0);
+        enter_alloc(&ctx, total, 0);
     }
     0
 }
@@ -399,7 +484,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 /// Return probe of everything that returns the new block.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    if let Some((pid_tgid, call)) = take_pending(&ctx) {
+    if let Some((pid_tgid, call)) = take_recorded(&ctx) {
         let address: u64 = ctx.ret();
         if address != 0 {
             emit_alloc(&ctx, pid_tgid, address, call.size);
@@ -408,10 +493,26 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// realloc's old block is reported freed at entry, before the allocator can hand it to
+/// another thread. The call is remembered for the return probe even when neither block is
+/// recorded, so that the free realloc may call stays silent.
 #[inline(always)]
 fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if enter(ctx, pid_tgid, size, old_address) && old_address != 0 {
+    let Some(entry_sp) = outermost(ctx, pid_tgid) else {
+        return;
+    };
+    let freed = old_address != 0 && forget_block(old_address);
+    let call = PendingCall {
+        size,
+        // Only a recorded old block can be live again if realloc fails.
+        address: if freed { old_address } else { 0 },
+        old_size: 0,
+        entry_sp,
+        record: u64::from(chosen(size)),
+    };
+    remember_call(pid_tgid, &call);
+    if freed {
         emit(pid_tgid, EVENT_REALLOC_FREE, old_address, 0, 0);
     }
 }
@@ -439,8 +540,10 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
     };
     let address: u64 = ctx.ret();
     if address != 0 {
-        emit_alloc(&ctx, pid_tgid, address, call.size);
-    } else if call.size != 0 && call.address != 0 {
+        if call.record != 0 {
+            emit_alloc(&ctx, pid_tgid, address, call.size);
+        }
+    } else if call.size != 0 && call.address != 0 && remember_block(call.address) {
         // NULL for a nonzero size is a failure: the old block lives on. (NULL for size 0 is
         // glibc's realloc(p, 0), which freed p.)
         emit(pid_tgid, EVENT_REALLOC_FAILED, 0, 0, 0);
@@ -451,13 +554,13 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 /// posix_memalign(memptr, alignment, size): the block comes back through *memptr.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, bpf_get_current_pid_tgid(), arg(&ctx, 2), arg(&ctx, 0));
+    enter_alloc(&ctx, arg(&ctx, 2), arg(&ctx, 0));
     0
 }
 
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
-    let Some((pid_tgid, call)) = take_pending(&ctx) else {
+    let Some((pid_tgid, call)) = take_recorded(&ctx) else {
         return 0;
     };
     let status: i32 = ctx.ret();
@@ -477,8 +580,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    // realloc(p, 0) and operator delete free through free(): the outer call reports it.
-    if !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
+    // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
+    // has forgotten the block already).
+    if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
         emit(pid_tgid, EVENT_FREE, address, 0, 0);
     }
     0
@@ -490,7 +594,20 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 pub fn delete_enter(ctx: ProbeContext) -> u32 {
     let address = arg(&ctx, 0);
     let pid_tgid = bpf_get_current_pid_tgid();
-    if address != 0 && enter(&ctx, pid_tgid, 0, address) {
+    if address == 0 {
+        return 0;
+    }
+    let Some(entry_sp) = outermost(&ctx, pid_tgid) else {
+        return 0;
+    };
+    let call = PendingCall {
+        size: 0,
+        address,
+        old_size: 0,
+        entry_sp,
+        record: 0,
+    };
+    if remember_call(pid_tgid, &call) && forget_block(address) {
         emit(pid_tgid, EVENT_FREE, address, 0, 0);
     }
     0
@@ -516,12 +633,8 @@ fn whole_pages(bytes: u64) -> u64 {
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     if arg(&ctx, 3) & MAP_ANONYMOUS != 0 {
-        enter(
-            &ctx,
-            bpf_get_current_pid_tgid(),
-            whole_pages(arg(&ctx, 1)),
-            0,
-        );
+        // Mappings are few and large: always recorded, never sampled.
+        enter_call(&ctx, whole_pages(arg(&ctx, 1)), 0, 0, true);
     }
     0
 }
@@ -562,13 +675,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     let old_size = whole_pages(arg(&ctx, 1));
     let new_size = whole_pages(arg(&ctx, 2));
-    enter_with(
-        &ctx,
-        bpf_get_current_pid_tgid(),
-        new_size,
-        arg(&ctx, 0),
-        old_size,
-    );
+    enter_call(&ctx, new_size, arg(&ctx, 0), old_size, true);
     0
 }
 

@@ -11,7 +11,7 @@ use crate::{
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
 ///
 /// A site is a distinct stack of return addresses: however the kernel named it (a stack id,
-/// refined by a hash when unwinding with CFI, or the addresses themselves when sent inline),
+/// the key of a copied stack, or the addresses themselves when sent inline),
 /// the same addresses make the same site. Frames are computed on first use and kept.
 pub struct CallSites {
     allocators: Vec<PathBuf>,
@@ -19,7 +19,8 @@ pub struct CallSites {
     found_by: Vec<Vec<FoundBy>>,
     frames: Vec<Option<Vec<Frame>>>,
     by_addresses: HashMap<Vec<u64>, StackKey>,
-    by_id: HashMap<(u32, u64), StackKey>,
+    /// Stacks the kernel named (a stack id, or a copied stack's key).
+    by_name: HashMap<Stack, StackKey>,
 }
 
 impl CallSites {
@@ -32,14 +33,14 @@ impl CallSites {
             found_by: Vec::new(),
             frames: Vec::new(),
             by_addresses: HashMap::new(),
-            by_id: HashMap::new(),
+            by_name: HashMap::new(),
         }
     }
 
     /// The ledger key of a stack seen before, if it was.
     pub fn known_key(&self, stack: &Stack) -> Option<StackKey> {
         match stack {
-            Stack::Id { id, hash } => self.by_id.get(&(*id, *hash)).copied(),
+            Stack::Id(_) | Stack::Copied(_) => self.by_name.get(stack).copied(),
             Stack::Inline(addresses) => self.by_addresses.get(addresses).copied(),
             Stack::Lost => Some(Ledger::LOST_STACK),
         }
@@ -53,8 +54,8 @@ impl CallSites {
         }
         let next = self.by_addresses.len() as StackKey;
         let key = *self.by_addresses.entry(addresses.to_vec()).or_insert(next);
-        if let Stack::Id { id, hash } = stack {
-            self.by_id.insert((*id, *hash), key);
+        if matches!(stack, Stack::Id(_) | Stack::Copied(_)) {
+            self.by_name.insert(stack.clone(), key);
         }
         key
     }
@@ -189,13 +190,13 @@ mod tests {
     #[test]
     fn the_same_addresses_make_the_same_site_however_they_came() {
         let (mut sites, _) = call_sites_and_symbolizer();
-        let by_id = Stack::Id { id: 7, hash: 0 };
+        let by_id = Stack::Id(7);
         assert_eq!(sites.known_key(&by_id), None);
         let key = sites.intern(&by_id, &[1, 2]);
         assert_eq!(sites.known_key(&by_id), Some(key));
-        // A refined stack id that unwound to the same addresses, and an inline copy of them.
-        let refined = Stack::Id { id: 7, hash: 5 };
-        assert_eq!(sites.intern(&refined, &[1, 2]), key);
+        // A copied stack that unwound to the same addresses, and an inline copy of them.
+        let copied = Stack::Copied(5);
+        assert_eq!(sites.intern(&copied, &[1, 2]), key);
         assert_eq!(sites.known_key(&Stack::Inline(vec![1, 2])), Some(key));
         assert_ne!(sites.intern(&Stack::Inline(vec![1, 3]), &[1, 3]), key);
         assert_eq!(sites.known_key(&Stack::Lost), Some(Ledger::LOST_STACK));

@@ -94,11 +94,8 @@ impl Capture<'_> {
             } => image.record_alloc(address, size, stack, timestamp_ns, mapping, probes),
             Event::Unmap { address, size, .. } => image.ledger_mut().record_munmap(address, size),
             Event::StackSample {
-                stack_id,
-                stack_hash,
-                copy,
-                ..
-            } => image.record_stack_sample(stack_id, stack_hash, &copy, probes),
+                stack_hash, copy, ..
+            } => image.record_stack_sample(stack_hash, &copy, probes),
             Event::Free {
                 address,
                 timestamp_ns,

@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{trends::SortKey, unwind::UnwindMode};
+use crate::{sampling::Sampling, trends::SortKey, unwind::UnwindMode};
 
 /// Find memory leaks in a running process: uprobes on its allocator, live bytes per call site.
 #[derive(Debug, Parser)]
@@ -89,8 +89,8 @@ pub struct Cli {
     #[arg(short = 'f', long)]
     pub follow_forks: bool,
 
-    /// How to take stacks: `fp` frame pointers only; `dwarf` CFI unwinding of a stack copy
-    /// taken with each new stack; `auto` both, keeping whichever goes further.
+    /// How to take stacks: `fp` frame pointers only; `auto` (or `dwarf`) CFI unwinding of a
+    /// copy of each new stack, by frame pointers where a module has no CFI.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub unwind: UnwindMode,
 
@@ -98,6 +98,19 @@ pub struct Cli {
     /// page. Too small for the event rate, events are lost (and counted).
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+
+    /// Record one allocation in N, at random, and scale the figures up by N (like bcc
+    /// memleak's -s). Cheaper; the report's bytes and counts become estimates.
+    #[arg(short = 's', long, value_name = "N", conflicts_with = "sample_bytes",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_rate: Option<u64>,
+
+    /// Record allocations as a Poisson process over allocated bytes, one every BYTES bytes on
+    /// average (as tcmalloc and jemalloc profile; e.g. 524288): large blocks are almost always
+    /// recorded, small ones rarely, and every estimate is unbiased.
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=leaktrace_common::sampling::MAX_MEAN_BYTES))]
+    pub sample_bytes: Option<u64>,
 
     /// Bytes of stack copied for CFI unwinding (at most 16384).
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
@@ -152,6 +165,17 @@ pub enum Watch {
         #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+}
+
+impl Cli {
+    /// The sampling the flags ask for.
+    pub fn sampling(&self) -> Sampling {
+        match (self.sample_rate, self.sample_bytes) {
+            (Some(n), _) if n > 1 => Sampling::EveryNth { n },
+            (_, Some(mean_bytes)) => Sampling::Bytes { mean_bytes },
+            _ => Sampling::Exact,
+        }
+    }
 }
 
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {

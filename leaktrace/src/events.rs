@@ -9,11 +9,13 @@ use leaktrace_common::{
 use crate::unwind::StackCopy;
 
 /// Where an allocation's stack is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Stack {
-    /// In the kernel's stack map, under `id`; `hash` tells apart stacks that share the
-    /// frame-pointer part but differ deeper (see [`AllocEvent::stack_hash`]), 0 if unknown.
-    Id { id: u32, hash: u64 },
+    /// In the kernel's stack map, under `id`: walked by frame pointers.
+    Id(u32),
+    /// Copied for CFI unwinding, under this key ([`AllocEvent::stack_hash`]): the
+    /// [`Event::StackSample`] of the first allocation with the key came just before it.
+    Copied(u64),
     /// In the record itself (the stack map had no room): return addresses, innermost first.
     Inline(Vec<u64>),
     /// Not recorded (the kernel could not read it).
@@ -54,11 +56,10 @@ pub enum Event {
     },
     /// munmap of `[address, address + size)`.
     Unmap { pid: u32, address: u64, size: u64 },
-    /// The stack of the allocation that follows, whose frame-pointer stack is `stack_id`, for
-    /// CFI unwinding.
+    /// The stack of the allocation that follows, whose key is `stack_hash`, for CFI
+    /// unwinding.
     StackSample {
         pid: u32,
-        stack_id: u32,
         stack_hash: u64,
         copy: StackCopy,
     },
@@ -86,10 +87,8 @@ impl Event {
         };
         match raw.kind {
             EVENT_ALLOC | EVENT_MMAP => Some(alloc(match u32::try_from(raw.stack_id) {
-                Ok(id) => Stack::Id {
-                    id,
-                    hash: raw.stack_hash,
-                },
+                _ if raw.stack_hash != 0 => Stack::Copied(raw.stack_hash),
+                Ok(id) => Stack::Id(id),
                 Err(_) => Stack::Lost,
             })),
             EVENT_ALLOC_WITH_STACK | EVENT_MMAP_WITH_STACK => {
@@ -142,7 +141,6 @@ impl Event {
                 let copied = (raw.size as usize).min(bytes.len() - start);
                 Some(Event::StackSample {
                     pid: raw.tgid,
-                    stack_id: u32::try_from(raw.stack_id).ok()?,
                     stack_hash: raw.stack_hash,
                     copy: StackCopy {
                         ip: raw.address,
@@ -211,11 +209,19 @@ mod tests {
                 pid: 7,
                 address: 0x1000,
                 size: 24,
-                stack: Stack::Id { id: 3, hash: 9 },
+                stack: Stack::Copied(9),
                 timestamp_ns: 5,
                 mapping: false,
             })
         );
+        raw.stack_hash = 0;
+        assert!(matches!(
+            Event::decode(&bytes_of(&raw)),
+            Some(Event::Alloc {
+                stack: Stack::Id(3),
+                ..
+            })
+        ));
         raw.stack_id = -14;
         assert!(matches!(
             Event::decode(&bytes_of(&raw)),

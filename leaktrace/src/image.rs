@@ -10,10 +10,11 @@ use crate::{
     probes::monotonic_ns,
     probes::{DropCounts, ProbeSet},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
+    sampling::Sampling,
     symbolize::FoundBy,
     symbolize::Symbolizer,
     trends::{SortKey, Trends},
-    unwind::{DwarfUnwinder, StackCopy, UnwindMode, Unwound},
+    unwind::{DwarfUnwinder, StackCopy, Unwound},
 };
 
 /// "older than 30000 ms, of 16 to 4096 bytes", for the report header.
@@ -50,7 +51,7 @@ fn frame_pointer_stack(addresses: Vec<u64>) -> (Vec<u64>, Vec<FoundBy>) {
 /// How every image is traced and counted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageOptions {
-    pub unwind: UnwindMode,
+    pub sampling: Sampling,
     /// Which live blocks the reports count.
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
@@ -72,13 +73,12 @@ pub struct TracedImage {
     call_sites: CallSites,
     symbolizer: Symbolizer,
     trends: Trends,
-    unwind: UnwindMode,
     /// Which live blocks the report counts.
     filter: BlockFilter,
     windows: Option<(u32, usize)>,
     unwinder: DwarfUnwinder,
-    /// CFI-unwound stacks by stack id and hash, waiting for their allocation event.
-    unwound: HashMap<(u32, u64), Unwound>,
+    /// CFI-unwound stacks by key, waiting for their allocation event.
+    unwound: HashMap<u64, Unwound>,
     /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
@@ -103,11 +103,10 @@ impl TracedImage {
                 .malloc_module()
                 .map_or_else(String::new, |m| m.display().to_string()),
             probed: plan.describe(),
-            ledger: Ledger::default(),
+            ledger: Ledger::new(options.sampling),
             call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
             symbolizer,
             trends: Trends::default(),
-            unwind: options.unwind,
             filter: options.filter,
             windows: options.windows,
             unwinder: DwarfUnwinder::default(),
@@ -133,10 +132,11 @@ impl TracedImage {
             Some(key) => key,
             None => {
                 let (addresses, found_by) = match &stack {
-                    Stack::Id { id, hash } => {
-                        let cfi = self.unwound.remove(&(*id, *hash));
-                        self.best_stack(probes.stack(*id), cfi)
-                    }
+                    Stack::Id(id) => frame_pointer_stack(probes.stack(*id)),
+                    Stack::Copied(hash) => self.unwound.remove(hash).map_or_else(
+                        || (Vec::new(), Vec::new()),
+                        |cfi| (cfi.addresses, cfi.found_by),
+                    ),
                     Stack::Inline(frames) => frame_pointer_stack(frames.clone()),
                     Stack::Lost => (Vec::new(), Vec::new()),
                 };
@@ -162,7 +162,6 @@ impl TracedImage {
     /// offsets goes to the probes, so that later stacks get told apart by their callers.
     pub fn record_stack_sample(
         &mut self,
-        stack_id: u32,
         stack_hash: u64,
         copy: &StackCopy,
         probes: &mut ProbeSet,
@@ -170,33 +169,7 @@ impl TracedImage {
         self.symbolizer.observe(&[copy.ip]);
         let unwound = self.unwinder.unwind(copy, &self.symbolizer);
         probes.learn_return_offsets(&unwound.return_offsets);
-        self.unwound.insert((stack_id, stack_hash), unwound);
-    }
-
-    /// The frame-pointer stack or the CFI one, as `--unwind` says. Auto takes the one that
-    /// goes further through mapped code: frame pointers stop, or stray into data, where a
-    /// module was built without them.
-    fn best_stack(
-        &self,
-        frame_pointers: Vec<u64>,
-        cfi: Option<Unwound>,
-    ) -> (Vec<u64>, Vec<FoundBy>) {
-        let Some(cfi) = cfi else {
-            return frame_pointer_stack(frame_pointers);
-        };
-        let reach = |stack: &[u64]| {
-            stack
-                .iter()
-                .take_while(|&&a| self.symbolizer.is_code(a))
-                .count()
-        };
-        match self.unwind {
-            UnwindMode::Dwarf => (cfi.addresses, cfi.found_by),
-            UnwindMode::Auto if reach(&cfi.addresses) > reach(&frame_pointers) => {
-                (cfi.addresses, cfi.found_by)
-            }
-            UnwindMode::Fp | UnwindMode::Auto => frame_pointer_stack(frame_pointers),
-        }
+        self.unwound.insert(stack_hash, unwound);
     }
 
     pub fn ledger_mut(&mut self) -> &mut Ledger {
@@ -266,6 +239,7 @@ impl TracedImage {
             from_start: self.from_start,
             ending,
             live_filter: self.filter.is_active().then(|| describe(&self.filter)),
+            sampling: self.ledger.sampling(),
         };
         let sites = self.ledger.site_stats(&self.filter, self.ms(end_ns));
         let mut report = Report::build(

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::sampling::Sampling;
+
 /// Index of a call site in the [`Ledger`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteId(pub(crate) u32);
@@ -107,6 +109,9 @@ pub struct Ledger {
     /// Anonymous mappings (`--mmap`) by start address. Unlike a block, a mapping can be
     /// unmapped in part, which leaves up to two pieces, each counted as a live allocation.
     mappings: BTreeMap<u64, Mapped>,
+    /// How heap blocks were sampled: each stands for its [`Sampling::weight`] in the figures.
+    /// Mappings are never sampled.
+    sampling: Sampling,
 }
 
 /// A block realloc freed, kept in case the realloc fails.
@@ -130,6 +135,14 @@ impl Ledger {
     /// A block freed this soon after its allocation counts as temporary.
     pub const TEMPORARY_MS: u32 = 100;
 
+    /// A ledger of blocks recorded under `sampling`.
+    pub fn new(sampling: Sampling) -> Self {
+        Ledger {
+            sampling,
+            ..Ledger::default()
+        }
+    }
+
     /// Records an allocation; returns the site and whether the site is new, so the caller can
     /// fetch the stack once.
     pub fn record_alloc(
@@ -140,11 +153,12 @@ impl Ledger {
         allocated_ms: u32,
     ) -> (SiteId, bool) {
         let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
+        let weight = self.sampling.weight(size);
         let stats = &mut self.sites[site.index()];
-        stats.allocs += 1;
-        stats.alloc_bytes += size;
-        stats.live_bytes += size;
-        stats.live_allocations += 1;
+        stats.allocs += weight.blocks;
+        stats.alloc_bytes += weight.bytes;
+        stats.live_bytes += weight.bytes;
+        stats.live_allocations += weight.blocks;
         let block = Outstanding {
             size,
             site,
@@ -245,22 +259,24 @@ impl Ledger {
         else {
             return;
         };
+        let weight = self.sampling.weight(block.size);
         let stats = &mut self.sites[block.site.index()];
-        stats.frees -= 1;
-        stats.temporary -= u64::from(temporary);
-        stats.live_bytes += block.size;
-        stats.live_allocations += 1;
+        stats.frees -= weight.blocks;
+        stats.temporary -= if temporary { weight.blocks } else { 0 };
+        stats.live_bytes += weight.bytes;
+        stats.live_allocations += weight.blocks;
         self.outstanding.insert(address, block);
     }
 
     /// Takes a freed block off its site; true when it counted as temporary.
     fn release(&mut self, block: Outstanding, freed_ms: u32) -> bool {
         let temporary = freed_ms.saturating_sub(block.allocated_ms) < Self::TEMPORARY_MS;
+        let weight = self.sampling.weight(block.size);
         let stats = &mut self.sites[block.site.index()];
-        stats.frees += 1;
-        stats.temporary += u64::from(temporary);
-        stats.live_bytes -= block.size;
-        stats.live_allocations -= 1;
+        stats.frees += weight.blocks;
+        stats.temporary += if temporary { weight.blocks } else { 0 };
+        stats.live_bytes -= weight.bytes;
+        stats.live_allocations -= weight.blocks;
         temporary
     }
 
@@ -297,9 +313,10 @@ impl Ledger {
             }
             for block in self.outstanding.values() {
                 if filter.keeps(block, now_ms) {
+                    let weight = self.sampling.weight(block.size);
                     let stats = &mut sites[block.site.index()].1;
-                    stats.live_bytes += block.size;
-                    stats.live_allocations += 1;
+                    stats.live_bytes += weight.bytes;
+                    stats.live_allocations += weight.blocks;
                 }
             }
         }
@@ -312,11 +329,16 @@ impl Ledger {
         let mut live = vec![vec![(0, 0); self.sites.len()]; windows];
         for block in self.outstanding.values() {
             let window = (block.allocated_ms / window_ms.max(1)) as usize;
+            let weight = self.sampling.weight(block.size);
             let entry = &mut live[window.min(windows - 1)][block.site.index()];
-            entry.0 += block.size;
-            entry.1 += 1;
+            entry.0 += weight.bytes;
+            entry.1 += weight.blocks;
         }
         live
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
     }
 
     pub fn site(&self, site: SiteId) -> &SiteStats {

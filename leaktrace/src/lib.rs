@@ -20,6 +20,7 @@ pub mod probes;
 pub mod proc_maps;
 pub mod procmem;
 pub mod report;
+pub mod sampling;
 pub mod symbolize;
 pub mod target;
 pub mod trends;
@@ -35,9 +36,17 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    allocator::AllocatorChoice, capture::CaptureOptions, cli::Cli, error::Failure,
-    image::ImageOptions, ledger::BlockFilter, probes::ProbeSet, report::render_final,
-    symbolize::Symbolizer, target::Target, unwind::UnwindMode,
+    allocator::AllocatorChoice,
+    capture::CaptureOptions,
+    cli::Cli,
+    error::Failure,
+    image::ImageOptions,
+    ledger::BlockFilter,
+    probes::{ProbeSet, ProbeSettings},
+    report::render_final,
+    symbolize::Symbolizer,
+    target::Target,
+    unwind::UnwindMode,
 };
 
 /// Runs one capture (or `watch`) as the command line asks.
@@ -84,23 +93,32 @@ pub fn run(cli: Cli) -> Result<()> {
     log::debug!("probing {}", plan.describe());
     let stack_bytes = match cli.unwind {
         UnwindMode::Fp => 0,
-        UnwindMode::Dwarf | UnwindMode::Auto => cli.stack_bytes,
+        UnwindMode::Auto => cli.stack_bytes,
     };
-    let mut probes = ProbeSet::attach(target.pid, &plan, stack_bytes, cli.ring_bytes)?;
+    let settings = ProbeSettings {
+        stack_bytes,
+        ring_bytes: cli.ring_bytes,
+        sampling: cli.sampling(),
+    };
+    let mut probes = ProbeSet::attach(target.pid, &plan, &settings)?;
     // Open the target's files now: a launched command may be gone by the first event.
     let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
         .with_context(|| format!("read /proc/{}/maps", target.pid))?;
     let window_start_ns = probes.open_window()?;
     target.resume()?;
     eprintln!(
-        "leaktrace: attached to pid {} ({}); probing {}",
+        "leaktrace: attached to pid {} ({}); probing {}{}",
         target.pid,
         target.command,
         plan.modules()
             .iter()
             .map(|m| m.display().to_string())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        settings
+            .sampling
+            .describe()
+            .map_or_else(String::new, |s| format!("; sampling {s}"))
     );
 
     let default_interval = if demo { 1 } else { 5 };
@@ -119,7 +137,7 @@ pub fn run(cli: Cli) -> Result<()> {
         follow_forks: cli.follow_forks,
         choice,
         image: ImageOptions {
-            unwind: cli.unwind,
+            sampling: cli.sampling(),
             filter: BlockFilter {
                 min_age_ms: cli
                     .min_age

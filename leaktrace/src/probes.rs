@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::{
     allocator::{ProbePlan, ProbePoint},
     error::{Failure, os_error},
+    sampling::Sampling,
 };
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
@@ -40,15 +41,35 @@ pub struct DropCounts {
     /// Stack copies not sent while the ring buffer was over half full. Nothing is lost: those
     /// stacks were taken by frame pointers only.
     pub stack_samples_skipped: u64,
+    /// Sampled allocations not recorded: no room to keep their address for their free.
+    pub sampled_map_full: u64,
 }
 
 impl DropCounts {
     /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
     /// [`DropCounts::stack_samples_skipped`] are not among them.
     pub fn lost(&self) -> u64 {
-        self.ring_buffer_full + self.stack_unreadable + self.pending_map_full
+        self.ring_buffer_full
+            + self.stack_unreadable
+            + self.pending_map_full
+            + self.sampled_map_full
     }
 }
+
+/// How the probes are loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    /// How much stack each new stack's copy takes for CFI unwinding; 0 for none (frame
+    /// pointers only).
+    pub stack_bytes: u32,
+    /// The ring buffer's size.
+    pub ring_bytes: u32,
+    pub sampling: Sampling,
+}
+
+/// Sampled live blocks the kernel can keep track of: with `--sample-bytes 524288`, a heap of
+/// 128 GiB in small blocks.
+const SAMPLED_BLOCKS: u32 = 1 << 18;
 
 /// The attached probes and the maps userspace reads. Dropping it (or
 /// [`ProbeSet::detach_in_background`]) removes every probe from the target.
@@ -67,20 +88,22 @@ pub struct ProbeSet {
 impl ProbeSet {
     /// Loads the programs and attaches every point of `plan` to `pid`, with the capture window
     /// still closed. The window switch makes the order of attaching irrelevant.
-    ///
-    /// `stack_bytes` is how much stack each new stack's sample copies for CFI unwinding; 0 for
-    /// none (frame pointers only). `ring_bytes` sizes the ring buffer.
-    pub fn attach(
-        pid: u32,
-        plan: &ProbePlan,
-        stack_bytes: u32,
-        ring_bytes: u32,
-    ) -> Result<ProbeSet> {
+    pub fn attach(pid: u32, plan: &ProbePlan, settings: &ProbeSettings) -> Result<ProbeSet> {
         preflight()?;
         raise_memlock_limit();
+        let (sample_mode, sample_parameter) = settings.sampling.probe_settings();
+        let sampled_blocks = if settings.sampling.is_exact() {
+            1
+        } else {
+            SAMPLED_BLOCKS
+        };
         let mut loader = EbpfLoader::new();
-        loader.override_global("STACK_BYTES", &stack_bytes, true);
-        loader.map_max_entries(maps::EVENTS, ring_bytes);
+        loader
+            .override_global("STACK_BYTES", &settings.stack_bytes, true)
+            .override_global("SAMPLE_MODE", &sample_mode, true)
+            .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
+            .map_max_entries(maps::EVENTS, settings.ring_bytes)
+            .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks);
         let mut ebpf = loader.load(OBJECT).map_err(|error| {
             classify(
                 anyhow::Error::new(error),
@@ -186,6 +209,7 @@ impl ProbeSet {
             stack_unreadable: count(DropCounter::StackUnreadable)?,
             pending_map_full: count(DropCounter::PendingMapFull)?,
             stack_samples_skipped: count(DropCounter::StackSampleSkipped)?,
+            sampled_map_full: count(DropCounter::SampledMapFull)?,
         })
     }
 }

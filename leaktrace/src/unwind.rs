@@ -26,10 +26,10 @@ pub enum UnwindMode {
     /// Frame pointers only: no stack copies, the cheapest; stacks stop early in code built
     /// without frame pointers.
     Fp,
-    /// CFI unwinding of a stack copy, for every stack.
-    Dwarf,
-    /// Both; per stack, the longer (frame pointers where they hold, CFI where they break).
+    /// CFI unwinding of a copy of each new stack, by frame pointers where a module has no CFI
+    /// (`dwarf` is another name for it).
     #[default]
+    #[value(alias = "dwarf")]
     Auto,
 }
 

@@ -79,6 +79,7 @@ mod tests {
                 from_start: false,
                 ending: Ending::Interrupted,
                 live_filter: None,
+                sampling: Default::default(),
             },
             totals: Totals::default(),
             drops: DropCounts::default(),

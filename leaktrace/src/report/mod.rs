@@ -23,6 +23,7 @@ use crate::{
     ledger::{Ledger, SiteId, SiteStats, Totals},
     probes::DropCounts,
     procmem::MemorySample,
+    sampling::Sampling,
     symbolize::{Frame, Symbolizer},
     trends::Trends,
 };
@@ -214,6 +215,8 @@ pub struct ReportHeader {
     /// Which live blocks are counted, when not all (`-o`, `-z`, `-Z`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_filter: Option<String>,
+    /// How allocations were sampled; unless exact, every byte and block count is an estimate.
+    pub sampling: Sampling,
 }
 
 /// "symbolizing 120/4,096 sites" on a terminal's stderr, once the work has taken a second:

@@ -32,6 +32,12 @@ fn render_one(report: &Report, top: usize) -> String {
     if let Some(filter) = &header.live_filter {
         let _ = writeln!(out, "live counts only blocks {filter}");
     }
+    if let Some(sampling) = header.sampling.describe() {
+        let _ = writeln!(
+            out,
+            "sampled ({sampling}): every byte and block count below is an estimate"
+        );
+    }
     let held = format!(
         "{} bytes in {} blocks",
         thousands(totals.live_bytes),
@@ -153,11 +159,12 @@ fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
         return format!("drops: none{inline}\n");
     }
     format!(
-        "drops: ring buffer full {}, stack unreadable {}, pending map full {}, frees missed {}: \
-         the numbers above are a lower bound{inline}\n",
+        "drops: ring buffer full {}, stack unreadable {}, pending map full {}, sampled map \
+         full {}, frees missed {}: the numbers above are a lower bound{inline}\n",
         thousands(drops.ring_buffer_full),
         thousands(drops.stack_unreadable),
         thousands(drops.pending_map_full),
+        thousands(drops.sampled_map_full),
         thousands(missed_frees)
     )
 }
