@@ -6,7 +6,6 @@
 
 mod support;
 
-use serde_json::Value;
 use support::*;
 
 const MEAN_BYTES: u64 = 512 * 1024;
@@ -103,7 +102,7 @@ fn sampling_one_in_n_scales_blocks_by_n() {
     let (report, _) = launch_json("sampling_rate", &["-s", &n.to_string()], &binary, &[]);
     assert_eq!(
         report["sampling"],
-        Value::from(serde_json::json!({"mode": "every_nth", "n": n}))
+        serde_json::json!({"mode": "every_nth", "n": n})
     );
     let ticks = define("TICKS");
     let leak = sites_of(&report, "steady_leak");
