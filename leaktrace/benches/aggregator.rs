@@ -82,7 +82,7 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
     let mut records = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS as u64 {
         let timestamp = i * 100;
-        if live.len() < 50_000 && random.next() % 2 == 0 || live.is_empty() {
+        if live.len() < 50_000 && random.next().is_multiple_of(2) || live.is_empty() {
             let site = random.next() % SITES + 1;
             let size = 16 + random.next() % 512;
             records.push(bytes_of(&record(
@@ -93,7 +93,7 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
                 timestamp,
             )));
             live.push(next_address);
-            next_address += 16 + (size + 15) / 16 * 16;
+            next_address += 16 + size.div_ceil(16) * 16;
         } else {
             let index = (random.next() % live.len() as u64) as usize;
             let address = live.swap_remove(index);
