@@ -1,6 +1,9 @@
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, pt_regs},
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE, pt_regs,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns,
         bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_bytes,
@@ -23,7 +26,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// The outermost in-flight traced call of each thread, keyed by pid_tgid.
+/// The outermost in-flight traced call of each thread, keyed by pid_tgid. A thread's entry is
+/// made by its first call and then updated in place (an idle thread's has `entry_sp` 0): a
+/// lookup costs a fraction of an insert and a delete, which take the bucket's lock. The entry
+/// goes when the thread exits ([`thread_exit`]).
 #[map]
 static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
@@ -184,32 +190,56 @@ fn stack_pointer(regs: *mut pt_regs) -> u64 {
 /// True when this thread is inside a traced call that started at or above `sp`.
 #[inline(always)]
 fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
+    // An idle thread's entry_sp is 0, below every sp.
     match unsafe { PENDING.get(&pid_tgid) } {
         Some(outer) => outer.entry_sp >= sp,
         None => false,
     }
 }
 
-/// The entry stack pointer of an outermost traced call; None when the call is nested inside
-/// another (or the window is closed) and must stay silent.
+/// An outermost traced call, at its entry: where it is to be remembered.
+struct Outermost {
+    pid_tgid: u64,
+    entry_sp: u64,
+    /// The thread's [`PENDING`] entry, unless this is its first traced call.
+    slot: Option<*mut PendingCall>,
+}
+
+/// The call starting now, if it is an outermost one; None when it is nested inside another
+/// (or the window is closed) and must stay silent.
 #[inline(always)]
-fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<u64> {
+fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<Outermost> {
     if !window_open() {
         return None;
     }
     let entry_sp = stack_pointer(ctx.regs);
+    let slot = PENDING.get_ptr_mut(&pid_tgid);
     // An entry found below our sp is stale (its return was never seen): it is replaced.
-    (!inside_traced_call(pid_tgid, entry_sp)).then_some(entry_sp)
+    if slot.is_some_and(|outer| unsafe { (*outer).entry_sp } >= entry_sp) {
+        return None;
+    }
+    Some(Outermost {
+        pid_tgid,
+        entry_sp,
+        slot,
+    })
 }
 
-/// Keeps a call for its return probe; false (and counted) when there is no room.
-#[inline(always)]
-fn remember_call(pid_tgid: u64, call: &PendingCall) -> bool {
-    if PENDING.insert(&pid_tgid, call, 0).is_err() {
-        count_drop(DropCounter::PendingMapFull);
-        return false;
+impl Outermost {
+    /// Keeps the call for its return probe; false (and counted) when there is no room.
+    #[inline(always)]
+    fn remember(&self, call: &PendingCall) -> bool {
+        if let Some(slot) = self.slot {
+            // Only this thread, and its exit, touch its entry.
+            unsafe { *slot = *call };
+            return true;
+        }
+        if PENDING.insert(&self.pid_tgid, call, 0).is_err() {
+            count_drop(DropCounter::PendingMapFull);
+            return false;
+        }
+        true
     }
-    true
 }
 
 /// Records an outermost allocation call of `size` bytes for its return probe, sampled or not.
@@ -222,15 +252,15 @@ fn enter_alloc(ctx: &ProbeContext, size: u64, address: u64) {
 #[inline(always)]
 fn enter_call(ctx: &ProbeContext, size: u64, address: u64, old_size: u64, record: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(entry_sp) = outermost(ctx, pid_tgid) {
+    if let Some(outer) = outermost(ctx, pid_tgid) {
         let call = PendingCall {
             size,
             address,
             old_size,
-            entry_sp,
+            entry_sp: outer.entry_sp,
             record: u64::from(record),
         };
-        remember_call(pid_tgid, &call);
+        outer.remember(&call);
     }
 }
 
@@ -248,12 +278,13 @@ fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let call = *unsafe { PENDING.get(&pid_tgid) }?;
+    let slot = PENDING.get_ptr_mut(&pid_tgid)?;
+    let call = unsafe { *slot };
     // After `ret` the return address has been popped: sp is 8 above the entry's.
-    if stack_pointer(ctx.regs) != call.entry_sp + 8 {
+    if call.entry_sp == 0 || stack_pointer(ctx.regs) != call.entry_sp + 8 {
         return None;
     }
-    let _ = PENDING.remove(&pid_tgid);
+    unsafe { (*slot).entry_sp = 0 };
     Some((pid_tgid, call))
 }
 
@@ -283,7 +314,21 @@ fn send(record: AllocEvent) {
         return;
     };
     entry.write(record);
-    entry.submit(0);
+    entry.submit(wake_flags());
+}
+
+/// Wakes the reader only once the ring buffer is a quarter full; until then userspace finds
+/// the records on its next poll (every few milliseconds). By default the kernel wakes the
+/// reader for the first record after each drain, through an irq_work: a self-interrupt that
+/// under virtualization costs the traced thread several microseconds, on every other event.
+#[inline(always)]
+fn wake_flags() -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if pending >= EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]
@@ -357,7 +402,7 @@ fn emit_inline_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u
         core::ptr::addr_of_mut!((*record).event).write(header);
         core::ptr::addr_of_mut!((*record).stack_bytes).write(stack_bytes);
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
 }
 
 const PAGE_BYTES: u64 = 4096;
@@ -429,7 +474,7 @@ fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64) -> b
         length = size_of::<StackSample>() as u64;
     }
     let sample = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), length as usize) };
-    if EVENTS.output::<[u8]>(sample, 0).is_err() {
+    if EVENTS.output::<[u8]>(sample, wake_flags()).is_err() {
         count_drop(DropCounter::RingBufferFull);
         return false;
     }
@@ -499,7 +544,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(entry_sp) = outermost(ctx, pid_tgid) else {
+    let Some(outer) = outermost(ctx, pid_tgid) else {
         return;
     };
     let freed = old_address != 0 && forget_block(old_address);
@@ -508,10 +553,10 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
         // Only a recorded old block can be live again if realloc fails.
         address: if freed { old_address } else { 0 },
         old_size: 0,
-        entry_sp,
+        entry_sp: outer.entry_sp,
         record: u64::from(chosen(size)),
     };
-    remember_call(pid_tgid, &call);
+    outer.remember(&call);
     if freed {
         emit(pid_tgid, EVENT_REALLOC_FREE, old_address, 0, 0);
     }
@@ -597,17 +642,17 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
     if address == 0 {
         return 0;
     }
-    let Some(entry_sp) = outermost(&ctx, pid_tgid) else {
+    let Some(outer) = outermost(&ctx, pid_tgid) else {
         return 0;
     };
     let call = PendingCall {
         size: 0,
         address,
         old_size: 0,
-        entry_sp,
+        entry_sp: outer.entry_sp,
         record: 0,
     };
-    if remember_call(pid_tgid, &call) && forget_block(address) {
+    if outer.remember(&call) && forget_block(address) {
         emit(pid_tgid, EVENT_FREE, address, 0, 0);
     }
     0
@@ -709,6 +754,17 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let tgid = (pid_tgid >> 32) as u32;
     if unsafe { TRACED.get(&tgid) }.is_some() {
         emit(pid_tgid, EVENT_EXEC, 0, 0, 0);
+    }
+    0
+}
+
+/// sched_process_exit(task), in the context of the exiting thread: its [`PENDING`] entry goes.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if unsafe { TRACED.get(&tgid) }.is_some() {
+        let _ = PENDING.remove(&pid_tgid);
     }
     0
 }

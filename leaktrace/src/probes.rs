@@ -111,13 +111,19 @@ impl ProbeSet {
                 "CAP_BPF and CAP_PERFMON",
             )
         })?;
-        let exec: &mut RawTracePoint = ebpf
-            .program_mut("process_exec")
-            .context("the eBPF object has no program process_exec")?
-            .try_into()?;
-        exec.load()?;
-        exec.attach("sched_process_exec")
-            .context("attach to the sched_process_exec tracepoint")?;
+        for (program, tracepoint) in [
+            ("process_exec", "sched_process_exec"),
+            ("thread_exit", "sched_process_exit"),
+        ] {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("the eBPF object has no program {program}"))?
+                .try_into()?;
+            program.load()?;
+            program
+                .attach(tracepoint)
+                .with_context(|| format!("attach to the {tracepoint} tracepoint"))?;
+        }
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
