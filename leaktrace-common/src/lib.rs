@@ -157,6 +157,21 @@ pub mod maps {
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
 }
 
+/// Slots of the `RETURN_OFFSETS` table: where, above the stack pointer, the return address
+/// lies at a given return address, learned by userspace from CFI unwinding. A table indexed
+/// by a hash of the address, two ways per set, because the probe reads it for every frame of
+/// every allocation's stack: an array read is inlined by the verifier, a hash map lookup is a
+/// helper call several times dearer.
+pub const RETURN_OFFSET_SLOTS: u32 = 1 << 16;
+
+/// The first of the two slots where `pc`'s offset may be kept; the other is the next one.
+/// Each slot holds `[pc, offset]`; an empty one `[0, 0]`.
+#[inline(always)]
+pub fn return_offset_set(pc: u64) -> u32 {
+    // Fibonacci hashing: the top bits of a multiplication by 2^64 / φ, an even slot.
+    ((pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 49) << 1) as u32
+}
+
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.
 ///
 /// Attaching and detaching uprobes takes tens of milliseconds per probe, so the probes come and

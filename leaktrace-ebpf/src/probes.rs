@@ -16,7 +16,7 @@ use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
     EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
     EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, MAX_STACK_COPY,
-    StackSample, sampling,
+    RETURN_OFFSET_SLOTS, StackSample, return_offset_set, sampling,
 };
 
 /// Userspace sizes it with `--ring-bytes` (8 MiB by default).
@@ -60,7 +60,21 @@ static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1 << 18, 0);
 /// from the CFI unwinding of stack copies. With it the probe can follow a stack past where
 /// frame pointers end, for a key, without unwinding anything itself.
 #[map]
-static RETURN_OFFSETS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_SLOTS, 0);
+
+/// Where the return address lies above sp at `pc`, if userspace has learned it.
+#[inline(always)]
+fn learned_offset(pc: u64) -> Option<u64> {
+    let set = return_offset_set(pc);
+    for way in set..set + 2 {
+        if let Some(&[learned_pc, offset]) = RETURN_OFFSETS.get(way)
+            && learned_pc == pc
+        {
+            return Some(offset);
+        }
+    }
+    None
+}
 
 /// Return addresses followed through [`RETURN_OFFSETS`], at most.
 const LEARNED_FRAMES: usize = 32;
@@ -78,13 +92,34 @@ fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
     let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
     let mut hash = (FNV_OFFSET ^ (pid_tgid >> 32)).wrapping_mul(FNV_PRIME);
     hash = (hash ^ pc).wrapping_mul(FNV_PRIME);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return hash | 1;
+    };
+    let top = sp;
+    let bytes = unsafe { core::ptr::addr_of_mut!((*scratch).bytes) }.cast::<u8>();
+    // The top of the stack, in one read: most frames' return addresses lie within it.
+    let mut read = WALK_BYTES;
+    if unsafe { probe_read_user_bytes(bytes.cast(), WALK_BYTES as u32, top as *const _) } != 0 {
+        read = 0;
+    }
     for _ in 0..LEARNED_FRAMES {
-        let Some(offset) = (unsafe { RETURN_OFFSETS.get(&pc) }) else {
+        let Some(offset) = learned_offset(pc) else {
             break;
         };
-        let slot = sp + u64::from(*offset);
-        let Ok(return_address) = (unsafe { bpf_probe_read_user(slot as *const u64) }) else {
-            break;
+        let slot = sp + offset;
+        let within = slot - top;
+        let return_address = if within + 8 <= read {
+            unsafe {
+                bytes
+                    .add((within & (WALK_BYTES - 1)) as usize)
+                    .cast::<u64>()
+                    .read_unaligned()
+            }
+        } else {
+            let Ok(value) = (unsafe { bpf_probe_read_user(slot as *const u64) }) else {
+                break;
+            };
+            value
         };
         hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
         sp = slot + 8;
@@ -92,6 +127,9 @@ fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
     }
     hash | 1
 }
+
+/// Bytes of stack the walk reads at once.
+const WALK_BYTES: u64 = 1024;
 
 /// Bytes of stack each sample copies; 0 turns stack copies (DWARF unwinding) off. Set at load.
 #[unsafe(no_mangle)]

@@ -15,7 +15,9 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use leaktrace_common::{CONTROL_ENABLED, DropCounter, maps};
+use leaktrace_common::{
+    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, return_offset_set,
+};
 use serde::Serialize;
 
 use crate::{
@@ -78,7 +80,9 @@ pub struct ProbeSet {
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
     traced: HashMap<MapData, u32, u32>,
-    return_offsets: HashMap<MapData, u64, u32>,
+    return_offsets: Array<MapData, [u64; 2]>,
+    /// What `return_offsets` holds, slot by slot.
+    learned: Vec<[u64; 2]>,
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
@@ -129,12 +133,13 @@ impl ProbeSet {
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
-        let return_offsets = HashMap::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
+        let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
             attached: HashSet::new(),
             traced,
             return_offsets,
+            learned: vec![[0, 0]; RETURN_OFFSET_SLOTS as usize],
             events,
             stacks,
             drops,
@@ -188,11 +193,24 @@ impl ProbeSet {
         Detach(std::thread::spawn(move || drop(ebpf)))
     }
 
-    /// Teaches the probes where return addresses lie (see [`crate::unwind::Unwound`]). A full
-    /// map only means later stacks are told apart less finely: the error is dropped.
+    /// Teaches the probes where return addresses lie (see [`crate::unwind::Unwound`]). When
+    /// both slots of an address's set are taken by others, the second is given up: the probe
+    /// then stops its walk at the evicted address, and a stack through it is copied again.
     pub fn learn_return_offsets(&mut self, offsets: &[(u64, u32)]) {
-        for (pc, offset) in offsets {
-            let _ = self.return_offsets.insert(pc, offset, 0);
+        for &(pc, offset) in offsets {
+            let set = return_offset_set(pc) as usize;
+            let ways = &self.learned[set..set + 2];
+            if ways.contains(&[pc, u64::from(offset)]) {
+                continue;
+            }
+            let way = ways
+                .iter()
+                .position(|&[learned, _]| learned == pc || learned == 0)
+                .unwrap_or(1);
+            self.learned[set + way] = [pc, u64::from(offset)];
+            let _ = self
+                .return_offsets
+                .set((set + way) as u32, [pc, u64::from(offset)], 0);
         }
     }
 
