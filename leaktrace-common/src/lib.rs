@@ -124,7 +124,8 @@ pub enum DropCounter {
     /// allocation is lost.
     PendingMapFull = 3,
     /// A stack copy was not sent because the ring buffer was more than half full: the
-    /// allocation is counted, its stack taken by frame pointers only. Not a loss of events.
+    /// allocation is counted, under the last stack copied with its key (or none, if none
+    /// was). Not a loss of events.
     StackSampleSkipped = 4,
     /// Sampling only: the map of sampled live blocks was full. The allocation is not recorded
     /// (its free could not be recognised), so the estimates miss it.
@@ -163,6 +164,15 @@ pub mod maps {
 /// every allocation's stack: an array read is inlined by the verifier, a hash map lookup is a
 /// helper call several times dearer.
 pub const RETURN_OFFSET_SLOTS: u32 = 1 << 16;
+
+/// The offset kept for a return address where unwinding ends (the outermost frame, or the last
+/// one CFI could explain): a walk that reaches it has followed the whole stack.
+pub const OUTERMOST_FRAME: u64 = u64::MAX;
+
+/// `stack_id` of an allocation whose stack key (`stack_hash`) is not complete: the walk
+/// stopped at a frame userspace had not learned yet. The [`StackSample`] sent just before is
+/// this allocation's own, and the key may stand for other stacks too: it names no site.
+pub const STACK_ID_OWN_COPY: i32 = 1;
 
 /// The first of the two slots where `pc`'s offset may be kept; the other is the next one.
 /// Each slot holds `[pc, offset]`; an empty one `[0, 0]`.

@@ -16,7 +16,8 @@ use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
     EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
     EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, MAX_STACK_COPY,
-    RETURN_OFFSET_SLOTS, StackSample, return_offset_set, sampling,
+    MAX_STACK_DEPTH, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, STACK_ID_OWN_COPY, StackSample,
+    return_offset_set, sampling,
 };
 
 /// Userspace sizes it with `--ring-bytes` (8 MiB by default).
@@ -83,17 +84,28 @@ const FNV_PRIME: u64 = 0x0100_0000_01b3;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// The stack's key: a hash of the process, the allocation's return address and the callers'
-/// return addresses reachable from it through learned offsets; never 0. Until userspace has
-/// learned a frame's offset (from the first copy of a stack through it) the walk stops there,
-/// so a stack's key grows longer, once, as its frames are learned. The process is in the key
-/// because each process (a forked child too) unwinds its own copies.
+/// return addresses reachable from it through learned offsets; never 0. And whether the walk
+/// reached the outermost frame: until userspace has learned every frame's offset (from the
+/// first copy of a stack through it) the walk stops early, and the key is not yet the
+/// stack's own. The process is in the key because each process unwinds its own copies.
 #[inline(always)]
-fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
+///
+/// With `frames`, the return addresses walked go there too, innermost first; their count is
+/// the third value.
+fn learned_stack_hash(
+    ctx: &RetProbeContext,
+    pid_tgid: u64,
+    frames: Option<*mut [u64; MAX_STACK_DEPTH]>,
+) -> (u64, bool, usize) {
     let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
     let mut hash = (FNV_OFFSET ^ (pid_tgid >> 32)).wrapping_mul(FNV_PRIME);
     hash = (hash ^ pc).wrapping_mul(FNV_PRIME);
+    let mut depth = 1;
+    if let Some(frames) = frames {
+        unsafe { (*frames)[0] = pc };
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return hash | 1;
+        return (hash | 1, false, depth);
     };
     let top = sp;
     let bytes = unsafe { core::ptr::addr_of_mut!((*scratch).bytes) }.cast::<u8>();
@@ -102,10 +114,17 @@ fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
     if unsafe { probe_read_user_bytes(bytes.cast(), WALK_BYTES as u32, top as *const _) } != 0 {
         read = 0;
     }
-    for _ in 0..LEARNED_FRAMES {
+    // A stack deeper than the walk goes, or one that cannot be read on, is as complete as
+    // the walk can make it.
+    let mut complete = true;
+    for frame in 1..=LEARNED_FRAMES {
         let Some(offset) = learned_offset(pc) else {
+            complete = false;
             break;
         };
+        if offset == OUTERMOST_FRAME {
+            break;
+        }
         let slot = sp + offset;
         let within = slot - top;
         let return_address = if within + 8 <= read {
@@ -122,10 +141,14 @@ fn learned_stack_hash(ctx: &RetProbeContext, pid_tgid: u64) -> u64 {
             value
         };
         hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        if let Some(frames) = frames {
+            unsafe { (*frames)[frame] = return_address };
+        }
+        depth = frame + 1;
         sp = slot + 8;
         pc = return_address;
     }
-    hash | 1
+    (hash | 1, complete, depth)
 }
 
 /// Bytes of stack the walk reads at once.
@@ -382,16 +405,33 @@ fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
 #[inline(always)]
 fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
     if copies_on() {
-        let hash = learned_stack_hash(ctx, pid_tgid);
-        let copied = unsafe { COPIED_STACKS.get(&hash) }.is_some();
-        if copied || emit_stack_sample(ctx, pid_tgid, hash) {
-            if !copied {
+        let (hash, complete, _) = learned_stack_hash(ctx, pid_tgid, None);
+        // An incomplete key may stand for several stacks: each allocation gets its own copy
+        // until userspace has learned the frames (milliseconds). Those copies give way early
+        // (at a 32nd full), for the first copy of each key to get in. An allocation
+        // whose copy cannot go is sent under its key alone, for userspace to match with the
+        // last copy under it; or, if none was ever sent, with the return addresses walked
+        // when the key is complete, and with its stack by frame pointers when not.
+        let ever_copied = unsafe { COPIED_STACKS.get(&hash) }.is_some();
+        let stack_id = if complete && ever_copied {
+            Some(0)
+        } else if emit_stack_sample(ctx, pid_tgid, hash, if ever_copied { 32 } else { 2 }) {
+            if !ever_copied {
                 let _ = COPIED_STACKS.insert(&hash, &1, 0);
             }
+            Some(if complete { 0 } else { STACK_ID_OWN_COPY })
+        } else {
+            ever_copied.then_some(0)
+        };
+        if let Some(stack_id) = stack_id {
             send(AllocEvent {
                 stack_hash: hash,
-                ..event(pid_tgid, kind, address, size, 0)
+                ..event(pid_tgid, kind, address, size, stack_id)
             });
+            return;
+        }
+        if complete {
+            emit_walked_stack(ctx, pid_tgid, inline_kind(kind), address, size);
             return;
         }
     }
@@ -399,18 +439,41 @@ fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64
         Ok(id) => emit(pid_tgid, kind, address, size, id as i32),
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
-            let inline_kind = if kind == EVENT_MMAP {
-                EVENT_MMAP_WITH_STACK
-            } else {
-                EVENT_ALLOC_WITH_STACK
-            };
-            emit_inline_stack(ctx, pid_tgid, inline_kind, address, size);
+            emit_inline_stack(ctx, pid_tgid, inline_kind(kind), address, size);
         }
         Err(errno) => {
             count_drop(DropCounter::StackUnreadable);
             emit(pid_tgid, kind, address, size, errno);
         }
     }
+}
+
+#[inline(always)]
+fn inline_kind(kind: u32) -> u32 {
+    if kind == EVENT_MMAP {
+        EVENT_MMAP_WITH_STACK
+    } else {
+        EVENT_ALLOC_WITH_STACK
+    }
+}
+
+/// A complete key whose copy could not be sent: the return addresses its walk followed go in
+/// the record instead.
+#[inline(always)]
+fn emit_walked_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let frames = unsafe { core::ptr::addr_of_mut!((*record).frames) };
+    let (_, _, depth) = learned_stack_hash(ctx, pid_tgid, Some(frames));
+    unsafe {
+        let header = event(pid_tgid, kind, address, size, 0);
+        core::ptr::addr_of_mut!((*record).event).write(header);
+        core::ptr::addr_of_mut!((*record).stack_bytes).write(depth as u64 * 8);
+    }
+    entry.submit(wake_flags());
 }
 
 /// The stack map had no room for this stack: send it in the record.
@@ -464,15 +527,15 @@ static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);
 ///
 /// The stack is read a page at a time, the first read ending at a page boundary, so that the
 /// read that runs past the top of the stack mapping (and fails) loses nothing below it. Only
-/// the bytes copied go into the ring buffer, and only while it is less than half full: the
-/// allocation events matter more than their stacks.
+/// the bytes copied go into the ring buffer, and only while it is less than `1/share` full:
+/// the allocation events matter more than their stacks.
 #[inline(always)]
-fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64) -> bool {
+fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64, share: u64) -> bool {
     let limit = stack_bytes();
     let header = core::mem::offset_of!(StackSample, bytes) as u64;
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let ring = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if pending + header + limit + PAGE_BYTES > ring / 2 {
+    if pending + header + limit + PAGE_BYTES > ring / share {
         count_drop(DropCounter::StackSampleSkipped);
         return false;
     }
@@ -512,7 +575,12 @@ fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64) -> b
         length = size_of::<StackSample>() as u64;
     }
     let sample = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), length as usize) };
-    if EVENTS.output::<[u8]>(sample, wake_flags()).is_err() {
+    // A copy wakes the reader at once: until it is unwound, the stack's allocations each need
+    // a copy of their own. New stacks are rare once a program runs, so this costs little.
+    if EVENTS
+        .output::<[u8]>(sample, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
         count_drop(DropCounter::RingBufferFull);
         return false;
     }

@@ -13,9 +13,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{
+    Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable, RelocationTarget,
+    SymbolKind,
+};
 
-use crate::proc_maps::ProcessMaps;
+use crate::{
+    placement::{self, EntryPoint, FunctionCode, ProbeNeeds},
+    proc_maps::ProcessMaps,
+};
 
 /// Which functions of a family the user asked for or the probes know how to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +139,21 @@ pub const FUNCTIONS: [AllocatorFunction; 34] = [
     },
 ];
 
+impl AllocatorFunction {
+    /// What its probe point must respect ([`placement`]).
+    fn needs(&self) -> ProbeNeeds {
+        ProbeNeeds {
+            returns: self.exit.is_some(),
+            ignores_null_first_argument: matches!(self.entry, Some("free_enter" | "delete_enter")),
+        }
+    }
+
+    /// Whether it hands out memory (true) or takes it back (false).
+    fn allocates(&self) -> bool {
+        !matches!(self.entry, Some("free_enter" | "delete_enter"))
+    }
+}
+
 /// The user's overrides of the binding rule.
 #[derive(Clone, Debug, Default)]
 pub struct AllocatorChoice {
@@ -142,6 +163,13 @@ pub struct AllocatorChoice {
     pub symbol_prefix: Option<String>,
     /// Probe mmap, munmap and mremap too (`--mmap`).
     pub mappings: bool,
+    /// Probe every function at its first instruction (`--entry-probes`): slower, for
+    /// comparison with the chosen points.
+    pub entry_probes: bool,
+    /// Leave unprobed the C++ operators that only pass their work to a probed malloc or free.
+    /// Their callers are then found by CFI unwinding: a frame-pointer walk from inside
+    /// libstdc++, which keeps no frame pointers, misses them.
+    pub see_through_operators: bool,
 }
 
 /// One function to probe, where the target's calls go.
@@ -154,14 +182,26 @@ pub struct ProbePoint {
     pub module: PathBuf,
     /// The same file as leaktrace can open it ([`module_file`]).
     pub host_path: PathBuf,
-    /// File offset of the function's first instruction.
+    /// File offset of the probe: the function's first instruction, or a cheaper one after it.
     pub offset: u64,
+    /// Where in the function the probe sits, and why (`--verbose`).
+    pub entry: EntryPoint,
 }
 
 /// Everything to probe in one target.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProbePlan {
     pub points: Vec<ProbePoint>,
+    /// C++ operators left unprobed, each with the probed function it passes its work to.
+    pub delegated: Vec<Delegated>,
+}
+
+/// A function not probed because its every call is seen through another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delegated {
+    pub symbol: String,
+    pub module: PathBuf,
+    pub through: String,
 }
 
 impl ProbePlan {
@@ -171,6 +211,18 @@ impl ProbePlan {
             .iter()
             .find(|p| p.function.symbol == "malloc")
             .map(|p| p.module.as_path())
+    }
+
+    /// The modules whose frames are the allocator's, not its caller's: the probed ones, and
+    /// those of operators seen through them.
+    pub fn allocator_modules(&self) -> Vec<&Path> {
+        let mut modules = self.modules();
+        for delegated in &self.delegated {
+            if !modules.contains(&delegated.module.as_path()) {
+                modules.push(&delegated.module);
+            }
+        }
+        modules
     }
 
     /// Every probed module, each once, in plan order.
@@ -207,35 +259,71 @@ impl ProbePlan {
 struct ModuleInfo {
     soname: Option<String>,
     needed: Vec<String>,
-    /// Our functions it defines (with prefix where asked): name → file offset.
-    defined: HashMap<String, u64>,
+    /// Our functions it defines (with prefix where asked), by name.
+    defined: HashMap<String, Definition>,
 }
+
+/// One of our functions in a module.
+struct Definition {
+    /// File offset of its first instruction.
+    offset: u64,
+    /// Where its entry probe sits.
+    entry: EntryPoint,
+    /// The functions it calls or jumps to directly (through the PLT or not).
+    calls: Vec<String>,
+}
+
+/// The largest function body decoded: far more than any allocator entry point.
+const MAX_FUNCTION_BYTES: u64 = 1 << 16;
 
 impl ModuleInfo {
     fn read(path: &Path, prefix: &str) -> Option<ModuleInfo> {
         let cache = object::ReadCache::new(File::open(path).ok()?);
         let file = object::File::parse(&cache).ok()?;
-        let wanted: HashSet<String> = FUNCTIONS
+        let wanted: HashMap<String, &'static AllocatorFunction> = FUNCTIONS
             .iter()
             .map(|f| match f.family {
-                Family::C => format!("{prefix}{}", f.symbol),
-                Family::Cxx | Family::Process | Family::Mapping => f.symbol.to_owned(),
+                Family::C => (format!("{prefix}{}", f.symbol), f),
+                Family::Cxx | Family::Process | Family::Mapping => (f.symbol.to_owned(), f),
             })
             .collect();
-        let mut defined = HashMap::new();
+        let mut found: Vec<(String, &'static AllocatorFunction, u64, u64)> = Vec::new();
         for symbol in file.dynamic_symbols().chain(file.symbols()) {
             let Ok(name) = symbol.name() else { continue };
+            let Some(&function) = wanted.get(name) else {
+                continue;
+            };
             if symbol.kind() != SymbolKind::Text
                 || symbol.is_undefined()
                 || !(symbol.is_global() || symbol.is_weak())
-                || !wanted.contains(name)
-                || defined.contains_key(name)
+                || found.iter().any(|(n, ..)| n == name)
             {
                 continue;
             }
-            if let Some(offset) = file_offset(&file, symbol.address()) {
-                defined.insert(name.to_owned(), offset);
-            }
+            found.push((name.to_owned(), function, symbol.address(), symbol.size()));
+        }
+        let mut names = plt_stub_names(&file);
+        names.extend(
+            found
+                .iter()
+                .map(|(name, _, address, _)| (*address, name.clone())),
+        );
+        let mut defined = HashMap::new();
+        for (name, function, address, size) in found {
+            let Some(offset) = file_offset(&file, address) else {
+                continue;
+            };
+            let bytes = function_bytes(&file, address, size).unwrap_or_default();
+            let code = FunctionCode {
+                address,
+                bytes: &bytes,
+            };
+            let definition = Definition {
+                offset,
+                entry: placement::entry_point(code, function.needs()),
+                calls: placement::callees(code, &names),
+            };
+            defined.insert(name, definition);
         }
         let needed = file
             .import_libraries()
@@ -270,6 +358,67 @@ fn soname<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> Op
     let entry = table.iter().find(|d| d.tag == object::elf::DT_SONAME)?;
     let name = table.string(entry).ok()?;
     Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// The code of the function at `address`, `size` bytes long (or a prologue's worth when the
+/// symbol has no size).
+fn function_bytes<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    address: u64,
+    size: u64,
+) -> Option<Vec<u8>> {
+    let size = if size == 0 {
+        32
+    } else {
+        size.min(MAX_FUNCTION_BYTES)
+    };
+    let section = file
+        .sections()
+        .find(|s| (s.address()..s.address() + s.size()).contains(&address))?;
+    let available = section.address() + section.size() - address;
+    let bytes = section.data_range(address, size.min(available)).ok()??;
+    Some(bytes.to_vec())
+}
+
+/// Each PLT stub's address and the function it jumps to, named by its GOT slot's relocation.
+fn plt_stub_names<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+) -> HashMap<u64, String> {
+    let (Some(relocations), Some(symbols)) =
+        (file.dynamic_relocations(), file.dynamic_symbol_table())
+    else {
+        return HashMap::new();
+    };
+    let slots: HashMap<u64, String> = relocations
+        .filter_map(|(slot, relocation)| match relocation.target() {
+            RelocationTarget::Symbol(index) => {
+                let name = symbols.symbol_by_index(index).ok()?.name().ok()?;
+                Some((slot, name.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut stubs = HashMap::new();
+    for section in file.sections() {
+        // .plt.got holds the stubs of functions whose address is also taken: 8 bytes each.
+        let stub_bytes = match section.name() {
+            Ok(".plt" | ".plt.sec") => 16,
+            Ok(".plt.got") => 8,
+            _ => continue,
+        };
+        let Ok(data) = section.data() else { continue };
+        for (index, stub) in data.chunks(stub_bytes).enumerate() {
+            let address = section.address() + (index * stub_bytes) as u64;
+            let code = FunctionCode {
+                address,
+                bytes: stub,
+            };
+            if let Some(name) = placement::plt_slot(code).and_then(|slot| slots.get(&slot)) {
+                stubs.insert(address, name.clone());
+            }
+        }
+    }
+    stubs
 }
 
 /// The file offset of a virtual address, through the PT_LOAD that maps it.
@@ -367,11 +516,20 @@ impl AllocatorSearch {
             };
             let found = candidates.iter().find_map(|path| {
                 let info = self.modules.get(path)?.as_ref()?;
-                Some((path, *info.defined.get(&symbol)?))
+                Some((path, info.defined.get(&symbol)?))
             });
-            let Some((module, offset)) = found else {
+            let Some((module, definition)) = found else {
                 continue;
             };
+            let entry = if self.choice.entry_probes {
+                EntryPoint {
+                    offset: 0,
+                    reason: "at the entry, as --entry-probes asks".into(),
+                }
+            } else {
+                definition.entry.clone()
+            };
+            let offset = definition.offset + entry.offset;
             // Aliases (memalign and aligned_alloc, free and cfree) share an address: one probe.
             if plan
                 .points
@@ -386,12 +544,59 @@ impl AllocatorSearch {
                 module: module.clone(),
                 host_path: module_file(pid, maps, module),
                 offset,
+                entry,
             });
         }
         if plan.malloc_module().is_none() {
             plan.points.clear();
         }
+        if self.choice.see_through_operators
+            && self.choice.library.is_none()
+            && self.choice.symbol_prefix.is_none()
+        {
+            self.leave_delegating_operators(&mut plan);
+        }
         Some(plan)
+    }
+
+    /// Takes out of the plan the C++ operators whose every call is seen by another probe:
+    /// those that call or jump to a probed function of their kind (libstdc++'s new calls
+    /// malloc, its delete jumps to free). Only under the default binding: the operators' calls
+    /// bind where the program's do, which is where the probes are.
+    fn leave_delegating_operators(&self, plan: &mut ProbePlan) {
+        let calls = |point: &ProbePoint| -> Vec<String> {
+            self.modules
+                .get(&point.module)
+                .and_then(Option::as_ref)
+                .and_then(|info| info.defined.get(&point.symbol))
+                .map(|definition| definition.calls.clone())
+                .unwrap_or_default()
+        };
+        // Delegation chains (delete[] → delete → free) resolve from their end.
+        loop {
+            let kept = |symbol: &str, allocates: bool| {
+                plan.points
+                    .iter()
+                    .any(|p| p.symbol == symbol && p.function.allocates() == allocates)
+            };
+            let delegating = plan.points.iter().enumerate().find_map(|(index, point)| {
+                let through = calls(point).into_iter().find(|callee| {
+                    callee != &point.symbol && kept(callee, point.function.allocates())
+                })?;
+                (point.function.family == Family::Cxx
+                    && !plan.points.iter().any(|p| calls(p).contains(&point.symbol)))
+                .then_some((index, through))
+            });
+            let Some((index, through)) = delegating else {
+                break;
+            };
+            let point = plan.points.remove(index);
+            plan.delegated.push(Delegated {
+                symbol: point.symbol,
+                module: point.module,
+                through,
+            });
+        }
     }
 
     /// Modules in the dynamic linker's lookup order; `None` while a needed library is missing.

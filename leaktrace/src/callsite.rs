@@ -41,6 +41,7 @@ impl CallSites {
     pub fn known_key(&self, stack: &Stack) -> Option<StackKey> {
         match stack {
             Stack::Id(_) | Stack::Copied(_) => self.by_name.get(stack).copied(),
+            Stack::OwnCopy(_) => None,
             Stack::Inline(addresses) => self.by_addresses.get(addresses).copied(),
             Stack::Lost => Some(Ledger::LOST_STACK),
         }
@@ -54,7 +55,13 @@ impl CallSites {
         }
         let next = self.by_addresses.len() as StackKey;
         let key = *self.by_addresses.entry(addresses.to_vec()).or_insert(next);
-        if matches!(stack, Stack::Id(_) | Stack::Copied(_)) {
+        // A copied stack with no copy yet is not named: a later copy under the name may come.
+        let named = match stack {
+            Stack::Id(_) => true,
+            Stack::Copied(_) => !addresses.is_empty(),
+            _ => false,
+        };
+        if named {
             self.by_name.insert(stack.clone(), key);
         }
         key

@@ -136,6 +136,12 @@ pub struct Cli {
     #[arg(long, value_name = "P")]
     pub symbol_prefix: Option<String>,
 
+    /// Probe every function at its first instruction, and each C++ operator even where it
+    /// only calls a probed malloc or free (as with `--unwind fp`). Slower (a first instruction the kernel cannot
+    /// emulate costs ~10 µs a call under KVM); the same counts, for comparison.
+    #[arg(long)]
+    pub entry_probes: bool,
+
     /// Log what leaktrace does (probe points, maps, skipped steps).
     #[arg(short, long)]
     pub verbose: bool,

@@ -3,7 +3,7 @@
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK,
     EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK, EVENT_MUNMAP, EVENT_REALLOC_FAILED,
-    EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, StackSample,
+    EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, STACK_ID_OWN_COPY, StackSample,
 };
 
 use crate::unwind::StackCopy;
@@ -16,6 +16,9 @@ pub enum Stack {
     /// Copied for CFI unwinding, under this key ([`AllocEvent::stack_hash`]): the
     /// [`Event::StackSample`] of the first allocation with the key came just before it.
     Copied(u64),
+    /// Copied for this allocation alone, under a key that is not yet the stack's own
+    /// ([`STACK_ID_OWN_COPY`]): the sample just before it, and only that, is its stack.
+    OwnCopy(u64),
     /// In the record itself (the stack map had no room): return addresses, innermost first.
     Inline(Vec<u64>),
     /// Not recorded (the kernel could not read it).
@@ -87,6 +90,9 @@ impl Event {
         };
         match raw.kind {
             EVENT_ALLOC | EVENT_MMAP => Some(alloc(match u32::try_from(raw.stack_id) {
+                _ if raw.stack_hash != 0 && raw.stack_id == STACK_ID_OWN_COPY => {
+                    Stack::OwnCopy(raw.stack_hash)
+                }
                 _ if raw.stack_hash != 0 => Stack::Copied(raw.stack_hash),
                 Ok(id) => Stack::Id(id),
                 Err(_) => Stack::Lost,

@@ -79,6 +79,8 @@ pub struct TracedImage {
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by key, waiting for their allocation event.
     unwound: HashMap<u64, Unwound>,
+    /// The last stack unwound under each key, for an allocation whose copy could not be sent.
+    last_copy: HashMap<u64, Unwound>,
     /// CLOCK_MONOTONIC when recording of this image started, the clock of event timestamps.
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
@@ -104,13 +106,19 @@ impl TracedImage {
                 .map_or_else(String::new, |m| m.display().to_string()),
             probed: plan.describe(),
             ledger: Ledger::new(options.sampling),
-            call_sites: CallSites::new(plan.modules().into_iter().map(Into::into).collect()),
+            call_sites: CallSites::new(
+                plan.allocator_modules()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            ),
             symbolizer,
             trends: Trends::default(),
             filter: options.filter,
             windows: options.windows,
             unwinder: DwarfUnwinder::default(),
             unwound: HashMap::new(),
+            last_copy: HashMap::new(),
             start_ns,
             ended: None,
         }
@@ -133,10 +141,20 @@ impl TracedImage {
             None => {
                 let (addresses, found_by) = match &stack {
                     Stack::Id(id) => frame_pointer_stack(probes.stack(*id)),
-                    Stack::Copied(hash) => self.unwound.remove(hash).map_or_else(
-                        || (Vec::new(), Vec::new()),
-                        |cfi| (cfi.addresses, cfi.found_by),
-                    ),
+                    Stack::Copied(hash) | Stack::OwnCopy(hash) => match self.unwound.remove(hash) {
+                        Some(cfi) => {
+                            let stack = (cfi.addresses.clone(), cfi.found_by.clone());
+                            self.last_copy.insert(*hash, cfi);
+                            stack
+                        }
+                        // Its copy could not be sent: the last one under its key stands in.
+                        None => self
+                            .last_copy
+                            .get(hash)
+                            .map_or_else(Default::default, |cfi| {
+                                (cfi.addresses.clone(), cfi.found_by.clone())
+                            }),
+                    },
                     Stack::Inline(frames) => frame_pointer_stack(frames.clone()),
                     Stack::Lost => (Vec::new(), Vec::new()),
                 };

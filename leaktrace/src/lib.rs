@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod image;
 pub mod ledger;
+pub mod placement;
 pub mod probes;
 pub mod proc_maps;
 pub mod procmem;
@@ -74,6 +75,8 @@ pub fn run(cli: Cli) -> Result<()> {
         library: cli.allocator.clone(),
         symbol_prefix: cli.symbol_prefix.clone(),
         mappings: cli.mmap,
+        entry_probes: cli.entry_probes,
+        see_through_operators: !cli.entry_probes && cli.unwind != UnwindMode::Fp,
     };
     let (target, plan) = match cli.pid {
         Some(pid) => {
@@ -91,6 +94,22 @@ pub fn run(cli: Cli) -> Result<()> {
         None => Target::launch(&cli.command, choice.clone())?,
     };
     log::debug!("probing {}", plan.describe());
+    for point in &plan.points {
+        log::debug!(
+            "{} in {}: {}",
+            point.symbol,
+            point.module.display(),
+            point.entry
+        );
+    }
+    for delegated in &plan.delegated {
+        log::debug!(
+            "{} in {}: not probed, its calls are seen through {}",
+            delegated.symbol,
+            delegated.module.display(),
+            delegated.through
+        );
+    }
     let stack_bytes = match cli.unwind {
         UnwindMode::Fp => 0,
         UnwindMode::Auto => cli.stack_bytes,

@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, return_offset_set,
+    CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, return_offset_set,
 };
 use serde::Serialize;
 
@@ -40,8 +40,8 @@ pub struct DropCounts {
     pub stack_unreadable: u64,
     /// Allocations lost: no room to remember the call between entry and return.
     pub pending_map_full: u64,
-    /// Stack copies not sent while the ring buffer was over half full. Nothing is lost: those
-    /// stacks were taken by frame pointers only.
+    /// Stack copies not sent while the ring buffer was over half full. No event is lost: those
+    /// allocations count under the last stack copied with their key, if any.
     pub stack_samples_skipped: u64,
     /// Sampled allocations not recorded: no room to keep their address for their free.
     pub sampled_map_full: u64,
@@ -193,24 +193,25 @@ impl ProbeSet {
         Detach(std::thread::spawn(move || drop(ebpf)))
     }
 
-    /// Teaches the probes where return addresses lie (see [`crate::unwind::Unwound`]). When
-    /// both slots of an address's set are taken by others, the second is given up: the probe
-    /// then stops its walk at the evicted address, and a stack through it is copied again.
-    pub fn learn_return_offsets(&mut self, offsets: &[(u64, u32)]) {
+    /// Teaches the probes where return addresses lie, and where stacks end (see
+    /// [`crate::unwind::Unwound`]). An end never replaces an offset: a stack copy too short
+    /// for a deep stack ends it early. When both slots of an address's set are taken by
+    /// others, the second is given up: the probe then stops its walk at the evicted address,
+    /// and stacks through it are copied each time.
+    pub fn learn_return_offsets(&mut self, offsets: &[(u64, u64)]) {
         for &(pc, offset) in offsets {
             let set = return_offset_set(pc) as usize;
             let ways = &self.learned[set..set + 2];
-            if ways.contains(&[pc, u64::from(offset)]) {
+            let known = ways.iter().find(|[learned, _]| *learned == pc);
+            if known.is_some_and(|&[_, o]| o == offset || offset == OUTERMOST_FRAME) {
                 continue;
             }
             let way = ways
                 .iter()
                 .position(|&[learned, _]| learned == pc || learned == 0)
                 .unwrap_or(1);
-            self.learned[set + way] = [pc, u64::from(offset)];
-            let _ = self
-                .return_offsets
-                .set((set + way) as u32, [pc, u64::from(offset)], 0);
+            self.learned[set + way] = [pc, offset];
+            let _ = self.return_offsets.set((set + way) as u32, [pc, offset], 0);
         }
     }
 

@@ -13,6 +13,7 @@ use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
+use leaktrace_common::OUTERMOST_FRAME;
 use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::{
@@ -50,9 +51,10 @@ pub struct StackCopy {
 pub struct Unwound {
     /// Return addresses, innermost first; the copy's ip comes first.
     pub addresses: Vec<u64>,
-    /// For each of those addresses but the last: where the next return address lay, as an
-    /// offset above the stack pointer at that address.
-    pub return_offsets: Vec<(u64, u32)>,
+    /// For each of those addresses: where the next return address lay, as an offset above
+    /// the stack pointer at that address; [`OUTERMOST_FRAME`] for the last one, where the
+    /// unwinding ended.
+    pub return_offsets: Vec<(u64, u64)>,
     /// How each address was found: through CFI, or through frame pointers where the module
     /// it was unwound from has none.
     pub found_by: Vec<FoundBy>,
@@ -120,9 +122,8 @@ impl DwarfUnwinder {
                 Ok(Some(return_address)) => {
                     // The return address sat just below the caller's stack pointer.
                     let slot = regs.sp().wrapping_sub(8);
-                    if let Some(offset) = slot.checked_sub(sp).and_then(|o| u32::try_from(o).ok()) {
-                        unwound.return_offsets.push((pc, offset));
-                    }
+                    let offset = slot.checked_sub(sp).unwrap_or(OUTERMOST_FRAME);
+                    unwound.return_offsets.push((pc, offset));
                     let has_cfi = self
                         .added
                         .iter()
@@ -138,6 +139,7 @@ impl DwarfUnwinder {
                 Ok(None) | Err(_) => break,
             }
         }
+        unwound.return_offsets.push((pc, OUTERMOST_FRAME));
         unwound
     }
 }
