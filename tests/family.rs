@@ -457,3 +457,54 @@ fn without_the_mmap_flag_mappings_are_not_traced() {
         mappings_define("BIG_BLOCK_BYTES")
     );
 }
+
+/// The probe points leaktrace chooses (free after its NULL test, C++ operators seen through
+/// malloc and free) count exactly what probes at every function's entry count.
+#[test]
+fn chosen_probe_points_count_the_same_as_entry_probes() {
+    if !bpf_available() {
+        return;
+    }
+    let summary = |report: &Value| {
+        let mut sites: Vec<(String, u64, u64, u64, u64)> = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|site| {
+                let count = |field: &str| site[field].as_u64().unwrap();
+                (
+                    site["frames"][0]["function"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                    count("live_bytes"),
+                    count("live_allocations"),
+                    count("allocs"),
+                    count("frees"),
+                )
+            })
+            .collect();
+        sites.sort();
+        (report["totals"].clone(), sites)
+    };
+    for (fixture, args) in [("cxx", "doors"), ("doors", "realloc"), ("fixture", "exit")] {
+        let binary = build_fixture(fixture);
+        let test = format!("points_{fixture}");
+        let (chosen, _) = launch_json(&test, &["-v"], &binary, &[args]);
+        let (entry, _) = launch_json(
+            &format!("{test}_entry"),
+            &["--entry-probes"],
+            &binary,
+            &[args],
+        );
+        assert_eq!(summary(&chosen), summary(&entry), "{fixture} {args}");
+        if fixture == "cxx" {
+            assert!(
+                !chosen["probed"].as_str().unwrap().contains("_ZdlPv"),
+                "operator delete is seen through free: {}",
+                chosen["probed"]
+            );
+            assert!(entry["probed"].as_str().unwrap().contains("_ZdlPv"));
+        }
+    }
+}

@@ -221,6 +221,31 @@ mod tests {
         assert_eq!(point.offset, 9, "{point}");
     }
 
+    /// The libc this machine runs: Debian's glibc free moves 9 bytes in, as measured.
+    #[test]
+    fn the_system_free_moves_past_its_null_test() {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let Ok(data) = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6") else {
+            eprintln!("no glibc here: nothing to check");
+            return;
+        };
+        let file = object::File::parse(&*data).unwrap();
+        let free = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("free"))
+            .unwrap();
+        let text = file.section_by_name(".text").unwrap();
+        let bytes = text.data_range(free.address(), free.size()).unwrap().unwrap();
+        let point = entry_point(
+            FunctionCode {
+                address: free.address(),
+                bytes,
+            },
+            FREE_LIKE,
+        );
+        assert_eq!(point.offset, 9, "{point}");
+    }
+
     #[test]
     fn a_branch_into_the_prologue_keeps_the_entry() {
         // ... then jmp back to the push (0x1009) from 0x100f.

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's chores that plain cargo cannot do.
 
+mod bench;
 mod stamp;
 
 use std::{
@@ -15,7 +16,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
-  test         install what the tests need, then run every test";
+  test         install what the tests need, then run every test
+  bench        what tracing costs a target: leaktrace against untraced and bcc memleak";
 
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
 /// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
         "build-ebpf" => build_ebpf(),
         "setup-ebpf" => setup_ebpf(),
         "test" => test(),
+        "bench" => bench::bench(&env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
