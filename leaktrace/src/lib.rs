@@ -120,6 +120,10 @@ pub fn run(cli: Cli) -> Result<()> {
         sampling: cli.sampling(),
     };
     let mut probes = ProbeSet::attach(target.pid, &plan, &settings)?;
+    // Had the process gone while the probes went in, its pid could be another's by now.
+    if !target.launched && !target.still_running() {
+        return Err(Failure::NoSuchProcess(target.pid).into());
+    }
     // Open the target's files now: a launched command may be gone by the first event.
     let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
         .with_context(|| format!("read /proc/{}/maps", target.pid))?;

@@ -235,7 +235,10 @@ mod tests {
             .find(|s| s.name() == Ok("free"))
             .unwrap();
         let text = file.section_by_name(".text").unwrap();
-        let bytes = text.data_range(free.address(), free.size()).unwrap().unwrap();
+        let bytes = text
+            .data_range(free.address(), free.size())
+            .unwrap()
+            .unwrap();
         let point = entry_point(
             FunctionCode {
                 address: free.address(),

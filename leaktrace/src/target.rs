@@ -4,7 +4,7 @@ use std::{
     ffi::OsString,
     fs,
     os::{
-        fd::{FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::process::CommandExt,
     },
     process::Command,
@@ -41,6 +41,9 @@ pub struct Target {
     pub launched: bool,
     /// Becomes readable when the process exits.
     pub exit_fd: OwnedFd,
+    /// When the process started (clock ticks after boot, /proc/PID/stat): with the pid, its
+    /// identity. A pid is reused once its process is gone; a start time is not.
+    pub start_time: u64,
 }
 
 impl Target {
@@ -50,8 +53,11 @@ impl Target {
             .ok()
             .filter(|&p| p > 0)
             .ok_or(Failure::NoSuchProcess(pid))?;
+        // The pidfd first: what is read of the pid from then on is of this process, as long
+        // as the pidfd says it is alive ([`Target::still_running`]).
+        let target = Target::from_pid(pid, false)?;
         // What the pid is comes first: a kernel thread is no one's to trace.
-        let (state, flags) = stat_state_and_flags(pid).ok_or(Failure::NoSuchProcess(pid))?;
+        let Stat { state, flags, .. } = Stat::read(pid).ok_or(Failure::NoSuchProcess(pid))?;
         if flags & PF_KTHREAD != 0 {
             return Err(Failure::KernelThread(pid).into());
         }
@@ -70,16 +76,36 @@ impl Target {
             }
             Err(errno) => return Err(errno).context(format!("check pid {pid}")),
         }
-        Target::from_pid(pid, false)
+        if !target.still_running() {
+            return Err(Failure::NoSuchProcess(pid).into());
+        }
+        Ok(target)
     }
 
     fn from_pid(pid: u32, launched: bool) -> Result<Target> {
+        let exit_fd = pidfd_open(pid)?;
+        let start_time = Stat::read(pid)
+            .ok_or(Failure::NoSuchProcess(pid))?
+            .start_time;
         Ok(Target {
             pid,
             command: process_name(pid),
             launched,
-            exit_fd: pidfd_open(pid)?,
+            exit_fd,
+            start_time,
         })
+    }
+
+    /// Whether the process is still the one we opened: not exited (its pidfd says so), and
+    /// its pid not taken by another process since (its start time says so).
+    pub fn still_running(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.exit_fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let exited = unsafe { libc::poll(&mut poll, 1, 0) } != 0;
+        !exited && Stat::read(self.pid).is_some_and(|stat| stat.start_time == self.start_time)
     }
 
     /// What to probe in a running process.
@@ -160,14 +186,26 @@ impl Target {
 /// The kernel's flag for kernel threads, in /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// The state letter and the flags of /proc/PID/stat. The command name before them is in
-/// parentheses and may hold spaces and parentheses itself: read from the last ')'.
-fn stat_state_and_flags(pid: u32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let flags = fields.nth(5)?.parse().ok()?;
-    Some((state, flags))
+/// What leaktrace reads of /proc/PID/stat.
+struct Stat {
+    state: char,
+    flags: u64,
+    start_time: u64,
+}
+
+impl Stat {
+    /// The command name before the fields is in parentheses and may hold spaces and
+    /// parentheses itself: the fields are read from the last ')'.
+    fn read(pid: u32) -> Option<Stat> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields 3 (state) onwards; flags is field 9, starttime field 22.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(Stat {
+            state: fields.first()?.chars().next()?,
+            flags: fields.get(6)?.parse().ok()?,
+            start_time: fields.get(19)?.parse().ok()?,
+        })
+    }
 }
 
 /// A process's program name: `argv[0]`'s file name, else /proc/PID/comm (cut at 15 bytes).

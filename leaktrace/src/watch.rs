@@ -51,7 +51,13 @@ pub fn run(pid: u32, interval: Duration, duration: Option<Duration>) -> Result<(
     let interrupted = interrupt_flag()?;
     loop {
         let t = started.elapsed().as_secs_f64();
-        let Ok(sample) = MemorySample::read(pid, t) else {
+        // Checked before and after the read: a sample of whatever took the pid over is none.
+        let sample = target
+            .still_running()
+            .then(|| MemorySample::read(pid, t).ok())
+            .flatten()
+            .filter(|_| target.still_running());
+        let Some(sample) = sample else {
             println!("pid {pid} is gone");
             break;
         };

@@ -1,6 +1,6 @@
 // The benchmark's target: allocator churn, timed by itself.
 //
-//   workload churn|mix THREADS PAIRS_PER_THREAD
+//   workload churn|mix|soak THREADS PAIRS_PER_THREAD
 //
 // Prints "ready", waits for a line on stdin (a tracer attaches meanwhile), runs, and prints
 // "ns_per_pair X": wall time times threads over all pairs, the time one thread spends on one
@@ -8,6 +8,8 @@
 //   churn: malloc of a mixed size, freed at once.
 //   mix:   a working set of 64 blocks per thread; each step replaces one, made by malloc,
 //          calloc, realloc, new or new[], and frees the one it replaces.
+//   soak:  churn, plus a leak of 64 bytes every 10,000 pairs from its own call site; runs
+//          until killed, PAIRS_PER_THREAD ignored (cargo xtask soak).
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,7 +18,7 @@
 #include <time.h>
 
 static long pairs;
-static int mix;
+static enum { CHURN, MIX, SOAK } scenario;
 
 static uint64_t next(uint64_t *state) {
     *state ^= *state << 13;
@@ -76,23 +78,38 @@ static void working_set(uint64_t *state) {
     for (int i = 0; i < SLOTS; i++) release(&slots[i]);
 }
 
+static void *volatile leaked;
+
+__attribute__((noinline)) static void leak_a_little(void) { leaked = malloc(64); }
+
+static void soak(uint64_t *state) {
+    for (;;) {
+        churn(state);
+        leak_a_little();
+    }
+}
+
 static pthread_barrier_t start;
 
 static void *run(void *arg) {
     uint64_t state = 0x9e3779b97f4a7c15ULL + (uintptr_t)arg;
     pthread_barrier_wait(&start);
-    if (mix) working_set(&state); else churn(&state);
+    switch (scenario) {
+    case MIX: working_set(&state); break;
+    case SOAK: soak(&state); break;
+    default: churn(&state);
+    }
     return NULL;
 }
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: workload churn|mix THREADS PAIRS_PER_THREAD\n");
+        fprintf(stderr, "usage: workload churn|mix|soak THREADS PAIRS_PER_THREAD\n");
         return 2;
     }
-    mix = strcmp(argv[1], "mix") == 0;
+    scenario = strcmp(argv[1], "mix") == 0 ? MIX : strcmp(argv[1], "soak") == 0 ? SOAK : CHURN;
     int threads = atoi(argv[2]);
-    pairs = atol(argv[3]);
+    pairs = scenario == SOAK ? 10000 : atol(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
     char line[16];

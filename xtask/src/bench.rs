@@ -6,11 +6,9 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::process::ExitStatusExt,
+    io::{BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +16,10 @@ use anyhow::{Context, Result, bail};
 use object::{Object, ObjectSymbol};
 use serde::Serialize;
 
-use crate::{run, workspace};
+use crate::{
+    process::{TRACER_WAIT, Traced, expect_line, which},
+    run, workspace,
+};
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--quick] [--json PATH]";
 
@@ -138,8 +139,14 @@ impl Options {
     }
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+/// Release leaktrace and the workload, built; and where to put results.
+pub struct Built {
+    pub leaktrace: PathBuf,
+    pub workload: PathBuf,
+    pub out: PathBuf,
+}
+
+pub fn build() -> Result<Built> {
     let root = workspace();
     run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -154,7 +161,20 @@ pub fn bench(args: &[String]) -> Result<()> {
         .arg(&workload)
         .arg(root.join("xtask/bench/workload.cc")))
     .context("build the workload (g++ is needed: `cargo xtask test` installs it)")?;
-    let leaktrace = root.join("target/release/leaktrace");
+    Ok(Built {
+        leaktrace: root.join("target/release/leaktrace"),
+        workload,
+        out,
+    })
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    let options = Options::parse(args)?;
+    let Built {
+        leaktrace,
+        workload,
+        out,
+    } = build()?;
     let bcc = which("memleak-bpfcc");
     if bcc.is_none() {
         println!("bcc memleak: not installed, left out (../shared/peers/setup-bcc.sh installs it)");
@@ -406,126 +426,6 @@ impl Bench<'_> {
     }
 }
 
-/// A tracer process, killed and reaped however the run ends.
-struct Traced {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Reaped by [`Traced::finish`]: its pid is no longer its own to signal.
-    reaped: bool,
-}
-
-/// A tracer's own cost.
-struct Usage {
-    cpu_s: f64,
-    peak_rss_mib: f64,
-}
-
-/// How long a tracer may take to attach (bcc compiles its programs first) or to finish.
-const TRACER_WAIT: Duration = Duration::from_secs(120);
-
-impl Traced {
-    /// Starts `command`, reading whichever of its stdout and stderr is piped.
-    fn start(command: &mut Command) -> Result<Traced> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .spawn()
-            .context("start the tracer")?;
-        let (sender, lines) = mpsc::channel();
-        let pipes: Vec<Box<dyn std::io::Read + Send>> = [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for pipe in pipes {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        Ok(Traced {
-            child,
-            lines,
-            reaped: false,
-        })
-    }
-
-    fn wait_for_line(&mut self, prefix: &str) -> Result<()> {
-        let deadline = Instant::now() + TRACER_WAIT;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return Ok(()),
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        bail!("the tracer never said {prefix:?}: {}", seen.join(" | "))
-    }
-
-    fn interrupt(&self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-    }
-
-    /// Waits for the tracer to end, and takes its resource usage.
-    fn finish(mut self) -> Result<Usage> {
-        let deadline = Instant::now() + TRACER_WAIT;
-        loop {
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            let pid = self.child.id() as i32;
-            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            if reaped == pid {
-                self.reaped = true;
-                let status = std::process::ExitStatus::from_raw(status);
-                if !status.success() && status.signal() != Some(libc::SIGINT) {
-                    bail!("the tracer failed: {status}");
-                }
-                let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-                return Ok(Usage {
-                    cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-                    peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
-                });
-            }
-            if Instant::now() > deadline {
-                bail!("the tracer did not end");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn expect_line(output: &mut BufReader<ChildStdout>, prefix: &str) -> Result<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if output.read_line(&mut line)? == 0 {
-            bail!("the workload ended before printing {prefix:?}");
-        }
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            return Ok(rest.to_owned());
-        }
-    }
-}
-
 /// Waits until the first byte of `function` in the target's libc is a breakpoint (int3).
 fn wait_for_breakpoint(pid: u32, function: &str) -> Result<()> {
     use std::os::unix::fs::FileExt;
@@ -575,12 +475,4 @@ fn wait_for_breakpoint(pid: u32, function: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("{function} never got its breakpoint")
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|path| path.is_file())
 }

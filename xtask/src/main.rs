@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's chores that plain cargo cannot do.
 
 mod bench;
+mod process;
+mod soak;
 mod stamp;
 
 use std::{
@@ -17,7 +19,8 @@ tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test
-  bench        what tracing costs a target: leaktrace against untraced and bcc memleak";
+  bench        what tracing costs a target: leaktrace against untraced and bcc memleak
+  soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped";
 
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
 /// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
         "setup-ebpf" => setup_ebpf(),
         "test" => test(),
         "bench" => bench::bench(&env::args().skip(2).collect::<Vec<_>>()),
+        "soak" => soak::soak(&env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
