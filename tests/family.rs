@@ -237,6 +237,47 @@ fn a_static_binary_is_probed_in_itself() {
     assert_eq!(report["totals"]["missed_frees"], 0);
 }
 
+/// An allocator library stripped of its symbol table is probed through its dynamic symbols,
+/// counts what the fixture leaks, and the report says how its functions were found.
+#[test]
+fn a_stripped_allocator_library_is_probed_through_its_dynamic_symbols() {
+    if !bpf_available() {
+        return;
+    }
+    let library = build_fixture_with("interposer", &["-shared", "-fPIC"]);
+    let stripped = library.with_extension("stripped.so");
+    let status = Command::new("strip")
+        .args(["--strip-all", "-o"])
+        .arg(&stripped)
+        .arg(&library)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let binary = build_fixture("fixture");
+    let json = output_path("stripped", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .env("LD_PRELOAD", &stripped)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .arg(&binary)
+            .arg("exit"),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    let probed = report["probed"].as_str().unwrap();
+    assert!(
+        probed.contains(&format!(
+            "in {} (stripped: found in .dynsym)",
+            stripped.display()
+        )),
+        "{probed}"
+    );
+    assert_eq!(report["allocator"], stripped.to_str().unwrap());
+    fixture_leaks(&report);
+}
+
 fn thread_leaks(report: &Value) -> SiteSum {
     sites_of(report, "thread_leak")
 }

@@ -146,11 +146,71 @@ fn a_ring_buffer_too_small_loses_events_and_says_so() {
         "200,000 events through 4 KiB: {}",
         report["drops"]
     );
+    assert_lower_bound(&stdout, &format!("ring buffer full {}", thousands(lost)));
+}
+
+/// The report's drops line names the loss and says its numbers are a lower bound.
+fn assert_lower_bound(stdout: &[String], loss: &str) {
     assert!(
-        stdout
-            .iter()
-            .any(|l| l.starts_with("drops: ring buffer full")
-                && l.contains("the numbers above are a lower bound")),
-        "{stdout:#?}"
+        stdout.iter().any(|l| l.starts_with("drops: ")
+            && l.contains(loss)
+            && l.contains("the numbers above are a lower bound")),
+        "{loss}: {stdout:#?}"
     );
+}
+
+/// More threads than `--max-threads` entries: the calls of the others are lost, counted as
+/// `pending_map_full`, and the report says its numbers are a lower bound.
+#[test]
+fn too_few_thread_entries_lose_calls_and_say_so() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("threads");
+    let (report, stdout) = launch_json("max_threads", &["--max-threads", "2"], &binary, &["exit"]);
+    let lost = report["drops"]["pending_map_full"].as_u64().unwrap();
+    assert!(lost > 0, "8 threads in 2 entries: {}", report["drops"]);
+    assert_lower_bound(&stdout, &format!("pending map full {}", thousands(lost)));
+}
+
+/// Sampling with room for fewer sampled blocks than the target keeps: the rest are not
+/// recorded, counted as `sampled_map_full` in the live view and the JSON, and the report says
+/// its numbers are a lower bound.
+#[test]
+fn a_full_map_of_sampled_blocks_is_counted_and_shown() {
+    if !bpf_available() {
+        return;
+    }
+    let target = start_ready(&build_fixture("fixture"), &["continuous"]);
+    let json = output_path("sampled_blocks", "json");
+    let mut leaktrace = attach_with_json(
+        target.pid(),
+        &json,
+        &[
+            "-s",
+            "2",
+            "--sampled-blocks",
+            "4",
+            "-i",
+            "300ms",
+            "-d",
+            "3s",
+        ],
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0);
+    let report = read_json(&json);
+    let lost = report["drops"]["sampled_map_full"].as_u64().unwrap();
+    assert!(
+        lost > 0,
+        "4 entries for ~150 sampled leaks: {}",
+        report["drops"]
+    );
+    let stdout = leaktrace.stdout.rest();
+    let last_view = stdout
+        .iter()
+        .filter(|l| l.contains("; lost events "))
+        .last()
+        .unwrap_or_else(|| panic!("no live view: {stdout:#?}"));
+    assert!(!last_view.ends_with("lost events 0"), "{last_view}");
+    assert_lower_bound(&stdout, &format!("sampled map full {}", thousands(lost)));
 }

@@ -156,6 +156,7 @@ pub mod maps {
     pub const TRACED: &str = "TRACED";
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
+    pub const PENDING: &str = "PENDING";
 }
 
 /// Slots of the `RETURN_OFFSETS` table: where, above the stack pointer, the return address

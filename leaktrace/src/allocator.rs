@@ -194,6 +194,9 @@ pub struct ProbePlan {
     pub points: Vec<ProbePoint>,
     /// C++ operators left unprobed, each with the probed function it passes its work to.
     pub delegated: Vec<Delegated>,
+    /// Probed modules without a symbol table (stripped): their functions were found in the
+    /// dynamic symbols, which is all a stripped library keeps.
+    pub stripped: Vec<PathBuf>,
 }
 
 /// A function not probed because its every call is seen through another.
@@ -250,6 +253,9 @@ impl ProbePlan {
                 out.push_str("; ");
             }
             let _ = write!(out, "{} in {}", symbols.join(", "), module.display());
+            if self.stripped.iter().any(|m| m == module) {
+                out.push_str(" (stripped: found in .dynsym)");
+            }
         }
         out
     }
@@ -258,6 +264,8 @@ impl ProbePlan {
 /// What leaktrace needs to know of one mapped file.
 struct ModuleInfo {
     soname: Option<String>,
+    /// No symbol table, only dynamic symbols.
+    stripped: bool,
     needed: Vec<String>,
     /// Our functions it defines (with prefix where asked), by name.
     defined: HashMap<String, Definition>,
@@ -335,6 +343,7 @@ impl ModuleInfo {
             })
             .unwrap_or_default();
         Some(ModuleInfo {
+            stripped: file.symbols().next().is_none(),
             soname: soname(&file),
             needed,
             defined,
@@ -550,6 +559,17 @@ impl AllocatorSearch {
         if plan.malloc_module().is_none() {
             plan.points.clear();
         }
+        plan.stripped = plan
+            .modules()
+            .into_iter()
+            .filter(|m| {
+                self.modules
+                    .get(*m)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|info| info.stripped)
+            })
+            .map(Path::to_path_buf)
+            .collect();
         if self.choice.see_through_operators
             && self.choice.library.is_none()
             && self.choice.symbol_prefix.is_none()

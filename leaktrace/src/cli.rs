@@ -112,6 +112,18 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=leaktrace_common::sampling::MAX_MEAN_BYTES))]
     pub sample_bytes: Option<u64>,
 
+    /// Threads of the target the probes can follow at once: each has an entry, made by its
+    /// first allocator call, for the call in flight. Past that, calls are lost (and counted).
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
+    pub max_threads: u32,
+
+    /// Sampled live blocks the kernel can keep track of (with -s or --sample-bytes). Past
+    /// that, sampled allocations are not recorded (and counted).
+    #[arg(long, value_name = "N", default_value_t = 1 << 18,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub sampled_blocks: u32,
+
     /// Bytes of stack copied for CFI unwinding (at most 16384).
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1024..=16384))]

@@ -118,6 +118,8 @@ pub fn run(cli: Cli) -> Result<()> {
         stack_bytes,
         ring_bytes: cli.ring_bytes,
         sampling: cli.sampling(),
+        max_threads: cli.max_threads,
+        sampled_blocks: cli.sampled_blocks,
     };
     let mut probes = ProbeSet::attach(target.pid, &plan, &settings)?;
     // Had the process gone while the probes went in, its pid could be another's by now.

@@ -67,11 +67,12 @@ pub struct ProbeSettings {
     /// The ring buffer's size.
     pub ring_bytes: u32,
     pub sampling: Sampling,
+    /// Entries of the per-thread map of calls in flight (`--max-threads`).
+    pub max_threads: u32,
+    /// Entries of the map of sampled live blocks (`--sampled-blocks`); the default holds, at
+    /// `--sample-bytes 524288`, a heap of 128 GiB in small blocks.
+    pub sampled_blocks: u32,
 }
-
-/// Sampled live blocks the kernel can keep track of: with `--sample-bytes 524288`, a heap of
-/// 128 GiB in small blocks.
-const SAMPLED_BLOCKS: u32 = 1 << 18;
 
 /// The attached probes and the maps userspace reads. Dropping it (or
 /// [`ProbeSet::detach_in_background`]) removes every probe from the target.
@@ -96,10 +97,11 @@ impl ProbeSet {
         preflight()?;
         raise_memlock_limit();
         let (sample_mode, sample_parameter) = settings.sampling.probe_settings();
+        // Not sampling, the map is never used: one entry.
         let sampled_blocks = if settings.sampling.is_exact() {
             1
         } else {
-            SAMPLED_BLOCKS
+            settings.sampled_blocks
         };
         let mut loader = EbpfLoader::new();
         loader
@@ -107,7 +109,8 @@ impl ProbeSet {
             .override_global("SAMPLE_MODE", &sample_mode, true)
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
-            .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks);
+            .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
+            .map_max_entries(maps::PENDING, settings.max_threads);
         let mut ebpf = loader.load(OBJECT).map_err(|error| {
             classify(
                 anyhow::Error::new(error),

@@ -34,18 +34,24 @@ impl MemorySample {
         let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
         let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
         let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        Ok(MemorySample::parse(&status, &rollup, &smaps, t))
+    }
+
+    /// A sample from the texts of /proc/PID/status, smaps_rollup and smaps; what they lack
+    /// counts as 0.
+    pub fn parse(status: &str, rollup: &str, smaps: &str, t: f64) -> MemorySample {
         let mut sample = MemorySample {
             t,
-            vm_rss: field_kib(&status, "VmRSS"),
-            vm_hwm: field_kib(&status, "VmHWM"),
-            vm_data: field_kib(&status, "VmData"),
-            rss_anon: field_kib(&status, "RssAnon"),
-            pss: field_kib(&rollup, "Pss"),
-            private_dirty: field_kib(&rollup, "Private_Dirty"),
+            vm_rss: field_kib(status, "VmRSS"),
+            vm_hwm: field_kib(status, "VmHWM"),
+            vm_data: field_kib(status, "VmData"),
+            rss_anon: field_kib(status, "RssAnon"),
+            pss: field_kib(rollup, "Pss"),
+            private_dirty: field_kib(rollup, "Private_Dirty"),
             ..MemorySample::default()
         };
-        sample.add_smaps(&smaps);
-        Ok(sample)
+        sample.add_smaps(smaps);
+        sample
     }
 
     /// Sums each mapping's Rss into its kind.

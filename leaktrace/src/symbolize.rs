@@ -169,6 +169,17 @@ impl Module {
     }
 }
 
+/// The source frames (function, file, line) at `elf_address` of the module at `path`, by its
+/// own or the system's debug info, innermost first: what symbolizing does for one frame, for
+/// a file alone. None when the file is no module leaktrace can read.
+pub fn frames_in_file(
+    path: &Path,
+    elf_address: u64,
+) -> Option<Vec<(Option<String>, Option<String>, Option<u32>)>> {
+    let module = Module::load(path, path, &DebugDirs::default())?;
+    Some(module.frames(elf_address))
+}
+
 /// Symbolizes addresses of one target process.
 ///
 /// It keeps the target's maps and an open handle on every file they name, taken while the

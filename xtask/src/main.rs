@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's chores that plain cargo cannot do.
 
 mod bench;
+mod fuzz;
 mod process;
 mod soak;
 mod stamp;
@@ -20,7 +21,8 @@ tasks:
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test
   bench        what tracing costs a target: leaktrace against untraced and bcc memleak
-  soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped";
+  soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
+  fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
 /// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
 /// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         "test" => test(),
         "bench" => bench::bench(&env::args().skip(2).collect::<Vec<_>>()),
         "soak" => soak::soak(&env::args().skip(2).collect::<Vec<_>>()),
+        "fuzz" => fuzz::fuzz(&env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
