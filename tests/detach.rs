@@ -48,10 +48,20 @@ const INT3: u8 = 0xcc;
 /// Attaches to a fixture, checks the breakpoints are in, ends leaktrace with `end`, and checks
 /// they are all gone; returns whether the JSON report was written.
 fn ends_clean(test: &str, args: &[&str], end: impl FnOnce(&Running)) -> bool {
+    ends_clean_with(test, args, &[], end).0
+}
+
+/// [`ends_clean`] with environment variables for leaktrace; also returns its exit code.
+fn ends_clean_with(
+    test: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    end: impl FnOnce(&Running),
+) -> (bool, Option<i32>) {
     let target = start_ready(&build_fixture("fixture"), &["continuous"]);
     let json = output_path(test, "json");
     let _ = fs::remove_file(&json);
-    let mut leaktrace = attach_with_json(target.pid(), &json, args);
+    let mut leaktrace = attach_with_json_env(target.pid(), &json, args, env);
     let planted = probed_bytes(target.pid());
     assert!(!planted.is_empty());
     assert!(
@@ -60,19 +70,40 @@ fn ends_clean(test: &str, args: &[&str], end: impl FnOnce(&Running)) -> bool {
     );
     end(&leaktrace);
     let deadline = std::time::Instant::now() + WAIT;
-    while leaktrace.child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = leaktrace.child.try_wait().unwrap() {
+            break status;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "leaktrace did not end"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let left = probed_bytes(target.pid());
     assert!(
         left.iter().all(|&(memory, file)| memory == file),
         "breakpoints left behind: {left:?}"
     );
-    json.exists()
+    (json.exists(), status.code())
+}
+
+/// leaktrace's debug builds panic on purpose after `LEAKTRACE_PANIC_AFTER` records.
+#[test]
+fn a_panic_inside_leaktrace_detaches_and_reports() {
+    if bpf_available() {
+        let (written, code) = ends_clean_with(
+            "detach_panic",
+            &[],
+            &[("LEAKTRACE_PANIC_AFTER", "100")],
+            |_| {},
+        );
+        assert!(written, "the report is written");
+        assert_eq!(code, Some(1), "and leaktrace says it failed");
+        let report = read_json(&output_path("detach_panic", "json"));
+        assert_eq!(report["ending"], "failed");
+        assert!(report["totals"]["allocs"].as_u64().unwrap() > 0);
+    }
 }
 
 fn signal(leaktrace: &Running, signal: i32) {

@@ -64,12 +64,17 @@ struct Capture<'a> {
     /// The target's RSS and friends beside its traced heap.
     memory: MemoryTrend,
     target_pid: u32,
+    /// Records taken in (debug builds: for [`Capture::injected_panic`]).
+    #[cfg(debug_assertions)]
+    records: u64,
 }
 
 impl Capture<'_> {
     /// Applies up to [`DRAIN_BATCH`] records; true when the ring buffer is empty.
     fn drain(&mut self, probes: &mut ProbeSet) -> bool {
         for _ in 0..DRAIN_BATCH {
+            #[cfg(debug_assertions)]
+            self.injected_panic();
             let Some(record) = probes.events.next() else {
                 return true;
             };
@@ -80,6 +85,27 @@ impl Capture<'_> {
             }
         }
         false
+    }
+
+    /// [`Capture::drain`], a panic in it caught: Err(()) when taking in events failed.
+    /// The capture then ends with what it has, and still detaches and reports.
+    fn drain_caught(&mut self, probes: &mut ProbeSet) -> Result<bool, ()> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain(probes)))
+            .map_err(|_| ())
+    }
+
+    /// Debug builds only: `LEAKTRACE_PANIC_AFTER=N` panics after N records, so that the tests
+    /// can check a panic still ends in a report and a clean detach.
+    #[cfg(debug_assertions)]
+    fn injected_panic(&mut self) {
+        self.records += 1;
+        let limit = std::env::var("LEAKTRACE_PANIC_AFTER").ok();
+        if limit.and_then(|n| n.parse().ok()) == Some(self.records) {
+            panic!(
+                "injected after {} records (LEAKTRACE_PANIC_AFTER)",
+                self.records
+            );
+        }
     }
 
     fn apply(&mut self, event: Event, probes: &mut ProbeSet) {
@@ -261,6 +287,8 @@ pub async fn run(
         current: HashMap::from([(target.pid, 0)]),
         memory: MemoryTrend::default(),
         target_pid: target.pid,
+        #[cfg(debug_assertions)]
+        records: 0,
     };
     // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this function
     // and so these registrations.
@@ -293,7 +321,7 @@ pub async fn run(
     let terminal = std::io::stdout().is_terminal();
     let mut backlog = false;
     let mut intervals = 0;
-    let ending = loop {
+    let mut ending = loop {
         tokio::select! {
             guard = ring.readable(), if !backlog => {
                 guard?.clear_ready();
@@ -301,11 +329,16 @@ pub async fn run(
             }
             _ = poll.tick(), if !backlog => backlog = true,
             _ = std::future::ready(()), if backlog => {
-                backlog = !capture.drain(probes);
+                match capture.drain_caught(probes) {
+                    Ok(done) => backlog = !done,
+                    Err(()) => break Ending::Failed,
+                }
             }
             _ = ticker.tick() => {
                 // Sample what the target has done up to now, not up to the last wake-up.
-                while !capture.drain(probes) {}
+                if drain_to_end(&mut capture, probes).is_err() {
+                    break Ending::Failed;
+                }
                 let view = capture.live_view(started.elapsed(), probes, options.top);
                 // On a terminal, redraw in place like top; piped, one block per interval.
                 let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
@@ -326,7 +359,10 @@ pub async fn run(
     // Close the window first: then the ring buffer holds a finite tail, all of it the window's.
     let window_end_ns = probes.close_window()?;
     let detach = probes.detach_in_background();
-    while !capture.drain(probes) {}
+    // After a failure, what is left in the ring buffer is left alone: it may fail again.
+    if ending != Ending::Failed && drain_to_end(&mut capture, probes).is_err() {
+        ending = Ending::Failed;
+    }
     let drops = probes.drops()?;
     let ending = match ending {
         Ending::TargetExited { .. } => Ending::TargetExited {
@@ -351,6 +387,11 @@ pub async fn run(
         }
     }
     Ok((report, detach))
+}
+
+fn drain_to_end(capture: &mut Capture, probes: &mut ProbeSet) -> Result<(), ()> {
+    while !capture.drain_caught(probes)? {}
+    Ok(())
 }
 
 fn process_exists(pid: u32) -> bool {

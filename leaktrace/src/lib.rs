@@ -191,7 +191,11 @@ pub fn run(cli: Cli) -> Result<()> {
     let written = write_outputs(&report, &cli);
     detach.wait();
     drop(probes);
-    written
+    written?;
+    if report.header.ending == report::Ending::Failed {
+        anyhow::bail!("leaktrace failed while taking in events; the report above is partial");
+    }
+    Ok(())
 }
 
 fn write_outputs(report: &report::Report, cli: &Cli) -> Result<()> {

@@ -341,11 +341,17 @@ pub fn launch_json(
 
 /// `leaktrace -p PID --json JSON ARGS…`, once its probes are in.
 pub fn attach_with_json(pid: u32, json: &Path, args: &[&str]) -> Running {
+    attach_with_json_env(pid, json, args, &[])
+}
+
+/// [`attach_with_json`] with environment variables for leaktrace.
+pub fn attach_with_json_env(pid: u32, json: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
             .args(["-p", &pid.to_string(), "--json"])
             .arg(json)
-            .args(args),
+            .args(args)
+            .envs(env.iter().copied()),
     );
     leaktrace.stderr.wait_for(is_attached_line, WAIT);
     leaktrace

@@ -55,6 +55,9 @@ pub enum Ending {
     TargetExited { status: Option<i32> },
     /// The process exec'd another program: this image's address space is gone.
     Exec,
+    /// leaktrace itself failed while taking in events (a bug): the report holds what it took
+    /// in before.
+    Failed,
 }
 
 /// The final state of a capture. Its JSON form is the contract in the README: fields may be

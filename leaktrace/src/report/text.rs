@@ -72,6 +72,13 @@ fn render_one(report: &Report, top: usize) -> String {
         thousands(totals.alloc_bytes),
         thousands(totals.frees)
     );
+    if header.ending == Ending::Failed {
+        let _ = writeln!(
+            out,
+            "leaktrace failed while taking in events (a bug; the panic is above): this report \
+             holds what it took in before"
+        );
+    }
     if let Ending::TargetExited { status } = header.ending {
         let status = status.map_or("unknown".to_owned(), |s| s.to_string());
         let _ = writeln!(out, "target exited with status {status}");
