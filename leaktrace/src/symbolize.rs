@@ -106,6 +106,9 @@ pub fn elf_address(mapping: &Mapping, segments: &[LoadSegment], address: u64) ->
         .map(|s| file_offset - s.file_offset + s.vaddr)
 }
 
+/// A source frame as debug info names it: function, file, line.
+pub type SourceFrame = (Option<String>, Option<String>, Option<u32>);
+
 /// A parsed module: its load segments and its debug info.
 struct Module {
     segments: Vec<LoadSegment>,
@@ -142,7 +145,7 @@ impl Module {
         })
     }
 
-    fn frames(&self, elf_address: u64) -> Vec<(Option<String>, Option<String>, Option<u32>)> {
+    fn frames(&self, elf_address: u64) -> Vec<SourceFrame> {
         let mut frames = Vec::new();
         if let Ok(mut iter) = self.debug.find_frames(elf_address) {
             while let Ok(Some(frame)) = iter.next() {
@@ -175,7 +178,7 @@ impl Module {
 pub fn frames_in_file(
     path: &Path,
     elf_address: u64,
-) -> Option<Vec<(Option<String>, Option<String>, Option<u32>)>> {
+) -> Option<Vec<SourceFrame>> {
     let module = Module::load(path, path, &DebugDirs::default())?;
     Some(module.frames(elf_address))
 }
