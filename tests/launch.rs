@@ -208,8 +208,7 @@ fn a_full_map_of_sampled_blocks_is_counted_and_shown() {
     let stdout = leaktrace.stdout.rest();
     let last_view = stdout
         .iter()
-        .filter(|l| l.contains("; lost events "))
-        .last()
+        .rfind(|l| l.contains("; lost events "))
         .unwrap_or_else(|| panic!("no live view: {stdout:#?}"));
     assert!(!last_view.ends_with("lost events 0"), "{last_view}");
     assert_lower_bound(&stdout, &format!("sampled map full {}", thousands(lost)));

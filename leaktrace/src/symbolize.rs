@@ -175,10 +175,7 @@ impl Module {
 /// The source frames (function, file, line) at `elf_address` of the module at `path`, by its
 /// own or the system's debug info, innermost first: what symbolizing does for one frame, for
 /// a file alone. None when the file is no module leaktrace can read.
-pub fn frames_in_file(
-    path: &Path,
-    elf_address: u64,
-) -> Option<Vec<SourceFrame>> {
+pub fn frames_in_file(path: &Path, elf_address: u64) -> Option<Vec<SourceFrame>> {
     let module = Module::load(path, path, &DebugDirs::default())?;
     Some(module.frames(elf_address))
 }
