@@ -60,13 +60,14 @@ impl MemorySample {
         for line in smaps.lines() {
             if let Some(rss) = line.strip_prefix("Rss:") {
                 let bytes = kib(rss);
-                match kind {
-                    Kind::Heap => self.heap += bytes,
-                    Kind::Anonymous => self.anonymous += bytes,
-                    Kind::File => self.file_backed += bytes,
-                    Kind::Stack => self.stacks += bytes,
-                    Kind::Other => {}
-                }
+                let total = match kind {
+                    Kind::Heap => &mut self.heap,
+                    Kind::Anonymous => &mut self.anonymous,
+                    Kind::File => &mut self.file_backed,
+                    Kind::Stack => &mut self.stacks,
+                    Kind::Other => continue,
+                };
+                *total = total.saturating_add(bytes);
             } else if let Some(header_kind) = mapping_kind(line) {
                 kind = header_kind;
             }
@@ -158,18 +159,45 @@ fn field_kib(text: &str, name: &str) -> u64 {
         .map_or(0, kib)
 }
 
+/// Saturating: /proc may be another kernel's, or not /proc at all (fuzzing found this).
 fn kib(value: &str) -> u64 {
     value
         .split_whitespace()
         .next()
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0)
-        * 1024
+        .saturating_mul(1024)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inputs the fuzzer (`cargo xtask fuzz`) found to crash the parser, replayed.
+    #[test]
+    fn fuzzed_inputs_that_crashed_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/smaps");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            let mut parts = text.splitn(3, '\0');
+            let mut part = || parts.next().unwrap_or_default();
+            let (status, rollup, smaps) = (part(), part(), part());
+            MemorySample::parse(status, rollup, smaps, 0.0);
+            replayed += 1;
+        }
+        assert!(replayed > 0, "no inputs in {dir}");
+    }
+
+    #[test]
+    fn sizes_past_u64_saturate() {
+        let status = "VmRSS:\t18014398509481984 kB\n";
+        let smaps = "00400000-00401000 rw-p 00000000 00:00 0 [heap]\nRss: 18014398509481984 kB\n\
+                     00401000-00402000 rw-p 00000000 00:00 0 [heap]\nRss: 4 kB\n";
+        let sample = MemorySample::parse(status, "", smaps, 0.0);
+        assert_eq!((sample.vm_rss, sample.heap), (u64::MAX, u64::MAX));
+    }
 
     const SMAPS: &str = "\
 55d4c9000000-55d4c9021000 rw-p 00000000 00:00 0                          [heap]
