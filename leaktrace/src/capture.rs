@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
@@ -263,6 +263,25 @@ impl Capture<'_> {
 ///
 /// The symbolizer must have been made while the target surely lived (before a launched target
 /// is resumed); `window_start_ns` is when [`ProbeSet::open_window`] opened the window.
+/// Ctrl-C, SIGTERM and SIGHUP, caught from before leaktrace says it is attached: a signal
+/// sent as soon as it says so ends the capture with a report, not leaktrace.
+pub struct Interrupts {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Interrupts {
+    /// Must be called inside the runtime that will run the capture.
+    pub fn catch() -> Result<Interrupts> {
+        Ok(Interrupts {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 pub async fn run(
     target: &Target,
     plan: &ProbePlan,
@@ -270,7 +289,13 @@ pub async fn run(
     symbolizer: Symbolizer,
     options: &CaptureOptions,
     window_start_ns: u64,
+    interrupts: Interrupts,
 ) -> Result<(Report, Detach)> {
+    let Interrupts {
+        mut interrupt,
+        mut terminate,
+        mut hangup,
+    } = interrupts;
     let started = Instant::now();
     let first = TracedImage::new(
         target.pid,
@@ -298,9 +323,6 @@ pub async fn run(
     let exited = unsafe { AsyncFd::register(target.exit_fd.as_raw_fd()) }
         .map_err(|e| e.into_parts().1)
         .context("watch the target")?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let start = tokio::time::Instant::now();
     let mut ticker = interval_at(start + options.interval, options.interval);
     // A late tick is skipped, not caught up: two samples close together make a wild slope.

@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     allocator::AllocatorChoice,
-    capture::CaptureOptions,
+    capture::{CaptureOptions, Interrupts},
     cli::Cli,
     error::Failure,
     image::ImageOptions,
@@ -129,6 +129,13 @@ pub fn run(cli: Cli) -> Result<()> {
     // Open the target's files now: a launched command may be gone by the first event.
     let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
         .with_context(|| format!("read /proc/{}/maps", target.pid))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let interrupts = {
+        let _inside = runtime.enter();
+        Interrupts::catch()?
+    };
     let window_start_ns = probes.open_window()?;
     target.resume()?;
     eprintln!(
@@ -176,9 +183,6 @@ pub fn run(cli: Cli) -> Result<()> {
         sort: cli.sort,
         count: cli.count,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (report, detach) = runtime.block_on(capture::run(
         &target,
         &plan,
@@ -186,6 +190,7 @@ pub fn run(cli: Cli) -> Result<()> {
         symbolizer,
         &options,
         window_start_ns,
+        interrupts,
     ))?;
     print!("\n{}", render_final(&report, options.top));
     let written = write_outputs(&report, &cli);
