@@ -228,6 +228,23 @@ impl ProbePlan {
         modules
     }
 
+    /// Where each function's probe sits and why, and which functions are not probed: for
+    /// `--verbose`.
+    pub fn decisions(&self) -> Vec<String> {
+        let probed = self.points.iter().map(|p| {
+            let how = p.entry.to_string();
+            (&p.symbol, &p.module, how)
+        });
+        let delegated = self.delegated.iter().map(|d| {
+            let how = format!("not probed, its calls are seen through {}", d.through);
+            (&d.symbol, &d.module, how)
+        });
+        probed
+            .chain(delegated)
+            .map(|(symbol, module, how)| format!("{symbol} in {}: {how}", module.display()))
+            .collect()
+    }
+
     /// Every probed module, each once, in plan order.
     pub fn modules(&self) -> Vec<&Path> {
         let mut modules: Vec<&Path> = Vec::new();

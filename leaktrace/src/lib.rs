@@ -94,21 +94,8 @@ pub fn run(cli: Cli) -> Result<()> {
         None => Target::launch(&cli.command, choice.clone())?,
     };
     log::debug!("probing {}", plan.describe());
-    for point in &plan.points {
-        log::debug!(
-            "{} in {}: {}",
-            point.symbol,
-            point.module.display(),
-            point.entry
-        );
-    }
-    for delegated in &plan.delegated {
-        log::debug!(
-            "{} in {}: not probed, its calls are seen through {}",
-            delegated.symbol,
-            delegated.module.display(),
-            delegated.through
-        );
+    for decision in plan.decisions() {
+        log::debug!("{decision}");
     }
     let stack_bytes = match cli.unwind {
         UnwindMode::Fp => 0,
