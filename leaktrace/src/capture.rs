@@ -19,7 +19,7 @@ use tokio::{
 use crate::{
     allocator::{AllocatorChoice, AllocatorSearch, ProbePlan},
     events::Event,
-    image::{ImageOptions, TracedImage},
+    image::{ImageOptions, Prepared, TracedImage},
     probes::{Detach, ProbeSet},
     proc_maps::ProcessMaps,
     procmem::MemoryTrend,
@@ -27,6 +27,7 @@ use crate::{
     symbolize::Symbolizer,
     target::{Target, process_name},
     trends::SortKey,
+    unwind::DwarfUnwinder,
 };
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
@@ -185,11 +186,15 @@ impl Capture<'_> {
         }
         // A forked child runs before its probes are in: it is not traced from its start.
         let from_start = !forked && all_probed_before;
+        let unwinder = DwarfUnwinder::new(&symbolizer, self.options.image.stack_copies);
         self.images.push(TracedImage::new(
             pid,
             process_name(pid),
             &plan,
-            symbolizer,
+            Prepared {
+                symbolizer,
+                unwinder,
+            },
             self.options.image,
             from_start,
             start_ns,
@@ -286,7 +291,7 @@ pub async fn run(
     target: &Target,
     plan: &ProbePlan,
     probes: &mut ProbeSet,
-    symbolizer: Symbolizer,
+    prepared: Prepared,
     options: &CaptureOptions,
     window_start_ns: u64,
     interrupts: Interrupts,
@@ -301,7 +306,7 @@ pub async fn run(
         target.pid,
         target.command.clone(),
         plan,
-        symbolizer,
+        prepared,
         options.image,
         target.launched,
         window_start_ns,

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use anyhow::{Context, Result};
+
 use crate::{
     allocator::ProbePlan,
     callsite::CallSites,
@@ -48,10 +50,32 @@ fn frame_pointer_stack(addresses: Vec<u64>) -> (Vec<u64>, Vec<FoundBy>) {
     (addresses, found_by)
 }
 
+/// What an image is named and unwound with, made ready (for the target's first image) before
+/// the recording window opens: its files opened (a launched command may be gone by the first
+/// event) and, with stack copies, its CFI read.
+pub struct Prepared {
+    pub symbolizer: Symbolizer,
+    pub unwinder: DwarfUnwinder,
+}
+
+impl Prepared {
+    pub fn new(pid: u32, debug_dirs: &[std::path::PathBuf], stack_copies: bool) -> Result<Self> {
+        let symbolizer =
+            Symbolizer::new(pid, debug_dirs).with_context(|| format!("read /proc/{pid}/maps"))?;
+        let unwinder = DwarfUnwinder::new(&symbolizer, stack_copies);
+        Ok(Prepared {
+            symbolizer,
+            unwinder,
+        })
+    }
+}
+
 /// How every image is traced and counted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageOptions {
     pub sampling: Sampling,
+    /// The probes send stack copies to unwind (`--unwind auto`): see [`DwarfUnwinder::new`].
+    pub stack_copies: bool,
     /// Which live blocks the reports count.
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
@@ -92,7 +116,7 @@ impl TracedImage {
         pid: u32,
         command: String,
         plan: &ProbePlan,
-        symbolizer: Symbolizer,
+        prepared: Prepared,
         options: ImageOptions,
         from_start: bool,
         start_ns: u64,
@@ -112,11 +136,11 @@ impl TracedImage {
                     .map(Into::into)
                     .collect(),
             ),
-            symbolizer,
+            symbolizer: prepared.symbolizer,
             trends: Trends::default(),
             filter: options.filter,
             windows: options.windows,
-            unwinder: DwarfUnwinder::default(),
+            unwinder: prepared.unwinder,
             unwound: HashMap::new(),
             last_copy: HashMap::new(),
             start_ns,

@@ -41,11 +41,10 @@ use crate::{
     capture::{CaptureOptions, Interrupts},
     cli::Cli,
     error::Failure,
-    image::ImageOptions,
+    image::{ImageOptions, Prepared},
     ledger::BlockFilter,
     probes::{ProbeSet, ProbeSettings},
     report::render_final,
-    symbolize::Symbolizer,
     target::Target,
     unwind::UnwindMode,
 };
@@ -113,9 +112,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if !target.launched && !target.still_running() {
         return Err(Failure::NoSuchProcess(target.pid).into());
     }
-    // Open the target's files now: a launched command may be gone by the first event.
-    let symbolizer = Symbolizer::new(target.pid, &cli.debug_dir)
-        .with_context(|| format!("read /proc/{}/maps", target.pid))?;
+    let prepared = Prepared::new(target.pid, &cli.debug_dir, cli.unwind == UnwindMode::Auto)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -157,6 +154,7 @@ pub fn run(cli: Cli) -> Result<()> {
         choice,
         image: ImageOptions {
             sampling: cli.sampling(),
+            stack_copies: cli.unwind == UnwindMode::Auto,
             filter: BlockFilter {
                 min_age_ms: cli
                     .min_age
@@ -174,7 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
         &target,
         &plan,
         &mut probes,
-        symbolizer,
+        prepared,
         &options,
         window_start_ns,
         interrupts,

@@ -68,20 +68,24 @@ pub struct DwarfUnwinder {
     added: Vec<(Range<u64>, bool)>,
 }
 
-impl Default for DwarfUnwinder {
-    fn default() -> Self {
-        DwarfUnwinder {
+impl DwarfUnwinder {
+    /// The unwinder of one program image. With `stack_copies`, it reads the CFI of every code
+    /// mapping now, before recording starts: the first copies then do not wait on it while
+    /// the ring buffer fills.
+    pub fn new(symbolizer: &Symbolizer, stack_copies: bool) -> Self {
+        let mut unwinder = DwarfUnwinder {
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             added: Vec::new(),
+        };
+        if stack_copies {
+            unwinder.add_modules(symbolizer);
         }
+        unwinder
     }
-}
 
-impl DwarfUnwinder {
-    /// The return addresses of `copy`, innermost first; its `ip` (the allocation call's return
-    /// address) comes first.
-    pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Unwound {
+    /// Gives framehop the CFI of every code mapping it lacks (modules mapped since, too).
+    fn add_modules(&mut self, symbolizer: &Symbolizer) {
         for (mapping, file) in symbolizer.code_mappings() {
             if self
                 .added
@@ -97,6 +101,12 @@ impl DwarfUnwinder {
                 self.unwinder.add_module(module);
             }
         }
+    }
+
+    /// The return addresses of `copy`, innermost first; its `ip` (the allocation call's return
+    /// address) comes first.
+    pub fn unwind(&mut self, copy: &StackCopy, symbolizer: &Symbolizer) -> Unwound {
+        self.add_modules(symbolizer);
         let mut read_stack = |address: u64| {
             let offset = address.checked_sub(copy.sp).ok_or(())? as usize;
             let bytes = copy.bytes.get(offset..offset + 8).ok_or(())?;
