@@ -367,7 +367,8 @@ impl Bench<'_> {
                 if tracer == Tracer::LeaktraceSampled {
                     command.args(["--sample-bytes", "524288"]);
                 }
-                let mut child = Traced::start(command.stderr(Stdio::piped()))?;
+                let mut child =
+                    Traced::start(command.stdout(Stdio::null()).stderr(Stdio::piped()))?;
                 child.wait_for_line("leaktrace: attached to pid")?;
                 Some(child)
             }
