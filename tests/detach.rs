@@ -6,8 +6,8 @@ mod support;
 use std::{fs, path::Path, time::Duration};
 
 use leaktrace::{
-    allocator::{AllocatorChoice, AllocatorSearch},
-    proc_maps::ProcessMaps,
+    plan::{AllocatorChoice, AllocatorSearch},
+    target::maps::ProcessMaps,
 };
 use support::*;
 

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use leaktrace::symbolize::frames_in_file;
+use leaktrace::stacks::symbolize::frames_in_file;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

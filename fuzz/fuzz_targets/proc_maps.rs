@@ -1,7 +1,7 @@
 //! /proc/PID/maps text, as a kernel (or a hostile /proc) could write it.
 #![no_main]
 
-use leaktrace::proc_maps::ProcessMaps;
+use leaktrace::target::maps::ProcessMaps;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use leaktrace::placement::{FunctionCode, ProbeNeeds, callees, entry_point, plt_slot};
+use leaktrace::plan::placement::{FunctionCode, ProbeNeeds, callees, entry_point, plt_slot};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

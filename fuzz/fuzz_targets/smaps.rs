@@ -1,7 +1,7 @@
 //! /proc/PID/status, smaps_rollup and smaps texts, split by NUL bytes.
 #![no_main]
 
-use leaktrace::procmem::MemorySample;
+use leaktrace::target::memory::MemorySample;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

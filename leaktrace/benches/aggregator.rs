@@ -13,9 +13,9 @@ use std::{
 };
 
 use leaktrace::{
-    callsite::CallSites,
-    events::{Event, Stack},
+    kernel::{Event, Stack},
     ledger::Ledger,
+    stacks::CallSites,
 };
 use leaktrace_common::{AllocEvent, EVENT_ALLOC, EVENT_FREE};
 

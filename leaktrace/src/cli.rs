@@ -4,7 +4,14 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{sampling::Sampling, trends::SortKey, unwind::UnwindMode};
+use crate::{
+    capture::{CaptureOptions, ImageOptions},
+    kernel::ProbeSettings,
+    ledger::{BlockFilter, Sampling},
+    plan::AllocatorChoice,
+    report::output::ReportFiles,
+    target::TargetSpec,
+};
 
 /// Find memory leaks in a running process: uprobes on its allocator, live bytes per call site.
 #[derive(Debug, Parser)]
@@ -185,13 +192,119 @@ pub enum Watch {
     },
 }
 
+/// How stacks are taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// Frame pointers only: no stack copies, the cheapest; stacks stop early in code built
+    /// without frame pointers.
+    Fp,
+    /// CFI unwinding of a copy of each new stack, by frame pointers where a module has no CFI
+    /// (`dwarf` is another name for it).
+    #[default]
+    #[value(alias = "dwarf")]
+    Auto,
+}
+
+/// The order of the live view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Fastest-growing first: what is leaking now.
+    #[default]
+    Growth,
+    /// Most live bytes first.
+    Live,
+    /// Most allocations first.
+    Allocs,
+}
+
 impl Cli {
+    pub fn target(&self) -> TargetSpec {
+        match self.pid {
+            Some(pid) => TargetSpec::Running(pid),
+            None if self.command.is_empty() => TargetSpec::Demo,
+            None => TargetSpec::Launch(self.command.clone()),
+        }
+    }
+
     /// The sampling the flags ask for.
     pub fn sampling(&self) -> Sampling {
         match (self.sample_rate, self.sample_bytes) {
             (Some(n), _) if n > 1 => Sampling::EveryNth { n },
             (_, Some(mean_bytes)) => Sampling::Bytes { mean_bytes },
             _ => Sampling::Exact,
+        }
+    }
+
+    /// Which functions to probe, and where.
+    pub fn allocator_choice(&self) -> AllocatorChoice {
+        AllocatorChoice {
+            library: self.allocator.clone(),
+            symbol_prefix: self.symbol_prefix.clone(),
+            mappings: self.mmap,
+            entry_probes: self.entry_probes,
+            see_through_operators: !self.entry_probes && self.unwind != UnwindMode::Fp,
+        }
+    }
+
+    /// How the probes are loaded.
+    pub fn probe_settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            stack_bytes: match self.unwind {
+                UnwindMode::Fp => 0,
+                UnwindMode::Auto => self.stack_bytes,
+            },
+            ring_bytes: self.ring_bytes,
+            sampling: self.sampling(),
+            max_threads: self.max_threads,
+            sampled_blocks: self.sampled_blocks,
+        }
+    }
+
+    /// When and how the capture reports and ends.
+    pub fn capture_options(&self) -> CaptureOptions {
+        let default_interval = match self.target() {
+            TargetSpec::Demo => Duration::from_secs(1),
+            _ => Duration::from_secs(5),
+        };
+        let interval = self.interval.unwrap_or(default_interval);
+        let windows = self.windows.map(|count| {
+            let window_ms = interval.as_millis().try_into().unwrap_or(u32::MAX);
+            (window_ms, count as usize)
+        });
+        CaptureOptions {
+            // N windows end the capture after N intervals, unless told otherwise.
+            duration: self.duration.or(self.windows.map(|count| interval * count)),
+            interval,
+            top: self.top as usize,
+            follow_forks: self.follow_forks,
+            choice: self.allocator_choice(),
+            image: ImageOptions {
+                sampling: self.sampling(),
+                stack_copies: self.unwind == UnwindMode::Auto,
+                filter: BlockFilter {
+                    min_age_ms: self
+                        .min_age
+                        .map_or(0, |age| age.as_millis().try_into().unwrap_or(u32::MAX)),
+                    min_size: self.min_size.unwrap_or(0),
+                    max_size: self.max_size.unwrap_or(u64::MAX),
+                },
+                windows,
+            },
+            debug_dirs: self.debug_dir.clone(),
+            sort: self.sort,
+            count: self.count,
+        }
+    }
+
+    /// The report files asked for.
+    pub fn report_files(&self) -> ReportFiles {
+        ReportFiles {
+            json: self.json.clone(),
+            folded: self.folded.clone(),
+            pprof: self.pprof.clone(),
+            flamegraph: self.flamegraph.clone(),
+            html: self.html.clone(),
+            top: self.top as usize,
         }
     }
 }

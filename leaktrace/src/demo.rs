@@ -5,13 +5,22 @@
 //! and frees it (balanced traffic), and `remember_session` keeps 512 bytes that nothing ever
 //! frees (the leak).
 
-use std::{thread, time::Duration};
+use std::{ffi::OsString, thread, time::Duration};
+
+use anyhow::{Context, Result};
 
 /// Requests the demo serves.
 pub const REQUESTS: usize = 60;
 /// Bytes each request leaks.
 pub const LEAK_BYTES: usize = 512;
 
+/// How leaktrace starts the demo: itself, with the hidden flag that runs [`run`].
+pub fn command() -> Result<Vec<OsString>> {
+    let exe = std::env::current_exe().context("find leaktrace's own binary")?;
+    Ok(vec![exe.into(), OsString::from("--demo-target")])
+}
+
+/// The demo's workload.
 pub fn run() {
     let mut sessions = Vec::with_capacity(REQUESTS);
     for request in 0..REQUESTS {

@@ -8,10 +8,10 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    procmem::MemorySample,
+    ledger::trends::{Growth, fit},
     report::thousands,
     target::Target,
-    trends::{Growth, fit},
+    target::memory::MemorySample,
 };
 
 /// Growth this steady (R²) and this large over the watch counts as "growing": less is noise,

@@ -33,10 +33,10 @@ pub fn folded_stacks(report: &Report) -> String {
 mod tests {
     use super::*;
     use crate::{
+        kernel::DropCounts,
         ledger::{SiteStats, Totals},
-        probes::DropCounts,
         report::{Ending, ReportHeader, SiteReport},
-        symbolize::Frame,
+        stacks::Frame,
     };
 
     fn frame(function: &str) -> Frame {
@@ -49,7 +49,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
-            found_by: crate::symbolize::FoundBy::Ip,
+            found_by: crate::stacks::symbolize::FoundBy::Ip,
         }
     }
 

@@ -19,13 +19,13 @@ pub use folded::folded_stacks;
 pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
 
 use crate::{
-    callsite::CallSites,
+    kernel::DropCounts,
+    ledger::sampling::Sampling,
+    ledger::trends::Trends,
     ledger::{Ledger, SiteId, SiteStats, Totals},
-    probes::DropCounts,
-    procmem::MemorySample,
-    sampling::Sampling,
-    symbolize::{Frame, Symbolizer},
-    trends::Trends,
+    stacks::callsite::CallSites,
+    stacks::symbolize::{Frame, Symbolizer},
+    target::memory::MemorySample,
 };
 
 /// One call site in the report.
@@ -33,7 +33,7 @@ use crate::{
 pub struct SiteReport {
     #[serde(flatten)]
     pub stats: SiteStats,
-    /// Least-squares slope of live bytes over the last intervals ([`crate::trends`]).
+    /// Least-squares slope of live bytes over the last intervals ([`crate::ledger::trends`]).
     pub growth_bytes_per_s: f64,
     /// R² of that fit: how steadily the site grows, 0 to 1.
     pub growth_steadiness: f64,

@@ -1,4 +1,8 @@
-//! Writing report files safely: leaktrace runs as root, often in a directory others can write.
+//! The report files asked for, and writing them safely: leaktrace runs as root, often in a
+//! directory others can write.
+//!
+//! Every path is checked before the capture starts, so that a capture is never lost to a
+//! path that could not have been written.
 //!
 //! A report appears whole or not at all (written to a temporary file beside it, then renamed),
 //! a symbolic link at its path is refused rather than followed, the temporary file is created
@@ -13,7 +17,73 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use super::Report;
 use crate::error::Failure;
+
+/// The report files the command line asks for (`--json`, `--folded`, …).
+#[derive(Clone, Debug, Default)]
+pub struct ReportFiles {
+    pub json: Option<PathBuf>,
+    pub folded: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
+    pub flamegraph: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+    /// Sites the HTML page shows.
+    pub top: usize,
+}
+
+impl ReportFiles {
+    /// Fails before the capture, not after it, when a report could not be written.
+    pub fn check(&self) -> Result<()> {
+        let paths = [
+            &self.json,
+            &self.folded,
+            &self.pprof,
+            &self.flamegraph,
+            &self.html,
+        ];
+        paths.into_iter().flatten().try_for_each(|p| check_path(p))
+    }
+
+    pub fn write(&self, report: &Report) -> Result<()> {
+        if let Some(path) = &self.json {
+            report.write_json(path)?;
+        }
+        if let Some(path) = &self.folded {
+            report.write_folded(path)?;
+        }
+        if let Some(path) = &self.pprof {
+            report.write_pprof(path)?;
+        }
+        if let Some(path) = &self.flamegraph {
+            report.write_flamegraph(path)?;
+        }
+        if let Some(path) = &self.html {
+            report.write_html(path, self.top)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why `path` could not take a report, found before the capture.
+fn check_path(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let reason = if !parent.is_dir() {
+        format!("directory {} does not exist", parent.display())
+    } else if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        "it is a symbolic link, which leaktrace does not follow".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Failure::OutputPath {
+        path: path.to_path_buf(),
+        reason,
+    }
+    .into())
+}
 
 /// Who should own the files: the invoking user under sudo (SUDO_UID/SUDO_GID), else nobody
 /// in particular (they stay the writer's).

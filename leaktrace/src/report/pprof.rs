@@ -9,7 +9,7 @@ use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
 use super::Report;
-use crate::symbolize::Frame;
+use crate::stacks::symbolize::Frame;
 
 #[derive(Clone, PartialEq, Message)]
 struct Profile {

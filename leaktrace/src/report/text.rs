@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use super::{Ending, Report, thousands};
-use crate::probes::DropCounts;
-use crate::trends::Growth;
+use crate::kernel::DropCounts;
+use crate::ledger::trends::Growth;
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;

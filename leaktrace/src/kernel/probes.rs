@@ -1,4 +1,5 @@
-//! Loading the eBPF object and attaching its uprobes to the target's allocator.
+//! The loaded eBPF object: its uprobes attached to the target's allocator, the maps userspace
+//! reads and writes, and their removal.
 
 use std::{
     collections::HashSet,
@@ -18,45 +19,16 @@ use aya::{
 use leaktrace_common::{
     CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, return_offset_set,
 };
-use serde::Serialize;
 
+use super::{clock::monotonic_ns, drops::DropCounts};
 use crate::{
-    allocator::{ProbePlan, ProbePoint},
     error::{Failure, os_error},
-    sampling::Sampling,
+    ledger::Sampling,
+    plan::{ProbePlan, ProbePoint},
 };
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
-static OBJECT: &[u8] = include_bytes_aligned!("../bpf/leaktrace.bpf.o");
-
-/// What the kernel side could not deliver whole, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct DropCounts {
-    /// Events lost: the ring buffer was full.
-    pub ring_buffer_full: u64,
-    /// Stacks that did not fit the stack map. Nothing is lost: they came inline instead.
-    pub stack_map_full: u64,
-    /// Allocations whose stack could not be read: counted, under an unknown call site.
-    pub stack_unreadable: u64,
-    /// Allocations lost: no room to remember the call between entry and return.
-    pub pending_map_full: u64,
-    /// Stack copies not sent while the ring buffer was over half full. No event is lost: those
-    /// allocations count under the last stack copied with their key, if any.
-    pub stack_samples_skipped: u64,
-    /// Sampled allocations not recorded: no room to keep their address for their free.
-    pub sampled_map_full: u64,
-}
-
-impl DropCounts {
-    /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
-    /// [`DropCounts::stack_samples_skipped`] are not among them.
-    pub fn lost(&self) -> u64 {
-        self.ring_buffer_full
-            + self.stack_unreadable
-            + self.pending_map_full
-            + self.sampled_map_full
-    }
-}
+static OBJECT: &[u8] = include_bytes_aligned!("../../bpf/leaktrace.bpf.o");
 
 /// How the probes are loaded.
 #[derive(Clone, Copy, Debug)]
@@ -197,7 +169,7 @@ impl ProbeSet {
     }
 
     /// Teaches the probes where return addresses lie, and where stacks end (see
-    /// [`crate::unwind::Unwound`]). An end never replaces an offset: a stack copy too short
+    /// [`crate::stacks::unwind::Unwound`]). An end never replaces an offset: a stack copy too short
     /// for a deep stack ends it early. When both slots of an address's set are taken by
     /// others, the second is given up: the probe then stops its walk at the evicted address,
     /// and stacks through it are copied each time.
@@ -250,16 +222,6 @@ impl Detach {
     pub fn wait(self) {
         let _ = self.0.join();
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's event timestamps.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

@@ -1,6 +1,10 @@
-//! `/proc/PID/maps`: which file backs which address range of the target.
+//! `/proc/PID/maps`: which file backs which address range of the target, and how leaktrace
+//! opens those files from its own mount namespace.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,9 +96,34 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// The file the target has mapped at `path`, as leaktrace can open it: its
+/// `/proc/PID/map_files` entry, which is the mapped inode itself even when the path is gone,
+/// replaced or in another mount namespace; failing that, the path through `/proc/PID/root`.
+pub fn module_file(pid: u32, maps: &ProcessMaps, path: &Path) -> PathBuf {
+    maps.mappings()
+        .iter()
+        .find(|m| m.path.as_deref() == Some(path))
+        .map(|m| m.map_file(pid))
+        .filter(|file| std::fs::File::open(file).is_ok())
+        .unwrap_or_else(|| host_path(pid, path))
+}
+
+/// `path` inside the target's mount namespace, seen from ours.
+pub fn host_path(pid: u32, path: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_path_goes_through_the_targets_root() {
+        assert_eq!(
+            host_path(42, Path::new("/usr/lib/libc.so.6")),
+            PathBuf::from("/proc/42/root/usr/lib/libc.so.6")
+        );
+    }
 
     const MAPS: &str = "\
 55d4c8a00000-55d4c8a01000 r--p 00000000 fe:01 1234     /usr/bin/fixture

@@ -11,11 +11,8 @@ use std::{
 use object::{Object, ObjectSegment};
 use serde::Serialize;
 
-use crate::{
-    allocator::host_path,
-    debuginfo::{DebugDirs, hex},
-    proc_maps::{Mapping, ProcessMaps},
-};
+use super::debuginfo::{DebugDirs, hex};
+use crate::target::maps::{Mapping, ProcessMaps, host_path};
 
 /// How a frame's address was found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -1,4 +1,12 @@
-//! The traced process: an existing pid, or a command leaktrace starts stopped.
+//! Target: the traced process.
+//!
+//! In: a pid (`-p`) or a command to start stopped. Out: a [`Target`] leaktrace holds by a
+//! pidfd, so that a recycled pid is never taken for it, with its mappings ([`maps`]) and the
+//! files behind them as leaktrace can open them, and its memory as the kernel counts it
+//! ([`memory`]: RSS, PSS, heap), which needs no probes.
+
+pub mod maps;
+pub mod memory;
 
 use std::{
     ffi::OsString,
@@ -21,16 +29,27 @@ use nix::{
     unistd::Pid,
 };
 
+use self::maps::ProcessMaps;
 use crate::{
-    allocator::{AllocatorChoice, AllocatorSearch, ProbePlan},
     error::Failure,
-    proc_maps::ProcessMaps,
+    plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
 };
 
 /// How many syscalls of a starting program we watch for its allocator to be mapped. The dynamic
 /// loader maps every needed library within a few dozen; past this the program has no allocator
 /// we can find.
 const MAX_LOADER_SYSCALLS: u32 = 20_000;
+
+/// What to trace, as the command line names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// `-p PID`.
+    Running(u32),
+    /// `-- CMD ARGS…`, started stopped.
+    Launch(Vec<OsString>),
+    /// Neither: leaktrace's own demo, started like a command.
+    Demo,
+}
 
 /// The process being traced.
 pub struct Target {
@@ -47,6 +66,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// The process `spec` names, and what to probe in it.
+    pub fn open(spec: &TargetSpec, choice: &AllocatorChoice) -> Result<(Target, ProbePlan)> {
+        match spec {
+            TargetSpec::Running(pid) => {
+                let target = Target::existing(*pid)?;
+                let plan = target.probe_plan(choice.clone())?;
+                Ok((target, plan))
+            }
+            TargetSpec::Launch(argv) => Target::launch(argv, choice.clone()),
+            TargetSpec::Demo => Target::launch(&crate::demo::command()?, choice.clone()),
+        }
+    }
+
     /// An existing process, checked to exist and to be signalable by us.
     pub fn existing(pid: u32) -> Result<Target> {
         let nix_pid = i32::try_from(pid)

@@ -17,22 +17,9 @@ use leaktrace_common::OUTERMOST_FRAME;
 use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::{
-    proc_maps::Mapping,
-    symbolize::{FoundBy, Symbolizer},
+    stacks::symbolize::{FoundBy, Symbolizer},
+    target::maps::Mapping,
 };
-
-/// How stacks are taken.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum UnwindMode {
-    /// Frame pointers only: no stack copies, the cheapest; stacks stop early in code built
-    /// without frame pointers.
-    Fp,
-    /// CFI unwinding of a copy of each new stack, by frame pointers where a module has no CFI
-    /// (`dwarf` is another name for it).
-    #[default]
-    #[value(alias = "dwarf")]
-    Auto,
-}
 
 /// The most frames one stack gets, as for kernel stacks.
 const MAX_FRAMES: usize = leaktrace_common::MAX_STACK_DEPTH;

@@ -5,18 +5,16 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 use crate::{
-    allocator::ProbePlan,
-    callsite::CallSites,
-    events::Stack,
-    ledger::{BlockFilter, Ledger, SiteId, SiteStats},
-    probes::monotonic_ns,
-    probes::{DropCounts, ProbeSet},
+    cli::SortKey,
+    kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
+    ledger::{BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends},
+    plan::ProbePlan,
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
-    sampling::Sampling,
-    symbolize::FoundBy,
-    symbolize::Symbolizer,
-    trends::{SortKey, Trends},
-    unwind::{DwarfUnwinder, StackCopy, Unwound},
+    stacks::{
+        CallSites, DwarfUnwinder, Symbolizer,
+        symbolize::FoundBy,
+        unwind::{StackCopy, Unwound},
+    },
 };
 
 /// "older than 30000 ms, of 16 to 4096 bytes", for the report header.

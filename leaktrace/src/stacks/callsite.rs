@@ -3,9 +3,9 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
-    events::Stack,
+    kernel::events::Stack,
     ledger::{Ledger, SiteId, StackKey},
-    symbolize::{FoundBy, Frame, Symbolizer},
+    stacks::symbolize::{FoundBy, Frame, Symbolizer},
 };
 
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
@@ -133,7 +133,7 @@ impl CallSites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proc_maps::ProcessMaps;
+    use crate::target::maps::ProcessMaps;
 
     const LIBC: u64 = 0x7f00_0000_1000;
     const APP: u64 = 0x5500_0000_1000;

@@ -6,7 +6,7 @@ use leaktrace_common::{
     EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, STACK_ID_OWN_COPY, StackSample,
 };
 
-use crate::unwind::StackCopy;
+use crate::stacks::unwind::StackCopy;
 
 /// Where an allocation's stack is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

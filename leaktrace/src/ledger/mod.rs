@@ -1,10 +1,20 @@
-//! The outstanding allocations and what each call site holds.
+//! Ledger: the outstanding blocks and what each call site holds.
+//!
+//! In: decoded allocations and frees, each with a stack key from [`crate::stacks`]. Out: per
+//! call site its live bytes and blocks, allocations and frees, and over the capture its
+//! growth ([`trends`]); with sampling on, every figure scaled back up ([`sampling`]).
+//!
+//! The [`Ledger`] itself lives here: address → outstanding block, and per site its totals.
+
+pub mod sampling;
+pub mod trends;
+
+pub use sampling::Sampling;
+pub use trends::Trends;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-
-use crate::sampling::Sampling;
 
 /// Index of a call site in the [`Ledger`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,7 +98,7 @@ impl BlockFilter {
     }
 }
 
-/// Identifies a distinct stack: the kernel's stack id, a key [`crate::callsite::CallSites`]
+/// Identifies a distinct stack: the kernel's stack id, a key [`crate::stacks::CallSites`]
 /// gave an inline stack, or [`Ledger::LOST_STACK`].
 pub type StackKey = i64;
 

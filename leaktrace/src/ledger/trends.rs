@@ -16,18 +16,6 @@ pub const TREND_INTERVALS: usize = 5;
 /// Samples kept per site for the report's time series (an hour at 1 s intervals).
 const MAX_SAMPLES: usize = 3600;
 
-/// The order of the live view.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortKey {
-    /// Fastest-growing first: what is leaking now.
-    #[default]
-    Growth,
-    /// Most live bytes first.
-    Live,
-    /// Most allocations first.
-    Allocs,
-}
-
 /// How a site's live bytes move.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Growth {

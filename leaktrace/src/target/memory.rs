@@ -7,7 +7,7 @@ use std::{fs, io};
 
 use serde::Serialize;
 
-use crate::trends::{Growth, TREND_INTERVALS, fit};
+use crate::ledger::trends::{Growth, TREND_INTERVALS, fit};
 
 /// One reading of a process's memory, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]

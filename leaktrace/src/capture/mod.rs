@@ -1,0 +1,516 @@
+//! Capture: the loop that ties the stages together while the target runs.
+//!
+//! In: attached probes ([`crate::kernel`]) and the [`CaptureOptions`] from the command line.
+//! Out: a [`Report`] of every traced image, and the probes' removal under way.
+//!
+//! The loop drains events into each image's ledger, prints the live view every interval, and
+//! stops at the window's end, a signal ([`signals`]) or the target's exit. A process that
+//! execs or a child followed with `-f` starts a new [`TracedImage`] ([`image`]).
+
+pub mod image;
+pub mod signals;
+
+pub use image::{ImageOptions, Prepared, TracedImage};
+pub use signals::Interrupts;
+
+use std::{
+    collections::HashMap,
+    future::pending,
+    io::{IsTerminal, Write},
+    os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    time::{MissedTickBehavior, interval, interval_at, sleep},
+};
+
+use crate::{
+    cli::SortKey,
+    error::Failure,
+    kernel::{Detach, Event, ProbeSet, ProbeSettings},
+    plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
+    report::{self, Ending, Report},
+    stacks::{DwarfUnwinder, Symbolizer},
+    target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name},
+};
+
+/// Records drained per wake-up before the loop looks at its timers and signals again.
+const DRAIN_BATCH: usize = 1 << 16;
+
+/// How often the ring buffer is read when the probes have not woken the reader: the records'
+/// longest wait. At 2 M events/s, 10 ms of them fill a tenth of the default ring buffer.
+const RING_POLL: Duration = Duration::from_millis(10);
+
+/// When and how the capture reports and ends.
+pub struct CaptureOptions {
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub top: usize,
+    /// Trace the target's children too (`-f`).
+    pub follow_forks: bool,
+    /// For re-planning the probes after an exec.
+    pub choice: AllocatorChoice,
+    pub image: ImageOptions,
+    /// `--debug-dir` roots.
+    pub debug_dirs: Vec<PathBuf>,
+    /// The live view's order.
+    pub sort: SortKey,
+    /// End after this many intervals.
+    pub count: Option<u32>,
+}
+
+/// Everything the capture accumulates: every image of every traced process.
+struct Capture<'a> {
+    options: &'a CaptureOptions,
+    /// When the window opened, for the live view's clock.
+    started: Instant,
+    /// In the order they started; the first is the target's first image.
+    images: Vec<TracedImage>,
+    /// The image each traced pid is running now.
+    current: HashMap<u32, usize>,
+    /// The target's RSS and friends beside its traced heap.
+    memory: MemoryTrend,
+    target_pid: u32,
+    /// Records taken in (debug builds: for [`Capture::injected_panic`]).
+    #[cfg(debug_assertions)]
+    records: u64,
+}
+
+impl Capture<'_> {
+    /// Applies up to [`DRAIN_BATCH`] records; true when the ring buffer is empty.
+    fn drain(&mut self, probes: &mut ProbeSet) -> bool {
+        for _ in 0..DRAIN_BATCH {
+            #[cfg(debug_assertions)]
+            self.injected_panic();
+            let Some(record) = probes.events.next() else {
+                return true;
+            };
+            let event = Event::decode(&record);
+            drop(record);
+            if let Some(event) = event {
+                self.apply(event, probes);
+            }
+        }
+        false
+    }
+
+    /// [`Capture::drain`], a panic in it caught: Err(()) when taking in events failed.
+    /// The capture then ends with what it has, and still detaches and reports.
+    fn drain_caught(&mut self, probes: &mut ProbeSet) -> Result<bool, ()> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain(probes)))
+            .map_err(|_| ())
+    }
+
+    /// Debug builds only: `LEAKTRACE_PANIC_AFTER=N` panics after N records, so that the tests
+    /// can check a panic still ends in a report and a clean detach.
+    #[cfg(debug_assertions)]
+    fn injected_panic(&mut self) {
+        self.records += 1;
+        let limit = std::env::var("LEAKTRACE_PANIC_AFTER").ok();
+        if limit.and_then(|n| n.parse().ok()) == Some(self.records) {
+            panic!(
+                "injected after {} records (LEAKTRACE_PANIC_AFTER)",
+                self.records
+            );
+        }
+    }
+
+    fn apply(&mut self, event: Event, probes: &mut ProbeSet) {
+        let Some(&index) = self.current.get(&event.pid()) else {
+            return;
+        };
+        let image = &mut self.images[index];
+        match event {
+            Event::Alloc {
+                address,
+                size,
+                stack,
+                timestamp_ns,
+                mapping,
+                ..
+            } => image.record_alloc(address, size, stack, timestamp_ns, mapping, probes),
+            Event::Unmap { address, size, .. } => image.ledger_mut().record_munmap(address, size),
+            Event::StackSample {
+                stack_hash, copy, ..
+            } => image.record_stack_sample(stack_hash, &copy, probes),
+            Event::Free {
+                address,
+                timestamp_ns,
+                ..
+            } => {
+                let freed_ms = image.ms(timestamp_ns);
+                image.ledger_mut().record_free(address, freed_ms)
+            }
+            Event::ReallocFree {
+                tid,
+                address,
+                timestamp_ns,
+                ..
+            } => {
+                let freed_ms = image.ms(timestamp_ns);
+                image
+                    .ledger_mut()
+                    .record_realloc_free(tid, address, freed_ms)
+            }
+            Event::ReallocFailed { tid, .. } => image.ledger_mut().record_realloc_failed(tid),
+            Event::Exec { pid, timestamp_ns } => {
+                image.ended = Some((Ending::Exec, timestamp_ns));
+                self.start_image(pid, false, timestamp_ns, probes);
+            }
+            Event::Fork {
+                child,
+                timestamp_ns,
+                ..
+            } if self.options.follow_forks => {
+                self.start_image(child, true, timestamp_ns, probes);
+            }
+            Event::Fork { .. } => {}
+        }
+    }
+
+    /// A new image for `pid`: after its exec, or a child just forked. Its probes are attached
+    /// where they are missing; an image whose allocator was fully probed before its first
+    /// instruction is traced from its start.
+    fn start_image(&mut self, pid: u32, forked: bool, start_ns: u64, probes: &mut ProbeSet) {
+        let plan = self.plan_for(pid);
+        let all_probed_before = match probes.attach_process(pid, &plan) {
+            Ok(all_probed_before) => all_probed_before,
+            Err(error) => {
+                log::warn!("pid {pid}: cannot probe its new image: {error:#}");
+                false
+            }
+        };
+        let Ok(symbolizer) = Symbolizer::new(pid, &self.options.debug_dirs) else {
+            // Gone already: nothing of it will be reported.
+            self.current.remove(&pid);
+            return;
+        };
+        if forked {
+            eprintln!("leaktrace: following child {pid} ({})", process_name(pid));
+        } else {
+            eprintln!("leaktrace: pid {pid} exec'd {}", process_name(pid));
+        }
+        // A forked child runs before its probes are in: it is not traced from its start.
+        let from_start = !forked && all_probed_before;
+        let unwinder = DwarfUnwinder::new(&symbolizer, self.options.image.stack_copies);
+        self.images.push(TracedImage::new(
+            pid,
+            process_name(pid),
+            &plan,
+            Prepared {
+                symbolizer,
+                unwinder,
+            },
+            self.options.image,
+            from_start,
+            start_ns,
+        ));
+        self.current.insert(pid, self.images.len() - 1);
+    }
+
+    /// The probe plan of a process that has just exec'd or forked. After an exec the dynamic
+    /// loader may still be mapping libraries: wait a little for them, as launch mode does.
+    fn plan_for(&self, pid: u32) -> ProbePlan {
+        const ATTEMPTS: u32 = 40;
+        let mut search = AllocatorSearch::while_loading(self.options.choice.clone());
+        for _ in 0..ATTEMPTS {
+            let Ok(maps) = ProcessMaps::read(pid) else {
+                break;
+            };
+            if let Some(plan) = search.plan(pid, &maps) {
+                return plan;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ProcessMaps::read(pid)
+            .ok()
+            .and_then(|maps| AllocatorSearch::new(self.options.choice.clone()).plan(pid, &maps))
+            .unwrap_or_default()
+    }
+
+    fn live_view(&mut self, probes: &ProbeSet, top: usize) -> String {
+        let elapsed = self.started.elapsed();
+        let mut out = String::new();
+        let drops = probes.drops().unwrap_or_default();
+        let mut running: Vec<usize> = self.current.values().copied().collect();
+        running.sort_unstable();
+        for index in running {
+            let image = &mut self.images[index];
+            let (live_bytes, live_allocations, rows) = image.live_view(top, self.options.sort);
+            let mut memory = String::new();
+            if image.pid == self.target_pid {
+                self.memory
+                    .record(image.pid, elapsed.as_secs_f64(), live_bytes);
+                if let Some((rss, growth)) = self.memory.rss() {
+                    memory = format!(
+                        "; RSS {} ({}/s)",
+                        report::human_bytes(rss as f64),
+                        report::signed_bytes(growth.bytes_per_s)
+                    );
+                }
+            } else {
+                out.push_str(&format!("  pid {} ({}):\n", image.pid, image.command));
+            }
+            out.push_str(&report::render_interval(
+                elapsed.as_secs_f64(),
+                live_bytes,
+                live_allocations,
+                &memory,
+                &drops,
+                &rows,
+            ));
+            if image.pid == self.target_pid
+                && let Some(warning) = self.memory.divergence()
+            {
+                out.push_str(&warning);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Attaches the probes, records until the capture ends, and builds the report while the
+/// probes are being removed: setup, loop, teardown.
+pub fn run(
+    target: &Target,
+    plan: &ProbePlan,
+    settings: &ProbeSettings,
+    options: &CaptureOptions,
+) -> Result<(Report, Detach)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let Attached {
+        mut probes,
+        prepared,
+        interrupts,
+        window_start_ns,
+    } = attach(target, plan, settings, options, &runtime)?;
+    let mut capture = Capture::new(target, plan, prepared, options, window_start_ns);
+    let ending = runtime.block_on(capture.record(target, &mut probes, interrupts))?;
+    capture.finish(target, &mut probes, ending)
+}
+
+/// What [`attach`] hands the loop.
+struct Attached {
+    probes: ProbeSet,
+    /// Made while the target surely lived: before a launched target is resumed.
+    prepared: Prepared,
+    interrupts: Interrupts,
+    /// When the window opened (CLOCK_MONOTONIC ns).
+    window_start_ns: u64,
+}
+
+/// Attaches every probe with the window closed, reads what naming and unwinding the target
+/// takes, catches the signals that end a capture, then opens the window in every probe at
+/// once and lets a launched target go.
+fn attach(
+    target: &Target,
+    plan: &ProbePlan,
+    settings: &ProbeSettings,
+    options: &CaptureOptions,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Attached> {
+    log::debug!("probing {}", plan.describe());
+    for decision in plan.decisions() {
+        log::debug!("{decision}");
+    }
+    let mut probes = ProbeSet::attach(target.pid, plan, settings)?;
+    // Had the process gone while the probes went in, its pid could be another's by now.
+    if !target.launched && !target.still_running() {
+        return Err(Failure::NoSuchProcess(target.pid).into());
+    }
+    let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
+    let interrupts = {
+        let _inside = runtime.enter();
+        Interrupts::catch()?
+    };
+    let window_start_ns = probes.open_window()?;
+    target.resume()?;
+    eprintln!(
+        "leaktrace: attached to pid {} ({}); probing {}{}",
+        target.pid,
+        target.command,
+        plan.modules()
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings
+            .sampling
+            .describe()
+            .map_or_else(String::new, |s| format!("; sampling {s}"))
+    );
+    Ok(Attached {
+        probes,
+        prepared,
+        interrupts,
+        window_start_ns,
+    })
+}
+
+impl<'a> Capture<'a> {
+    fn new(
+        target: &Target,
+        plan: &ProbePlan,
+        prepared: Prepared,
+        options: &'a CaptureOptions,
+        window_start_ns: u64,
+    ) -> Capture<'a> {
+        let first = TracedImage::new(
+            target.pid,
+            target.command.clone(),
+            plan,
+            prepared,
+            options.image,
+            target.launched,
+            window_start_ns,
+        );
+        Capture {
+            options,
+            started: Instant::now(),
+            images: vec![first],
+            current: HashMap::from([(target.pid, 0)]),
+            memory: MemoryTrend::default(),
+            target_pid: target.pid,
+            #[cfg(debug_assertions)]
+            records: 0,
+        }
+    }
+
+    /// Takes in events and prints the live view until the window closes, a signal arrives or
+    /// the target exits; says which.
+    async fn record(
+        &mut self,
+        target: &Target,
+        probes: &mut ProbeSet,
+        mut interrupts: Interrupts,
+    ) -> Result<Ending> {
+        let options = self.options;
+        // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this
+        // function and so these registrations.
+        let ring = unsafe { AsyncFd::register(probes.events.as_raw_fd() as RawFd) }
+            .map_err(|e| e.into_parts().1)
+            .context("watch the ring buffer")?;
+        // SAFETY: as above.
+        let exited = unsafe { AsyncFd::register(target.exit_fd.as_raw_fd()) }
+            .map_err(|e| e.into_parts().1)
+            .context("watch the target")?;
+        let start = tokio::time::Instant::now();
+        let mut ticker = interval_at(start + options.interval, options.interval);
+        // A late tick is skipped, not caught up: two samples close together make a wild slope.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let window = async {
+            match options.duration {
+                Some(duration) => sleep(duration).await,
+                None => pending().await,
+            }
+        };
+        tokio::pin!(window);
+
+        // The probes wake the reader only when the ring buffer is a quarter full; the poll
+        // finds the rest. Readiness is cleared before draining, never after: a wake-up for a
+        // record committed after the last read is then never lost, and a backlog is drained
+        // to the end.
+        let mut poll = interval(RING_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let terminal = std::io::stdout().is_terminal();
+        let mut backlog = false;
+        let mut intervals = 0;
+        let ending = loop {
+            tokio::select! {
+                guard = ring.readable(), if !backlog => {
+                    guard?.clear_ready();
+                    backlog = true;
+                }
+                _ = poll.tick(), if !backlog => backlog = true,
+                _ = std::future::ready(()), if backlog => {
+                    match self.drain_caught(probes) {
+                        Ok(done) => backlog = !done,
+                        Err(()) => break Ending::Failed,
+                    }
+                }
+                _ = ticker.tick() => {
+                    // Sample what the target has done up to now, not up to the last wake-up.
+                    if self.drain_to_end(probes).is_err() {
+                        break Ending::Failed;
+                    }
+                    let view = self.live_view(probes, options.top);
+                    // On a terminal, redraw in place like top; piped, one block per interval.
+                    let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
+                    print!("{redraw}{view}");
+                    let _ = std::io::stdout().flush();
+                    intervals += 1;
+                    if options.count.is_some_and(|count| intervals >= count) {
+                        break Ending::DurationElapsed;
+                    }
+                }
+                _ = &mut window => break Ending::DurationElapsed,
+                _ = interrupts.next() => break Ending::Interrupted,
+                _ = exited.readable() => break Ending::TargetExited { status: None },
+            }
+        };
+        Ok(ending)
+    }
+
+    /// Closes the window, starts removing the probes, takes in the ring buffer's tail and
+    /// reports every image: the target's current one first, then its earlier images and the
+    /// children followed.
+    fn finish(
+        mut self,
+        target: &Target,
+        probes: &mut ProbeSet,
+        ending: Ending,
+    ) -> Result<(Report, Detach)> {
+        // Close the window first: then the ring buffer holds a finite tail, all of it the
+        // window's.
+        let window_end_ns = probes.close_window()?;
+        let detach = probes.detach_in_background();
+        // After a failure, what is left in the ring buffer is left alone: it may fail again.
+        let tail_failed = ending != Ending::Failed && self.drain_to_end(probes).is_err();
+        let ending = match ending {
+            _ if tail_failed => Ending::Failed,
+            Ending::TargetExited { .. } => Ending::TargetExited {
+                status: target.reap(),
+            },
+            other => other,
+        };
+        let drops = probes.drops()?;
+        // The target's latest image leads. It may be an image that ended in an exec: the
+        // new program can be gone before its image was started.
+        let lead = self
+            .images
+            .iter()
+            .rposition(|image| image.pid == target.pid)
+            .unwrap_or(0);
+        let mut report = self.images[lead].report(ending, window_end_ns, drops);
+        report.memory = std::mem::take(&mut self.memory.samples);
+        for (index, image) in self.images.iter_mut().enumerate() {
+            if index != lead {
+                let ending = if image.pid == target.pid || process_exists(image.pid) {
+                    ending
+                } else {
+                    Ending::TargetExited { status: None }
+                };
+                report
+                    .processes
+                    .push(image.report(ending, window_end_ns, drops));
+            }
+        }
+        Ok((report, detach))
+    }
+
+    fn drain_to_end(&mut self, probes: &mut ProbeSet) -> Result<(), ()> {
+        while !self.drain_caught(probes)? {}
+        Ok(())
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,32 @@
+//! What the probes could not deliver whole, counted per CPU in the kernel.
+
+use serde::Serialize;
+
+/// What the kernel side could not deliver whole, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DropCounts {
+    /// Events lost: the ring buffer was full.
+    pub ring_buffer_full: u64,
+    /// Stacks that did not fit the stack map. Nothing is lost: they came inline instead.
+    pub stack_map_full: u64,
+    /// Allocations whose stack could not be read: counted, under an unknown call site.
+    pub stack_unreadable: u64,
+    /// Allocations lost: no room to remember the call between entry and return.
+    pub pending_map_full: u64,
+    /// Stack copies not sent while the ring buffer was over half full. No event is lost: those
+    /// allocations count under the last stack copied with their key, if any.
+    pub stack_samples_skipped: u64,
+    /// Sampled allocations not recorded: no room to keep their address for their free.
+    pub sampled_map_full: u64,
+}
+
+impl DropCounts {
+    /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
+    /// [`DropCounts::stack_samples_skipped`] are not among them.
+    pub fn lost(&self) -> u64 {
+        self.ring_buffer_full
+            + self.stack_unreadable
+            + self.pending_map_full
+            + self.sampled_map_full
+    }
+}

@@ -1,0 +1,21 @@
+//! Kernel: the eBPF object and what crosses between it and leaktrace.
+//!
+//! In: a [`crate::plan::ProbePlan`] and the [`ProbeSettings`] from the command line. Out: the
+//! target's allocator calls as decoded [`Event`]s, in the order the target made them, plus
+//! the stack map, the drop counters and the window switch that starts and stops recording in
+//! every probe at once.
+//!
+//! - [`probes`]: load, attach, detach, the window switch, the maps userspace writes;
+//! - [`events`]: decoding the ring buffer's records;
+//! - [`drops`]: what the probes could not deliver;
+//! - [`clock`]: the clock of the events' timestamps.
+
+pub mod clock;
+pub mod drops;
+pub mod events;
+pub mod probes;
+
+pub use clock::monotonic_ns;
+pub use drops::DropCounts;
+pub use events::{Event, Stack};
+pub use probes::{Detach, ProbeSet, ProbeSettings};

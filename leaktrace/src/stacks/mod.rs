@@ -1,0 +1,19 @@
+//! Stacks: from what the probes caught to named call sites.
+//!
+//! In: each allocation's stack as the kernel recorded it, a frame-pointer walk or a copy of
+//! the top of the user stack with its registers. Out: per ledger site its return addresses
+//! and symbolized frames (function, file:line, inlined calls), with how each was found.
+//!
+//! - [`unwind`]: CFI unwinding of stack copies (framehop);
+//! - [`callsite`]: stack keys for the ledger, and the frames of each site;
+//! - [`symbolize`]: addresses to functions and lines (addr2line over the mapped modules);
+//! - [`debuginfo`]: where a module's separate debug info lives.
+
+pub mod callsite;
+pub mod debuginfo;
+pub mod symbolize;
+pub mod unwind;
+
+pub use callsite::CallSites;
+pub use symbolize::{Frame, Symbolizer};
+pub use unwind::DwarfUnwinder;
