@@ -7,8 +7,8 @@
 //! stops at the window's end, a signal ([`signals`]) or the target's exit. A process that
 //! execs or a child followed with `-f` starts a new [`TracedImage`] ([`image`]).
 
-pub mod image;
-pub mod signals;
+mod image;
+mod signals;
 
 pub use image::{ImageOptions, Prepared, TracedImage};
 pub use signals::Interrupts;

@@ -10,10 +10,10 @@
 //! - [`drops`]: what the probes could not deliver;
 //! - [`clock`]: the clock of the events' timestamps.
 
-pub mod clock;
-pub mod drops;
-pub mod events;
-pub mod probes;
+mod clock;
+mod drops;
+mod events;
+mod probes;
 
 pub use clock::monotonic_ns;
 pub use drops::DropCounts;

@@ -119,7 +119,7 @@ pub const FUNCTIONS: [AllocatorFunction; 34] = [
 ];
 
 impl AllocatorFunction {
-    /// What its probe point must respect ([`placement`]).
+    /// What its probe point must respect ([`super::placement`]).
     pub(super) fn needs(&self) -> ProbeNeeds {
         ProbeNeeds {
             returns: self.exit.is_some(),

@@ -10,10 +10,10 @@
 //! - [`search`]: the dynamic linker's lookup order, which decides where each call binds;
 //! - [`placement`]: where in a function its probe sits, from its first instructions.
 
-pub mod elf;
-pub mod functions;
+mod elf;
+mod functions;
 pub mod placement;
-pub mod search;
+mod search;
 
 use std::{
     fmt::Write,

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
-    kernel::events::Stack,
+    kernel::Stack,
     ledger::{Ledger, SiteId, StackKey},
     stacks::symbolize::{FoundBy, Frame, Symbolizer},
 };
