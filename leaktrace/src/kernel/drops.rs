@@ -13,8 +13,10 @@ pub struct DropCounts {
     pub stack_unreadable: u64,
     /// Allocations lost: no room to remember the call between entry and return.
     pub pending_map_full: u64,
-    /// Stack copies not sent while the ring buffer was over half full. No event is lost: those
-    /// allocations count under the last stack copied with their key, if any.
+    /// Stack copies not sent because the ring buffer was too full for them: over half full for
+    /// the first copy of a stack key, over a 32nd for a repeat copy of a key whose frames are
+    /// still being learned. No event is lost: those allocations count under the last stack
+    /// copied with their key, if any.
     pub stack_samples_skipped: u64,
     /// Sampled allocations not recorded: no room to keep their address for their free.
     pub sampled_map_full: u64,

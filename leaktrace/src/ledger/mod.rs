@@ -98,8 +98,9 @@ impl BlockFilter {
     }
 }
 
-/// Identifies a distinct stack: the kernel's stack id, a key [`crate::stacks::CallSites`]
-/// gave an inline stack, or [`Ledger::LOST_STACK`].
+/// Identifies a distinct stack of return addresses: the index
+/// [`CallSites::intern`](crate::stacks::CallSites::intern) gave those addresses, however the
+/// kernel sent them (a stack id, a stack copy, an inline stack), or [`Ledger::LOST_STACK`].
 pub type StackKey = i64;
 
 /// Address → outstanding block, and per call site (a distinct stack) its aggregates.
@@ -351,10 +352,6 @@ impl Ledger {
         self.sampling
     }
 
-    pub fn site(&self, site: SiteId) -> &SiteStats {
-        &self.sites[site.index()]
-    }
-
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             unmatched_frees: self.unmatched_frees,
@@ -375,6 +372,13 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tests read one site's figures; the capture reads them all through `site_stats`.
+    impl Ledger {
+        fn site(&self, site: SiteId) -> &SiteStats {
+            &self.sites[site.index()]
+        }
+    }
 
     #[test]
     fn an_outstanding_slot_is_24_bytes() {

@@ -1,4 +1,9 @@
-//! The final report: one model, rendered as text, JSON and folded stacks.
+//! Report: the final report, one model ([`Report`]) rendered six ways: text for the terminal,
+//! JSON, folded stacks, an SVG flamegraph, a self-contained HTML page and a gzipped pprof
+//! profile. The live view's rows are rendered here too.
+//!
+//! In: each traced image's ledger, call sites and symbolizer. Out: the terminal text and the
+//! files [`output::ReportFiles`] names.
 
 mod folded;
 mod html;
