@@ -375,7 +375,7 @@ mod tests {
 
     /// Tests read one site's figures; the capture reads them all through `site_stats`.
     impl Ledger {
-        fn site(&self, site: SiteId) -> &SiteStats {
+        pub(crate) fn site(&self, site: SiteId) -> &SiteStats {
             &self.sites[site.index()]
         }
     }
