@@ -442,6 +442,29 @@ fn an_exec_ends_one_image_and_starts_the_next() {
     assert_eq!(before.live_allocations, lifecycle_define("EXEC_LEAKS"));
 }
 
+/// The exec event can reach leaktrace after the new program has exited and been reaped: its
+/// image cannot be read then. leaktrace is held stopped across the exec, the exit and the reap,
+/// so that it takes in the event only afterwards.
+#[test]
+fn an_exec_whose_program_is_gone_before_it_is_seen_ends_with_a_report() {
+    if !bpf_available() {
+        return;
+    }
+    let binary = build_fixture("lifecycle");
+    let mut fixture = start_ready(&binary, &["exec-exit"]);
+    let json = output_path("exec_gone", "json");
+    let mut leaktrace = attach_with_json(fixture.pid(), &json, &[]);
+    leaktrace.signal(libc::SIGSTOP);
+    fixture.signal(libc::SIGUSR1);
+    assert_eq!(fixture.wait(WAIT), 0, "the exec'd program exits 0");
+    leaktrace.signal(libc::SIGCONT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["ending"], "exec", "{report:#}");
+    let before = sites_of(&report, "before_exec");
+    assert_eq!(before.live_allocations, lifecycle_define("EXEC_LEAKS"));
+}
+
 fn mappings_define(name: &str) -> u64 {
     fixture_define("mappings", name)
 }
