@@ -2,7 +2,12 @@
 
 mod support;
 
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use support::*;
 
@@ -14,11 +19,39 @@ fn start_fixture(mode: &str) -> Running {
 /// `fixture MODE` (burst or crash) with leaktrace attached, its burst done: the fixture,
 /// leaktrace, and where its JSON report goes.
 fn burst_under_leaktrace(mode: &str, test: &str) -> (Running, Running, PathBuf) {
+    burst_under_leaktrace_env(mode, test, &[])
+}
+
+/// [`burst_under_leaktrace`] with environment variables for leaktrace.
+fn burst_under_leaktrace_env(
+    mode: &str,
+    test: &str,
+    env: &[(&str, &str)],
+) -> (Running, Running, PathBuf) {
     let mut fixture = start_fixture(mode);
     let json = output_path(test, "json");
-    let leaktrace = attach_with_json(fixture.pid(), &json, &[]);
+    let leaktrace = attach_with_json_env(fixture.pid(), &json, &[], env);
     run_burst(&mut fixture);
     (fixture, leaktrace, json)
+}
+
+/// The type of each BPF link leaktrace holds ("uprobe_multi", "perf", …), from its fdinfo.
+fn held_links(pid: u32) -> Vec<String> {
+    let mut link_types = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = fs::read_to_string(entry.path()).unwrap_or_default();
+        if let Some(kind) = info.lines().find_map(|l| l.strip_prefix("link_type:")) {
+            link_types.push(kind.trim().to_owned());
+        }
+    }
+    link_types
+}
+
+fn count(links: &[String], kind: &str) -> usize {
+    links.iter().filter(|link| *link == kind).count()
 }
 
 /// Lets a `fixture burst` run its burst and waits until it is done.
@@ -31,12 +64,38 @@ fn define(name: &str) -> u64 {
     fixture_define("fixture", name)
 }
 
+/// On a kernel with uprobe_multi (6.6+) the probes go in through one link per program and
+/// binary, never one perf event per point: those are removed one grace period at a time.
 #[test]
 fn attach_counts_every_block_of_a_burst_exactly() {
     if !bpf_available() {
         return;
     }
-    let (_fixture, mut leaktrace, json) = burst_under_leaktrace("burst", "attach_burst");
+    let (_fixture, leaktrace, json) = burst_under_leaktrace("burst", "attach_burst");
+    let links = held_links(leaktrace.pid());
+    // malloc's entry and return, free's entry at least.
+    assert!(count(&links, "uprobe_multi") >= 3, "{links:?}");
+    assert_eq!(count(&links, "perf"), 0, "{links:?}");
+    assert_burst_counted_exactly(leaktrace, &json);
+}
+
+/// Where the kernel lacks uprobe_multi, each point is a perf-event uprobe: the same counts.
+/// (Debug builds take `LEAKTRACE_SINGLE_UPROBES` to act so on any kernel.)
+#[test]
+fn with_single_uprobes_a_burst_is_counted_the_same() {
+    if !bpf_available() {
+        return;
+    }
+    let env = [("LEAKTRACE_SINGLE_UPROBES", "1")];
+    let (_fixture, leaktrace, json) = burst_under_leaktrace_env("burst", "single_burst", &env);
+    let links = held_links(leaktrace.pid());
+    assert_eq!(count(&links, "uprobe_multi"), 0, "{links:?}");
+    assert!(count(&links, "perf") >= 3, "{links:?}");
+    assert_burst_counted_exactly(leaktrace, &json);
+}
+
+/// The burst's report, once leaktrace is interrupted: every site exact, nothing lost.
+fn assert_burst_counted_exactly(mut leaktrace: Running, json: &Path) {
     leaktrace.signal(libc::SIGINT);
     assert_eq!(
         leaktrace.wait(WAIT),
@@ -45,7 +104,7 @@ fn attach_counts_every_block_of_a_burst_exactly() {
         leaktrace.stderr.rest()
     );
 
-    let report = read_json(&json);
+    let report = read_json(json);
     let leak_bytes = define("LEAK_BYTES");
     let leaks = define("BURST_LEAKS");
     let leak = sites_of(&report, "leak_here");

@@ -6,6 +6,7 @@
 //! every probe at once.
 //!
 //! - [`probes`]: load, attach, detach, the window switch, the maps userspace writes;
+//! - [`multi`]: uprobe_multi links, one per program and binary, where the kernel has them;
 //! - [`events`]: decoding the ring buffer's records;
 //! - [`drops`]: what the probes could not deliver;
 //! - [`clock`]: the clock of the events' timestamps.
@@ -13,6 +14,7 @@
 mod clock;
 mod drops;
 mod events;
+mod multi;
 mod probes;
 
 pub use clock::monotonic_ns;

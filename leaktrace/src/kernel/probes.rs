@@ -2,8 +2,9 @@
 //! reads and writes, and their removal.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     num::NonZeroU32,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -20,7 +21,11 @@ use leaktrace_common::{
     CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, return_offset_set,
 };
 
-use super::{clock::monotonic_ns, drops::DropCounts};
+use super::{
+    clock::monotonic_ns,
+    drops::DropCounts,
+    multi::{MultiPoint, MultiPrograms},
+};
 use crate::{
     error::{Failure, os_error},
     ledger::Sampling,
@@ -50,6 +55,11 @@ pub struct ProbeSettings {
 /// [`ProbeSet::detach_in_background`]) removes every probe from the target.
 pub struct ProbeSet {
     ebpf: Option<Ebpf>,
+    /// The uprobe programs loaded for uprobe_multi links, where the kernel has them; else
+    /// each point is attached through aya, one perf-event uprobe each.
+    multi: Option<MultiPrograms>,
+    /// The uprobe_multi links made.
+    links: Vec<OwnedFd>,
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
     traced: HashMap<MapData, u32, u32>,
@@ -90,6 +100,17 @@ impl ProbeSet {
                 "CAP_BPF and CAP_PERFMON",
             )
         })?;
+        let multi = if single_uprobes_forced() {
+            None
+        } else {
+            MultiPrograms::load(OBJECT, &ebpf)
+                .inspect_err(|error| {
+                    log::debug!(
+                        "no uprobe_multi links ({error:#}): one perf-event uprobe per point"
+                    )
+                })
+                .ok()
+        };
         for (program, tracepoint) in [
             ("process_exec", "sched_process_exec"),
             ("thread_exit", "sched_process_exit"),
@@ -111,6 +132,8 @@ impl ProbeSet {
         let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
+            multi,
+            links: Vec::new(),
             attached: HashSet::new(),
             traced,
             return_offsets,
@@ -130,17 +153,31 @@ impl ProbeSet {
     pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<bool> {
         let ebpf = self.ebpf.as_mut().context("the probes are detached")?;
         let nonzero = NonZeroU32::new(pid).context("pid 0 is not a process")?;
-        let mut all_attached_before = !plan.points.is_empty();
-        for point in &plan.points {
-            if !self
-                .attached
-                .insert((pid, point.module.clone(), point.offset))
-            {
-                continue;
+        let new: Vec<&ProbePoint> = plan
+            .points
+            .iter()
+            .filter(|point| {
+                self.attached
+                    .insert((pid, point.module.clone(), point.offset))
+            })
+            .collect();
+        let all_attached_before = !plan.points.is_empty() && new.is_empty();
+        match &self.multi {
+            Some(multi) => {
+                let links = link_points(multi, &new, nonzero)?;
+                log::debug!(
+                    "pid {pid}: {} points attached through {} uprobe_multi links",
+                    new.len(),
+                    links.len()
+                );
+                self.links.extend(links);
             }
-            all_attached_before = false;
-            for program in point.function.entry.into_iter().chain(point.function.exit) {
-                attach_program(ebpf, program, point, nonzero)?;
+            None => {
+                for point in new {
+                    for program in point.function.entry.into_iter().chain(point.function.exit) {
+                        attach_program(ebpf, program, point, nonzero)?;
+                    }
+                }
             }
         }
         self.traced.insert(pid, 1, 0)?;
@@ -165,7 +202,16 @@ impl ProbeSet {
     /// The maps stay readable meanwhile.
     pub fn detach_in_background(&mut self) -> Detach {
         let ebpf = self.ebpf.take();
-        Detach(std::thread::spawn(move || drop(ebpf)))
+        let links = std::mem::take(&mut self.links);
+        Detach(std::thread::spawn(move || {
+            // Each link waits out a grace period as it goes; closed together, they share it.
+            std::thread::scope(|scope| {
+                for link in links {
+                    scope.spawn(move || drop(link));
+                }
+            });
+            drop(ebpf);
+        }))
     }
 
     /// Teaches the probes where return addresses lie, and where stacks end (see
@@ -227,6 +273,47 @@ impl Detach {
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+/// Debug builds only: `LEAKTRACE_SINGLE_UPROBES` attaches as on a kernel without uprobe_multi,
+/// so that the tests cover that path on any kernel.
+fn single_uprobes_forced() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("LEAKTRACE_SINGLE_UPROBES").is_some()
+}
+
+/// One uprobe_multi link per program and binary, for every point of `points` it serves.
+fn link_points(
+    multi: &MultiPrograms,
+    points: &[&ProbePoint],
+    pid: NonZeroU32,
+) -> Result<Vec<OwnedFd>> {
+    let mut groups: BTreeMap<(&str, &Path), Vec<MultiPoint>> = BTreeMap::new();
+    for point in points {
+        for program in point.function.entry.into_iter().chain(point.function.exit) {
+            groups
+                .entry((program, &point.host_path))
+                .or_default()
+                .push(MultiPoint {
+                    offset: point.offset,
+                    cookie: 0,
+                });
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((program, binary), points)| {
+            multi
+                .link(program, binary, &points, pid.get())
+                .map_err(|error| {
+                    classify(
+                        anyhow::Error::new(error),
+                        &format!("attach uprobes to pid {pid}"),
+                        "CAP_PERFMON and CAP_SYS_PTRACE",
+                    )
+                })
+                .with_context(|| format!("probe {program} in {}", binary.display()))
+        })
+        .collect()
 }
 
 fn attach_program(

@@ -1,0 +1,207 @@
+//! uprobe_multi links (Linux 6.6+): one link puts a program on many offsets of one binary.
+//!
+//! A perf-event uprobe is removed one at a time, each waiting out a grace period under the
+//! kernel's global `event_mutex`: about 85 ms apiece under KVM, seconds for a full plan. A
+//! uprobe_multi link unregisters all of its offsets, then waits once, and links closed on
+//! several threads wait together.
+//!
+//! aya 0.14 has no such links, and the kernel accepts only programs loaded for them
+//! (`expected_attach_type` BPF_TRACE_UPROBE_MULTI). So each uprobe program is loaded a second
+//! time here, through bpf(2), from the object's own instructions relocated (by aya-obj, as
+//! aya does) against the maps aya created: both loads share every map.
+
+use std::{
+    collections::HashMap,
+    ffi::{CString, c_char},
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{Ebpf, maps::Map};
+use aya_obj::{
+    Object, ProgramSection,
+    generated::{BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type},
+};
+
+/// The object's uprobe programs, loaded for uprobe_multi links.
+pub struct MultiPrograms {
+    programs: HashMap<String, MultiProgram>,
+}
+
+struct MultiProgram {
+    fd: OwnedFd,
+    /// A return probe: its link is made with `BPF_F_UPROBE_MULTI_RETURN`.
+    returns: bool,
+}
+
+/// One offset of a binary, and the cookie the program reads there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultiPoint {
+    pub offset: u64,
+    pub cookie: u64,
+}
+
+impl MultiPrograms {
+    /// Loads every uprobe program of `object`, whose maps `ebpf` (loaded from the same bytes)
+    /// has created and still holds. An error means this kernel cannot have these links.
+    pub fn load(object: &[u8], ebpf: &Ebpf) -> Result<MultiPrograms> {
+        let mut obj = Object::parse(object).context("parse the eBPF object")?;
+        let fds: HashMap<&str, i32> = ebpf
+            .maps()
+            .filter_map(|(name, map)| Some((name, map_fd(map)?)))
+            .collect();
+        let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
+        let maps: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
+        let missing: Vec<&str> = maps
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !fds.contains_key(name))
+            .collect();
+        if !missing.is_empty() {
+            bail!("maps {missing:?} are no longer held by the loaded object");
+        }
+        obj.relocate_maps(
+            maps.iter()
+                .map(|(name, map)| (name.as_str(), fds[name.as_str()], map)),
+            &text_sections,
+        )
+        .context("relocate the programs' maps")?;
+        obj.relocate_calls(&text_sections)
+            .context("relocate the programs' calls")?;
+        let mut programs = HashMap::new();
+        for (name, program) in &obj.programs {
+            let returns = match program.section {
+                ProgramSection::UProbe { .. } => false,
+                ProgramSection::URetProbe { .. } => true,
+                _ => continue,
+            };
+            let function = &obj.functions[&program.function_key()];
+            let fd = load_program(name, &function.instructions, &program.license)
+                .with_context(|| format!("load {name} for uprobe_multi links"))?;
+            programs.insert(name.clone(), MultiProgram { fd, returns });
+        }
+        Ok(MultiPrograms { programs })
+    }
+
+    /// Attaches `program` at every point of `binary`, for the process `pid` only.
+    pub fn link(
+        &self,
+        program: &str,
+        binary: &Path,
+        points: &[MultiPoint],
+        pid: u32,
+    ) -> io::Result<OwnedFd> {
+        let Some(loaded) = self.programs.get(program) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the eBPF object has no uprobe program {program}"),
+            ));
+        };
+        let path = CString::new(binary.as_os_str().as_bytes())?;
+        let offsets: Vec<u64> = points.iter().map(|p| p.offset).collect();
+        let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
+        // SAFETY: bpf_attr is plain data; all zeroes is its empty value.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: link_create is the union member BPF_LINK_CREATE reads; the pointers it is
+        // given outlive the call.
+        unsafe {
+            let create = &mut attr.link_create;
+            create.__bindgen_anon_1.prog_fd = loaded.fd.as_raw_fd() as u32;
+            create.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+            let multi = &mut create.__bindgen_anon_3.uprobe_multi;
+            multi.path = path.as_ptr() as u64;
+            multi.offsets = offsets.as_ptr() as u64;
+            multi.cookies = cookies.as_ptr() as u64;
+            multi.cnt = offsets.len() as u32;
+            multi.flags = if loaded.returns {
+                BPF_F_UPROBE_MULTI_RETURN
+            } else {
+                0
+            };
+            multi.pid = pid;
+        }
+        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+/// The descriptor of a map aya created.
+fn map_fd(map: &Map) -> Option<i32> {
+    let data = match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::RingBuf(data)
+        | Map::StackTraceMap(data) => data,
+        _ => return None,
+    };
+    Some(data.fd().as_fd().as_raw_fd())
+}
+
+/// BPF_PROG_LOAD of a kprobe-type program for uprobe_multi links.
+fn load_program(
+    name: &str,
+    instructions: &[aya_obj::generated::bpf_insn],
+    license: &CString,
+) -> Result<OwnedFd> {
+    let mut log = vec![0u8; 1 << 16];
+    let mut prog_name = [0 as c_char; 16];
+    for (slot, byte) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *slot = byte as c_char;
+    }
+    // SAFETY: as in `link`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the program-load member of the union; the buffers outlive the call.
+    unsafe {
+        let load = &mut attr.__bindgen_anon_3;
+        load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+        load.expected_attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+        load.insn_cnt = instructions.len() as u32;
+        load.insns = instructions.as_ptr() as u64;
+        load.license = license.as_ptr() as u64;
+        load.prog_name = prog_name;
+    }
+    match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd),
+        Err(error) => {
+            // Ask again with the verifier's log, for the error.
+            // SAFETY: as above.
+            unsafe {
+                let load = &mut attr.__bindgen_anon_3;
+                load.log_level = 1;
+                load.log_size = log.len() as u32;
+                load.log_buf = log.as_mut_ptr() as u64;
+            }
+            let _ = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            Err(anyhow::Error::new(error).context(format!(
+                "verifier: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )))
+        }
+    }
+}
+
+/// bpf(2) for the commands that return a new descriptor.
+fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid bpf_attr of its full size for the command's union member.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_int,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
