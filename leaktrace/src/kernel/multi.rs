@@ -25,18 +25,24 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, maps::Map};
 use aya_obj::{
     Object, ProgramSection,
-    generated::{BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type},
+    generated::{
+        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type,
+    },
 };
 
-/// The object's uprobe programs, loaded for uprobe_multi links.
+/// The object's uprobe programs, relocated, each loaded for uprobe_multi links when a link
+/// first needs it: the verifier takes ~25 ms over a return probe, and a plan uses about half
+/// of them.
 pub struct MultiPrograms {
     programs: HashMap<String, MultiProgram>,
 }
 
 struct MultiProgram {
-    fd: OwnedFd,
+    instructions: Vec<bpf_insn>,
+    license: CString,
     /// A return probe: its link is made with `BPF_F_UPROBE_MULTI_RETURN`.
     returns: bool,
+    fd: Option<OwnedFd>,
 }
 
 /// One offset of a binary, and the cookie the program reads there.
@@ -47,8 +53,8 @@ pub struct MultiPoint {
 }
 
 impl MultiPrograms {
-    /// Loads every uprobe program of `object`, whose maps `ebpf` (loaded from the same bytes)
-    /// has created and still holds. An error means this kernel cannot have these links.
+    /// Relocates every uprobe program of `object` against the maps `ebpf` (loaded from the
+    /// same bytes) has created and still holds.
     pub fn load(object: &[u8], ebpf: &Ebpf) -> Result<MultiPrograms> {
         let mut obj = Object::parse(object).context("parse the eBPF object")?;
         let fds: HashMap<&str, i32> = ebpf
@@ -81,26 +87,37 @@ impl MultiPrograms {
                 _ => continue,
             };
             let function = &obj.functions[&program.function_key()];
-            let fd = load_program(name, &function.instructions, &program.license)
-                .with_context(|| format!("load {name} for uprobe_multi links"))?;
-            programs.insert(name.clone(), MultiProgram { fd, returns });
+            let program = MultiProgram {
+                instructions: function.instructions.clone(),
+                license: program.license.clone(),
+                returns,
+                fd: None,
+            };
+            programs.insert(name.clone(), program);
         }
         Ok(MultiPrograms { programs })
     }
 
-    /// Attaches `program` at every point of `binary`, for the process `pid` only.
+    /// Attaches `program` at every point of `binary`, for the process `pid` only. On a kernel
+    /// without uprobe_multi, the first link fails with [`is_unsupported`].
     pub fn link(
-        &self,
-        program: &str,
+        &mut self,
+        name: &str,
         binary: &Path,
         points: &[MultiPoint],
         pid: u32,
-    ) -> io::Result<OwnedFd> {
-        let Some(loaded) = self.programs.get(program) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("the eBPF object has no uprobe program {program}"),
-            ));
+    ) -> Result<OwnedFd> {
+        let program = self
+            .programs
+            .get_mut(name)
+            .with_context(|| format!("the eBPF object has no uprobe program {name}"))?;
+        if program.fd.is_none() {
+            let fd = load_program(name, &program.instructions, &program.license)
+                .with_context(|| format!("load {name} for uprobe_multi links"))?;
+            program.fd = Some(fd);
+        }
+        let (Some(fd), returns) = (&program.fd, program.returns) else {
+            unreachable!("loaded above");
         };
         let path = CString::new(binary.as_os_str().as_bytes())?;
         let offsets: Vec<u64> = points.iter().map(|p| p.offset).collect();
@@ -111,22 +128,32 @@ impl MultiPrograms {
         // given outlive the call.
         unsafe {
             let create = &mut attr.link_create;
-            create.__bindgen_anon_1.prog_fd = loaded.fd.as_raw_fd() as u32;
+            create.__bindgen_anon_1.prog_fd = fd.as_raw_fd() as u32;
             create.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
             let multi = &mut create.__bindgen_anon_3.uprobe_multi;
             multi.path = path.as_ptr() as u64;
             multi.offsets = offsets.as_ptr() as u64;
             multi.cookies = cookies.as_ptr() as u64;
             multi.cnt = offsets.len() as u32;
-            multi.flags = if loaded.returns {
+            multi.flags = if returns {
                 BPF_F_UPROBE_MULTI_RETURN
             } else {
                 0
             };
             multi.pid = pid;
         }
-        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+        bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map_err(anyhow::Error::new)
     }
+}
+
+/// Whether `error` says the kernel has no uprobe_multi links (before 6.6, or built without
+/// them): the program load or the link is refused as a whole.
+pub fn is_unsupported(error: &anyhow::Error) -> bool {
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        crate::error::os_error(error.as_ref()),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS | ENOTSUPP)
+    )
 }
 
 /// The descriptor of a map aya created.
@@ -143,11 +170,7 @@ fn map_fd(map: &Map) -> Option<i32> {
 }
 
 /// BPF_PROG_LOAD of a kprobe-type program for uprobe_multi links.
-fn load_program(
-    name: &str,
-    instructions: &[aya_obj::generated::bpf_insn],
-    license: &CString,
-) -> Result<OwnedFd> {
+fn load_program(name: &str, instructions: &[bpf_insn], license: &CString) -> Result<OwnedFd> {
     let mut log = vec![0u8; 1 << 16];
     let mut prog_name = [0 as c_char; 16];
     for (slot, byte) in prog_name.iter_mut().zip(name.bytes().take(15)) {

@@ -24,7 +24,7 @@ use leaktrace_common::{
 use super::{
     clock::monotonic_ns,
     drops::DropCounts,
-    multi::{MultiPoint, MultiPrograms},
+    multi::{MultiPoint, MultiPrograms, is_unsupported},
 };
 use crate::{
     error::{Failure, os_error},
@@ -162,22 +162,30 @@ impl ProbeSet {
             })
             .collect();
         let all_attached_before = !plan.points.is_empty() && new.is_empty();
-        match &self.multi {
-            Some(multi) => {
-                let links = link_points(multi, &new, nonzero)?;
-                log::debug!(
-                    "pid {pid}: {} points attached through {} uprobe_multi links",
-                    new.len(),
-                    links.len()
-                );
-                self.links.extend(links);
-            }
-            None => {
-                for point in new {
-                    for program in point.function.entry.into_iter().chain(point.function.exit) {
-                        attach_program(ebpf, program, point, nonzero)?;
-                    }
+        if let Some(multi) = &mut self.multi {
+            match link_points(multi, &new, nonzero) {
+                Ok(links) => {
+                    log::debug!(
+                        "pid {pid}: {} points attached through {} uprobe_multi links",
+                        new.len(),
+                        links.len()
+                    );
+                    self.links.extend(links);
+                    self.traced.insert(pid, 1, 0)?;
+                    return Ok(all_attached_before);
                 }
+                Err(error) if self.links.is_empty() && is_unsupported(&error) => {
+                    log::debug!(
+                        "no uprobe_multi links ({error:#}): one perf-event uprobe per point"
+                    );
+                    self.multi = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        for point in new {
+            for program in point.function.entry.into_iter().chain(point.function.exit) {
+                attach_program(ebpf, program, point, nonzero)?;
             }
         }
         self.traced.insert(pid, 1, 0)?;
@@ -283,7 +291,7 @@ fn single_uprobes_forced() -> bool {
 
 /// One uprobe_multi link per program and binary, for every point of `points` it serves.
 fn link_points(
-    multi: &MultiPrograms,
+    multi: &mut MultiPrograms,
     points: &[&ProbePoint],
     pid: NonZeroU32,
 ) -> Result<Vec<OwnedFd>> {
@@ -306,7 +314,7 @@ fn link_points(
                 .link(program, binary, &points, pid.get())
                 .map_err(|error| {
                     classify(
-                        anyhow::Error::new(error),
+                        error,
                         &format!("attach uprobes to pid {pid}"),
                         "CAP_PERFMON and CAP_SYS_PTRACE",
                     )
