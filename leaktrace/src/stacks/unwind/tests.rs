@@ -1,7 +1,430 @@
-//! Unwinding without a probe. Nothing here needs root.
+//! Unwinding without a probe: registers and stack bytes built by hand over functions whose
+//! CFI is written out below. Nothing here needs root.
 
-use super::vaddr_at_start;
-use crate::{stacks::symbolize::LoadSegment, target::maps::Mapping};
+use leaktrace_common::OUTERMOST_FRAME;
+
+use super::{DwarfUnwinder, MAX_FRAMES, StackCopy, Unwound, vaddr_at_start};
+use crate::{
+    stacks::symbolize::{FoundBy, LoadSegment, Symbolizer},
+    target::maps::{Mapping, ProcessMaps},
+};
+
+// The fixture: four functions whose CFI is spelled out here, so that the expected frames do not
+// depend on what the compiler makes of Rust code. They are never run: the tests only take their
+// addresses, and the linker puts their CFI in this test binary's .eh_frame and .eh_frame_hdr.
+// Outermost first, each calls the next; `*_ret` marks the return address of that call.
+core::arch::global_asm!(
+    ".pushsection .text.leaktrace_unwind_fixture, \"ax\", @progbits",
+    // The root: its return address is undefined, as _start's is. The stack ends here.
+    ".globl leaktrace_unwind_fixture_root",
+    ".type leaktrace_unwind_fixture_root, @function",
+    "leaktrace_unwind_fixture_root:",
+    ".cfi_startproc",
+    ".cfi_undefined rip",
+    "xor ebp, ebp",
+    "call leaktrace_unwind_fixture_outer",
+    ".globl leaktrace_unwind_fixture_root_ret",
+    "leaktrace_unwind_fixture_root_ret:",
+    "ud2",
+    ".cfi_endproc",
+    ".size leaktrace_unwind_fixture_root, . - leaktrace_unwind_fixture_root",
+    // Outer: a frame-pointer prologue. At its call, CFA = rbp + 16 and rbp is saved at CFA - 16.
+    ".globl leaktrace_unwind_fixture_outer",
+    ".type leaktrace_unwind_fixture_outer, @function",
+    "leaktrace_unwind_fixture_outer:",
+    ".cfi_startproc",
+    "push rbp",
+    ".cfi_def_cfa_offset 16",
+    ".cfi_offset rbp, -16",
+    "mov rbp, rsp",
+    ".cfi_def_cfa_register rbp",
+    "call leaktrace_unwind_fixture_middle",
+    ".globl leaktrace_unwind_fixture_outer_ret",
+    "leaktrace_unwind_fixture_outer_ret:",
+    "pop rbp",
+    ".cfi_def_cfa rsp, 8",
+    "ret",
+    ".cfi_endproc",
+    ".size leaktrace_unwind_fixture_outer, . - leaktrace_unwind_fixture_outer",
+    // Middle: no frame pointer, 24 bytes of locals. At its call, CFA = rsp + 32.
+    ".globl leaktrace_unwind_fixture_middle",
+    ".type leaktrace_unwind_fixture_middle, @function",
+    "leaktrace_unwind_fixture_middle:",
+    ".cfi_startproc",
+    "sub rsp, 24",
+    ".cfi_def_cfa_offset 32",
+    "call leaktrace_unwind_fixture_leaf",
+    ".globl leaktrace_unwind_fixture_middle_ret",
+    "leaktrace_unwind_fixture_middle_ret:",
+    "add rsp, 24",
+    ".cfi_def_cfa_offset 8",
+    "ret",
+    ".cfi_endproc",
+    ".size leaktrace_unwind_fixture_middle, . - leaktrace_unwind_fixture_middle",
+    // Leaf: saves rbp and uses it as a general register, then calls the "allocator". At that
+    // call, CFA = rsp + 16 and the caller's rbp is at CFA - 16: a frame-pointer walk from here
+    // goes astray, CFI restores rbp for the callers.
+    ".globl leaktrace_unwind_fixture_leaf",
+    ".type leaktrace_unwind_fixture_leaf, @function",
+    "leaktrace_unwind_fixture_leaf:",
+    ".cfi_startproc",
+    "push rbp",
+    ".cfi_def_cfa_offset 16",
+    ".cfi_offset rbp, -16",
+    "mov ebp, 1",
+    "call leaktrace_unwind_fixture_alloc",
+    ".globl leaktrace_unwind_fixture_leaf_ret",
+    "leaktrace_unwind_fixture_leaf_ret:",
+    "pop rbp",
+    ".cfi_restore rbp",
+    ".cfi_def_cfa_offset 8",
+    "ret",
+    ".cfi_endproc",
+    ".size leaktrace_unwind_fixture_leaf, . - leaktrace_unwind_fixture_leaf",
+    ".type leaktrace_unwind_fixture_alloc, @function",
+    "leaktrace_unwind_fixture_alloc:",
+    ".cfi_startproc",
+    "xor eax, eax",
+    "ret",
+    ".cfi_endproc",
+    ".size leaktrace_unwind_fixture_alloc, . - leaktrace_unwind_fixture_alloc",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    fn leaktrace_unwind_fixture_root_ret();
+    fn leaktrace_unwind_fixture_outer_ret();
+    fn leaktrace_unwind_fixture_middle_ret();
+    fn leaktrace_unwind_fixture_leaf_ret();
+}
+
+/// The fixture's return addresses in this process, innermost first: leaf, middle, outer, root.
+fn fixture_returns() -> [u64; 4] {
+    [
+        leaktrace_unwind_fixture_leaf_ret as *const () as u64,
+        leaktrace_unwind_fixture_middle_ret as *const () as u64,
+        leaktrace_unwind_fixture_outer_ret as *const () as u64,
+        leaktrace_unwind_fixture_root_ret as *const () as u64,
+    ]
+}
+
+/// Where the hand-built stacks say they lie: any address will do, nothing reads it.
+const SP: u64 = 0x7ffe_0000_1000;
+
+/// Little-endian stack words, lowest address first.
+fn stack_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|word| word.to_le_bytes()).collect()
+}
+
+/// A copy at [`SP`] of `words`, with registers `ip` and `bp`.
+fn hand_built(ip: u64, bp: u64, words: &[u64]) -> StackCopy {
+    StackCopy {
+        ip,
+        sp: SP,
+        bp,
+        bytes: stack_bytes(words),
+    }
+}
+
+/// The stack at the fixture's allocator return, with `sp` at the leaf's saved rbp:
+///
+/// ```text
+/// sp+0   outer's rbp (sp+48)   leaf's push rbp
+/// sp+8   middle_ret            middle's call        CFA(leaf) = sp+16
+/// sp+16  decoys                middle's 24 bytes of locals
+/// sp+40  outer_ret             outer's call         CFA(middle) = sp+48
+/// sp+48  0                     outer's push rbp: root's rbp
+/// sp+56  root_ret              root's call          CFA(outer) = rbp+16 = sp+64
+/// ```
+///
+/// rbp holds 1, the leaf's own use of it. The locals hold code addresses: a scan for
+/// anything that looks like a return address would take them.
+fn fixture_copy(sp: u64) -> StackCopy {
+    let [leaf_ret, middle_ret, outer_ret, root_ret] = fixture_returns();
+    StackCopy {
+        ip: leaf_ret,
+        sp,
+        bp: 1,
+        bytes: stack_bytes(&[
+            sp + 48,
+            middle_ret,
+            root_ret,
+            leaf_ret,
+            outer_ret,
+            outer_ret,
+            0,
+            root_ret,
+        ]),
+    }
+}
+
+/// What the fixture's copy unwinds to.
+fn fixture_unwound() -> Unwound {
+    let [leaf_ret, middle_ret, outer_ret, root_ret] = fixture_returns();
+    Unwound {
+        addresses: vec![leaf_ret, middle_ret, outer_ret, root_ret],
+        return_offsets: vec![
+            (leaf_ret, 8),
+            (middle_ret, 24),
+            (outer_ret, 8),
+            (root_ret, OUTERMOST_FRAME),
+        ],
+        found_by: vec![FoundBy::Ip, FoundBy::Cfi, FoundBy::Cfi, FoundBy::Cfi],
+    }
+}
+
+/// A symbolizer over this test process, with its modules' CFI read up front.
+fn own_process() -> (Symbolizer, DwarfUnwinder) {
+    let symbolizer = Symbolizer::new(std::process::id(), &[]).unwrap();
+    let unwinder = DwarfUnwinder::new(&symbolizer, true);
+    (symbolizer, unwinder)
+}
+
+/// A symbolizer that knows no module: every frame unwinds through frame pointers.
+fn no_modules() -> (Symbolizer, DwarfUnwinder) {
+    let symbolizer = Symbolizer::from_maps(ProcessMaps::default());
+    let unwinder = DwarfUnwinder::new(&symbolizer, true);
+    (symbolizer, unwinder)
+}
+
+/// What holds for every unwound stack: one offset and one `found_by` per address, in order;
+/// the ip first; the walk's end marked, and only there; and every other offset pointing at the
+/// next address in the copied bytes. Each frame's stack pointer lies just above the slot of
+/// the return address that led to it, as the probe's own walk assumes.
+fn assert_consistent(copy: &StackCopy, unwound: &Unwound) {
+    let Unwound {
+        addresses,
+        return_offsets,
+        found_by,
+    } = unwound;
+    assert_eq!(addresses.first(), Some(&copy.ip), "{unwound:x?}");
+    assert_eq!(found_by.first(), Some(&FoundBy::Ip), "{unwound:x?}");
+    assert_eq!(return_offsets.len(), addresses.len(), "{unwound:x?}");
+    assert_eq!(found_by.len(), addresses.len(), "{unwound:x?}");
+    assert!(addresses.len() <= MAX_FRAMES, "{unwound:x?}");
+    let pcs: Vec<u64> = return_offsets.iter().map(|&(pc, _)| pc).collect();
+    assert_eq!(&pcs, addresses, "{unwound:x?}");
+    let (last, inner) = return_offsets.split_last().unwrap();
+    assert_eq!(last.1, OUTERMOST_FRAME, "{unwound:x?}");
+    // Where the current frame's stack pointer lies in the copy.
+    let mut frame_sp = 0usize;
+    for (i, &(pc, offset)) in inner.iter().enumerate() {
+        assert_ne!(offset, OUTERMOST_FRAME, "frame {i} ({pc:#x}): {unwound:x?}");
+        let slot = frame_sp + usize::try_from(offset).unwrap();
+        let word = copy.bytes[slot..slot + 8].try_into().unwrap();
+        assert_eq!(
+            u64::from_le_bytes(word),
+            addresses[i + 1],
+            "frame {i} ({pc:#x}): offset {offset} is not the next return address: {unwound:x?}"
+        );
+        frame_sp = slot + 8;
+    }
+}
+
+#[test]
+fn the_fixture_unwinds_through_its_cfi() {
+    let (symbolizer, mut unwinder) = own_process();
+    let copy = fixture_copy(SP);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(unwound, fixture_unwound());
+    assert_consistent(&copy, &unwound);
+}
+
+#[test]
+fn modules_read_on_first_unwind_unwind_the_same() {
+    let symbolizer = Symbolizer::new(std::process::id(), &[]).unwrap();
+    let mut unwinder = DwarfUnwinder::new(&symbolizer, false);
+    assert!(unwinder.added.is_empty(), "no module is read up front");
+    let unwound = unwinder.unwind(&fixture_copy(SP), &symbolizer);
+    assert_eq!(unwound, fixture_unwound());
+}
+
+#[test]
+fn a_stack_pointer_off_eight_byte_alignment_unwinds_the_same() {
+    let (symbolizer, mut unwinder) = own_process();
+    for misalign in 1..8 {
+        let copy = fixture_copy(SP + misalign);
+        let unwound = unwinder.unwind(&copy, &symbolizer);
+        assert_eq!(unwound, fixture_unwound(), "sp misaligned by {misalign}");
+        assert_consistent(&copy, &unwound);
+    }
+}
+
+#[test]
+fn a_copy_too_short_ends_the_walk_at_the_last_frame_it_holds() {
+    let (symbolizer, mut unwinder) = own_process();
+    let full = fixture_unwound();
+    let whole = fixture_copy(SP);
+    for len in 0..=whole.bytes.len() {
+        let copy = StackCopy {
+            bytes: whole.bytes[..len].to_vec(),
+            ..whole.clone()
+        };
+        // The leaf reads sp+0 and sp+8, the middle sp+40, the outer sp+48 and sp+56.
+        let frames = match len {
+            0..16 => 1,
+            16..48 => 2,
+            48..64 => 3,
+            _ => 4,
+        };
+        let unwound = unwinder.unwind(&copy, &symbolizer);
+        assert_eq!(unwound.addresses, full.addresses[..frames], "{len} bytes");
+        assert_eq!(unwound.found_by, full.found_by[..frames], "{len} bytes");
+        let mut offsets = full.return_offsets[..frames].to_vec();
+        offsets[frames - 1].1 = OUTERMOST_FRAME;
+        assert_eq!(unwound.return_offsets, offsets, "{len} bytes");
+        assert_consistent(&copy, &unwound);
+    }
+}
+
+#[test]
+fn an_empty_copy_gives_the_ip_alone() {
+    let (symbolizer, mut unwinder) = own_process();
+    let copy = StackCopy {
+        bytes: Vec::new(),
+        ..fixture_copy(SP)
+    };
+    let ip = copy.ip;
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(
+        unwound,
+        Unwound {
+            addresses: vec![ip],
+            return_offsets: vec![(ip, OUTERMOST_FRAME)],
+            found_by: vec![FoundBy::Ip],
+        }
+    );
+}
+
+#[test]
+fn an_ip_of_zero_gives_itself_alone() {
+    let (symbolizer, mut unwinder) = no_modules();
+    let copy = hand_built(0, SP, &[SP + 16, 0x40_1000, 0, 0x40_2000]);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(
+        unwound,
+        Unwound {
+            addresses: vec![0],
+            return_offsets: vec![(0, OUTERMOST_FRAME)],
+            found_by: vec![FoundBy::Ip],
+        }
+    );
+}
+
+#[test]
+fn an_ip_outside_every_module_unwinds_by_frame_pointers_into_cfi() {
+    let (symbolizer, mut unwinder) = own_process();
+    let [_, _, outer_ret, root_ret] = fixture_returns();
+    // Nothing is mapped at 0x10. Its caller is the fixture's outer function: rbp at sp+16 is
+    // the frame it chained, and outer's own frame follows from sp+32.
+    let ip = 0x10;
+    let copy = hand_built(
+        ip,
+        SP + 16,
+        &[0xdead, 0xbeef, SP + 32, outer_ret, 0, root_ret],
+    );
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(
+        unwound,
+        Unwound {
+            addresses: vec![ip, outer_ret, root_ret],
+            return_offsets: vec![(ip, 24), (outer_ret, 8), (root_ret, OUTERMOST_FRAME)],
+            found_by: vec![FoundBy::Ip, FoundBy::FramePointers, FoundBy::Cfi],
+        }
+    );
+    assert_consistent(&copy, &unwound);
+}
+
+#[test]
+fn an_ip_outside_every_module_with_rbp_outside_the_copy_gives_the_ip_alone() {
+    let (symbolizer, mut unwinder) = own_process();
+    let copy = hand_built(0x10, SP + 0x1000, &[SP + 16, 0x40_1000]);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(unwound.addresses, [0x10]);
+    assert_eq!(unwound.return_offsets, [(0x10, OUTERMOST_FRAME)]);
+}
+
+#[test]
+fn without_modules_frame_pointers_are_followed_to_a_zero_rbp() {
+    let (symbolizer, mut unwinder) = no_modules();
+    // Three frames of 32, 16 and 48 bytes; the last saved rbp is 0.
+    let copy = hand_built(
+        0x40_1000,
+        SP + 16,
+        &[
+            1,
+            2,
+            SP + 32,
+            0x40_2000,
+            SP + 80,
+            0x40_3000,
+            3,
+            4,
+            5,
+            6,
+            0,
+            0x40_4000,
+        ],
+    );
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(
+        unwound,
+        Unwound {
+            addresses: vec![0x40_1000, 0x40_2000, 0x40_3000, 0x40_4000],
+            return_offsets: vec![
+                (0x40_1000, 24),
+                (0x40_2000, 8),
+                (0x40_3000, 40),
+                (0x40_4000, OUTERMOST_FRAME),
+            ],
+            found_by: vec![
+                FoundBy::Ip,
+                FoundBy::FramePointers,
+                FoundBy::FramePointers,
+                FoundBy::FramePointers,
+            ],
+        }
+    );
+    assert_consistent(&copy, &unwound);
+}
+
+#[test]
+fn a_frame_pointer_chain_that_loops_ends() {
+    let (symbolizer, mut unwinder) = no_modules();
+    // The saved rbp at sp+16 points at itself.
+    let copy = hand_built(0x40_1000, SP + 16, &[1, 2, SP + 16, 0x40_2000, 3, 4]);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(unwound.addresses, [0x40_1000, 0x40_2000]);
+    assert_consistent(&copy, &unwound);
+}
+
+#[test]
+fn a_zero_return_address_ends_the_walk() {
+    let (symbolizer, mut unwinder) = no_modules();
+    let copy = hand_built(
+        0x40_1000,
+        SP,
+        &[SP + 16, 0x40_2000, SP + 32, 0, 0, 0x40_3000],
+    );
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(unwound.addresses, [0x40_1000, 0x40_2000]);
+    assert_consistent(&copy, &unwound);
+}
+
+#[test]
+fn a_deeper_stack_stops_at_the_frame_limit() {
+    let (symbolizer, mut unwinder) = no_modules();
+    // 200 frames of 16 bytes, each chained to the next.
+    let mut words = Vec::new();
+    for frame in 0..200u64 {
+        words.extend([SP + 16 * (frame + 1), 0x40_0000 + 16 * frame]);
+    }
+    let copy = hand_built(0x3f_fff0, SP, &words);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_eq!(unwound.addresses.len(), MAX_FRAMES);
+    assert_eq!(unwound.addresses[MAX_FRAMES - 1], 0x40_0000 + 16 * 125);
+    assert_consistent(&copy, &unwound);
+}
 
 /// The ELF vaddr at the start of a code mapping at `offset` in its file.
 fn vaddr_at(offset: u64, segments: &[LoadSegment]) -> Option<u64> {
