@@ -1,5 +1,7 @@
 //! Unwinding without a probe: registers and stack bytes built by hand over functions whose
-//! CFI is written out below. Nothing here needs root.
+//! CFI is written out below, and a copy of this test's own stack. Nothing here needs root.
+
+use std::hint::black_box;
 
 use leaktrace_common::OUTERMOST_FRAME;
 
@@ -424,6 +426,76 @@ fn a_deeper_stack_stops_at_the_frame_limit() {
     assert_eq!(unwound.addresses.len(), MAX_FRAMES);
     assert_eq!(unwound.addresses[MAX_FRAMES - 1], 0x40_0000 + 16 * 125);
     assert_consistent(&copy, &unwound);
+}
+
+// A real stack: the test calls a, a calls b, b calls c, and c copies its registers and the
+// stack above them as the probe would at an allocator's return.
+
+#[inline(never)]
+fn unwind_chain_a(limit: u64) -> StackCopy {
+    // Used after the call, so that the call is no tail call: each function keeps its frame.
+    black_box(unwind_chain_b(black_box(limit)))
+}
+
+#[inline(never)]
+fn unwind_chain_b(limit: u64) -> StackCopy {
+    black_box(unwind_chain_c(black_box(limit)))
+}
+
+/// The registers here, and the stack from sp up to `limit`.
+#[inline(never)]
+fn unwind_chain_c(limit: u64) -> StackCopy {
+    let (ip, sp, bp): (u64, u64, u64);
+    // SAFETY: reads three registers; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "lea {ip}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            ip = out(reg) ip,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let len = usize::try_from(limit - sp).unwrap();
+    // SAFETY: [sp, limit) lies in this thread's stack, mapped and readable: this function's
+    // frame and its callers' up to a local of the test, which called them.
+    let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec();
+    StackCopy { ip, sp, bp, bytes }
+}
+
+#[test]
+fn unwinds_a_stack_of_this_process() {
+    let (mut symbolizer, mut unwinder) = own_process();
+    // A local of this function lies above the frames of the calls it makes.
+    let anchor = 0u64;
+    let limit = black_box(&raw const anchor) as u64 + 8;
+    let copy = unwind_chain_a(limit);
+    let unwound = unwinder.unwind(&copy, &symbolizer);
+    assert_consistent(&copy, &unwound);
+    assert!(unwound.addresses.len() >= 4, "{unwound:x?}");
+    let expected = [
+        "unwind_chain_c",
+        "unwind_chain_b",
+        "unwind_chain_a",
+        "unwinds_a_stack_of_this_process",
+    ];
+    for (address, function) in unwound.addresses.iter().zip(expected) {
+        let frames = symbolizer.symbolize(*address);
+        // With line tables only (the release profile), DWARF names a function without its path.
+        let name = frames.last().unwrap().function.as_deref();
+        assert_eq!(
+            name.and_then(|name| name.rsplit("::").next()),
+            Some(function),
+            "{address:#x}: {frames:?}"
+        );
+    }
+    // This test binary has CFI: every frame up to the test's came from it.
+    assert_eq!(
+        unwound.found_by[..4],
+        [FoundBy::Ip, FoundBy::Cfi, FoundBy::Cfi, FoundBy::Cfi]
+    );
 }
 
 /// The ELF vaddr at the start of a code mapping at `offset` in its file.
