@@ -92,6 +92,22 @@ pub struct LoadSegment {
     pub vaddr: u64,
 }
 
+impl LoadSegment {
+    /// Every PT_LOAD segment of `file`.
+    pub fn all<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> Vec<Self> {
+        file.segments()
+            .map(|segment| {
+                let (file_offset, file_size) = segment.file_range();
+                LoadSegment {
+                    file_offset,
+                    file_size,
+                    vaddr: segment.address(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The ELF virtual address of a runtime address inside `mapping`: runtime → file offset through
 /// the maps line, file offset → vaddr through the PT_LOAD that holds it. This works the same for
 /// PIE executables, shared libraries and fixed-address executables.
@@ -120,17 +136,7 @@ impl Module {
         let cache = object::ReadCache::new(File::open(path).ok()?);
         let file = object::File::parse(&cache).ok()?;
         let build_id = file.build_id().ok().flatten().map(hex);
-        let segments = file
-            .segments()
-            .map(|segment| {
-                let (file_offset, file_size) = segment.file_range();
-                LoadSegment {
-                    file_offset,
-                    file_size,
-                    vaddr: segment.address(),
-                }
-            })
-            .collect();
+        let segments = LoadSegment::all(&file);
         let files = debug_dirs.find(path, target_path);
         let debug = addr2line::Loader::new_with_sup(&files.main, files.supplementary.as_ref())
             .or_else(|_| addr2line::Loader::new(path))

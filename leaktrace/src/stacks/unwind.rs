@@ -14,15 +14,18 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use leaktrace_common::OUTERMOST_FRAME;
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection};
 
 use crate::{
-    stacks::symbolize::{FoundBy, Symbolizer},
+    stacks::symbolize::{FoundBy, LoadSegment, Symbolizer},
     target::maps::Mapping,
 };
 
 /// The most frames one stack gets, as for kernel stacks.
 const MAX_FRAMES: usize = leaktrace_common::MAX_STACK_DEPTH;
+
+/// The page size of x86-64 Linux, the only target framehop unwinds for here.
+const PAGE_SIZE: u64 = 4096;
 
 /// Registers and stack bytes at an allocation's return.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +144,21 @@ impl DwarfUnwinder {
     }
 }
 
+/// The ELF virtual address at `mapping`'s start. The loader maps each PT_LOAD from its offset
+/// rounded down to a page, and a segment may start in the page where the one before it ends
+/// (lld lays them out so): the mapping's offset then lies in both, and the mapping is the later
+/// one's.
+fn vaddr_at_start(mapping: &Mapping, segments: &[LoadSegment]) -> Option<u64> {
+    let segment = segments
+        .iter()
+        .filter(|s| {
+            s.file_offset & !(PAGE_SIZE - 1) <= mapping.offset
+                && mapping.offset < s.file_offset + s.file_size
+        })
+        .max_by_key(|s| s.file_offset)?;
+    (segment.vaddr + mapping.offset).checked_sub(segment.file_offset)
+}
+
 /// A framehop module for one executable mapping: its unwind sections, where it is loaded; and
 /// whether it has any CFI at all.
 fn module(mapping: &Mapping, file: &File) -> Option<(Module<Vec<u8>>, bool)> {
@@ -152,13 +170,9 @@ fn module(mapping: &Mapping, file: &File) -> Option<(Module<Vec<u8>>, bool)> {
         Some((range, section.uncompressed_data().ok()?.into_owned()))
     };
     // Where vaddr 0 lands: the mapping's start, less the vaddr of the file offset it maps.
-    let segment = elf.segments().find(|s| {
-        let (offset, size) = s.file_range();
-        (offset..offset + size).contains(&mapping.offset)
-    })?;
-    let (segment_offset, _) = segment.file_range();
-    let vaddr_at_start = segment.address() + (mapping.offset - segment_offset);
-    let base_avma = mapping.start.checked_sub(vaddr_at_start)?;
+    let base_avma = mapping
+        .start
+        .checked_sub(vaddr_at_start(mapping, &LoadSegment::all(&elf))?)?;
     let split = |found: Option<(Range<u64>, Vec<u8>)>| match found {
         Some((range, data)) => (Some(range), Some(data)),
         None => (None, None),
@@ -189,3 +203,6 @@ fn module(mapping: &Mapping, file: &File) -> Option<(Module<Vec<u8>>, bool)> {
     let module = Module::new(name, mapping.start..mapping.end, base_avma, info);
     Some((module, has_cfi))
 }
+
+#[cfg(test)]
+mod tests;
