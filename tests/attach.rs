@@ -33,9 +33,7 @@ fn define(name: &str) -> u64 {
 
 #[test]
 fn attach_counts_every_block_of_a_burst_exactly() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let (_fixture, mut leaktrace, json) = burst_under_leaktrace("burst", "attach_burst");
     leaktrace.signal(libc::SIGINT);
     assert_eq!(
@@ -115,9 +113,7 @@ fn attach_counts_every_block_of_a_burst_exactly() {
 
 #[test]
 fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let mut fixture = start_fixture("continuous");
     let json = output_path("attach_continuous", "json");
     let folded = output_path("attach_continuous", "folded");
@@ -197,9 +193,7 @@ fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
 
 #[test]
 fn a_target_that_exits_mid_capture_ends_it_with_a_report() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let (fixture, mut leaktrace, json) = burst_under_leaktrace("burst", "attach_target_exit");
     fixture.signal(libc::SIGKILL);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
@@ -217,9 +211,7 @@ fn a_target_that_exits_mid_capture_ends_it_with_a_report() {
 
 #[test]
 fn sigterm_ends_the_capture_with_a_report() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let fixture = start_fixture("continuous");
     let json = output_path("attach_sigterm", "json");
     let mut leaktrace = attach_with_json(fixture.pid(), &json, &[]);
@@ -235,9 +227,7 @@ fn sigterm_ends_the_capture_with_a_report() {
 /// probes go on the mapped inode itself, through /proc/PID/map_files.
 #[test]
 fn a_deleted_allocator_library_is_still_probed() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("deleted-libc");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
@@ -266,9 +256,7 @@ fn a_deleted_allocator_library_is_still_probed() {
 
 #[test]
 fn a_target_that_crashes_mid_capture_ends_it_with_a_report() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let (_fixture, mut leaktrace, json) = burst_under_leaktrace("crash", "attach_target_crash");
     // The fixture dies of SIGSEGV on its own; leaktrace notices and reports.
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());

@@ -91,19 +91,18 @@ fn ends_clean_with(
 /// leaktrace's debug builds panic on purpose after `LEAKTRACE_PANIC_AFTER` records.
 #[test]
 fn a_panic_inside_leaktrace_detaches_and_reports() {
-    if bpf_available() {
-        let (written, code) = ends_clean_with(
-            "detach_panic",
-            &[],
-            &[("LEAKTRACE_PANIC_AFTER", "100")],
-            |_| {},
-        );
-        assert!(written, "the report is written");
-        assert_eq!(code, Some(1), "and leaktrace says it failed");
-        let report = read_json(&output_path("detach_panic", "json"));
-        assert_eq!(report["ending"], "failed");
-        assert!(report["totals"]["allocs"].as_u64().unwrap() > 0);
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    let (written, code) = ends_clean_with(
+        "detach_panic",
+        &[],
+        &[("LEAKTRACE_PANIC_AFTER", "100")],
+        |_| {},
+    );
+    assert!(written, "the report is written");
+    assert_eq!(code, Some(1), "and leaktrace says it failed");
+    let report = read_json(&output_path("detach_panic", "json"));
+    assert_eq!(report["ending"], "failed");
+    assert!(report["totals"]["allocs"].as_u64().unwrap() > 0);
 }
 
 fn signal(leaktrace: &Running, signal: i32) {
@@ -112,45 +111,40 @@ fn signal(leaktrace: &Running, signal: i32) {
 
 #[test]
 fn sigint_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sigint", &[], |l| signal(
-            l,
-            libc::SIGINT
-        )));
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    assert!(ends_clean("detach_sigint", &[], |l| signal(
+        l,
+        libc::SIGINT
+    )));
 }
 
 #[test]
 fn sigterm_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sigterm", &[], |l| signal(
-            l,
-            libc::SIGTERM
-        )));
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    assert!(ends_clean("detach_sigterm", &[], |l| signal(
+        l,
+        libc::SIGTERM
+    )));
 }
 
 #[test]
 fn sighup_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sighup", &[], |l| signal(
-            l,
-            libc::SIGHUP
-        )));
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    assert!(ends_clean("detach_sighup", &[], |l| signal(
+        l,
+        libc::SIGHUP
+    )));
 }
 
 #[test]
 fn the_end_of_the_window_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_duration", &["-d", "1s"], |_| {}));
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    assert!(ends_clean("detach_duration", &["-d", "1s"], |_| {}));
 }
 
 #[test]
 fn kill_9_leaves_nothing_attached() {
-    if bpf_available() {
-        // No report can be written; the kernel takes the probes away with leaktrace's files.
-        ends_clean("detach_kill", &[], |l| signal(l, libc::SIGKILL));
-    }
+    let Some(_bpf) = require_bpf() else { return };
+    // No report can be written; the kernel takes the probes away with leaktrace's files.
+    ends_clean("detach_kill", &[], |l| signal(l, libc::SIGKILL));
 }

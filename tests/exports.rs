@@ -8,9 +8,7 @@ use support::*;
 
 #[test]
 fn go_tool_pprof_lists_the_leaking_function_first() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("fixture");
     let profile = output_path("pprof", "pb.gz");
     let profile_arg = profile.to_str().unwrap();
@@ -44,9 +42,7 @@ fn go_tool_pprof_lists_the_leaking_function_first() {
 
 #[test]
 fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("fixture");
     let svg = output_path("flamegraph", "svg");
     launch_json(
@@ -67,9 +63,7 @@ fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
 
 #[test]
 fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("windows");
     let html = output_path("report", "html");
     launch_json(

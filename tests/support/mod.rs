@@ -109,18 +109,28 @@ pub fn fixture_line(name: &str, marker: &str) -> u64 {
     index as u64 + 1
 }
 
-/// True when this test may load BPF programs. Off CI, a non-root run skips with a note; with
-/// CI=true a skip would hide a broken setup, so it fails instead.
-pub fn bpf_available() -> bool {
+/// Proof that this test runs as root; see [`require_bpf`].
+#[must_use]
+pub struct Root(());
+
+/// `Some` when this test may load BPF programs; `None` means skip it. Every BPF test starts
+/// `let Some(_bpf) = require_bpf() else { return };`.
+pub fn require_bpf() -> Option<Root> {
+    require_root("BPF tests need root")
+}
+
+/// `Some` when this test runs as root. Off CI, a non-root run skips with a note saying `why`;
+/// with CI=true a skip would hide a broken setup, so it fails instead.
+pub fn require_root(why: &str) -> Option<Root> {
     if unsafe { libc::geteuid() } == 0 {
-        return true;
+        return Some(Root(()));
     }
     assert!(
         env::var("CI").as_deref() != Ok("true"),
-        "BPF tests must run in CI: run the tests as root"
+        "{why}, and CI must run them: run the tests as root"
     );
-    eprintln!("skipped: BPF tests need root");
-    false
+    eprintln!("skipped: {why}");
+    None
 }
 
 /// Lines of a child's output, readable with a deadline.
