@@ -30,26 +30,34 @@ fn launch_mode_matches_valgrinds_in_use_at_exit() {
     assert_eq!(sites_of(&report, "leak_here").live_allocations, leaks);
 }
 
+/// The target's exit code, or 128 + the signal that killed it, in both reports.
 #[test]
 fn launch_mode_reports_the_targets_exit_status() {
     let Some(_bpf) = require_bpf() else { return };
-    let json = output_path("launch_status", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .arg("--json")
-            .arg(&json)
-            .args(["--", "sh", "-c", "exit 3"]),
-    );
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    let report = read_json(&json);
-    assert_eq!(report["ending"]["target_exited"]["status"], 3);
-    assert!(
-        leaktrace
-            .stdout
-            .rest()
-            .iter()
-            .any(|l| l == "target exited with status 3")
-    );
+    // (shell script, the status leaktrace reports)
+    let rows = [("exit 3", 3), ("kill -9 $$", 128 + libc::SIGKILL)];
+    for (script, status) in rows {
+        let json = output_path("launch_status", "json");
+        let mut leaktrace = Running::start(
+            Command::new(LEAKTRACE)
+                .arg("--json")
+                .arg(&json)
+                .args(["--", "sh", "-c", script]),
+        );
+        let code = leaktrace.wait(WAIT);
+        assert_eq!(code, 0, "{script}: {:?}", leaktrace.stderr.rest());
+        let report = read_json(&json);
+        let text = TextReport::from_stdout(&leaktrace.stdout.rest());
+        Ended::TargetExited(Some(status)).assert_said(script, &text, &report);
+        // Traced from its start, what it held is what it held at exit.
+        let totals = &report["totals"];
+        let in_use = format!(
+            "in use at exit: {} bytes in {} blocks",
+            thousands(totals["live_bytes"].as_u64().unwrap()),
+            thousands(totals["live_allocations"].as_u64().unwrap())
+        );
+        assert!(text.lines.contains(&in_use), "{script}: {in_use}: {text}");
+    }
 }
 
 #[test]
