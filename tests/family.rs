@@ -377,6 +377,47 @@ fn follow_forks_reports_the_child_on_its_own() {
     let expected = lifecycle_define("CHILD_LEAKS");
     assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
     assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
+
+    // The text: the parent's report, then the child's, each with its own leaks and ending.
+    let text = TextReport::from_stdout(&leaktrace.stdout.rest());
+    let parent_text = text.process(report["pid"].as_i64().unwrap());
+    let child_text = text.process(child.into());
+    for (who, text, json, function, leaks, ended) in [
+        (
+            "parent",
+            &parent_text,
+            &report,
+            "parent_leak",
+            lifecycle_define("PARENT_LEAKS"),
+            Ended::TargetExited(Some(0)),
+        ),
+        (
+            "child",
+            &child_text,
+            child_report,
+            "child_leak",
+            expected,
+            // Only the parent's status comes to leaktrace.
+            Ended::TargetExited(None),
+        ),
+    ] {
+        ended.assert_said(who, text, json);
+        let shown = text.sites_of(function);
+        let held = (leaks * lifecycle_define("BLOCK_BYTES"), leaks);
+        assert_eq!(
+            (shown.live_bytes, shown.live_allocations),
+            held,
+            "{who}: {text}"
+        );
+        let totals = &json["totals"];
+        let totals = (
+            totals["live_bytes"].as_u64(),
+            totals["live_allocations"].as_u64(),
+        );
+        let (bytes, blocks) = text.held();
+        assert_eq!((Some(bytes), Some(blocks)), totals, "{who}: {text}");
+    }
+    assert_eq!(parent_text.sites_of("child_leak").sites, 0, "{parent_text}");
 }
 
 #[test]
