@@ -461,15 +461,16 @@ impl Ended {
     /// Both reports say this ending, and the text says no other.
     pub fn assert_said(self, context: &str, text: &TextReport, json: &Value) {
         assert_eq!(json["ending"], self.json(), "{context}: the JSON's ending");
-        let said: Vec<&String> = text
+        let said: Vec<&str> = text
             .lines
             .iter()
+            .map(String::as_str)
             .filter(|l| l.starts_with(EXITED_LINE) || l.starts_with(FAILED_LINE))
             .collect();
-        let expected: Vec<String> = self.text_line().into_iter().collect();
+        let expected = self.text_line();
         assert_eq!(
             said,
-            expected.iter().collect::<Vec<_>>(),
+            Vec::from_iter(expected.as_deref()),
             "{context}: {text}"
         );
     }
@@ -590,7 +591,7 @@ impl TextReport {
 }
 
 /// "leak_here at /src/fixture.c:52" → "leak_here"; "strdup (inlined)" → "strdup".
-pub fn frame_function(frame: &str) -> &str {
+fn frame_function(frame: &str) -> &str {
     let frame = frame.strip_suffix(" (inlined)").unwrap_or(frame);
     frame
         .rsplit_once(" at ")
