@@ -1,14 +1,16 @@
 //! However leaktrace ends, nothing of it stays in the target: every breakpoint it planted is
-//! gone, checked byte for byte in the target's memory.
+//! gone, checked byte for byte in the target's memory. Unless it was killed outright, it also
+//! reports what it saw, and how the capture ended.
 
 mod support;
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, os::unix::process::ExitStatusExt, path::Path};
 
 use leaktrace::{
     plan::{AllocatorChoice, AllocatorSearch},
     target::maps::ProcessMaps,
 };
+use serde_json::Value;
 use support::*;
 
 /// The first byte of every probed function, as the target's memory has it and as its file does.
@@ -45,112 +47,142 @@ fn read_byte(path: &str, offset: u64) -> u8 {
 
 const INT3: u8 = 0xcc;
 
-/// Attaches to a fixture, checks the breakpoints are in, ends leaktrace with `end`, and checks
-/// they are all gone; returns whether the JSON report was written.
-fn ends_clean(test: &str, args: &[&str], end: impl FnOnce(&Running)) -> bool {
-    ends_clean_with(test, args, &[], end).0
+/// How a row ends leaktrace, attached to a fixture that runs a burst of leaks once the
+/// breakpoints are seen in: `fixture busy`, which calls malloc and free all along, or for the
+/// panic `fixture burst`, quiet until then.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// This signal, sent once the burst is done.
+    Signal(i32),
+    /// The `-d` window closes, long after the burst is done.
+    Window,
+    /// leaktrace's debug builds panic on purpose after `LEAKTRACE_PANIC_AFTER` records: here
+    /// amid the burst.
+    Panic,
 }
 
-/// [`ends_clean`] with environment variables for leaktrace; also returns its exit code.
-fn ends_clean_with(
-    test: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    end: impl FnOnce(&Running),
-) -> (bool, Option<i32>) {
-    let target = start_ready(&build_fixture("fixture"), &["continuous"]);
-    let json = output_path(test, "json");
+/// The window of [`End::Window`]: the burst it must hold takes milliseconds.
+const WINDOW: &str = "10s";
+
+/// What leaktrace must leave behind, besides a target without breakpoints.
+#[derive(Clone, Copy, Debug)]
+enum Leaves {
+    /// A text and a JSON report that say the capture ended so.
+    Report(Ended),
+    /// No report: SIGKILL gives leaktrace no chance to write one.
+    NoReport,
+}
+
+use End::*;
+use Leaves::*;
+
+/// One #[test] per row, named by it.
+macro_rules! rows {
+    ($($row:ident: $end:expr => $leaves:expr,)*) => {$(
+        #[test]
+        fn $row() {
+            ends_clean(stringify!($row), $end, $leaves);
+        }
+    )*};
+}
+
+rows! {
+    sigint_detaches_and_reports:                   Signal(libc::SIGINT)  => Report(Ended::Interrupted),
+    sigterm_detaches_and_reports:                  Signal(libc::SIGTERM) => Report(Ended::Interrupted),
+    sighup_detaches_and_reports:                   Signal(libc::SIGHUP)  => Report(Ended::Interrupted),
+    the_end_of_the_window_detaches_and_reports:    Window                => Report(Ended::WindowElapsed),
+    a_panic_inside_leaktrace_detaches_and_reports: Panic                 => Report(Ended::Failed),
+    kill_9_leaves_nothing_attached:                Signal(libc::SIGKILL) => NoReport,
+}
+
+/// Attaches to a fixture, checks the breakpoints are in, ends leaktrace as the row says,
+/// checks they are all gone and that leaktrace left what the row says.
+fn ends_clean(row: &str, end: End, leaves: Leaves) {
+    let Some(_bpf) = require_bpf() else { return };
+    // The panic must not come before the breakpoints are seen in: no record before the burst.
+    let (mode, args, env): (_, &[&str], &[(&str, &str)]) = match end {
+        Panic => ("burst", &[], &[("LEAKTRACE_PANIC_AFTER", "100")]),
+        Window => ("busy", &["-d", WINDOW], &[]),
+        Signal(_) => ("busy", &[], &[]),
+    };
+    let mut target = start_ready(&build_fixture("fixture"), &[mode]);
+    let json = output_path(&format!("detach_{row}"), "json");
     let _ = fs::remove_file(&json);
     let mut leaktrace = attach_with_json_env(target.pid(), &json, args, env);
     let planted = probed_bytes(target.pid());
-    assert!(!planted.is_empty());
+    assert!(!planted.is_empty(), "{row}: nothing probed");
     assert!(
         planted.iter().all(|&(memory, _)| memory == INT3),
-        "the probes are in: {planted:?}"
+        "{row}: the probes are in: {planted:?}"
     );
-    end(&leaktrace);
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = leaktrace.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "leaktrace did not end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    run_burst(&mut target);
+    if let Signal(signal) = end {
+        leaktrace.signal(signal);
+    }
+    let status = leaktrace.wait_status(WAIT);
     let left = probed_bytes(target.pid());
     assert!(
         left.iter().all(|&(memory, file)| memory == file),
-        "breakpoints left behind: {left:?}"
+        "{row}: breakpoints left behind: {left:?}"
     );
-    (json.exists(), status.code())
-}
-
-/// leaktrace's debug builds panic on purpose after `LEAKTRACE_PANIC_AFTER` records.
-#[test]
-fn a_panic_inside_leaktrace_detaches_and_reports() {
-    if bpf_available() {
-        let (written, code) = ends_clean_with(
-            "detach_panic",
-            &[],
-            &[("LEAKTRACE_PANIC_AFTER", "100")],
-            |_| {},
-        );
-        assert!(written, "the report is written");
-        assert_eq!(code, Some(1), "and leaktrace says it failed");
-        let report = read_json(&output_path("detach_panic", "json"));
-        assert_eq!(report["ending"], "failed");
-        assert!(report["totals"]["allocs"].as_u64().unwrap() > 0);
+    let stderr = leaktrace.stderr.rest();
+    match leaves {
+        NoReport => {
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{row}: {stderr:?}");
+            assert!(!json.exists(), "{row}: a report from a killed leaktrace");
+        }
+        Report(ended) => {
+            let failed = ended == Ended::Failed;
+            assert_eq!(status.code(), Some(failed.into()), "{row}: {stderr:?}");
+            let stdout = leaktrace.stdout.rest();
+            let report = read_json(&json);
+            if failed {
+                assert_partial_report(row, &stdout, &stderr, &report);
+            } else {
+                assert_burst_reported(row, &stdout, &report, ended);
+            }
+        }
     }
 }
 
-fn signal(leaktrace: &Running, signal: i32) {
-    leaktrace.signal(signal);
-}
-
-#[test]
-fn sigint_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sigint", &[], |l| signal(
-            l,
-            libc::SIGINT
-        )));
-    }
-}
-
-#[test]
-fn sigterm_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sigterm", &[], |l| signal(
-            l,
-            libc::SIGTERM
-        )));
-    }
-}
-
-#[test]
-fn sighup_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_sighup", &[], |l| signal(
-            l,
-            libc::SIGHUP
-        )));
-    }
-}
-
-#[test]
-fn the_end_of_the_window_detaches_and_reports() {
-    if bpf_available() {
-        assert!(ends_clean("detach_duration", &["-d", "1s"], |_| {}));
-    }
-}
-
-#[test]
-fn kill_9_leaves_nothing_attached() {
-    if bpf_available() {
-        // No report can be written; the kernel takes the probes away with leaktrace's files.
-        ends_clean("detach_kill", &[], |l| signal(l, libc::SIGKILL));
-    }
+/// After the injected panic: the panic is on stderr, and the report holds the burst's first
+/// leaks, those taken in before it, each whole, none freed, the text as the JSON.
+fn assert_partial_report(row: &str, stdout: &[String], stderr: &[String], json: &Value) {
+    assert!(
+        stderr.iter().any(|l| l.contains("LEAKTRACE_PANIC_AFTER")),
+        "{row}: the panic is told: {stderr:#?}"
+    );
+    let text = TextReport::from_stdout(stdout);
+    Ended::Failed.assert_said(row, &text, json);
+    let leak_bytes = fixture_define("fixture", "LEAK_BYTES");
+    let traced = sites_of(json, "leak_here");
+    let shown = text.sites_of("leak_here");
+    let leaks = fixture_define("fixture", "BURST_LEAKS");
+    assert!(
+        (1..=leaks).contains(&traced.live_allocations),
+        "{row}: {traced:?}: {text}"
+    );
+    assert_eq!(
+        (traced.live_bytes, traced.allocs, traced.frees),
+        (
+            traced.live_allocations * leak_bytes,
+            traced.live_allocations,
+            0
+        ),
+        "{row}: {traced:?}"
+    );
+    assert_eq!(
+        (shown.live_bytes, shown.live_allocations),
+        (traced.live_bytes, traced.live_allocations),
+        "{row}: {text}"
+    );
+    let totals = &json["totals"];
+    assert_eq!(
+        text.held(),
+        (
+            totals["live_bytes"].as_u64().unwrap(),
+            totals["live_allocations"].as_u64().unwrap()
+        ),
+        "{row}: the text's in-use figure"
+    );
 }

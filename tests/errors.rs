@@ -55,10 +55,9 @@ fn run_as_nobody(args: &[&str]) -> Output {
 
 #[test]
 fn an_unprivileged_user_is_told_which_capability_is_missing() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to become another user");
+    let Some(_root) = require_root("becoming another user needs root") else {
         return;
-    }
+    };
     // Someone else's process: not ours to trace.
     let output = run_as_nobody(&["-p", "1"]);
     assert_one_line_error(&output, 4, "CAP_SYS_PTRACE");

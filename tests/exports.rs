@@ -4,13 +4,12 @@ mod support;
 
 use std::process::Command;
 
+use leaktrace::report::thousands;
 use support::*;
 
 #[test]
 fn go_tool_pprof_lists_the_leaking_function_first() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("fixture");
     let profile = output_path("pprof", "pb.gz");
     let profile_arg = profile.to_str().unwrap();
@@ -44,9 +43,7 @@ fn go_tool_pprof_lists_the_leaking_function_first() {
 
 #[test]
 fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("fixture");
     let svg = output_path("flamegraph", "svg");
     launch_json(
@@ -67,12 +64,10 @@ fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
 
 #[test]
 fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("windows");
     let html = output_path("report", "html");
-    launch_json(
+    let (report, _) = launch_json(
         "html",
         &["-i", "500ms", "--html", html.to_str().unwrap()],
         &binary,
@@ -81,9 +76,31 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg class=\"plot\"").count(), 2, "two plots");
     assert!(page.contains("<img class=\"flame\""), "the flamegraph");
+    // What the fixture holds at its exit, the first site its leak, with its stack.
+    let blocks = fixture_define("windows", "WINDOW_LEAKS");
+    let bytes = blocks * fixture_define("windows", "BLOCK_BYTES");
+    assert_eq!(
+        (
+            report["totals"]["live_bytes"].as_u64(),
+            report["totals"]["live_allocations"].as_u64()
+        ),
+        (Some(bytes), Some(blocks))
+    );
+    let held = format!("live {} bytes in {blocks} blocks", thousands(bytes));
+    assert!(page.contains(&held), "the page says {held}");
+    let first = format!(
+        "<tr><td>1</td><td>{}</td><td>{blocks}</td>",
+        thousands(bytes)
+    );
+    let row = &page[page
+        .find(&first)
+        .unwrap_or_else(|| panic!("no row {first}"))..];
     assert!(
-        page.contains("second_window_leak"),
-        "the top sites and their stacks"
+        row.split("</tr>")
+            .next()
+            .unwrap()
+            .contains("<pre>second_window_leak at "),
+        "the top site and its stack: {row}"
     );
     for reference in ["src=\"http", "href=\"http", "url(http", "@import"] {
         assert!(

@@ -15,9 +15,7 @@ fn launch(test: &str, binary: &std::path::Path, args: &[&str]) -> (Value, Vec<St
 /// One door of `doors.c`: its leak_DOOR site holds exactly DOOR_BYTES in DOOR_BLOCKS, the
 /// door's failure paths leave nothing, and the totals agree with valgrind.
 fn check_door(door: &str, compare_with_valgrind: bool) {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("doors");
     let (report, stdout) = launch(&format!("door_{door}"), &binary, &[door]);
     let define =
@@ -90,9 +88,7 @@ fn cxx_sites(report: &Value, prefix: &str) -> SiteSum {
 
 #[test]
 fn cxx_new_and_delete_each_variant_and_the_caller_of_new_is_the_site() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("cxx");
     let (report, stdout) = launch("cxx_doors", &binary, &["doors"]);
     let define = |name: &str| fixture_define("cxx", name);
@@ -139,9 +135,7 @@ fn cxx_new_and_delete_each_variant_and_the_caller_of_new_is_the_site() {
 /// malloc it calls (199,998 of 200,000 counted).
 #[test]
 fn every_one_of_200_000_news_is_counted_once() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let count = fixture_define("cxx", "MAX_COUNT");
     let binary = build_fixture("cxx");
     let (report, _) = launch("cxx_count", &binary, &["count", &count.to_string()]);
@@ -171,9 +165,7 @@ fn fixture_leaks(report: &Value) -> (u64, u64) {
 
 #[test]
 fn jemalloc_is_probed_where_malloc_binds_without_flags() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("fixture", &["-ljemalloc"]);
     let (report, stdout) = launch("jemalloc", &binary, &["exit"]);
     let allocator = report["allocator"].as_str().unwrap();
@@ -188,9 +180,7 @@ fn jemalloc_is_probed_where_malloc_binds_without_flags() {
 
 #[test]
 fn the_allocator_flag_overrides_the_binding() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("fixture", &["-ljemalloc"]);
     let (report, _) = launch_json(
         "allocator_flag",
@@ -206,9 +196,7 @@ fn the_allocator_flag_overrides_the_binding() {
 
 #[test]
 fn a_symbol_prefix_finds_the_prefixed_allocator() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     // glibc exports its allocator a second time as __libc_malloc, __libc_free, …
     let binary = build_fixture("fixture");
     let (report, _) = launch_json(
@@ -223,9 +211,7 @@ fn a_symbol_prefix_finds_the_prefixed_allocator() {
 
 #[test]
 fn a_static_binary_is_probed_in_itself() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("fixture", &["-static"]);
     let (report, _) = launch("static", &binary, &["exit"]);
     assert_eq!(
@@ -241,9 +227,7 @@ fn a_static_binary_is_probed_in_itself() {
 /// counts what the fixture leaks, and the report says how its functions were found.
 #[test]
 fn a_stripped_allocator_library_is_probed_through_its_dynamic_symbols() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let library = build_fixture_with("interposer", &["-shared", "-fPIC"]);
     let stripped = library.with_extension("stripped.so");
     let status = Command::new("strip")
@@ -295,9 +279,7 @@ fn expected_thread_leaks() -> (u64, u64, u64, u64) {
 
 #[test]
 fn eight_threads_with_cross_thread_frees() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("threads");
     let (report, stdout) = launch("threads", &binary, &["exit"]);
     let site = thread_leaks(&report);
@@ -315,9 +297,7 @@ fn eight_threads_with_cross_thread_frees() {
 
 #[test]
 fn threads_created_after_attach_are_traced() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("threads");
     let mut target = start_ready(&binary, &["wait"]);
     let json = output_path("threads_after_attach", "json");
@@ -344,9 +324,7 @@ fn lifecycle_define(name: &str) -> u64 {
 
 #[test]
 fn without_follow_forks_a_child_is_not_mixed_in() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("lifecycle");
     let (report, _) = launch("fork_not_followed", &binary, &["fork"]);
     let parent = sites_of(&report, "parent_leak");
@@ -357,9 +335,7 @@ fn without_follow_forks_a_child_is_not_mixed_in() {
 
 #[test]
 fn follow_forks_reports_the_child_on_its_own() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("lifecycle");
     let json = output_path("fork_followed", "json");
     let mut leaktrace = Running::start(
@@ -401,13 +377,52 @@ fn follow_forks_reports_the_child_on_its_own() {
     let expected = lifecycle_define("CHILD_LEAKS");
     assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
     assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
+
+    // The text: the parent's report, then the child's, each with its own leaks and ending.
+    let text = TextReport::from_stdout(&leaktrace.stdout.rest());
+    let parent_text = text.process(report["pid"].as_i64().unwrap());
+    let child_text = text.process(child.into());
+    for (who, text, json, function, leaks, ended) in [
+        (
+            "parent",
+            &parent_text,
+            &report,
+            "parent_leak",
+            lifecycle_define("PARENT_LEAKS"),
+            Ended::TargetExited(Some(0)),
+        ),
+        (
+            "child",
+            &child_text,
+            child_report,
+            "child_leak",
+            expected,
+            // Only the parent's status comes to leaktrace.
+            Ended::TargetExited(None),
+        ),
+    ] {
+        ended.assert_said(who, text, json);
+        let shown = text.sites_of(function);
+        let held = (leaks * lifecycle_define("BLOCK_BYTES"), leaks);
+        assert_eq!(
+            (shown.live_bytes, shown.live_allocations),
+            held,
+            "{who}: {text}"
+        );
+        let totals = &json["totals"];
+        let totals = (
+            totals["live_bytes"].as_u64(),
+            totals["live_allocations"].as_u64(),
+        );
+        let (bytes, blocks) = text.held();
+        assert_eq!((Some(bytes), Some(blocks)), totals, "{who}: {text}");
+    }
+    assert_eq!(parent_text.sites_of("child_leak").sites, 0, "{parent_text}");
 }
 
 #[test]
 fn an_exec_ends_one_image_and_starts_the_next() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("lifecycle");
     let json = output_path("exec", "json");
     let mut leaktrace = Running::start(
@@ -447,9 +462,7 @@ fn an_exec_ends_one_image_and_starts_the_next() {
 /// so that it takes in the event only afterwards.
 #[test]
 fn an_exec_whose_program_is_gone_before_it_is_seen_ends_with_a_report() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("lifecycle");
     let mut fixture = start_ready(&binary, &["exec-exit"]);
     let json = output_path("exec_gone", "json");
@@ -471,9 +484,7 @@ fn mappings_define(name: &str) -> u64 {
 
 #[test]
 fn mmap_counts_the_programs_anonymous_mappings_once() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("mappings");
     let (report, _) = launch_json("mmap", &["--mmap"], &binary, &[]);
     let page = mappings_define("PAGE");
@@ -510,9 +521,7 @@ fn mmap_counts_the_programs_anonymous_mappings_once() {
 
 #[test]
 fn without_the_mmap_flag_mappings_are_not_traced() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("mappings");
     let (report, _) = launch("no_mmap", &binary, &[]);
     assert_eq!(sites_of(&report, "map_region").allocs, 0);
@@ -526,9 +535,7 @@ fn without_the_mmap_flag_mappings_are_not_traced() {
 /// malloc and free) count exactly what probes at every function's entry count.
 #[test]
 fn chosen_probe_points_count_the_same_as_entry_probes() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     // Per function of the first frame: how a function's allocations split into sites depends on
     // which of their stacks got copied first, which is a matter of timing.
     let summary = |report: &Value| {

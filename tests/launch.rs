@@ -9,9 +9,7 @@ use support::*;
 
 #[test]
 fn launch_mode_matches_valgrinds_in_use_at_exit() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let fixture = build_fixture("fixture");
     let json = output_path("launch_exit", "json");
     let mut leaktrace = Running::start(
@@ -32,35 +30,39 @@ fn launch_mode_matches_valgrinds_in_use_at_exit() {
     assert_eq!(sites_of(&report, "leak_here").live_allocations, leaks);
 }
 
+/// The target's exit code, or 128 + the signal that killed it, in both reports.
 #[test]
 fn launch_mode_reports_the_targets_exit_status() {
-    if !bpf_available() {
-        return;
+    let Some(_bpf) = require_bpf() else { return };
+    // (shell script, the status leaktrace reports)
+    let rows = [("exit 3", 3), ("kill -9 $$", 128 + libc::SIGKILL)];
+    for (script, status) in rows {
+        let json = output_path("launch_status", "json");
+        let mut leaktrace = Running::start(
+            Command::new(LEAKTRACE)
+                .arg("--json")
+                .arg(&json)
+                .args(["--", "sh", "-c", script]),
+        );
+        let code = leaktrace.wait(WAIT);
+        assert_eq!(code, 0, "{script}: {:?}", leaktrace.stderr.rest());
+        let report = read_json(&json);
+        let text = TextReport::from_stdout(&leaktrace.stdout.rest());
+        Ended::TargetExited(Some(status)).assert_said(script, &text, &report);
+        // Traced from its start, what it held is what it held at exit.
+        let totals = &report["totals"];
+        let in_use = format!(
+            "in use at exit: {} bytes in {} blocks",
+            thousands(totals["live_bytes"].as_u64().unwrap()),
+            thousands(totals["live_allocations"].as_u64().unwrap())
+        );
+        assert!(text.lines.contains(&in_use), "{script}: {in_use}: {text}");
     }
-    let json = output_path("launch_status", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .arg("--json")
-            .arg(&json)
-            .args(["--", "sh", "-c", "exit 3"]),
-    );
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    let report = read_json(&json);
-    assert_eq!(report["ending"]["target_exited"]["status"], 3);
-    assert!(
-        leaktrace
-            .stdout
-            .rest()
-            .iter()
-            .any(|l| l == "target exited with status 3")
-    );
 }
 
 #[test]
 fn the_demo_shows_its_leaking_site_with_exact_bytes() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let json = output_path("demo", "json");
     let mut leaktrace = Running::start(Command::new(LEAKTRACE).arg("--json").arg(&json));
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
@@ -93,9 +95,7 @@ fn the_demo_shows_its_leaking_site_with_exact_bytes() {
 
 #[test]
 fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("many_stacks");
     let json = output_path("many_stacks", "json");
     // Frame-pointer stacks go through the kernel's stack map (copied stacks do not).
@@ -130,9 +130,7 @@ fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
 
 #[test]
 fn a_ring_buffer_too_small_loses_events_and_says_so() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("cxx");
     let (report, stdout) = launch_json(
         "small_ring",
@@ -163,9 +161,7 @@ fn assert_lower_bound(stdout: &[String], loss: &str) {
 /// `pending_map_full`, and the report says its numbers are a lower bound.
 #[test]
 fn too_few_thread_entries_lose_calls_and_say_so() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("threads");
     let (report, stdout) = launch_json("max_threads", &["--max-threads", "2"], &binary, &["exit"]);
     let lost = report["drops"]["pending_map_full"].as_u64().unwrap();
@@ -178,9 +174,7 @@ fn too_few_thread_entries_lose_calls_and_say_so() {
 /// its numbers are a lower bound.
 #[test]
 fn a_full_map_of_sampled_blocks_is_counted_and_shown() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let target = start_ready(&build_fixture("fixture"), &["continuous"]);
     let json = output_path("sampled_blocks", "json");
     let mut leaktrace = attach_with_json(

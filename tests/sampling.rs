@@ -52,9 +52,7 @@ fn assert_estimate(what: &str, estimate: u64, truth: u64, sigma: f64) {
 
 #[test]
 fn sampling_by_bytes_estimates_each_sites_live_bytes_without_bias() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("trends", &SCALED);
     let (report, stdout) = launch_json(
         "sampling_bytes",
@@ -94,9 +92,7 @@ fn sampling_by_bytes_estimates_each_sites_live_bytes_without_bias() {
 
 #[test]
 fn sampling_one_in_n_scales_blocks_by_n() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let n = 20;
     let binary = build_fixture_with("trends", &SCALED);
     let (report, _) = launch_json("sampling_rate", &["-s", &n.to_string()], &binary, &[]);

@@ -8,9 +8,7 @@ use support::*;
 
 #[test]
 fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
     let json = output_path("trends", "json");
@@ -67,9 +65,7 @@ fn a_steady_leak_outranks_a_cache_that_filled_and_churn_does_not_grow() {
 /// is elsewhere, and the JSON carries the memory samples.
 #[test]
 fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("rss");
     let target = start_ready(&binary, &["map"]);
     let json = output_path("rss_divergence", "json");
@@ -88,9 +84,7 @@ fn rss_growth_the_traced_heap_does_not_explain_is_flagged() {
 
 #[test]
 fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
     let json = output_path("min_age", "json");
@@ -131,9 +125,7 @@ fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
 
 #[test]
 fn a_leak_in_the_second_of_three_windows_is_attributed_to_it() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("windows");
     let (report, _) = launch_json("windows", &["--windows", "3", "-i", "1s"], &binary, &[]);
     let windows = report["windows"].as_array().expect("three windows");
@@ -167,9 +159,7 @@ fn a_leak_in_the_second_of_three_windows_is_attributed_to_it() {
 /// On a terminal the live view redraws in place, like top.
 #[test]
 fn on_a_terminal_the_live_view_redraws_in_place() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
     // script(1) gives leaktrace a pseudo-terminal for its stdout.

@@ -8,9 +8,7 @@ use support::*;
 
 #[test]
 fn a_traced_multithreaded_program_computes_what_it_computes_untraced() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("checksum");
     let untraced = Command::new(&binary).output().unwrap();
     let checksum = |stdout: &[u8]| {

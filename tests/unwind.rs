@@ -46,9 +46,7 @@ fn chain(site: &Value) -> Vec<(String, String, u64)> {
 
 #[test]
 fn without_frame_pointers_the_stack_is_the_same_as_with_them() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     // The frame-pointer build unwound by frame pointers alone: an independent reference.
     let with = build_fixture_with("fixture", &["-O2", "-fno-omit-frame-pointer"]);
     let without = build_fixture_with("fixture", NO_FRAME_POINTERS);
@@ -70,9 +68,7 @@ fn without_frame_pointers_the_stack_is_the_same_as_with_them() {
 
 #[test]
 fn frame_pointers_alone_stop_where_they_are_missing() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     // The control for the test above: it is the CFI that finds the callers.
     let without = build_fixture_with("fixture", NO_FRAME_POINTERS);
     let report = launch(
@@ -93,9 +89,7 @@ fn frame_pointers_alone_stop_where_they_are_missing() {
 
 #[test]
 fn cxx_without_frame_pointers_shows_the_three_callers_of_new() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("cxx", NO_FRAME_POINTERS);
     let report = launch("cxx_no_fp", &[], &binary, &["doors"]);
     let functions: Vec<&str> = site(&report, "leak_new_here")["frames"]
@@ -117,9 +111,7 @@ fn cxx_without_frame_pointers_shows_the_three_callers_of_new() {
 
 #[test]
 fn frames_inside_glibc_carry_file_and_line_from_libc6_dbg() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture_with("fixture", NO_FRAME_POINTERS);
     let report = launch("libc_frames", &[], &binary, &["exit"]);
     let frames = site(&report, "leak_here")["frames"]
@@ -175,18 +167,14 @@ fn assert_leak_here_has_a_line(report: &Value) {
 
 #[test]
 fn split_debug_info_is_found_by_debuglink() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let (binary, _) = split_debug("debuglink");
     assert_leak_here_has_a_line(&launch("debuglink", &[], &binary, &["exit"]));
 }
 
 #[test]
 fn split_debug_info_is_found_by_build_id_under_a_debug_dir() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let (binary, debug) = split_debug("build_id");
     // Only the build-id copy is left to find.
     let root = binary.parent().unwrap().join("debug-root");
@@ -218,9 +206,7 @@ fn split_debug_info_is_found_by_build_id_under_a_debug_dir() {
 
 #[test]
 fn a_target_in_its_own_mount_namespace_is_symbolized() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     let built = build_fixture("fixture");
     // Inside the namespace the binary lives on a fresh tmpfs, at a path that does not exist
     // outside it.
@@ -262,9 +248,7 @@ fn found_by(report: &Value, function: &str) -> Vec<(String, String)> {
 
 #[test]
 fn frames_say_whether_cfi_or_frame_pointers_found_them() {
-    if !bpf_available() {
-        return;
-    }
+    let Some(_bpf) = require_bpf() else { return };
     // Built with frame pointers, its CFI then removed: the unwinder falls back to the frame
     // pointers for the program's own frames, and takes glibc's CFI again past them.
     let built = build_fixture("fixture");

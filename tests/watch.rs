@@ -49,10 +49,9 @@ fn watch_says_stable_for_an_idle_process() {
 /// `watch` says the one it watched is gone instead of reading on from the newcomer.
 #[test]
 fn watch_never_takes_a_recycled_pid_for_the_process_it_watched() {
-    if !bpf_available() {
-        // Forcing the next pid (ns_last_pid) takes root, as BPF does.
+    let Some(_root) = require_root("forcing the next pid (ns_last_pid) needs root") else {
         return;
-    }
+    };
     let mut old = Command::new("sleep").arg("600").spawn().unwrap();
     let pid = old.id();
     let mut watch = Running::start(Command::new(LEAKTRACE).args([

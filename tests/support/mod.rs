@@ -6,7 +6,7 @@ use std::{
     env, fs,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Mutex,
         mpsc::{Receiver, RecvTimeoutError, channel},
@@ -109,18 +109,28 @@ pub fn fixture_line(name: &str, marker: &str) -> u64 {
     index as u64 + 1
 }
 
-/// True when this test may load BPF programs. Off CI, a non-root run skips with a note; with
-/// CI=true a skip would hide a broken setup, so it fails instead.
-pub fn bpf_available() -> bool {
+/// Proof that this test runs as root; see [`require_bpf`].
+#[must_use]
+pub struct Root(());
+
+/// `Some` when this test may load BPF programs; `None` means skip it. Every BPF test starts
+/// `let Some(_bpf) = require_bpf() else { return };`.
+pub fn require_bpf() -> Option<Root> {
+    require_root("BPF tests need root")
+}
+
+/// `Some` when this test runs as root. Off CI, a non-root run skips with a note saying `why`;
+/// with CI=true a skip would hide a broken setup, so it fails instead.
+pub fn require_root(why: &str) -> Option<Root> {
     if unsafe { libc::geteuid() } == 0 {
-        return true;
+        return Some(Root(()));
     }
     assert!(
         env::var("CI").as_deref() != Ok("true"),
-        "BPF tests must run in CI: run the tests as root"
+        "{why}, and CI must run them: run the tests as root"
     );
-    eprintln!("skipped: BPF tests need root");
-    false
+    eprintln!("skipped: {why}");
+    None
 }
 
 /// Lines of a child's output, readable with a deadline.
@@ -215,10 +225,18 @@ impl Running {
 
     /// Waits for exit (with a deadline) and returns the exit code.
     pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let status = self.wait_status(timeout);
+        status
+            .code()
+            .unwrap_or_else(|| panic!("{status}; stderr: {:?}", self.stderr.received()))
+    }
+
+    /// Waits for exit (with a deadline) and returns how it ended.
+    pub fn wait_status(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().expect("exited by a signal");
+                return status;
             }
             assert!(Instant::now() < deadline, "still running after {timeout:?}");
             thread::sleep(Duration::from_millis(20));
@@ -284,11 +302,19 @@ pub fn sites_where(report: &Value, wanted: impl Fn(&str) -> bool) -> SiteSum {
 fn in_use_at_exit(lines: &[String]) -> Option<(u64, u64)> {
     lines.iter().find_map(|line| {
         let rest = &line[line.find("in use at exit: ")? + "in use at exit: ".len()..];
-        let number = |text: &str| text.replace(',', "").parse::<u64>().ok();
-        let (bytes, rest) = rest.split_once(" bytes in ")?;
-        let blocks = rest.strip_suffix(" blocks")?;
-        Some((number(bytes)?, number(blocks)?))
+        bytes_in_blocks(rest.strip_suffix(" blocks")?)
     })
+}
+
+/// "45,000 bytes in 44 blocks" (without " blocks") → (45000, 44).
+fn bytes_in_blocks(text: &str) -> Option<(u64, u64)> {
+    let (bytes, blocks) = text.split_once(" bytes in ")?;
+    Some((number(bytes)?, number(blocks)?))
+}
+
+/// "45,000" → 45000.
+fn number(text: &str) -> Option<u64> {
+    text.replace(',', "").parse().ok()
 }
 
 /// leaktrace's "in use at exit" line (in `stdout`) says what valgrind's heap summary says.
@@ -363,6 +389,255 @@ pub fn assert_nothing_lost(report: &Value) {
     for lost in ["ring_buffer_full", "stack_unreadable", "pending_map_full"] {
         assert_eq!(report["drops"][lost], 0, "{lost}: {}", report["drops"]);
     }
+}
+
+/// Lets a `fixture burst|busy|crash` run its burst and waits until it is done.
+pub fn run_burst(fixture: &mut Running) {
+    fixture.signal(libc::SIGUSR1);
+    fixture.stdout.wait_for(|l| l == "burst done", WAIT);
+}
+
+/// What one burst of `fixture` leaves allocated, from its `#define`s: (first frame's function,
+/// bytes, blocks) for each function that leaks.
+pub fn burst_holdings() -> [(&'static str, u64, u64); 4] {
+    let define = |name| fixture_define("fixture", name);
+    let name = fixture_define_text("fixture", "NAME");
+    [
+        (
+            "leak_here",
+            define("BURST_LEAKS") * define("LEAK_BYTES"),
+            define("BURST_LEAKS"),
+        ),
+        (
+            "calloc_table",
+            define("CALLOC_TABLES") * define("CALLOC_COUNT") * define("CALLOC_SIZE"),
+            define("CALLOC_TABLES"),
+        ),
+        ("grow_buffer", define("GROW_STEPS") * define("GROW_STEP"), 1),
+        ("copy_name", name.trim_matches('"').len() as u64 + 1, 1),
+    ]
+}
+
+/// How a capture ended, as both reports say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// SIGINT, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The `-d` window closed.
+    WindowElapsed,
+    /// The target exited: with this status when leaktrace started it, `None` when it attached
+    /// (only a parent learns a child's status).
+    TargetExited(Option<i32>),
+    /// leaktrace failed while taking in events.
+    Failed,
+}
+
+impl Ended {
+    /// The JSON report's `ending`.
+    fn json(self) -> Value {
+        match self {
+            Ended::Interrupted => "interrupted".into(),
+            Ended::WindowElapsed => "duration_elapsed".into(),
+            Ended::TargetExited(status) => {
+                serde_json::json!({ "target_exited": { "status": status } })
+            }
+            Ended::Failed => "failed".into(),
+        }
+    }
+
+    /// The text report's line that says how the capture ended. An interrupted capture and an
+    /// elapsed window have none: only the JSON tells them apart.
+    fn text_line(self) -> Option<String> {
+        match self {
+            Ended::Interrupted | Ended::WindowElapsed => None,
+            Ended::TargetExited(status) => Some(format!(
+                "target exited with status {}",
+                status.map_or("unknown".to_owned(), |s| s.to_string())
+            )),
+            Ended::Failed => Some(FAILED_LINE.to_owned()),
+        }
+    }
+
+    /// Both reports say this ending, and the text says no other.
+    pub fn assert_said(self, context: &str, text: &TextReport, json: &Value) {
+        assert_eq!(json["ending"], self.json(), "{context}: the JSON's ending");
+        let said: Vec<&str> = text
+            .lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.starts_with(EXITED_LINE) || l.starts_with(FAILED_LINE))
+            .collect();
+        let expected = self.text_line();
+        assert_eq!(
+            said,
+            Vec::from_iter(expected.as_deref()),
+            "{context}: {text}"
+        );
+    }
+}
+
+const EXITED_LINE: &str = "target exited with status ";
+const FAILED_LINE: &str = "leaktrace failed while taking in events (a bug; the panic is above): \
+                           this report holds what it took in before";
+
+/// The final text report, as leaktrace prints it on stdout after the live views: the lead
+/// process's, then each earlier image's or followed child's, each from its header line.
+#[derive(Debug)]
+pub struct TextReport {
+    pub lines: Vec<String>,
+}
+
+impl std::fmt::Display for TextReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.lines.join("\n"))
+    }
+}
+
+/// One ranked site of the text report: "#1 40,000 bytes in 40 blocks (allocs 40, frees 0)…"
+/// and its first frame, "leak_here at /…/fixture.c:52".
+#[derive(Debug)]
+pub struct TextSite {
+    pub rank: usize,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub first_frame: String,
+}
+
+const HEADER: &str = "leaktrace: pid ";
+
+impl TextReport {
+    /// The final report in leaktrace's stdout.
+    pub fn from_stdout(stdout: &[String]) -> TextReport {
+        let start = stdout
+            .iter()
+            .position(|l| l.starts_with(HEADER))
+            .unwrap_or_else(|| panic!("no final report in {stdout:#?}"));
+        TextReport {
+            lines: stdout[start..].to_vec(),
+        }
+    }
+
+    /// The report of process `pid` alone, among the processes of this one.
+    pub fn process(&self, pid: i64) -> TextReport {
+        let header = format!("{HEADER}{pid} ");
+        let start = self
+            .lines
+            .iter()
+            .position(|l| l.starts_with(&header))
+            .unwrap_or_else(|| panic!("no report of pid {pid} in {self}"));
+        let end = self.lines[start + 1..]
+            .iter()
+            .position(|l| l.starts_with(HEADER))
+            .map_or(self.lines.len(), |n| start + 1 + n);
+        TextReport {
+            lines: self.lines[start..end].to_vec(),
+        }
+    }
+
+    /// The in-use figure, (bytes, blocks), of the first report: its "live: …", "in use at
+    /// exit: …" or "in use when it exec'd …" line.
+    pub fn held(&self) -> (u64, u64) {
+        self.lines
+            .iter()
+            .take_while(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let rest = ["live: ", "in use at exit: ", "in use when it exec'd "]
+                    .iter()
+                    .find_map(|prefix| line.strip_prefix(prefix))?;
+                let rest = rest.rsplit(": ").next()?;
+                bytes_in_blocks(rest.split(" blocks").next()?)
+            })
+            .unwrap_or_else(|| panic!("no in-use figure in {self}"))
+    }
+
+    /// The ranked sites, best first.
+    pub fn sites(&self) -> Vec<TextSite> {
+        self.lines
+            .windows(2)
+            .filter_map(|pair| {
+                let (rank, rest) = pair[0].strip_prefix('#')?.split_once(' ')?;
+                let (held, rest) = rest.split_once(" blocks (allocs ")?;
+                let (live_bytes, live_allocations) = bytes_in_blocks(held)?;
+                let (allocs, rest) = rest.split_once(", frees ")?;
+                let frees = rest.split(')').next()?;
+                Some(TextSite {
+                    rank: rank.parse().ok()?,
+                    live_bytes,
+                    live_allocations,
+                    allocs: number(allocs)?,
+                    frees: number(frees)?,
+                    first_frame: pair[1].trim().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// The ranked sites whose first frame is `function`'s, summed as [`sites_of`] sums them.
+    pub fn sites_of(&self, function: &str) -> SiteSum {
+        let mut sum = SiteSum::default();
+        for site in self.sites() {
+            if frame_function(&site.first_frame) == function {
+                sum.sites += 1;
+                sum.live_bytes += site.live_bytes;
+                sum.live_allocations += site.live_allocations;
+                sum.allocs += site.allocs;
+                sum.frees += site.frees;
+            }
+        }
+        sum
+    }
+}
+
+/// "leak_here at /src/fixture.c:52" → "leak_here"; "strdup (inlined)" → "strdup".
+fn frame_function(frame: &str) -> &str {
+    let frame = frame.strip_suffix(" (inlined)").unwrap_or(frame);
+    frame
+        .rsplit_once(" at ")
+        .map_or(frame, |(function, _)| function)
+}
+
+/// A capture of whole bursts of `fixture` (burst, busy or crash mode), as both reports tell
+/// it: each leaking function holds exactly what the fixture's `#define`s say, leak_here
+/// leads at the line of its malloc, the text's in-use figure is the JSON's, and nothing but
+/// churn's balanced traffic (a block in flight as the window closed) holds anything else.
+pub fn assert_burst_reported(context: &str, stdout: &[String], json: &Value, ended: Ended) {
+    let text = TextReport::from_stdout(stdout);
+    ended.assert_said(context, &text, json);
+    let totals = &json["totals"];
+    let totals = (
+        totals["live_bytes"].as_u64().unwrap(),
+        totals["live_allocations"].as_u64().unwrap(),
+    );
+    assert_eq!(text.held(), totals, "{context}: the text's in-use figure");
+    let mut held = (0, 0);
+    for (function, bytes, blocks) in burst_holdings() {
+        let traced = sites_of(json, function);
+        let traced = (traced.live_bytes, traced.live_allocations);
+        assert_eq!(traced, (bytes, blocks), "{context}: {function} in the JSON");
+        let shown = text.sites_of(function);
+        let shown = (shown.live_bytes, shown.live_allocations);
+        assert_eq!(shown, (bytes, blocks), "{context}: {function} in {text}");
+        held = (held.0 + bytes, held.1 + blocks);
+    }
+    let churn = sites_of(json, "churn");
+    assert!(churn.live_allocations <= 1, "{context}: churn {churn:?}");
+    assert_eq!(
+        (
+            totals.0 - churn.live_bytes,
+            totals.1 - churn.live_allocations
+        ),
+        held,
+        "{context}: what the burst holds is all that is held"
+    );
+    let first = &text.sites()[0];
+    let line = fixture_line("fixture", "/* the leak */");
+    assert!(
+        first.first_frame.starts_with("leak_here at ")
+            && first.first_frame.ends_with(&format!("fixture.c:{line}")),
+        "{context}: leak_here leads at fixture.c:{line}: {text}"
+    );
 }
 
 /// Starts a fixture and waits until it prints "ready".
