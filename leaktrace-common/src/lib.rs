@@ -34,42 +34,71 @@ pub struct AllocEvent {
     /// be recorded. With stack copies it is 0, unless the copy could not be sent and the probe
     /// fell back to frame pointers.
     pub stack_id: i32,
-    /// One of the `EVENT_*` constants.
+    /// An [`EventKind`], as a `u32` (see there why).
     pub kind: u32,
 }
 
-/// [`AllocEvent::kind`] of a successful allocation.
-pub const EVENT_ALLOC: u32 = 1;
-/// [`AllocEvent::kind`] of a free of a non-NULL pointer.
-pub const EVENT_FREE: u32 = 2;
-/// [`AllocEvent::kind`] of an allocation whose stack came inline ([`AllocEventWithStack`]).
-pub const EVENT_ALLOC_WITH_STACK: u32 = 3;
-/// [`AllocEvent::kind`] of realloc's old block, sent when realloc starts: before the allocator
-/// can hand the block to another thread, whose allocation must not arrive first.
-pub const EVENT_REALLOC_FREE: u32 = 4;
-/// [`AllocEvent::kind`] of a realloc that failed (NULL for a nonzero size): its old block,
-/// already reported freed, is live again. `address` is 0; `tid` says whose realloc.
-pub const EVENT_REALLOC_FAILED: u32 = 5;
-/// [`AllocEvent::kind`] of a successful fork in a traced process: `address` is the child's pid.
-pub const EVENT_FORK: u32 = 6;
-/// [`AllocEvent::kind`] of a successful exec in a traced process (`tgid`): its address space,
-/// and every block in it, is gone; what follows is a new program.
-pub const EVENT_EXEC: u32 = 7;
-/// [`AllocEvent::kind`] of an anonymous mapping the program made (`--mmap`): `size` is its
-/// length in whole pages.
-pub const EVENT_MMAP: u32 = 8;
-/// [`EVENT_MMAP`] with its stack inline, as [`EVENT_ALLOC_WITH_STACK`] is to [`EVENT_ALLOC`].
-pub const EVENT_MMAP_WITH_STACK: u32 = 9;
-/// [`AllocEvent::kind`] of an munmap of `size` bytes (whole pages) at `address`: all or part
-/// of earlier mappings.
-pub const EVENT_MUNMAP: u32 = 10;
+/// What an [`AllocEvent`] tells of, in [`AllocEvent::kind`].
+///
+/// The wire carries a `u32`, not this enum: bytes from the kernel are decoded with
+/// [`EventKind::try_from`], so that a kind this binary does not know is skipped rather than
+/// read as an enum value that does not exist.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A successful allocation.
+    Alloc = 1,
+    /// A free of a non-NULL pointer.
+    Free = 2,
+    /// An allocation whose stack came inline ([`AllocEventWithStack`]).
+    AllocWithStack = 3,
+    /// realloc's old block, sent when realloc starts: before the allocator can hand the block
+    /// to another thread, whose allocation must not arrive first.
+    ReallocFree = 4,
+    /// A realloc that failed (NULL for a nonzero size): its old block, already reported freed,
+    /// is live again. `address` is 0; `tid` says whose realloc.
+    ReallocFailed = 5,
+    /// A successful fork in a traced process: `address` is the child's pid.
+    Fork = 6,
+    /// A successful exec in a traced process (`tgid`): its address space, and every block in
+    /// it, is gone; what follows is a new program.
+    Exec = 7,
+    /// An anonymous mapping the program made (`--mmap`): `size` is its length in whole pages.
+    Mmap = 8,
+    /// [`EventKind::Mmap`] with its stack inline, as [`EventKind::AllocWithStack`] is to
+    /// [`EventKind::Alloc`].
+    MmapWithStack = 9,
+    /// An munmap of `size` bytes (whole pages) at `address`: all or part of earlier mappings.
+    Munmap = 10,
+    /// A [`StackSample`]: sent just before the allocation event of the first allocation with a
+    /// new stack key (`stack_hash`), when DWARF unwinding is on.
+    StackSample = 11,
+}
+
+impl TryFrom<u32> for EventKind {
+    /// The kind as it came: not one this binary knows.
+    type Error = u32;
+
+    fn try_from(kind: u32) -> Result<EventKind, u32> {
+        Ok(match kind {
+            1 => EventKind::Alloc,
+            2 => EventKind::Free,
+            3 => EventKind::AllocWithStack,
+            4 => EventKind::ReallocFree,
+            5 => EventKind::ReallocFailed,
+            6 => EventKind::Fork,
+            7 => EventKind::Exec,
+            8 => EventKind::Mmap,
+            9 => EventKind::MmapWithStack,
+            10 => EventKind::Munmap,
+            11 => EventKind::StackSample,
+            unknown => return Err(unknown),
+        })
+    }
+}
 
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
-
-/// [`AllocEvent::kind`] of a [`StackSample`]: sent just before the allocation event of the
-/// first allocation with a new stack key (`stack_hash`), when DWARF unwinding is on.
-pub const EVENT_STACK_SAMPLE: u32 = 11;
 
 /// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer). The
 /// sample is put together in a per-CPU array slot, whose values the kernel caps at 32 KiB.
@@ -81,8 +110,8 @@ pub const MAX_STACK_COPY: usize = 16384;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackSample {
-    /// `kind` is [`EVENT_STACK_SAMPLE`]; `stack_id` and `stack_hash` the stack it stands for;
-    /// `address` the instruction pointer; `size` the bytes copied into `bytes`.
+    /// `kind` is [`EventKind::StackSample`]; `stack_id` and `stack_hash` the stack it stands
+    /// for; `address` the instruction pointer; `size` the bytes copied into `bytes`.
     pub event: AllocEvent,
     pub sp: u64,
     pub bp: u64,
@@ -100,7 +129,8 @@ pub struct StackSample {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AllocEventWithStack {
-    /// `kind` is [`EVENT_ALLOC_WITH_STACK`]; `stack_id` is unused.
+    /// `kind` is [`EventKind::AllocWithStack`] or [`EventKind::MmapWithStack`]; `stack_id` is
+    /// unused.
     pub event: AllocEvent,
     /// Bytes of `frames` the kernel filled (8 per frame).
     pub stack_bytes: u64,
@@ -189,3 +219,21 @@ pub fn return_offset_set(pc: u64) -> u32 {
 /// go one by one. The switch opens and closes the window for all of them at one instant, and
 /// the report's numbers cover exactly that window.
 pub const CONTROL_ENABLED: u32 = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_come_back_from_their_numbers_and_unknown_numbers_do_not() {
+        for number in 0..=12 {
+            match EventKind::try_from(number) {
+                Ok(kind) => assert_eq!(kind as u32, number),
+                Err(unknown) => assert_eq!(unknown, number),
+            }
+        }
+        assert!((1..=11).all(|number| EventKind::try_from(number).is_ok()));
+        assert_eq!(EventKind::try_from(0), Err(0));
+        assert_eq!(EventKind::try_from(12), Err(12));
+    }
+}

@@ -13,11 +13,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, tracing::StackIdContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EVENT_ALLOC,
-    EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK, EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK,
-    EVENT_MUNMAP, EVENT_REALLOC_FAILED, EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, MAX_STACK_COPY,
-    MAX_STACK_DEPTH, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, STACK_ID_OWN_COPY, StackSample,
-    return_offset_set, sampling,
+    AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EventKind,
+    MAX_STACK_COPY, MAX_STACK_DEPTH, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, STACK_ID_OWN_COPY,
+    StackSample, return_offset_set, sampling,
 };
 
 /// Userspace sizes it with `--ring-bytes` (8 MiB by default).
@@ -350,7 +348,7 @@ fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
 }
 
 #[inline(always)]
-fn event(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) -> AllocEvent {
+fn event(pid_tgid: u64, kind: EventKind, address: u64, size: u64, stack_id: i32) -> AllocEvent {
     AllocEvent {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         address,
@@ -359,12 +357,12 @@ fn event(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) -> Al
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         stack_id,
-        kind,
+        kind: kind as u32,
     }
 }
 
 #[inline(always)]
-fn emit(pid_tgid: u64, kind: u32, address: u64, size: u64, stack_id: i32) {
+fn emit(pid_tgid: u64, kind: EventKind, address: u64, size: u64, stack_id: i32) {
     send(event(pid_tgid, kind, address, size, stack_id));
 }
 
@@ -395,15 +393,15 @@ fn wake_flags() -> u64 {
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
     if remember_block(address) {
-        emit_with_stack(ctx, pid_tgid, EVENT_ALLOC, address, size);
+        emit_with_stack(ctx, pid_tgid, EventKind::Alloc, address, size);
     }
 }
 
-/// An allocation-like event ([`EVENT_ALLOC`] or [`EVENT_MMAP`]) with the caller's stack: by
-/// its key and, the first time, a copy for userspace to unwind; or by frame pointers, when
-/// copies are off or this one could not be sent.
+/// An allocation-like event ([`EventKind::Alloc`] or [`EventKind::Mmap`]) with the caller's
+/// stack: by its key and, the first time, a copy for userspace to unwind; or by frame
+/// pointers, when copies are off or this one could not be sent.
 #[inline(always)]
-fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
+fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: EventKind, address: u64, size: u64) {
     if copies_on() {
         let (hash, complete, _) = learned_stack_hash(ctx, pid_tgid, None);
         // An incomplete key may stand for several stacks: each allocation gets its own copy
@@ -449,18 +447,24 @@ fn emit_with_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64
 }
 
 #[inline(always)]
-fn inline_kind(kind: u32) -> u32 {
-    if kind == EVENT_MMAP {
-        EVENT_MMAP_WITH_STACK
+fn inline_kind(kind: EventKind) -> EventKind {
+    if kind == EventKind::Mmap {
+        EventKind::MmapWithStack
     } else {
-        EVENT_ALLOC_WITH_STACK
+        EventKind::AllocWithStack
     }
 }
 
 /// A complete key whose copy could not be sent: the return addresses its walk followed go in
 /// the record instead.
 #[inline(always)]
-fn emit_walked_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
+fn emit_walked_stack(
+    ctx: &RetProbeContext,
+    pid_tgid: u64,
+    kind: EventKind,
+    address: u64,
+    size: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
@@ -478,7 +482,13 @@ fn emit_walked_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u
 
 /// The stack map had no room for this stack: send it in the record.
 #[inline(always)]
-fn emit_inline_stack(ctx: &RetProbeContext, pid_tgid: u64, kind: u32, address: u64, size: u64) {
+fn emit_inline_stack(
+    ctx: &RetProbeContext,
+    pid_tgid: u64,
+    kind: EventKind,
+    address: u64,
+    size: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
@@ -564,7 +574,7 @@ fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64, shar
         }
     }
     unsafe {
-        let mut head = event(pid_tgid, EVENT_STACK_SAMPLE, ip, copied, 0);
+        let mut head = event(pid_tgid, EventKind::StackSample, ip, copied, 0);
         head.stack_hash = stack_hash;
         core::ptr::addr_of_mut!((*record).event).write(head);
         core::ptr::addr_of_mut!((*record).sp).write(sp);
@@ -664,7 +674,7 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
     };
     outer.remember(&call);
     if freed {
-        emit(pid_tgid, EVENT_REALLOC_FREE, old_address, 0, 0);
+        emit(pid_tgid, EventKind::ReallocFree, old_address, 0, 0);
     }
 }
 
@@ -697,7 +707,7 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
     } else if call.size != 0 && call.address != 0 && remember_block(call.address) {
         // NULL for a nonzero size is a failure: the old block lives on. (NULL for size 0 is
         // glibc's realloc(p, 0), which freed p.)
-        emit(pid_tgid, EVENT_REALLOC_FAILED, 0, 0, 0);
+        emit(pid_tgid, EventKind::ReallocFailed, 0, 0, 0);
     }
     0
 }
@@ -734,7 +744,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
     // has forgotten the block already).
     if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
-        emit(pid_tgid, EVENT_FREE, address, 0, 0);
+        emit(pid_tgid, EventKind::Free, address, 0, 0);
     }
     0
 }
@@ -759,7 +769,7 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
         record: 0,
     };
     if outer.remember(&call) && forget_block(address) {
-        emit(pid_tgid, EVENT_FREE, address, 0, 0);
+        emit(pid_tgid, EventKind::Free, address, 0, 0);
     }
     0
 }
@@ -795,7 +805,7 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
-            emit_with_stack(&ctx, pid_tgid, EVENT_MMAP, address, call.size);
+            emit_with_stack(&ctx, pid_tgid, EventKind::Mmap, address, call.size);
         }
     }
     0
@@ -811,7 +821,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     if !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
         emit(
             pid_tgid,
-            EVENT_MUNMAP,
+            EventKind::Munmap,
             arg(&ctx, 0),
             whole_pages(arg(&ctx, 1)),
             0,
@@ -835,8 +845,8 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
-            emit(pid_tgid, EVENT_MUNMAP, call.address, call.old_size, 0);
-            emit_with_stack(&ctx, pid_tgid, EVENT_MMAP, address, call.size);
+            emit(pid_tgid, EventKind::Munmap, call.address, call.old_size, 0);
+            emit_with_stack(&ctx, pid_tgid, EventKind::Mmap, address, call.size);
         }
     }
     0
@@ -848,7 +858,13 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
 pub fn fork_exit(ctx: RetProbeContext) -> u32 {
     let child: i64 = ctx.ret();
     if child > 0 && window_open() {
-        emit(bpf_get_current_pid_tgid(), EVENT_FORK, child as u64, 0, 0);
+        emit(
+            bpf_get_current_pid_tgid(),
+            EventKind::Fork,
+            child as u64,
+            0,
+            0,
+        );
     }
     0
 }
@@ -859,7 +875,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if unsafe { TRACED.get(&tgid) }.is_some() {
-        emit(pid_tgid, EVENT_EXEC, 0, 0, 0);
+        emit(pid_tgid, EventKind::Exec, 0, 0, 0);
     }
     0
 }
