@@ -177,6 +177,42 @@ impl DropCounter {
 /// Size of the `DROPS` array.
 pub const DROP_COUNTERS: u32 = DropCounter::ALL.len() as u32;
 
+/// Names of the eBPF programs userspace loads and attaches by name. `#[uprobe]` and its
+/// siblings name a program after its function and take no other name, so these are the
+/// function names in `leaktrace-ebpf`; a unit test in `leaktrace` checks that each name it
+/// attaches is a program of the right kind in the committed object.
+pub mod programs {
+    /// Entry of malloc, valloc and every operator new.
+    pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// Entry of pvalloc, which rounds the size up to whole pages.
+    pub const PVALLOC_ENTER: &str = "pvalloc_enter";
+    /// Entry of memalign and aligned_alloc.
+    pub const MEMALIGN_ENTER: &str = "memalign_enter";
+    pub const CALLOC_ENTER: &str = "calloc_enter";
+    /// Return of every function that returns the new block.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    pub const REALLOC_ENTER: &str = "realloc_enter";
+    pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
+    /// Return of realloc and reallocarray.
+    pub const REALLOC_EXIT: &str = "realloc_exit";
+    pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+    pub const POSIX_MEMALIGN_EXIT: &str = "posix_memalign_exit";
+    pub const FREE_ENTER: &str = "free_enter";
+    /// Entry of every operator delete.
+    pub const DELETE_ENTER: &str = "delete_enter";
+    pub const DELETE_EXIT: &str = "delete_exit";
+    pub const MMAP_ENTER: &str = "mmap_enter";
+    pub const MMAP_EXIT: &str = "mmap_exit";
+    pub const MUNMAP_ENTER: &str = "munmap_enter";
+    pub const MREMAP_ENTER: &str = "mremap_enter";
+    pub const MREMAP_EXIT: &str = "mremap_exit";
+    pub const FORK_EXIT: &str = "fork_exit";
+    /// On the `sched_process_exec` raw tracepoint.
+    pub const PROCESS_EXEC: &str = "process_exec";
+    /// On the `sched_process_exit` raw tracepoint.
+    pub const THREAD_EXIT: &str = "thread_exit";
+}
+
 /// Names of the maps userspace opens by name.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";

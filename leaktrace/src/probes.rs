@@ -16,7 +16,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, return_offset_set,
+    CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, programs,
+    return_offset_set,
 };
 use serde::Serialize;
 
@@ -28,6 +29,12 @@ use crate::{
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
 static OBJECT: &[u8] = include_bytes_aligned!("../bpf/leaktrace.bpf.o");
+
+/// The raw tracepoint programs, and where each goes.
+const TRACEPOINTS: [(&str, &str); 2] = [
+    (programs::PROCESS_EXEC, "sched_process_exec"),
+    (programs::THREAD_EXIT, "sched_process_exit"),
+];
 
 /// What the kernel side could not deliver whole, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -118,10 +125,7 @@ impl ProbeSet {
                 "CAP_BPF and CAP_PERFMON",
             )
         })?;
-        for (program, tracepoint) in [
-            ("process_exec", "sched_process_exec"),
-            ("thread_exit", "sched_process_exit"),
-        ] {
+        for (program, tracepoint) in TRACEPOINTS {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("the eBPF object has no program {program}"))?
@@ -340,5 +344,43 @@ fn raise_memlock_limit() {
             "setrlimit(RLIMIT_MEMLOCK) failed: {}; not needed on this kernel",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+    use crate::allocator::FUNCTIONS;
+
+    /// The program names userspace attaches by name each name a program of the right kind in
+    /// the committed object: `#[uprobe]` names a program after its function, which nothing
+    /// else ties to [`programs`].
+    #[test]
+    fn every_program_userspace_attaches_is_in_the_object() {
+        let object = object::File::parse(OBJECT).expect("parse the eBPF object");
+        let section_of = |program: &str| -> Option<String> {
+            let symbol = object.symbols().find(|s| s.name() == Ok(program))?;
+            let section = object.section_by_index(symbol.section_index()?).ok()?;
+            section.name().ok().map(str::to_owned)
+        };
+        for function in &FUNCTIONS {
+            for (program, section) in [(function.entry, "uprobe"), (function.exit, "uretprobe")] {
+                if let Some(program) = program {
+                    let found = section_of(program);
+                    assert_eq!(
+                        found.as_deref(),
+                        Some(section),
+                        "{}: {program}",
+                        function.symbol
+                    );
+                }
+            }
+        }
+        for (program, tracepoint) in TRACEPOINTS {
+            let found = section_of(program);
+            assert_eq!(found, Some(format!("raw_tp/{tracepoint}")), "{program}");
+        }
     }
 }
