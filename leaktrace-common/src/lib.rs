@@ -5,6 +5,7 @@
 //! these bytes verbatim through the ring buffer.
 #![cfg_attr(not(test), no_std)]
 
+pub mod return_offsets;
 pub mod sampling;
 
 /// One allocator event, as the ring buffer carries it.
@@ -240,14 +241,6 @@ pub const OUTERMOST_FRAME: u64 = u64::MAX;
 /// stopped at a frame userspace had not learned yet. The [`StackSample`] sent just before is
 /// this allocation's own, and the key may stand for other stacks too: it names no site.
 pub const STACK_ID_OWN_COPY: i32 = 1;
-
-/// The first of the two slots where `pc`'s offset may be kept; the other is the next one.
-/// Each slot holds `[pc, offset]`; an empty one `[0, 0]`.
-#[inline(always)]
-pub fn return_offset_set(pc: u64) -> u32 {
-    // Fibonacci hashing: the top bits of a multiplication by 2^64 / φ, an even slot.
-    ((pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 49) << 1) as u32
-}
 
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.
 ///

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, CONTROL_ENABLED, DROP_COUNTERS, DropCounter, EventKind,
     MAX_STACK_COPY, MAX_STACK_DEPTH, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, STACK_ID_OWN_COPY,
-    StackSample, return_offset_set, sampling,
+    StackSample, return_offsets, sampling,
 };
 
 /// Userspace sizes it with `--ring-bytes` (8 MiB by default).
@@ -64,15 +64,7 @@ static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_S
 /// Where the return address lies above sp at `pc`, if userspace has learned it.
 #[inline(always)]
 fn learned_offset(pc: u64) -> Option<u64> {
-    let set = return_offset_set(pc);
-    for way in set..set + 2 {
-        if let Some(&[learned_pc, offset]) = RETURN_OFFSETS.get(way)
-            && learned_pc == pc
-        {
-            return Some(offset);
-        }
-    }
-    None
+    return_offsets::learned_offset(pc, |slot| RETURN_OFFSETS.get(slot).copied())
 }
 
 /// Return addresses followed through [`RETURN_OFFSETS`], at most.

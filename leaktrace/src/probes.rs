@@ -16,8 +16,7 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, programs,
-    return_offset_set,
+    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, programs, return_offsets,
 };
 use serde::Serialize;
 
@@ -201,24 +200,15 @@ impl ProbeSet {
     }
 
     /// Teaches the probes where return addresses lie, and where stacks end (see
-    /// [`crate::unwind::Unwound`]). An end never replaces an offset: a stack copy too short
-    /// for a deep stack ends it early. When both slots of an address's set are taken by
-    /// others, the second is given up: the probe then stops its walk at the evicted address,
-    /// and stacks through it are copied each time.
+    /// [`crate::unwind::Unwound`]), in the slots [`return_offsets::slot_to_write`] picks.
     pub fn learn_return_offsets(&mut self, offsets: &[(u64, u64)]) {
         for &(pc, offset) in offsets {
-            let set = return_offset_set(pc) as usize;
-            let ways = &self.learned[set..set + 2];
-            let known = ways.iter().find(|[learned, _]| *learned == pc);
-            if known.is_some_and(|&[_, o]| o == offset || offset == OUTERMOST_FRAME) {
-                continue;
+            let learned = &self.learned;
+            let read = |slot: u32| learned.get(slot as usize).copied();
+            if let Some(slot) = return_offsets::slot_to_write(pc, offset, read) {
+                self.learned[slot as usize] = [pc, offset];
+                let _ = self.return_offsets.set(slot, [pc, offset], 0);
             }
-            let way = ways
-                .iter()
-                .position(|&[learned, _]| learned == pc || learned == 0)
-                .unwrap_or(1);
-            self.learned[set + way] = [pc, offset];
-            let _ = self.return_offsets.set((set + way) as u32, [pc, offset], 0);
         }
     }
 
