@@ -101,6 +101,10 @@ impl TryFrom<u32> for EventKind {
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// The page size (x86-64): pvalloc and mmap round sizes up to whole pages, and stack copies
+/// are read a page at a time.
+pub const PAGE_BYTES: u64 = 4096;
+
 /// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer). The
 /// sample is put together in a per-CPU array slot, whose values the kernel caps at 32 KiB.
 pub const MAX_STACK_COPY: usize = 16384;
@@ -118,7 +122,7 @@ pub struct StackSample {
     pub bp: u64,
     /// The stack from `sp` up. One page more than [`MAX_STACK_COPY`], so that every page read
     /// lands inside the record whatever the first, partial page's length.
-    pub bytes: [u8; MAX_STACK_COPY + 4096],
+    pub bytes: [u8; MAX_STACK_COPY + PAGE_BYTES as usize],
 }
 
 /// An allocation whose stack did not fit the stack map.
