@@ -1,8 +1,8 @@
 //! What userspace sets at load (`EbpfLoader::override_global`).
 //!
 //! These statics land in `.rodata`, which aya freezes before the programs load: the verifier
-//! then knows each value, and a branch it rules out (stack copies while `STACK_BYTES` is 0) is
-//! never explored, and is dropped from the program.
+//! then knows each value, and a branch it rules out (stack copies while `STACK_BYTES` is 0,
+//! logging while `LOG_DROPS` is 0) is never explored, and is dropped from the program.
 
 use aya_ebpf::Global;
 use leaktrace_common::sampling;
@@ -16,6 +16,10 @@ static STACK_BYTES: Global<u32> = Global::new(0);
 static SAMPLE_MODE: Global<u32> = Global::new(sampling::MODE_EXACT);
 #[unsafe(no_mangle)]
 static SAMPLE_PARAMETER: Global<u64> = Global::new(0);
+
+/// Nonzero when the probes log the first drop of each kind (`--verbose`).
+#[unsafe(no_mangle)]
+static LOG_DROPS: Global<u32> = Global::new(0);
 
 #[inline(always)]
 pub(crate) fn stack_bytes() -> u64 {
@@ -38,4 +42,9 @@ pub(crate) fn sampling() -> (u32, u64) {
 #[inline(always)]
 pub(crate) fn exact() -> bool {
     SAMPLE_MODE.load() == sampling::MODE_EXACT
+}
+
+#[inline(always)]
+pub(crate) fn log_drops() -> bool {
+    LOG_DROPS.load() != 0
 }

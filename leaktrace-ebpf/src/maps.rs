@@ -1,5 +1,5 @@
 //! Every map the programs use. Userspace opens some of them by name
-//! ([`leaktrace_common::maps`]) and sizes some at load.
+//! ([`leaktrace_common::maps`]) and sizes some at load; aya-log adds its own, `AYA_LOGS`.
 
 use aya_ebpf::{
     macros::map,
@@ -27,6 +27,10 @@ pub(crate) static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries
 /// Per CPU, how often each [`DropCounter`](leaktrace_common::DropCounter) happened.
 #[map]
 pub(crate) static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// Nonzero for each kind of drop the probes have logged (only when `LOG_DROPS` is set).
+#[map]
+pub(crate) static DROPS_LOGGED: Array<u32> = Array::with_max_entries(DROP_COUNTERS, 0);
 
 /// Userspace opens and closes the capture window here
 /// ([`CONTROL_ENABLED`](leaktrace_common::CONTROL_ENABLED)).

@@ -4,6 +4,9 @@ use std::{
     collections::HashSet,
     num::NonZeroU32,
     path::{Path, PathBuf},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -15,6 +18,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
+use aya_log::EbpfLogger;
 use leaktrace_common::{
     CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, programs, return_offsets,
 };
@@ -94,6 +98,8 @@ pub struct ProbeSet {
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
     control: Array<MapData, u32>,
+    /// Kept to the end, after the probes are gone: their last words come then.
+    _probe_log: Option<ProbeLog>,
 }
 
 impl ProbeSet {
@@ -109,11 +115,15 @@ impl ProbeSet {
         } else {
             settings.sampled_blocks
         };
+        // The probes log their first drop of each kind only when it would be read: under
+        // --verbose, which turns leaktrace's debug log on.
+        let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
         let mut loader = EbpfLoader::new();
         loader
             .override_global("STACK_BYTES", &settings.stack_bytes, true)
             .override_global("SAMPLE_MODE", &sample_mode, true)
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
+            .override_global("LOG_DROPS", &log_drops, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads);
@@ -140,6 +150,11 @@ impl ProbeSet {
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
         let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
+        let probe_log = if log_drops != 0 {
+            Some(ProbeLog::forward(&mut ebpf)?)
+        } else {
+            None
+        };
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
             attached: HashSet::new(),
@@ -150,6 +165,7 @@ impl ProbeSet {
             stacks,
             drops,
             control,
+            _probe_log: probe_log,
         };
         probes.attach_process(pid, plan)?;
         Ok(probes)
@@ -243,6 +259,42 @@ pub struct Detach(std::thread::JoinHandle<()>);
 impl Detach {
     pub fn wait(self) {
         let _ = self.0.join();
+    }
+}
+
+/// The probes' log (aya-log), forwarded to leaktrace's own by a thread of its own. Dropping it
+/// forwards what is left, and ends the thread.
+struct ProbeLog {
+    stop: mpsc::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProbeLog {
+    /// How often the thread looks: the messages are rare, and none is urgent.
+    const POLL: Duration = Duration::from_millis(100);
+
+    fn forward(ebpf: &mut Ebpf) -> Result<ProbeLog> {
+        let mut logger = EbpfLogger::init(ebpf).context("open the probes' log")?;
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(ProbeLog::POLL) {
+                logger.flush();
+            }
+            logger.flush();
+        });
+        Ok(ProbeLog {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProbeLog {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
