@@ -5,6 +5,7 @@
 //! these bytes verbatim through the ring buffer.
 #![cfg_attr(not(test), no_std)]
 
+pub mod return_offsets;
 pub mod sampling;
 
 /// One allocator event, as the ring buffer carries it.
@@ -34,42 +35,75 @@ pub struct AllocEvent {
     /// be recorded. With stack copies it is 0, unless the copy could not be sent and the probe
     /// fell back to frame pointers.
     pub stack_id: i32,
-    /// One of the `EVENT_*` constants.
+    /// An [`EventKind`], as a `u32` (see there why).
     pub kind: u32,
 }
 
-/// [`AllocEvent::kind`] of a successful allocation.
-pub const EVENT_ALLOC: u32 = 1;
-/// [`AllocEvent::kind`] of a free of a non-NULL pointer.
-pub const EVENT_FREE: u32 = 2;
-/// [`AllocEvent::kind`] of an allocation whose stack came inline ([`AllocEventWithStack`]).
-pub const EVENT_ALLOC_WITH_STACK: u32 = 3;
-/// [`AllocEvent::kind`] of realloc's old block, sent when realloc starts: before the allocator
-/// can hand the block to another thread, whose allocation must not arrive first.
-pub const EVENT_REALLOC_FREE: u32 = 4;
-/// [`AllocEvent::kind`] of a realloc that failed (NULL for a nonzero size): its old block,
-/// already reported freed, is live again. `address` is 0; `tid` says whose realloc.
-pub const EVENT_REALLOC_FAILED: u32 = 5;
-/// [`AllocEvent::kind`] of a successful fork in a traced process: `address` is the child's pid.
-pub const EVENT_FORK: u32 = 6;
-/// [`AllocEvent::kind`] of a successful exec in a traced process (`tgid`): its address space,
-/// and every block in it, is gone; what follows is a new program.
-pub const EVENT_EXEC: u32 = 7;
-/// [`AllocEvent::kind`] of an anonymous mapping the program made (`--mmap`): `size` is its
-/// length in whole pages.
-pub const EVENT_MMAP: u32 = 8;
-/// [`EVENT_MMAP`] with its stack inline, as [`EVENT_ALLOC_WITH_STACK`] is to [`EVENT_ALLOC`].
-pub const EVENT_MMAP_WITH_STACK: u32 = 9;
-/// [`AllocEvent::kind`] of an munmap of `size` bytes (whole pages) at `address`: all or part
-/// of earlier mappings.
-pub const EVENT_MUNMAP: u32 = 10;
+/// What an [`AllocEvent`] tells of, in [`AllocEvent::kind`].
+///
+/// The wire carries a `u32`, not this enum: bytes from the kernel are decoded with
+/// [`EventKind::try_from`], so that a kind this binary does not know is skipped rather than
+/// read as an enum value that does not exist.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A successful allocation.
+    Alloc = 1,
+    /// A free of a non-NULL pointer.
+    Free = 2,
+    /// An allocation whose stack came inline ([`AllocEventWithStack`]).
+    AllocWithStack = 3,
+    /// realloc's old block, sent when realloc starts: before the allocator can hand the block
+    /// to another thread, whose allocation must not arrive first.
+    ReallocFree = 4,
+    /// A realloc that failed (NULL for a nonzero size): its old block, already reported freed,
+    /// is live again. `address` is 0; `tid` says whose realloc.
+    ReallocFailed = 5,
+    /// A successful fork in a traced process: `address` is the child's pid.
+    Fork = 6,
+    /// A successful exec in a traced process (`tgid`): its address space, and every block in
+    /// it, is gone; what follows is a new program.
+    Exec = 7,
+    /// An anonymous mapping the program made (`--mmap`): `size` is its length in whole pages.
+    Mmap = 8,
+    /// [`EventKind::Mmap`] with its stack inline, as [`EventKind::AllocWithStack`] is to
+    /// [`EventKind::Alloc`].
+    MmapWithStack = 9,
+    /// An munmap of `size` bytes (whole pages) at `address`: all or part of earlier mappings.
+    Munmap = 10,
+    /// A [`StackSample`]: sent just before the allocation event of the first allocation with a
+    /// new stack key (`stack_hash`), when DWARF unwinding is on.
+    StackSample = 11,
+}
+
+impl TryFrom<u32> for EventKind {
+    /// The kind as it came: not one this binary knows.
+    type Error = u32;
+
+    fn try_from(kind: u32) -> Result<EventKind, u32> {
+        Ok(match kind {
+            1 => EventKind::Alloc,
+            2 => EventKind::Free,
+            3 => EventKind::AllocWithStack,
+            4 => EventKind::ReallocFree,
+            5 => EventKind::ReallocFailed,
+            6 => EventKind::Fork,
+            7 => EventKind::Exec,
+            8 => EventKind::Mmap,
+            9 => EventKind::MmapWithStack,
+            10 => EventKind::Munmap,
+            11 => EventKind::StackSample,
+            unknown => return Err(unknown),
+        })
+    }
+}
 
 /// Most frames the kernel records of one user stack (its PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// [`AllocEvent::kind`] of a [`StackSample`]: sent just before the allocation event of the
-/// first allocation with a new stack key (`stack_hash`), when DWARF unwinding is on.
-pub const EVENT_STACK_SAMPLE: u32 = 11;
+/// The page size (x86-64): pvalloc and mmap round sizes up to whole pages, and stack copies
+/// are read a page at a time.
+pub const PAGE_BYTES: u64 = 4096;
 
 /// Most bytes of user stack a [`StackSample`] carries (`--stack-bytes` may ask for fewer). The
 /// sample is put together in a per-CPU array slot, whose values the kernel caps at 32 KiB.
@@ -81,14 +115,14 @@ pub const MAX_STACK_COPY: usize = 16384;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackSample {
-    /// `kind` is [`EVENT_STACK_SAMPLE`]; `stack_id` and `stack_hash` the stack it stands for;
-    /// `address` the instruction pointer; `size` the bytes copied into `bytes`.
+    /// `kind` is [`EventKind::StackSample`]; `stack_id` and `stack_hash` the stack it stands
+    /// for; `address` the instruction pointer; `size` the bytes copied into `bytes`.
     pub event: AllocEvent,
     pub sp: u64,
     pub bp: u64,
     /// The stack from `sp` up. One page more than [`MAX_STACK_COPY`], so that every page read
     /// lands inside the record whatever the first, partial page's length.
-    pub bytes: [u8; MAX_STACK_COPY + 4096],
+    pub bytes: [u8; MAX_STACK_COPY + PAGE_BYTES as usize],
 }
 
 /// An allocation whose stack did not fit the stack map.
@@ -100,7 +134,8 @@ pub struct StackSample {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AllocEventWithStack {
-    /// `kind` is [`EVENT_ALLOC_WITH_STACK`]; `stack_id` is unused.
+    /// `kind` is [`EventKind::AllocWithStack`] or [`EventKind::MmapWithStack`]; `stack_id` is
+    /// unused.
     pub event: AllocEvent,
     /// Bytes of `frames` the kernel filled (8 per frame).
     pub stack_bytes: u64,
@@ -147,6 +182,42 @@ impl DropCounter {
 /// Size of the `DROPS` array.
 pub const DROP_COUNTERS: u32 = DropCounter::ALL.len() as u32;
 
+/// Names of the eBPF programs userspace loads and attaches by name. `#[uprobe]` and its
+/// siblings name a program after its function and take no other name, so these are the
+/// function names in `leaktrace-ebpf`; a unit test in `leaktrace` checks that each name it
+/// attaches is a program of the right kind in the committed object.
+pub mod programs {
+    /// Entry of malloc, valloc and every operator new.
+    pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// Entry of pvalloc, which rounds the size up to whole pages.
+    pub const PVALLOC_ENTER: &str = "pvalloc_enter";
+    /// Entry of memalign and aligned_alloc.
+    pub const MEMALIGN_ENTER: &str = "memalign_enter";
+    pub const CALLOC_ENTER: &str = "calloc_enter";
+    /// Return of every function that returns the new block.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    pub const REALLOC_ENTER: &str = "realloc_enter";
+    pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
+    /// Return of realloc and reallocarray.
+    pub const REALLOC_EXIT: &str = "realloc_exit";
+    pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+    pub const POSIX_MEMALIGN_EXIT: &str = "posix_memalign_exit";
+    pub const FREE_ENTER: &str = "free_enter";
+    /// Entry of every operator delete.
+    pub const DELETE_ENTER: &str = "delete_enter";
+    pub const DELETE_EXIT: &str = "delete_exit";
+    pub const MMAP_ENTER: &str = "mmap_enter";
+    pub const MMAP_EXIT: &str = "mmap_exit";
+    pub const MUNMAP_ENTER: &str = "munmap_enter";
+    pub const MREMAP_ENTER: &str = "mremap_enter";
+    pub const MREMAP_EXIT: &str = "mremap_exit";
+    pub const FORK_EXIT: &str = "fork_exit";
+    /// On the `sched_process_exec` raw tracepoint.
+    pub const PROCESS_EXEC: &str = "process_exec";
+    /// On the `sched_process_exit` raw tracepoint.
+    pub const THREAD_EXIT: &str = "thread_exit";
+}
+
 /// Names of the maps userspace opens by name.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
@@ -175,17 +246,27 @@ pub const OUTERMOST_FRAME: u64 = u64::MAX;
 /// this allocation's own, and the key may stand for other stacks too: it names no site.
 pub const STACK_ID_OWN_COPY: i32 = 1;
 
-/// The first of the two slots where `pc`'s offset may be kept; the other is the next one.
-/// Each slot holds `[pc, offset]`; an empty one `[0, 0]`.
-#[inline(always)]
-pub fn return_offset_set(pc: u64) -> u32 {
-    // Fibonacci hashing: the top bits of a multiplication by 2^64 / φ, an even slot.
-    ((pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 49) << 1) as u32
-}
-
 /// Slot of the one-entry `CONTROL` array: nonzero while the capture window is open.
 ///
 /// Attaching and detaching uprobes takes tens of milliseconds per probe, so the probes come and
 /// go one by one. The switch opens and closes the window for all of them at one instant, and
 /// the report's numbers cover exactly that window.
 pub const CONTROL_ENABLED: u32 = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_come_back_from_their_numbers_and_unknown_numbers_do_not() {
+        for number in 0..=12 {
+            match EventKind::try_from(number) {
+                Ok(kind) => assert_eq!(kind as u32, number),
+                Err(unknown) => assert_eq!(unknown, number),
+            }
+        }
+        assert!((1..=11).all(|number| EventKind::try_from(number).is_ok()));
+        assert_eq!(EventKind::try_from(0), Err(0));
+        assert_eq!(EventKind::try_from(12), Err(12));
+    }
+}

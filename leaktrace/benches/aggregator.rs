@@ -17,7 +17,7 @@ use leaktrace::{
     ledger::Ledger,
     stacks::CallSites,
 };
-use leaktrace_common::{AllocEvent, EVENT_ALLOC, EVENT_FREE};
+use leaktrace_common::{AllocEvent, EventKind};
 
 /// The system allocator, counting the bytes in use.
 struct Counting;
@@ -86,7 +86,7 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
             let site = random.next() % SITES + 1;
             let size = 16 + random.next() % 512;
             records.push(bytes_of(&record(
-                EVENT_ALLOC,
+                EventKind::Alloc as u32,
                 next_address,
                 size,
                 site,
@@ -97,7 +97,13 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
         } else {
             let index = (random.next() % live.len() as u64) as usize;
             let address = live.swap_remove(index);
-            records.push(bytes_of(&record(EVENT_FREE, address, 0, 0, timestamp)));
+            records.push(bytes_of(&record(
+                EventKind::Free as u32,
+                address,
+                0,
+                0,
+                timestamp,
+            )));
         }
     }
     records

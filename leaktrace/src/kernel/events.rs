@@ -1,9 +1,7 @@
 //! Decoding the ring buffer's records.
 
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, EVENT_ALLOC, EVENT_ALLOC_WITH_STACK, EVENT_EXEC, EVENT_FORK,
-    EVENT_FREE, EVENT_MMAP, EVENT_MMAP_WITH_STACK, EVENT_MUNMAP, EVENT_REALLOC_FAILED,
-    EVENT_REALLOC_FREE, EVENT_STACK_SAMPLE, STACK_ID_OWN_COPY, StackSample,
+    AllocEvent, AllocEventWithStack, EventKind, STACK_ID_OWN_COPY, StackSample,
 };
 
 use crate::stacks::unwind::StackCopy;
@@ -79,7 +77,8 @@ impl Event {
         }
         // The ring buffer aligns records to 8 bytes, but do not rely on it.
         let raw = unsafe { bytes.as_ptr().cast::<AllocEvent>().read_unaligned() };
-        let mapping = matches!(raw.kind, EVENT_MMAP | EVENT_MMAP_WITH_STACK);
+        let kind = EventKind::try_from(raw.kind).ok()?;
+        let mapping = matches!(kind, EventKind::Mmap | EventKind::MmapWithStack);
         let alloc = |stack| Event::Alloc {
             pid: raw.tgid,
             address: raw.address,
@@ -88,8 +87,8 @@ impl Event {
             timestamp_ns: raw.timestamp_ns,
             mapping,
         };
-        match raw.kind {
-            EVENT_ALLOC | EVENT_MMAP => Some(alloc(match u32::try_from(raw.stack_id) {
+        match kind {
+            EventKind::Alloc | EventKind::Mmap => Some(alloc(match u32::try_from(raw.stack_id) {
                 _ if raw.stack_hash != 0 && raw.stack_id == STACK_ID_OWN_COPY => {
                     Stack::OwnCopy(raw.stack_hash)
                 }
@@ -97,7 +96,7 @@ impl Event {
                 Ok(id) => Stack::Id(id),
                 Err(_) => Stack::Lost,
             })),
-            EVENT_ALLOC_WITH_STACK | EVENT_MMAP_WITH_STACK => {
+            EventKind::AllocWithStack | EventKind::MmapWithStack => {
                 if bytes.len() < size_of::<AllocEventWithStack>() {
                     return None;
                 }
@@ -114,22 +113,22 @@ impl Event {
                     Stack::Inline(full.frames[..depth].to_vec())
                 }))
             }
-            EVENT_FREE => Some(Event::Free {
+            EventKind::Free => Some(Event::Free {
                 pid: raw.tgid,
                 address: raw.address,
                 timestamp_ns: raw.timestamp_ns,
             }),
-            EVENT_REALLOC_FREE => Some(Event::ReallocFree {
+            EventKind::ReallocFree => Some(Event::ReallocFree {
                 pid: raw.tgid,
                 tid: raw.tid,
                 address: raw.address,
                 timestamp_ns: raw.timestamp_ns,
             }),
-            EVENT_REALLOC_FAILED => Some(Event::ReallocFailed {
+            EventKind::ReallocFailed => Some(Event::ReallocFailed {
                 pid: raw.tgid,
                 tid: raw.tid,
             }),
-            EVENT_STACK_SAMPLE => {
+            EventKind::StackSample => {
                 // Trimmed to the bytes copied: only the header is sure to be there.
                 let start = std::mem::offset_of!(StackSample, bytes);
                 if bytes.len() < start {
@@ -156,21 +155,20 @@ impl Event {
                     },
                 })
             }
-            EVENT_MUNMAP => Some(Event::Unmap {
+            EventKind::Munmap => Some(Event::Unmap {
                 pid: raw.tgid,
                 address: raw.address,
                 size: raw.size,
             }),
-            EVENT_FORK => Some(Event::Fork {
+            EventKind::Fork => Some(Event::Fork {
                 pid: raw.tgid,
                 child: u32::try_from(raw.address).ok()?,
                 timestamp_ns: raw.timestamp_ns,
             }),
-            EVENT_EXEC => Some(Event::Exec {
+            EventKind::Exec => Some(Event::Exec {
                 pid: raw.tgid,
                 timestamp_ns: raw.timestamp_ns,
             }),
-            _ => None,
         }
     }
 
@@ -207,7 +205,7 @@ mod tests {
             tgid: 7,
             tid: 8,
             stack_id: 3,
-            kind: EVENT_ALLOC,
+            kind: EventKind::Alloc as u32,
         };
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
@@ -236,7 +234,7 @@ mod tests {
                 ..
             })
         ));
-        raw.kind = EVENT_FREE;
+        raw.kind = EventKind::Free as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::Free {
@@ -245,7 +243,7 @@ mod tests {
                 timestamp_ns: 5
             })
         );
-        raw.kind = EVENT_REALLOC_FREE;
+        raw.kind = EventKind::ReallocFree as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::ReallocFree {
@@ -255,12 +253,12 @@ mod tests {
                 timestamp_ns: 5
             })
         );
-        raw.kind = EVENT_REALLOC_FAILED;
+        raw.kind = EventKind::ReallocFailed as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::ReallocFailed { pid: 7, tid: 8 })
         );
-        raw.kind = EVENT_MUNMAP;
+        raw.kind = EventKind::Munmap as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::Unmap {
@@ -269,12 +267,12 @@ mod tests {
                 size: 24
             })
         );
-        raw.kind = EVENT_MMAP;
+        raw.kind = EventKind::Mmap as u32;
         assert!(matches!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::Alloc { mapping: true, .. })
         ));
-        raw.kind = EVENT_FORK;
+        raw.kind = EventKind::Fork as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::Fork {
@@ -283,7 +281,7 @@ mod tests {
                 timestamp_ns: 5
             })
         );
-        raw.kind = EVENT_EXEC;
+        raw.kind = EventKind::Exec as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
             Some(Event::Exec {
@@ -306,7 +304,7 @@ mod tests {
                 tgid: 7,
                 tid: 7,
                 stack_id: 0,
-                kind: EVENT_ALLOC_WITH_STACK,
+                kind: EventKind::AllocWithStack as u32,
             },
             stack_bytes: 24,
             frames,

@@ -9,11 +9,13 @@
 //! - [`multi`]: uprobe_multi links, one per program and binary, where the kernel has them;
 //! - [`events`]: decoding the ring buffer's records;
 //! - [`drops`]: what the probes could not deliver;
+//! - [`log`]: the probes' own log of rare events (`--verbose`);
 //! - [`clock`]: the clock of the events' timestamps.
 
 mod clock;
 mod drops;
 mod events;
+mod log;
 mod multi;
 mod probes;
 

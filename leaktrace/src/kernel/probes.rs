@@ -18,12 +18,13 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONTROL_ENABLED, DropCounter, OUTERMOST_FRAME, RETURN_OFFSET_SLOTS, maps, return_offset_set,
+    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, programs, return_offsets,
 };
 
 use super::{
     clock::monotonic_ns,
     drops::DropCounts,
+    log::ProbeLog,
     multi::{MultiPoint, MultiPrograms, is_unsupported},
 };
 use crate::{
@@ -34,6 +35,12 @@ use crate::{
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
 static OBJECT: &[u8] = include_bytes_aligned!("../../bpf/leaktrace.bpf.o");
+
+/// The raw tracepoint programs, and where each goes.
+const TRACEPOINTS: [(&str, &str); 2] = [
+    (programs::PROCESS_EXEC, "sched_process_exec"),
+    (programs::THREAD_EXIT, "sched_process_exit"),
+];
 
 /// How the probes are loaded.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +77,8 @@ pub struct ProbeSet {
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
     control: Array<MapData, u32>,
+    /// Kept to the end, after the probes are gone: their last words come then.
+    _probe_log: Option<ProbeLog>,
 }
 
 impl ProbeSet {
@@ -85,11 +94,15 @@ impl ProbeSet {
         } else {
             settings.sampled_blocks
         };
+        // The probes log their first drop of each kind only when it would be read: under
+        // --verbose, which turns leaktrace's debug log on.
+        let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
         let mut loader = EbpfLoader::new();
         loader
             .override_global("STACK_BYTES", &settings.stack_bytes, true)
             .override_global("SAMPLE_MODE", &sample_mode, true)
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
+            .override_global("LOG_DROPS", &log_drops, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads);
@@ -111,10 +124,7 @@ impl ProbeSet {
                 })
                 .ok()
         };
-        for (program, tracepoint) in [
-            ("process_exec", "sched_process_exec"),
-            ("thread_exit", "sched_process_exit"),
-        ] {
+        for (program, tracepoint) in TRACEPOINTS {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("the eBPF object has no program {program}"))?
@@ -130,6 +140,11 @@ impl ProbeSet {
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
         let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
+        let probe_log = if log_drops != 0 {
+            Some(ProbeLog::forward(&mut ebpf)?)
+        } else {
+            None
+        };
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
             multi,
@@ -142,6 +157,7 @@ impl ProbeSet {
             stacks,
             drops,
             control,
+            _probe_log: probe_log,
         };
         probes.attach_process(pid, plan)?;
         Ok(probes)
@@ -223,24 +239,15 @@ impl ProbeSet {
     }
 
     /// Teaches the probes where return addresses lie, and where stacks end (see
-    /// [`crate::stacks::unwind::Unwound`]). An end never replaces an offset: a stack copy too short
-    /// for a deep stack ends it early. When both slots of an address's set are taken by
-    /// others, the second is given up: the probe then stops its walk at the evicted address,
-    /// and stacks through it are copied each time.
+    /// [`crate::stacks::unwind::Unwound`]), in the slots [`return_offsets::slot_to_write`] picks.
     pub fn learn_return_offsets(&mut self, offsets: &[(u64, u64)]) {
         for &(pc, offset) in offsets {
-            let set = return_offset_set(pc) as usize;
-            let ways = &self.learned[set..set + 2];
-            let known = ways.iter().find(|[learned, _]| *learned == pc);
-            if known.is_some_and(|&[_, o]| o == offset || offset == OUTERMOST_FRAME) {
-                continue;
+            let learned = &self.learned;
+            let read = |slot: u32| learned.get(slot as usize).copied();
+            if let Some(slot) = return_offsets::slot_to_write(pc, offset, read) {
+                self.learned[slot as usize] = [pc, offset];
+                let _ = self.return_offsets.set(slot, [pc, offset], 0);
             }
-            let way = ways
-                .iter()
-                .position(|&[learned, _]| learned == pc || learned == 0)
-                .unwrap_or(1);
-            self.learned[set + way] = [pc, offset];
-            let _ = self.return_offsets.set((set + way) as u32, [pc, offset], 0);
         }
     }
 
@@ -397,5 +404,43 @@ fn raise_memlock_limit() {
             "setrlimit(RLIMIT_MEMLOCK) failed: {}; not needed on this kernel",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+    use crate::plan::FUNCTIONS;
+
+    /// The program names userspace attaches by name each name a program of the right kind in
+    /// the committed object: `#[uprobe]` names a program after its function, which nothing
+    /// else ties to [`programs`].
+    #[test]
+    fn every_program_userspace_attaches_is_in_the_object() {
+        let object = object::File::parse(OBJECT).expect("parse the eBPF object");
+        let section_of = |program: &str| -> Option<String> {
+            let symbol = object.symbols().find(|s| s.name() == Ok(program))?;
+            let section = object.section_by_index(symbol.section_index()?).ok()?;
+            section.name().ok().map(str::to_owned)
+        };
+        for function in &FUNCTIONS {
+            for (program, section) in [(function.entry, "uprobe"), (function.exit, "uretprobe")] {
+                if let Some(program) = program {
+                    let found = section_of(program);
+                    assert_eq!(
+                        found.as_deref(),
+                        Some(section),
+                        "{}: {program}",
+                        function.symbol
+                    );
+                }
+            }
+        }
+        for (program, tracepoint) in TRACEPOINTS {
+            let found = section_of(program);
+            assert_eq!(found, Some(format!("raw_tp/{tracepoint}")), "{program}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The functions leaktrace probes, and the eBPF programs that read each one.
 
+use leaktrace_common::programs;
+
 use super::placement::ProbeNeeds;
 
 /// Which functions of a family the user asked for or the probes know how to read.
@@ -37,8 +39,8 @@ const fn new(symbol: &'static str) -> AllocatorFunction {
     AllocatorFunction {
         symbol,
         family: Family::Cxx,
-        entry: Some("alloc_enter"),
-        exit: Some("alloc_exit"),
+        entry: Some(programs::ALLOC_ENTER),
+        exit: Some(programs::ALLOC_EXIT),
     }
 }
 
@@ -46,30 +48,38 @@ const fn delete(symbol: &'static str) -> AllocatorFunction {
     AllocatorFunction {
         symbol,
         family: Family::Cxx,
-        entry: Some("delete_enter"),
-        exit: Some("delete_exit"),
+        entry: Some(programs::DELETE_ENTER),
+        exit: Some(programs::DELETE_EXIT),
     }
 }
 
 /// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
 pub const FUNCTIONS: [AllocatorFunction; 34] = [
-    c("malloc", "alloc_enter", "alloc_exit"),
-    c("calloc", "calloc_enter", "alloc_exit"),
-    c("realloc", "realloc_enter", "realloc_exit"),
-    c("reallocarray", "reallocarray_enter", "realloc_exit"),
+    c("malloc", programs::ALLOC_ENTER, programs::ALLOC_EXIT),
+    c("calloc", programs::CALLOC_ENTER, programs::ALLOC_EXIT),
+    c("realloc", programs::REALLOC_ENTER, programs::REALLOC_EXIT),
+    c(
+        "reallocarray",
+        programs::REALLOCARRAY_ENTER,
+        programs::REALLOC_EXIT,
+    ),
     c(
         "posix_memalign",
-        "posix_memalign_enter",
-        "posix_memalign_exit",
+        programs::POSIX_MEMALIGN_ENTER,
+        programs::POSIX_MEMALIGN_EXIT,
     ),
-    c("aligned_alloc", "memalign_enter", "alloc_exit"),
-    c("memalign", "memalign_enter", "alloc_exit"),
-    c("valloc", "alloc_enter", "alloc_exit"),
-    c("pvalloc", "pvalloc_enter", "alloc_exit"),
+    c(
+        "aligned_alloc",
+        programs::MEMALIGN_ENTER,
+        programs::ALLOC_EXIT,
+    ),
+    c("memalign", programs::MEMALIGN_ENTER, programs::ALLOC_EXIT),
+    c("valloc", programs::ALLOC_ENTER, programs::ALLOC_EXIT),
+    c("pvalloc", programs::PVALLOC_ENTER, programs::ALLOC_EXIT),
     AllocatorFunction {
         symbol: "free",
         family: Family::C,
-        entry: Some("free_enter"),
+        entry: Some(programs::FREE_ENTER),
         exit: None,
     },
     new("_Znwm"),
@@ -96,25 +106,25 @@ pub const FUNCTIONS: [AllocatorFunction; 34] = [
         symbol: "fork",
         family: Family::Process,
         entry: None,
-        exit: Some("fork_exit"),
+        exit: Some(programs::FORK_EXIT),
     },
     AllocatorFunction {
         symbol: "mmap",
         family: Family::Mapping,
-        entry: Some("mmap_enter"),
-        exit: Some("mmap_exit"),
+        entry: Some(programs::MMAP_ENTER),
+        exit: Some(programs::MMAP_EXIT),
     },
     AllocatorFunction {
         symbol: "munmap",
         family: Family::Mapping,
-        entry: Some("munmap_enter"),
+        entry: Some(programs::MUNMAP_ENTER),
         exit: None,
     },
     AllocatorFunction {
         symbol: "mremap",
         family: Family::Mapping,
-        entry: Some("mremap_enter"),
-        exit: Some("mremap_exit"),
+        entry: Some(programs::MREMAP_ENTER),
+        exit: Some(programs::MREMAP_EXIT),
     },
 ];
 
@@ -123,12 +133,18 @@ impl AllocatorFunction {
     pub(super) fn needs(&self) -> ProbeNeeds {
         ProbeNeeds {
             returns: self.exit.is_some(),
-            ignores_null_first_argument: matches!(self.entry, Some("free_enter" | "delete_enter")),
+            ignores_null_first_argument: matches!(
+                self.entry,
+                Some(programs::FREE_ENTER | programs::DELETE_ENTER)
+            ),
         }
     }
 
     /// Whether it hands out memory (true) or takes it back (false).
     pub(super) fn allocates(&self) -> bool {
-        !matches!(self.entry, Some("free_enter" | "delete_enter"))
+        !matches!(
+            self.entry,
+            Some(programs::FREE_ENTER | programs::DELETE_ENTER)
+        )
     }
 }

@@ -1,0 +1,66 @@
+//! Every map the programs use. Userspace opens some of them by name
+//! ([`leaktrace_common::maps`]) and sizes some at load; aya-log adds its own, `AYA_LOGS`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample};
+
+use crate::pending::PendingCall;
+
+/// Every record for userspace. Userspace sizes it with `--ring-bytes` (8 MiB by default).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// User stacks walked by frame pointers, by id (`AllocEvent::stack_id`).
+#[map]
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// The outermost in-flight traced call of each thread, keyed by pid_tgid. A thread's entry is
+/// made by its first call and then updated in place (an idle thread's has `entry_sp` 0): a
+/// lookup costs a fraction of an insert and a delete, which take the bucket's lock. The entry
+/// goes when the thread exits (`thread_exit`). Userspace sizes it with `--max-threads`.
+#[map]
+pub(crate) static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Per CPU, how often each [`DropCounter`](leaktrace_common::DropCounter) happened.
+#[map]
+pub(crate) static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// Nonzero for each kind of drop the probes have logged (only when `LOG_DROPS` is set).
+#[map]
+pub(crate) static DROPS_LOGGED: Array<u32> = Array::with_max_entries(DROP_COUNTERS, 0);
+
+/// Userspace opens and closes the capture window here
+/// ([`CONTROL_ENABLED`](leaktrace_common::CONTROL_ENABLED)).
+#[map]
+pub(crate) static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The traced processes (tgid → 1). The uprobes are attached per process and need no filter;
+/// the exec and exit tracepoints fire for every process on the machine and keep to these.
+#[map]
+pub(crate) static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Stack keys already sent with a [`StackSample`]: one copy stands for every later allocation
+/// with the same key.
+#[map]
+pub(crate) static COPIED_STACKS: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+/// When sampling: the addresses of the live blocks that were recorded, so that a free of any
+/// other block costs one failed map delete and sends nothing. Userspace sizes it at load (one
+/// entry when not sampling).
+#[map]
+pub(crate) static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1 << 18, 0);
+
+/// Where, above sp, the return address lies at a given return address: learned by userspace
+/// from the CFI unwinding of stack copies, in the slots
+/// [`return_offsets`](leaktrace_common::return_offsets) picks. With it the probe can follow a
+/// stack past where frame pointers end, for a key, without unwinding anything itself.
+#[map]
+pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_SLOTS, 0);
+
+/// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied;
+/// and where the stack walk reads the top of the stack at once.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);

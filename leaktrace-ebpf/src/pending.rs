@@ -1,0 +1,159 @@
+//! Calls in flight: what an entry probe leaves for its return probe, one entry per thread in
+//! `PENDING`, and which calls count at all. Only a thread's outermost traced call does, and
+//! only while the capture window is open.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::bpf_get_current_pid_tgid,
+    programs::{ProbeContext, RetProbeContext},
+};
+use leaktrace_common::{CONTROL_ENABLED, DropCounter};
+
+use crate::{
+    drops::count_drop,
+    maps::{CONTROL, PENDING},
+    sampled::chosen,
+};
+
+/// What an entry probe leaves for its return probe.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct PendingCall {
+    pub(crate) size: u64,
+    /// realloc's old block, posix_memalign's out-pointer, or mremap's old mapping; 0 otherwise.
+    pub(crate) address: u64,
+    /// mremap's old length.
+    pub(crate) old_size: u64,
+    /// The stack pointer at entry: the thread's traced-call depth, in bytes. A traced call made
+    /// from inside another one (operator new calling malloc, realloc(p, 0) calling free) runs at
+    /// or below it (at it for a tail call), and stays silent: each allocation and free is
+    /// counted once, at the outermost call, with that call's stack. Unlike a depth counter, an
+    /// entry whose return was never seen cannot wedge the thread: it sits above no later call.
+    pub(crate) entry_sp: u64,
+    /// Nonzero when the result is to be recorded. A call sampling passed over is remembered
+    /// all the same, so that what it calls stays silent (operator new must not give its
+    /// malloc a second chance of being sampled).
+    pub(crate) record: u64,
+}
+
+/// Whether the capture window is open. Attaching and detaching uprobes takes tens of
+/// milliseconds per probe; the switch makes them all start and stop at one instant.
+#[inline(always)]
+pub(crate) fn window_open() -> bool {
+    CONTROL
+        .get(CONTROL_ENABLED)
+        .is_some_and(|enabled| *enabled != 0)
+}
+
+#[inline(always)]
+pub(crate) fn stack_pointer(regs: *mut pt_regs) -> u64 {
+    // SAFETY: `regs` is the probe context's register snapshot, which the kernel hands the
+    // program and keeps valid while it runs.
+    unsafe { (*regs).rsp }
+}
+
+/// True when this thread is inside a traced call that started at or above `sp`.
+#[inline(always)]
+pub(crate) fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
+    // SAFETY: only this thread and its exit write its entry, so it does not change or go
+    // while it is read here.
+    let outer = unsafe { PENDING.get(pid_tgid) };
+    // An idle thread's entry_sp is 0, below every sp.
+    outer.is_some_and(|outer| outer.entry_sp >= sp)
+}
+
+/// An outermost traced call, at its entry: where it is to be remembered.
+pub(crate) struct Outermost {
+    pid_tgid: u64,
+    pub(crate) entry_sp: u64,
+    /// The thread's [`PENDING`] entry, unless this is its first traced call.
+    slot: Option<*mut PendingCall>,
+}
+
+/// The call starting now, if it is an outermost one; None when it is nested inside another
+/// (or the window is closed) and must stay silent.
+#[inline(always)]
+pub(crate) fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<Outermost> {
+    if !window_open() {
+        return None;
+    }
+    let entry_sp = stack_pointer(ctx.regs);
+    let slot = PENDING.get_ptr_mut(pid_tgid);
+    // An entry found below our sp is stale (its return was never seen): it is replaced.
+    // SAFETY: the pointer is this thread's entry, which only this thread and its exit touch.
+    if slot.is_some_and(|outer| unsafe { (*outer).entry_sp } >= entry_sp) {
+        return None;
+    }
+    Some(Outermost {
+        pid_tgid,
+        entry_sp,
+        slot,
+    })
+}
+
+impl Outermost {
+    /// Keeps the call for its return probe; false (and counted) when there is no room.
+    #[inline(always)]
+    pub(crate) fn remember(&self, call: &PendingCall) -> bool {
+        if let Some(slot) = self.slot {
+            // SAFETY: the pointer is this thread's entry, which only this thread and its exit
+            // touch, and the thread is here.
+            unsafe { *slot = *call };
+            return true;
+        }
+        if PENDING.insert(self.pid_tgid, call, 0).is_err() {
+            count_drop(DropCounter::PendingMapFull);
+            return false;
+        }
+        true
+    }
+}
+
+/// Records an outermost allocation call of `size` bytes for its return probe, sampled or not.
+#[inline(always)]
+pub(crate) fn enter_alloc(ctx: &ProbeContext, size: u64, address: u64) {
+    enter_call(ctx, size, address, 0, chosen(size));
+}
+
+/// Records an outermost call for its return probe; nested calls stay silent.
+#[inline(always)]
+pub(crate) fn enter_call(ctx: &ProbeContext, size: u64, address: u64, old_size: u64, record: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(outer) = outermost(ctx, pid_tgid) {
+        let call = PendingCall {
+            size,
+            address,
+            old_size,
+            entry_sp: outer.entry_sp,
+            record: u64::from(record),
+        };
+        outer.remember(&call);
+    }
+}
+
+/// Takes this thread's pending call if this return belongs to it (not to a nested call).
+/// A call sampling passed over is taken too, and its result left alone.
+#[inline(always)]
+pub(crate) fn take_recorded(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
+    take_pending(ctx).filter(|(_, call)| call.record != 0)
+}
+
+#[inline(always)]
+pub(crate) fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> {
+    // A call that returns after the window closed is not the window's: leave it.
+    if !window_open() {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = PENDING.get_ptr_mut(pid_tgid)?;
+    // SAFETY: the pointer is this thread's entry, which only this thread and its exit touch,
+    // and the thread is here.
+    let call = unsafe { *slot };
+    // After `ret` the return address has been popped: sp is 8 above the entry's.
+    if call.entry_sp == 0 || stack_pointer(ctx.regs) != call.entry_sp + 8 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).entry_sp = 0 };
+    Some((pid_tgid, call))
+}

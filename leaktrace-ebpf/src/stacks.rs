@@ -1,0 +1,304 @@
+//! An allocation's stack: by a key the probe hashes from return addresses it finds through
+//! offsets userspace learned (with a copy of the stack the first time, for userspace to unwind
+//! with CFI), or by frame pointers in the kernel's stack map, or inline in the record.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_RING_SIZE},
+    helpers::{
+        bpf_get_stack, bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_bytes,
+    },
+    programs::{RetProbeContext, tracing::StackIdContext},
+};
+use leaktrace_common::{
+    AllocEvent, AllocEventWithStack, DropCounter, EventKind, MAX_STACK_COPY, MAX_STACK_DEPTH,
+    OUTERMOST_FRAME, PAGE_BYTES, STACK_ID_OWN_COPY, StackSample, return_offsets,
+};
+
+use crate::{
+    config,
+    drops::count_drop,
+    events::{emit, event, send, wake_flags},
+    maps::{COPIED_STACKS, EVENTS, RETURN_OFFSETS, SCRATCH, STACKS},
+};
+
+/// Return addresses followed through `RETURN_OFFSETS`, at most.
+const LEARNED_FRAMES: usize = 32;
+
+/// Bytes of stack the walk reads at once.
+const WALK_BYTES: u64 = 1024;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+const EEXIST: i32 = 17;
+
+/// An allocation-like event ([`EventKind::Alloc`] or [`EventKind::Mmap`]) with the caller's
+/// stack: by its key and, the first time, a copy for userspace to unwind; or by frame
+/// pointers, when copies are off or this one could not be sent.
+#[inline(always)]
+pub(crate) fn emit_with_stack(
+    ctx: &RetProbeContext,
+    pid_tgid: u64,
+    kind: EventKind,
+    address: u64,
+    size: u64,
+) {
+    if config::copies_on() {
+        let (hash, complete, _) = learned_stack_hash(ctx, pid_tgid, None);
+        // An incomplete key may stand for several stacks: each allocation gets its own copy
+        // until userspace has learned the frames (milliseconds). Those copies give way early
+        // (at a 32nd full), for the first copy of each key to get in. An allocation
+        // whose copy cannot go is sent under its key alone, for userspace to match with the
+        // last copy under it; or, if none was ever sent, with the return addresses walked
+        // when the key is complete, and with its stack by frame pointers when not.
+        // SAFETY: the value is only tested for presence, never read.
+        let ever_copied = unsafe { COPIED_STACKS.get(hash) }.is_some();
+        let stack_id = if complete && ever_copied {
+            Some(0)
+        } else if emit_stack_sample(ctx, pid_tgid, hash, if ever_copied { 32 } else { 2 }) {
+            if !ever_copied {
+                let _ = COPIED_STACKS.insert(hash, 1, 0);
+            }
+            Some(if complete { 0 } else { STACK_ID_OWN_COPY })
+        } else {
+            ever_copied.then_some(0)
+        };
+        if let Some(stack_id) = stack_id {
+            send(AllocEvent {
+                stack_hash: hash,
+                ..event(pid_tgid, kind, address, size, stack_id)
+            });
+            return;
+        }
+        if complete {
+            // The return addresses the walk follows go in the record.
+            emit_with_frames(pid_tgid, with_stack(kind), address, size, |frames| {
+                let (_, _, depth) = learned_stack_hash(ctx, pid_tgid, Some(frames));
+                (0, depth as u64 * 8)
+            });
+            return;
+        }
+    }
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => emit(pid_tgid, kind, address, size, id as i32),
+        Err(errno) if errno == -EEXIST => {
+            count_drop(DropCounter::StackMapFull);
+            // The stack map had no room for this stack: the kernel walks it into the record.
+            emit_with_frames(pid_tgid, with_stack(kind), address, size, |frames| {
+                // SAFETY: `frames` points at the record's array of MAX_STACK_DEPTH frames,
+                // and the helper writes at most the size given.
+                let filled = unsafe {
+                    bpf_get_stack(
+                        ctx.as_ptr(),
+                        frames.cast(),
+                        size_of::<[u64; MAX_STACK_DEPTH]>() as u32,
+                        BPF_F_USER_STACK as u64,
+                    )
+                };
+                if filled < 0 {
+                    count_drop(DropCounter::StackUnreadable);
+                    (filled as i32, 0)
+                } else {
+                    (0, filled as u64)
+                }
+            });
+        }
+        Err(errno) => {
+            count_drop(DropCounter::StackUnreadable);
+            emit(pid_tgid, kind, address, size, errno);
+        }
+    }
+}
+
+/// The kind of `kind`'s record with its stack inline ([`AllocEventWithStack`]).
+#[inline(always)]
+fn with_stack(kind: EventKind) -> EventKind {
+    if kind == EventKind::Mmap {
+        EventKind::MmapWithStack
+    } else {
+        EventKind::AllocWithStack
+    }
+}
+
+/// Sends an [`AllocEventWithStack`], whose frames `fill` writes in place in the ring buffer,
+/// returning the record's `stack_id` and how many bytes of frames it wrote.
+#[inline(always)]
+fn emit_with_frames(
+    pid_tgid: u64,
+    kind: EventKind,
+    address: u64,
+    size: u64,
+    fill: impl FnOnce(*mut [u64; MAX_STACK_DEPTH]) -> (i32, u64),
+) {
+    let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at the reserved entry, ours to write until it is submitted; its
+    // fields are written through raw pointers, never read.
+    let frames = unsafe { core::ptr::addr_of_mut!((*record).frames) };
+    let (stack_id, stack_bytes) = fill(frames);
+    let header = event(pid_tgid, kind, address, size, stack_id);
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).event).write(header);
+        core::ptr::addr_of_mut!((*record).stack_bytes).write(stack_bytes);
+    }
+    entry.submit(wake_flags());
+}
+
+/// The stack's key: a hash of the process, the allocation's return address and the callers'
+/// return addresses reachable from it through learned offsets; never 0. And whether the walk
+/// reached the outermost frame: until userspace has learned every frame's offset (from the
+/// first copy of a stack through it) the walk stops early, and the key is not yet the
+/// stack's own. The process is in the key because each process unwinds its own copies.
+///
+/// With `frames`, the return addresses walked go there too, innermost first; their count is
+/// the third value.
+#[inline(always)]
+fn learned_stack_hash(
+    ctx: &RetProbeContext,
+    pid_tgid: u64,
+    frames: Option<*mut [u64; MAX_STACK_DEPTH]>,
+) -> (u64, bool, usize) {
+    // SAFETY: `ctx.regs` is the register snapshot the kernel hands the program, valid while it
+    // runs.
+    let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
+    let mut hash = (FNV_OFFSET ^ (pid_tgid >> 32)).wrapping_mul(FNV_PRIME);
+    hash = (hash ^ pc).wrapping_mul(FNV_PRIME);
+    let mut depth = 1;
+    if let Some(frames) = frames {
+        // SAFETY: `frames` points at a writable array of MAX_STACK_DEPTH frames.
+        unsafe { (*frames)[0] = pc };
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return (hash | 1, false, depth);
+    };
+    let top = sp;
+    // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program runs.
+    let bytes = unsafe { core::ptr::addr_of_mut!((*scratch).bytes) }.cast::<u8>();
+    // The top of the stack, in one read: most frames' return addresses lie within it.
+    let mut read = WALK_BYTES;
+    // SAFETY: the helper writes WALK_BYTES into `bytes`, which holds more than that, and
+    // reads user memory fault-safely (it fails instead).
+    if unsafe { probe_read_user_bytes(bytes.cast(), WALK_BYTES as u32, top as *const _) } != 0 {
+        read = 0;
+    }
+    // A stack deeper than the walk goes, or one that cannot be read on, is as complete as
+    // the walk can make it.
+    let mut complete = true;
+    for frame in 1..=LEARNED_FRAMES {
+        let learned = return_offsets::learned_offset(pc, |slot| RETURN_OFFSETS.get(slot).copied());
+        let Some(offset) = learned else {
+            complete = false;
+            break;
+        };
+        if offset == OUTERMOST_FRAME {
+            break;
+        }
+        let slot = sp + offset;
+        let within = slot - top;
+        let return_address = if within + 8 <= read {
+            // SAFETY: the index is masked below WALK_BYTES, so the 8 bytes read lie inside
+            // `bytes`; they were read from the stack just above.
+            unsafe {
+                bytes
+                    .add((within & (WALK_BYTES - 1)) as usize)
+                    .cast::<u64>()
+                    .read_unaligned()
+            }
+        } else {
+            // SAFETY: the helper reads user memory fault-safely (it fails instead).
+            let Ok(value) = (unsafe { bpf_probe_read_user(slot as *const u64) }) else {
+                break;
+            };
+            value
+        };
+        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        if let Some(frames) = frames {
+            // SAFETY: `frame` is at most LEARNED_FRAMES, below MAX_STACK_DEPTH.
+            unsafe { (*frames)[frame] = return_address };
+        }
+        depth = frame + 1;
+        sp = slot + 8;
+        pc = return_address;
+    }
+    (hash | 1, complete, depth)
+}
+
+/// Sends the registers and the top of the user stack, for userspace to unwind with CFI; false
+/// when it was not sent (and the stack should be sampled again next time).
+///
+/// The stack is read a page at a time, the first read ending at a page boundary, so that the
+/// read that runs past the top of the stack mapping (and fails) loses nothing below it. Only
+/// the bytes copied go into the ring buffer, and only while it is less than `1/share` full:
+/// the allocation events matter more than their stacks.
+#[inline(always)]
+fn emit_stack_sample(ctx: &RetProbeContext, pid_tgid: u64, stack_hash: u64, share: u64) -> bool {
+    let limit = config::stack_bytes();
+    let header = core::mem::offset_of!(StackSample, bytes) as u64;
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let ring = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if pending + header + limit + PAGE_BYTES > ring / share {
+        count_drop(DropCounter::StackSampleSkipped);
+        return false;
+    }
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: `ctx.regs` is the register snapshot the kernel hands the program, valid while it
+    // runs.
+    let (ip, sp, bp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
+    // SAFETY: `record` is this CPU's slot of a map value, valid while the program runs.
+    let bytes = unsafe { core::ptr::addr_of_mut!((*record).bytes) }.cast::<u8>();
+    // The first, partial page: 1 to 4096 bytes, up to the next page boundary.
+    let first = ((PAGE_BYTES - (sp & (PAGE_BYTES - 1)) - 1) & (PAGE_BYTES - 1)) + 1;
+    let mut copied = 0u64;
+    // SAFETY: at most a page goes to the start of `bytes`; the helper reads user memory
+    // fault-safely (it fails instead).
+    if unsafe { probe_read_user_bytes(bytes.cast(), first as u32, sp as *const _) } == 0 {
+        copied = first;
+        for _ in 0..MAX_STACK_COPY as u64 / PAGE_BYTES {
+            if copied >= limit {
+                break;
+            }
+            let offset = copied & (MAX_STACK_COPY as u64 - 1);
+            // SAFETY: `offset` is masked below MAX_STACK_COPY, and `bytes` holds a page more
+            // than that, so the page read next lands inside it.
+            let dst = unsafe { bytes.add(offset as usize) };
+            let src = (sp + copied) as *const _;
+            // SAFETY: as above; the helper reads user memory fault-safely.
+            if unsafe { probe_read_user_bytes(dst.cast(), PAGE_BYTES as u32, src) } != 0 {
+                break;
+            }
+            copied += PAGE_BYTES;
+        }
+    }
+    let head = AllocEvent {
+        stack_hash,
+        ..event(pid_tgid, EventKind::StackSample, ip, copied, 0)
+    };
+    // SAFETY: `record` is this CPU's slot, as above; its fields are written through raw
+    // pointers.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).event).write(head);
+        core::ptr::addr_of_mut!((*record).sp).write(sp);
+        core::ptr::addr_of_mut!((*record).bp).write(bp);
+    }
+    let length = (header + copied).min(size_of::<StackSample>() as u64);
+    // SAFETY: `length` is at most the slot's size, and every byte up to it was written above
+    // (the header) or by the helper (the stack).
+    let sample = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), length as usize) };
+    // A copy wakes the reader at once: until it is unwound, the stack's allocations each need
+    // a copy of their own. New stacks are rare once a program runs, so this costs little.
+    if EVENTS
+        .output::<[u8]>(sample, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
+        count_drop(DropCounter::RingBufferFull);
+        return false;
+    }
+    true
+}
