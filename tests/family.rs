@@ -531,38 +531,54 @@ fn without_the_mmap_flag_mappings_are_not_traced() {
     );
 }
 
+/// Per function of the first frame, a report's live bytes, live blocks, allocations and
+/// frees, and its totals. How a function's allocations split into sites depends on which of
+/// their stacks got copied first, which is a matter of timing.
+fn per_function(report: &Value) -> (Value, std::collections::BTreeMap<String, [u64; 4]>) {
+    let mut by_function: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+    for site in report["sites"].as_array().unwrap() {
+        let function = site["frames"][0]["function"].as_str().unwrap_or("?");
+        let sums = by_function.entry(function.to_owned()).or_default();
+        for (sum, field) in
+            sums.iter_mut()
+                .zip(["live_bytes", "live_allocations", "allocs", "frees"])
+        {
+            *sum += site[field].as_u64().unwrap();
+        }
+    }
+    (report["totals"].clone(), by_function)
+}
+
+/// `fixture ARGS` built with `flags`, traced at the probe points leaktrace chooses and at
+/// every function's entry: both reports, which must agree function by function.
+fn chosen_and_entry(fixture: &str, flags: &[&str], args: &str) -> (Value, Value) {
+    let binary = build_fixture_with(fixture, flags);
+    let test = format!(
+        "points_{fixture}_{args}_{}",
+        flags.concat().replace([':', '.'], "_")
+    );
+    let (chosen, _) = launch_json(&test, &[], &binary, &[args]);
+    let (entry, _) = launch_json(
+        &format!("{test}_entry"),
+        &["--entry-probes"],
+        &binary,
+        &[args],
+    );
+    assert_eq!(
+        per_function(&chosen),
+        per_function(&entry),
+        "{fixture} {args} {flags:?}"
+    );
+    (chosen, entry)
+}
+
 /// The probe points leaktrace chooses (free after its NULL test, C++ operators seen through
 /// malloc and free) count exactly what probes at every function's entry count.
 #[test]
 fn chosen_probe_points_count_the_same_as_entry_probes() {
     let Some(_bpf) = require_bpf() else { return };
-    // Per function of the first frame: how a function's allocations split into sites depends on
-    // which of their stacks got copied first, which is a matter of timing.
-    let summary = |report: &Value| {
-        let mut by_function: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
-        for site in report["sites"].as_array().unwrap() {
-            let function = site["frames"][0]["function"].as_str().unwrap_or("?");
-            let sums = by_function.entry(function.to_owned()).or_default();
-            for (sum, field) in
-                sums.iter_mut()
-                    .zip(["live_bytes", "live_allocations", "allocs", "frees"])
-            {
-                *sum += site[field].as_u64().unwrap();
-            }
-        }
-        (report["totals"].clone(), by_function)
-    };
     for (fixture, args) in [("cxx", "doors"), ("doors", "realloc"), ("fixture", "exit")] {
-        let binary = build_fixture(fixture);
-        let test = format!("points_{fixture}");
-        let (chosen, _) = launch_json(&test, &["-v"], &binary, &[args]);
-        let (entry, _) = launch_json(
-            &format!("{test}_entry"),
-            &["--entry-probes"],
-            &binary,
-            &[args],
-        );
-        assert_eq!(summary(&chosen), summary(&entry), "{fixture} {args}");
+        let (chosen, entry) = chosen_and_entry(fixture, &[], args);
         if fixture == "cxx" {
             assert!(
                 !chosen["probed"].as_str().unwrap().contains("_ZdlPv"),
@@ -571,5 +587,36 @@ fn chosen_probe_points_count_the_same_as_entry_probes() {
             );
             assert!(entry["probed"].as_str().unwrap().contains("_ZdlPv"));
         }
+    }
+}
+
+/// jemalloc, tcmalloc and mimalloc, probed past their entries where that is emulated (and
+/// mimalloc's arguments read where it moved them): the same counts as probes at every entry,
+/// through each door of the C family and C++'s new and delete.
+#[test]
+fn each_allocator_counts_the_same_at_its_chosen_points_as_at_its_entries() {
+    let Some(_bpf) = require_bpf() else { return };
+    for (library, flag) in [
+        ("libjemalloc.so.2", "-l:libjemalloc.so.2"),
+        ("libtcmalloc_minimal.so.4", "-l:libtcmalloc_minimal.so.4"),
+        ("libmimalloc.so.2", "-l:libmimalloc.so.2"),
+    ] {
+        let (chosen, _) = chosen_and_entry("fixture", &[flag], "exit");
+        let allocator = chosen["allocator"].as_str().unwrap();
+        assert!(allocator.contains(library), "{flag}: probed {allocator}");
+        fixture_leaks(&chosen);
+        for door in ["calloc", "realloc", "posix_memalign", "memalign"] {
+            let (chosen, _) = chosen_and_entry("doors", &[flag], door);
+            let define = |suffix: &str| {
+                fixture_define("doors", &format!("{}_{suffix}", door.to_uppercase()))
+            };
+            let site = sites_of(&chosen, &format!("leak_{door}"));
+            assert_eq!(
+                (site.live_bytes, site.live_allocations),
+                (define("BYTES"), define("BLOCKS")),
+                "{library} {door}"
+            );
+        }
+        chosen_and_entry("cxx", &[flag], "doors");
     }
 }

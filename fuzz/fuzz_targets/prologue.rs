@@ -15,6 +15,7 @@ fuzz_target!(|bytes: &[u8]| {
         let needs = ProbeNeeds {
             returns,
             ignores_null_first_argument: true,
+            arguments: 4,
         };
         let point = entry_point(code, needs);
         assert!(point.offset < bytes.len().max(1) as u64);

@@ -5,6 +5,7 @@
 //! these bytes verbatim through the ring buffer.
 #![cfg_attr(not(test), no_std)]
 
+pub mod arguments;
 pub mod return_offsets;
 pub mod sampling;
 

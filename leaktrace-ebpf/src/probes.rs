@@ -2,12 +2,22 @@
 //! [`leaktrace_common::programs`]), and the tracepoints that follow a traced process's execs
 //! and its threads' exits.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{raw_tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
-use leaktrace_common::{EventKind, PAGE_BYTES};
+use leaktrace_common::{
+    EventKind, PAGE_BYTES,
+    arguments::{self, Home},
+};
 
 use crate::{
     events::emit,
@@ -23,9 +33,33 @@ use crate::{
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FAILED: u64 = u64::MAX;
 
+/// Argument `n` (from 0) of the probed function, where the probe's cookie says it lives: a
+/// probe placed past the entry may find it moved ([`leaktrace_common::arguments`]).
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+    // SAFETY: the helper reads the cookie this probe was attached with; its context is ours.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let offset = match arguments::home(cookie, n) {
+        Home::Own => return ctx.arg::<u64>(n).unwrap_or(0),
+        Home::Rdi => offset_of!(pt_regs, rdi),
+        Home::Rsi => offset_of!(pt_regs, rsi),
+        Home::Rdx => offset_of!(pt_regs, rdx),
+        Home::Rcx => offset_of!(pt_regs, rcx),
+        Home::R8 => offset_of!(pt_regs, r8),
+        Home::R9 => offset_of!(pt_regs, r9),
+        Home::Rax => offset_of!(pt_regs, rax),
+        Home::Rbx => offset_of!(pt_regs, rbx),
+        Home::Rbp => offset_of!(pt_regs, rbp),
+        Home::R10 => offset_of!(pt_regs, r10),
+        Home::R11 => offset_of!(pt_regs, r11),
+        Home::R12 => offset_of!(pt_regs, r12),
+        Home::R13 => offset_of!(pt_regs, r13),
+        Home::R14 => offset_of!(pt_regs, r14),
+        Home::R15 => offset_of!(pt_regs, r15),
+    };
+    // SAFETY: a read of one field of this probe's saved registers, which the kernel owns and
+    // keeps for the probe's run.
+    unsafe { bpf_probe_read_kernel(ctx.regs.cast::<u8>().add(offset).cast::<u64>()) }.unwrap_or(0)
 }
 
 /// `count * size`, or None on overflow (when calloc and reallocarray fail without allocating).

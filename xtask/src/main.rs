@@ -24,18 +24,21 @@ tasks:
   soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
-/// Debian packages the integration tests use: fixtures are built with gcc and g++ (one links
-/// jemalloc) and split with binutils, launch mode is checked against valgrind, glibc's frames
+/// Debian packages the tests use: fixtures are built with gcc and g++ (linked with jemalloc,
+/// tcmalloc and mimalloc too, whose code the probe-point tests also read) and split with
+/// binutils, launch mode is checked against valgrind, glibc's frames
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
 /// stays attached.
-const TEST_PACKAGES: [&str; 10] = [
+const TEST_PACKAGES: [&str; 12] = [
     "gcc",
     "g++",
     "binutils",
     "valgrind",
     "bpftool",
     "libjemalloc-dev",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
     "libc6-dbg",
     "golang-go",
     "libxml2-utils",
@@ -160,6 +163,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq"])
+        // Another apt may be running (a bench installing its own): wait for it.
+        .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq"])
         .args(packages))
 }

@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use leaktrace_common::{
@@ -310,7 +310,7 @@ fn link_points(
                 .or_default()
                 .push(MultiPoint {
                     offset: point.offset,
-                    cookie: 0,
+                    cookie: point.entry.arguments.cookie(),
                 });
         }
     }
@@ -352,7 +352,10 @@ fn attach_program(
     }
     program
         .attach(
-            UProbeAttachLocation::AbsoluteOffset(point.offset),
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.offset),
+                cookie: Some(point.entry.arguments.cookie()),
+            },
             &point.host_path,
             UProbeScope::OneProcess(pid),
         )

@@ -196,3 +196,73 @@ fn file_offset<'data, R: object::ReadRef<'data>>(
             .then(|| vaddr - start + offset)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::Register::{self, RAX, RDI, RDX, RSI};
+
+    use super::*;
+
+    /// A library of Debian's, as the test setup (`cargo xtask test`) installs it. Off CI a
+    /// missing one skips its rows with a note; in CI it fails.
+    fn library(name: &str) -> Option<ModuleInfo> {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu").join(name);
+        if !path.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing: `cargo xtask test` installs it",
+                path.display()
+            );
+            eprintln!("skipped: {} is not installed", path.display());
+            return None;
+        }
+        Some(ModuleInfo::read(&path, "").expect("an ELF library"))
+    }
+
+    /// Each row: library, function, where its probe sits, and where its arguments are read.
+    /// The offsets are those of Debian 12's builds, read with objdump; each lands on a `jcc`,
+    /// `jmp` or `push`, which the kernel emulates.
+    #[test]
+    fn probe_points_of_the_allocators_debian_ships() {
+        let rows: [(&str, &str, u64, &[Register]); 14] = [
+            // glibc: free past its NULL check, onto `push %rbp`.
+            ("libc.so.6", "free", 9, &[RDI]),
+            // jemalloc: `cmp $0x1000,%rdi; ja`, and free's straight line up to its `jne`.
+            ("libjemalloc.so.2", "malloc", 7, &[RDI]),
+            ("libjemalloc.so.2", "_Znwm", 7, &[RDI]),
+            ("libjemalloc.so.2", "free", 0x30, &[RDI]),
+            ("libjemalloc.so.2", "_ZdlPvm", 3, &[RDI]),
+            // tcmalloc: `mov; test; jne` and the like.
+            ("libtcmalloc_minimal.so.4", "malloc", 10, &[RDI]),
+            ("libtcmalloc_minimal.so.4", "free", 10, &[RDI]),
+            (
+                "libtcmalloc_minimal.so.4",
+                "posix_memalign",
+                11,
+                &[RDI, RSI, RDX],
+            ),
+            ("libtcmalloc_minimal.so.4", "memalign", 10, &[RDI, RSI]),
+            // mimalloc moves its arguments before the first jump.
+            ("libmimalloc.so.2", "malloc", 0x15, &[RSI]),
+            ("libmimalloc.so.2", "calloc", 0x12, &[RAX, RSI]),
+            ("libmimalloc.so.2", "realloc", 0x14, &[RSI, RDX]),
+            ("libmimalloc.so.2", "free", 6, &[RDI]),
+            // Emulated at the entry already.
+            ("libmimalloc.so.2", "posix_memalign", 0, &[RDI, RSI, RDX]),
+        ];
+        let mut libraries: HashMap<&str, Option<ModuleInfo>> = HashMap::new();
+        for (name, symbol, offset, homes) in rows {
+            let Some(info) = libraries.entry(name).or_insert_with(|| library(name)) else {
+                continue;
+            };
+            let definition = &info.defined[symbol];
+            let entry = &definition.entry;
+            assert_eq!(entry.offset, offset, "{symbol} in {name}: {entry}");
+            assert_eq!(
+                &entry.arguments.0[..homes.len()],
+                homes,
+                "{symbol} in {name}: {entry}"
+            );
+        }
+    }
+}

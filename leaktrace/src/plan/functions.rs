@@ -137,6 +137,20 @@ impl AllocatorFunction {
                 self.entry,
                 Some(programs::FREE_ENTER | programs::DELETE_ENTER)
             ),
+            arguments: self.arguments(),
+        }
+    }
+
+    /// How many arguments its entry program reads (leaktrace-ebpf's probes.rs): those must
+    /// still be in registers where the probe sits.
+    fn arguments(&self) -> usize {
+        use programs::*;
+        match self.entry {
+            None => 0,
+            Some(ALLOC_ENTER | PVALLOC_ENTER | FREE_ENTER | DELETE_ENTER) => 1,
+            Some(CALLOC_ENTER | REALLOC_ENTER | MEMALIGN_ENTER | MUNMAP_ENTER) => 2,
+            Some(REALLOCARRAY_ENTER | POSIX_MEMALIGN_ENTER | MREMAP_ENTER) => 3,
+            Some(_) => 4,
         }
     }
 

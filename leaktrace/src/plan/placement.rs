@@ -7,24 +7,32 @@
 //! ../shared/toolchain.md). glibc's `free` starts with `test %rdi,%rdi`, and everything in
 //! libstdc++ with `endbr64`: both single-stepped, on every call.
 //!
-//! So each probe point is chosen, conservatively:
-//! - A function with a return probe stays at its entry: a uretprobe takes the return address
-//!   from the top of the stack, which only holds it there.
-//! - Otherwise the probe may move past a leading `endbr64` (a marker for indirect branches,
-//!   with no effect) and, for a probe that ignores a NULL first argument, past `test %rdi,%rdi;
-//!   je …` (free(NULL) does nothing, and the probe skipped it anyway). It moves only onto an
-//!   emulated instruction, and only if no branch in the function lands on or before it: then
-//!   the new point is reached exactly once per call that matters, with the arguments intact
-//!   (`test` and `je` change no register).
-//! - A C++ operator that only passes its work on, by calling or jumping to a probed function
-//!   of the same kind (libstdc++'s `operator new` calls malloc, `operator delete` jumps to
-//!   free), needs no probe of its own: every block it hands out or takes back is seen there.
+//! So each probe point is chosen from the function's straight-line prefix: the instructions
+//! from its entry up to the first one the kernel emulates. The probe may sit there when
+//! - no branch anywhere in the function lands inside the prefix skipped, so the point is
+//!   reached exactly once per call;
+//! - every argument the probe reads still lives in some register: the prefix is followed
+//!   register by register (mimalloc's malloc moves its size from %rdi to %rsi), and the probe
+//!   reads each argument where it lives ([`ArgumentHomes`], passed as the probe's cookie);
+//! - for a function with a return probe, %rsp is unchanged: a uretprobe takes the return
+//!   address from the top of the stack, wherever it fires.
+//!
+//! jemalloc's malloc (`cmp $0x1000,%rdi; ja`) is so probed on its `ja`, tcmalloc's on the
+//! `jne` after `mov; test`. For a probe that ignores a NULL first argument, `test %rdi,%rdi;
+//! je` is stepped over as well when an emulated instruction follows (glibc's free: its probe
+//! then sits on the `push` after the NULL check, and free(NULL) does not trap at all).
+//!
+//! A C++ operator that only passes its work on, by calling or jumping to a probed function
+//! of the same kind (libstdc++'s `operator new` calls malloc, `operator delete` jumps to
+//! free), needs no probe of its own: every block it hands out or takes back is seen there.
 
 use std::{collections::HashMap, fmt};
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
+    OpAccess, OpKind, Register,
 };
+use leaktrace_common::arguments::{self, Home};
 
 /// A function's machine code, where it is loaded in its module's address space.
 #[derive(Clone, Copy)]
@@ -33,11 +41,95 @@ pub struct FunctionCode<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Where a function's entry probe sits: `offset` bytes in, and why, for `--verbose`.
+/// The integer argument registers of the x86-64 System V ABI, in order.
+pub const ARGUMENT_REGISTERS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// Where each integer argument lives at a probe point: the register that holds its value,
+/// [`Register::None`] where it was overwritten (and the probe does not read it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgumentHomes(pub [Register; 6]);
+
+impl Default for ArgumentHomes {
+    /// At a function's entry, each argument is in its own register.
+    fn default() -> Self {
+        ArgumentHomes(ARGUMENT_REGISTERS)
+    }
+}
+
+impl ArgumentHomes {
+    /// The probe's cookie: where it reads each argument ([`leaktrace_common::arguments`]).
+    pub fn cookie(&self) -> u64 {
+        self.0
+            .iter()
+            .zip(ARGUMENT_REGISTERS)
+            .enumerate()
+            .fold(0, |cookie, (index, (home, own))| {
+                let home = if *home == own {
+                    Home::Own
+                } else {
+                    match home {
+                        Register::RDI => Home::Rdi,
+                        Register::RSI => Home::Rsi,
+                        Register::RDX => Home::Rdx,
+                        Register::RCX => Home::Rcx,
+                        Register::R8 => Home::R8,
+                        Register::R9 => Home::R9,
+                        Register::RAX => Home::Rax,
+                        Register::RBX => Home::Rbx,
+                        Register::RBP => Home::Rbp,
+                        Register::R10 => Home::R10,
+                        Register::R11 => Home::R11,
+                        Register::R12 => Home::R12,
+                        Register::R13 => Home::R13,
+                        Register::R14 => Home::R14,
+                        Register::R15 => Home::R15,
+                        // Not read by the probe.
+                        _ => Home::Own,
+                    }
+                };
+                arguments::with_home(cookie, index, home)
+            })
+    }
+
+    /// "size in %rsi": the arguments read elsewhere than at the entry, for `--verbose`.
+    fn describe_moves(&self) -> String {
+        self.0
+            .iter()
+            .zip(ARGUMENT_REGISTERS)
+            .enumerate()
+            .filter(|(_, (home, own))| **home != Register::None && **home != *own)
+            .map(|(index, (home, _))| format!("argument {} read from %{home:?}", index + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+            .to_lowercase()
+    }
+}
+
+/// Where a function's entry probe sits: `offset` bytes in, where its arguments live there,
+/// and why, for `--verbose`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryPoint {
     pub offset: u64,
+    pub arguments: ArgumentHomes,
     pub reason: String,
+}
+
+impl EntryPoint {
+    /// The first instruction, for `why`.
+    pub fn at_entry(reason: String) -> EntryPoint {
+        EntryPoint {
+            offset: 0,
+            arguments: ArgumentHomes::default(),
+            reason,
+        }
+    }
 }
 
 impl fmt::Display for EntryPoint {
@@ -46,81 +138,194 @@ impl fmt::Display for EntryPoint {
     }
 }
 
-/// What a probe point may assume of its program.
+/// What a probe point must respect of its function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeNeeds {
-    /// The function has a return probe: the entry probe must stay at the entry.
+    /// The function has a return probe: %rsp must be as at the entry.
     pub returns: bool,
     /// The entry probe ignores a NULL first argument (free, operator delete).
     pub ignores_null_first_argument: bool,
+    /// How many arguments the entry probe reads.
+    pub arguments: usize,
 }
 
-/// Instructions decoded from the start; enough for any prologue we know.
-const PROLOGUE: usize = 4;
+/// Instructions followed from the entry: any allocator's prefix we know is shorter.
+const MAX_PREFIX: usize = 16;
 
 /// The probe point of a function with the needs given.
 pub fn entry_point(code: FunctionCode, needs: ProbeNeeds) -> EntryPoint {
     let body = decode(code);
-    let instructions = &body[..body.len().min(PROLOGUE)];
-    let Some(first) = instructions.first() else {
-        return EntryPoint {
-            offset: 0,
-            reason: "no code to decode".into(),
-        };
+    let Some(first) = body.first() else {
+        return EntryPoint::at_entry("no code to decode".into());
     };
     if is_emulated(first) {
-        return entry("entry instruction is emulated", first);
+        return EntryPoint::at_entry(format!(
+            "entry instruction is emulated (`{:?}`)",
+            first.mnemonic()
+        ));
     }
-    let stay = |why: &str| EntryPoint {
-        offset: 0,
-        reason: format!(
+    let stay = |why: &str| {
+        EntryPoint::at_entry(format!(
             "{why}; entry instruction `{:?}` is single-stepped",
             first.mnemonic()
-        ),
+        ))
     };
-    if needs.returns {
-        return stay("a return probe needs the entry");
-    }
-    let mut at = 0;
-    if first.mnemonic() == Mnemonic::Endbr64 {
-        at += 1;
-    }
-    if needs.ignores_null_first_argument && tests_rdi_then_skips_if_zero(&instructions[at..]) {
-        at += 2;
-    }
-    let Some(candidate) = instructions.get(at).filter(|_| at > 0) else {
-        return stay("prologue of no known shape");
+    let prefix = match Prefix::follow(&body, needs) {
+        Ok(prefix) => prefix,
+        Err(why) => return stay(why),
     };
-    if !is_emulated(candidate) {
-        return stay("no emulated instruction after the prologue");
-    }
-    let offset = candidate.ip() - code.address;
+    let candidate = &body[prefix.length];
     let inside = code.address + 1..=candidate.ip();
     if body
         .iter()
         .any(|i| is_direct_branch(i) && inside.contains(&i.near_branch_target()))
     {
-        return stay("a branch lands inside the prologue");
+        return stay("a branch lands inside the prefix");
     }
+    let skipped: Vec<String> = body[..prefix.length]
+        .iter()
+        .map(|i| format!("{:?}", i.mnemonic()))
+        .collect();
+    let moves = prefix.arguments.describe_moves();
     EntryPoint {
-        offset,
+        offset: candidate.ip() - code.address,
+        arguments: prefix.arguments,
         reason: format!(
-            "moved past `{}` onto the emulated `{:?}`",
-            instructions[..at]
-                .iter()
-                .map(|i| format!("{:?}", i.mnemonic()))
-                .collect::<Vec<_>>()
-                .join("; "),
-            candidate.mnemonic()
+            "moved past `{}` onto the emulated `{:?}`{}",
+            skipped.join("; "),
+            candidate.mnemonic(),
+            if moves.is_empty() {
+                String::new()
+            } else {
+                format!("; {moves}")
+            }
         ),
     }
 }
 
-fn entry(reason: &str, first: &Instruction) -> EntryPoint {
-    EntryPoint {
-        offset: 0,
-        reason: format!("{reason} (`{:?}`)", first.mnemonic()),
+/// The straight-line prefix of a function, followed up to the probe's candidate point.
+struct Prefix {
+    /// Instructions skipped: the candidate is the next one.
+    length: usize,
+    arguments: ArgumentHomes,
+}
+
+impl Prefix {
+    /// Follows `body` from its entry to the first emulated instruction; Err says why no point
+    /// past the entry will do.
+    fn follow(body: &[Instruction], needs: ProbeNeeds) -> Result<Prefix, &'static str> {
+        if needs.ignores_null_first_argument
+            && let Some(length) = past_null_check(body)
+        {
+            return Ok(Prefix {
+                length,
+                arguments: ArgumentHomes::default(),
+            });
+        }
+        // Which argument each register holds now.
+        let mut holds: HashMap<Register, usize> = ARGUMENT_REGISTERS
+            .iter()
+            .enumerate()
+            .map(|(index, register)| (*register, index))
+            .collect();
+        let mut stack_delta: i64 = 0;
+        let mut info = InstructionInfoFactory::new();
+        let mut length = 0;
+        loop {
+            let Some(instruction) = body.get(length).filter(|_| length < MAX_PREFIX) else {
+                return Err("no emulated instruction in the straight-line prefix");
+            };
+            if length > 0 && is_emulated(instruction) {
+                break;
+            }
+            if instruction.flow_control() != FlowControl::Next {
+                return Err("control flow before an emulated instruction");
+            }
+            stack_delta += stack_change(instruction).ok_or("the prefix moves %rsp")?;
+            let copied = register_copy(instruction).map(|source| holds.get(&source).copied());
+            for used in info.info(instruction).used_registers() {
+                let register = used.register().full_register();
+                if matches!(
+                    used.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                ) && register != Register::RSP
+                {
+                    holds.remove(&register);
+                }
+            }
+            if let Some(Some(argument)) = copied {
+                holds.insert(instruction.op0_register(), argument);
+            }
+            length += 1;
+        }
+        if stack_delta > 0 || (needs.returns && stack_delta != 0) {
+            return Err("%rsp is not as at the entry there");
+        }
+        let mut arguments = ArgumentHomes([Register::None; 6]);
+        for (index, home) in arguments.0.iter_mut().enumerate().take(needs.arguments) {
+            let own = ARGUMENT_REGISTERS[index];
+            *home = if holds.get(&own) == Some(&index) {
+                own
+            } else {
+                let mut elsewhere: Vec<Register> = holds
+                    .iter()
+                    .filter(|(_, held)| **held == index)
+                    .map(|(register, _)| *register)
+                    .collect();
+                elsewhere.sort_by_key(|r| *r as u32);
+                *elsewhere.first().ok_or("an argument is overwritten")?
+            };
+        }
+        Ok(Prefix { length, arguments })
     }
+}
+
+/// `[endbr64;] test %rdi,%rdi; je …` then an emulated instruction: the number of
+/// instructions before it. The rest of the function runs only for a non-NULL first
+/// argument, and those instructions change no register.
+fn past_null_check(body: &[Instruction]) -> Option<usize> {
+    let start = usize::from(body.first()?.mnemonic() == Mnemonic::Endbr64);
+    let [test, jump, next, ..] = body.get(start..)? else {
+        return None;
+    };
+    let tests_rdi = test.mnemonic() == Mnemonic::Test
+        && test.op0_register() == Register::RDI
+        && test.op1_register() == Register::RDI;
+    (tests_rdi && jump.mnemonic() == Mnemonic::Je && is_direct_branch(jump) && is_emulated(next))
+        .then_some(start + 2)
+}
+
+/// How an instruction moves %rsp: Some(0) when it leaves it alone, None when it changes it
+/// in a way not followed.
+fn stack_change(instruction: &Instruction) -> Option<i64> {
+    let writes_rsp = instruction.op_count() > 0
+        && instruction.op0_kind() == OpKind::Register
+        && instruction.op0_register() == Register::RSP;
+    if !writes_rsp {
+        return Some(0);
+    }
+    let immediate = match instruction.op1_kind() {
+        OpKind::Immediate8to64 | OpKind::Immediate32to64 => instruction.immediate64() as i64,
+        _ => return None,
+    };
+    match instruction.mnemonic() {
+        Mnemonic::Sub => Some(-immediate),
+        Mnemonic::Add => Some(immediate),
+        _ => None,
+    }
+}
+
+/// The source register of a 64-bit register-to-register `mov`, which copies an argument.
+fn register_copy(instruction: &Instruction) -> Option<Register> {
+    (instruction.code() == Code::Mov_rm64_r64 || instruction.code() == Code::Mov_r64_rm64)
+        .then_some(())
+        .filter(|()| {
+            instruction.op0_kind() == OpKind::Register && instruction.op1_kind() == OpKind::Register
+        })
+        .map(|()| instruction.op1_register())
 }
 
 /// The functions `code` calls or jumps to directly, named by `name_of` (which resolves
@@ -178,19 +383,6 @@ fn is_emulated(instruction: &Instruction) -> bool {
         || (instruction.code() == Code::Push_r64 && instruction.op0_register().is_gpr64())
 }
 
-/// `test %rdi,%rdi` then `je`/`jz`: the rest of the function runs only for a non-NULL first
-/// argument.
-fn tests_rdi_then_skips_if_zero(instructions: &[Instruction]) -> bool {
-    let [test, jump, ..] = instructions else {
-        return false;
-    };
-    test.mnemonic() == Mnemonic::Test
-        && test.op0_register() == Register::RDI
-        && test.op1_register() == Register::RDI
-        && jump.mnemonic() == Mnemonic::Je
-        && is_direct_branch(jump)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +390,7 @@ mod tests {
     const FREE_LIKE: ProbeNeeds = ProbeNeeds {
         returns: false,
         ignores_null_first_argument: true,
+        arguments: 1,
     };
 
     fn place(bytes: &[u8], needs: ProbeNeeds) -> EntryPoint {
@@ -266,31 +459,78 @@ mod tests {
     }
 
     #[test]
-    fn only_a_test_of_the_first_argument_is_skipped() {
-        // test %rsi,%rsi; je; push %rbp
+    fn only_a_test_of_the_first_argument_is_stepped_over() {
+        // test %rsi,%rsi; je; push %rbp: the probe sits on the `je`, which runs for every call.
         let mut bytes = FREE.to_vec();
         bytes[2] = 0xf6;
-        assert_eq!(place(&bytes, FREE_LIKE).offset, 0);
+        assert_eq!(place(&bytes, FREE_LIKE).offset, 3);
         // ... and only by a probe that ignores NULL.
         let needs = ProbeNeeds {
             ignores_null_first_argument: false,
             ..FREE_LIKE
         };
-        assert_eq!(place(&FREE, needs).offset, 0);
+        assert_eq!(place(&FREE, needs).offset, 3);
+    }
+
+    const MALLOC_LIKE: ProbeNeeds = ProbeNeeds {
+        returns: true,
+        ignores_null_first_argument: false,
+        arguments: 1,
+    };
+
+    #[test]
+    fn a_return_probe_moves_only_where_rsp_is_as_at_the_entry() {
+        // endbr64; push %rbx: the push has not run yet at the probe.
+        let point = place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x53, 0xc3], MALLOC_LIKE);
+        assert_eq!(point.offset, 4, "{point}");
+        // sub $8,%rsp; jmp: fine for an entry probe alone, not for a return probe.
+        let bytes = [0x48, 0x83, 0xec, 0x08, 0xeb, 0x00, 0xc3];
+        assert_eq!(place(&bytes, MALLOC_LIKE).offset, 0);
+        assert_eq!(place(&bytes, FREE_LIKE).offset, 4);
+        // add $8,%rsp; jmp: the stack above the entry's is not the function's to probe.
+        let bytes = [0x48, 0x83, 0xc4, 0x08, 0xeb, 0x00, 0xc3];
+        assert_eq!(place(&bytes, FREE_LIKE).offset, 0);
+    }
+
+    /// mimalloc's malloc: mov 0xb449(%rip),%rax; mov %rdi,%rsi; mov %fs:(%rax),%rdi;
+    /// cmp $0x400,%rsi; ja.
+    const MOVES_ITS_SIZE: [u8; 24] = [
+        0x48, 0x8b, 0x05, 0x49, 0xb4, 0x00, 0x00, 0x48, 0x89, 0xfe, 0x64, 0x48, 0x8b, 0x38, 0x48,
+        0x81, 0xfe, 0x00, 0x04, 0x00, 0x00, 0x77, 0x20, 0xc3,
+    ];
+
+    #[test]
+    fn an_argument_moved_to_another_register_is_read_there() {
+        let point = place(&MOVES_ITS_SIZE, MALLOC_LIKE);
+        assert_eq!(point.offset, 21, "{point}");
+        assert_eq!(point.arguments.0[0], Register::RSI, "{point}");
+        assert!(
+            point.reason.contains("argument 1 read from %rsi"),
+            "{point}"
+        );
     }
 
     #[test]
-    fn a_return_probe_keeps_the_entry() {
+    fn the_cookie_says_where_each_argument_is_read() {
+        assert_eq!(ArgumentHomes::default().cookie(), 0, "at the entry");
+        let point = place(&MOVES_ITS_SIZE, MALLOC_LIKE);
+        let cookie = point.arguments.cookie();
+        assert_eq!(arguments::home(cookie, 0), Home::Rsi);
+        assert_eq!(arguments::home(cookie, 1), Home::Own);
+    }
+
+    #[test]
+    fn an_overwritten_argument_keeps_the_entry() {
+        // xor %edi,%edi; ja
+        let point = place(&[0x31, 0xff, 0x77, 0x00, 0xc3], MALLOC_LIKE);
+        assert_eq!(point.offset, 0, "{point}");
+        assert!(point.reason.contains("overwritten"), "{point}");
+        // The same prefix, for a probe that reads no argument (a return probe alone).
         let needs = ProbeNeeds {
-            returns: true,
-            ..FREE_LIKE
+            arguments: 0,
+            ..MALLOC_LIKE
         };
-        assert_eq!(place(&FREE, needs).offset, 0);
-        // endbr64; push %rbx
-        assert_eq!(
-            place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x53, 0xc3], needs).offset,
-            0
-        );
+        assert_eq!(place(&[0x31, 0xff, 0x77, 0x00, 0xc3], needs).offset, 2);
     }
 
     #[test]

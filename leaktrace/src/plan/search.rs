@@ -90,10 +90,7 @@ impl AllocatorSearch {
                 continue;
             };
             let entry = if self.choice.entry_probes {
-                EntryPoint {
-                    offset: 0,
-                    reason: "at the entry, as --entry-probes asks".into(),
-                }
+                EntryPoint::at_entry("at the entry, as --entry-probes asks".into())
             } else {
                 definition.entry.clone()
             };
