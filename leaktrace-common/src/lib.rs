@@ -159,7 +159,8 @@ pub enum DropCounter {
     /// The per-thread pending map was full: the allocation's entry was not remembered, so the
     /// allocation is lost.
     PendingMapFull = 3,
-    /// A stack copy was not sent because the ring buffer was more than half full: the
+    /// A stack copy was not sent because the ring buffer was too full for it (over half full
+    /// for a key's first copy, over a 32nd for a repeat copy of a key still being learned): the
     /// allocation is counted, under the last stack copied with its key (or none, if none
     /// was). Not a loss of events.
     StackSampleSkipped = 4,
