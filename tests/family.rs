@@ -295,6 +295,28 @@ fn eight_threads_with_cross_thread_frees() {
     assert_same_as_valgrind(&stdout, &binary, &["exit"], &[]);
 }
 
+/// Eight workers, alive together, and seven thread slots: at least one worker finds its slot
+/// held by another thread (their ids are equal modulo 7) and keeps its calls in the map for
+/// such threads, which has room for seven. Every call still counts.
+#[test]
+fn threads_that_share_a_slot_are_counted_exactly() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("threads");
+    let (report, stdout) = launch_json("shared_slots", &["--max-threads", "7"], &binary, &["exit"]);
+    assert_nothing_lost(&report);
+    let site = thread_leaks(&report);
+    assert_eq!(
+        (
+            site.live_bytes,
+            site.live_allocations,
+            site.allocs,
+            site.frees
+        ),
+        expected_thread_leaks()
+    );
+    assert_same_as_valgrind(&stdout, &binary, &["exit"], &[]);
+}
+
 #[test]
 fn threads_created_after_attach_are_traced() {
     let Some(_bpf) = require_bpf() else { return };

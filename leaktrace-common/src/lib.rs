@@ -231,6 +231,8 @@ pub mod maps {
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
     pub const PENDING: &str = "PENDING";
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
 }
 
 /// Slots of the `RETURN_OFFSETS` table: where, above the stack pointer, the return address

@@ -21,10 +21,10 @@ use leaktrace_common::{
 
 use crate::{
     events::emit,
-    maps::{PENDING, TRACED},
+    maps::TRACED,
     pending::{
-        PendingCall, enter_alloc, enter_call, inside_traced_call, outermost, stack_pointer,
-        take_pending, take_recorded, window_open,
+        PendingCall, enter_alloc, enter_call, forget_thread, inside_traced_call, outermost,
+        stack_pointer, take_pending, take_recorded, window_open,
     },
     sampled::{chosen, forget_block, remember_block},
     stacks::emit_with_stack,
@@ -347,14 +347,14 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// sched_process_exit(task), in the context of the exiting thread: its [`PENDING`] entry goes.
+/// sched_process_exit(task), in the context of the exiting thread: its entry goes.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: the value is only tested for presence, never read.
     if unsafe { TRACED.get(tgid) }.is_some() {
-        let _ = PENDING.remove(pid_tgid);
+        forget_thread(pid_tgid);
     }
     0
 }
