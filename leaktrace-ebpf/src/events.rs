@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64},
 };
-use leaktrace_common::{AllocEvent, DropCounter, EventKind};
+use leaktrace_common::{AllocEvent, DropCounter, EventKind, FreeEvent};
 
 use crate::{
     drops::count_drop,
@@ -78,6 +78,22 @@ pub(crate) fn send(record: AllocEvent) {
         return;
     };
     entry.write(record);
+    entry.submit(wake_flags());
+}
+
+/// A free of `address` by the calling thread (`pid_tgid`), stamped now: a [`FreeEvent`].
+#[inline(always)]
+pub(crate) fn emit_free(pid_tgid: u64, address: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
+        count_drop(DropCounter::RingBufferFull);
+        return;
+    };
+    entry.write(FreeEvent {
+        timestamp_ns: now(),
+        address,
+        tgid: (pid_tgid >> 32) as u32,
+        kind: EventKind::Free as u32,
+    });
     entry.submit(wake_flags());
 }
 

@@ -20,7 +20,7 @@ use leaktrace_common::{
 };
 
 use crate::{
-    events::emit,
+    events::{emit, emit_free},
     maps::TRACED,
     pending::{
         PendingCall, enter_alloc, enter_call, forget_thread, inside_traced_call, outermost,
@@ -219,7 +219,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
     // has forgotten the block already).
     if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
-        emit(pid_tgid, EventKind::Free, address, 0, 0);
+        emit_free(pid_tgid, address);
     }
     0
 }
@@ -244,7 +244,7 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
         record: 0,
     };
     if outer.remember(&call) && forget_block(address) {
-        emit(pid_tgid, EventKind::Free, address, 0, 0);
+        emit_free(pid_tgid, address);
     }
     0
 }

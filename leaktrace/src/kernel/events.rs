@@ -1,7 +1,7 @@
 //! Decoding the ring buffer's records.
 
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, EventKind, STACK_ID_OWN_COPY, StackSample,
+    AllocEvent, AllocEventWithStack, EventKind, FreeEvent, STACK_ID_OWN_COPY, StackSample,
 };
 
 use crate::stacks::unwind::StackCopy;
@@ -72,6 +72,17 @@ impl Event {
     /// Decodes one ring buffer record; `None` for a record of the wrong size or kind, which
     /// would mean the object and this binary disagree on the format.
     pub fn decode(bytes: &[u8]) -> Option<Event> {
+        if bytes.len() == size_of::<FreeEvent>() {
+            // SAFETY: the length was checked; the read is unaligned, as below.
+            let free = unsafe { bytes.as_ptr().cast::<FreeEvent>().read_unaligned() };
+            return (EventKind::try_from(free.kind) == Ok(EventKind::Free)).then_some(
+                Event::Free {
+                    pid: free.tgid,
+                    address: free.address,
+                    timestamp_ns: free.timestamp_ns,
+                },
+            );
+        }
         if bytes.len() < size_of::<AllocEvent>() {
             return None;
         }
@@ -289,6 +300,33 @@ mod tests {
                 timestamp_ns: 5
             })
         );
+    }
+
+    #[test]
+    fn decodes_a_free_from_its_short_record() {
+        let free = FreeEvent {
+            timestamp_ns: 5,
+            address: 0x1000,
+            tgid: 7,
+            kind: EventKind::Free as u32,
+        };
+        let bytes = bytes_of(&free);
+        assert_eq!(bytes.len(), 24, "half an AllocEvent");
+        assert_eq!(
+            Event::decode(&bytes),
+            Some(Event::Free {
+                pid: 7,
+                address: 0x1000,
+                timestamp_ns: 5
+            })
+        );
+        // A short record of another kind, or cut short, is not one this binary knows.
+        for kind in [EventKind::Alloc as u32, 0, 99] {
+            let other = bytes_of(&FreeEvent { kind, ..free });
+            assert_eq!(Event::decode(&other), None, "kind {kind}");
+        }
+        assert_eq!(Event::decode(&bytes[..16]), None);
+        assert_eq!(Event::decode(&[bytes.clone(), vec![0; 8]].concat()), None);
     }
 
     #[test]
