@@ -84,6 +84,11 @@ pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETU
 #[map]
 pub(crate) static CLOCK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU, records sent: the ring buffer's fill is looked at every
+/// [`FILL_CHECK_EVERY`](crate::events::FILL_CHECK_EVERY)th ([`crate::events::wake_flags`]).
+#[map]
+pub(crate) static RECORDS_SENT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per CPU, stack keys lately found in (or put into) `COPIED_STACKS`, each in the slot its top
 /// bits pick: a key found here skips that map's lookup. `COPIED_STACKS` never loses a key, so
 /// a key here is always there too.
