@@ -139,3 +139,61 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
         "a real screenshot"
     );
 }
+
+/// A capture in which nothing is allocated is a normal answer: every output is written, valid,
+/// and says that nothing is live.
+#[test]
+fn an_empty_capture_writes_every_output_and_says_so() {
+    let Some(_bpf) = require_bpf() else { return };
+    // Waiting for its signal, the fixture allocates nothing.
+    let fixture = start_ready(&build_fixture("fixture"), &["burst"]);
+    let json = output_path("empty", "json");
+    let [folded, svg, html, pprof] =
+        ["folded", "svg", "html", "pb.gz"].map(|extension| output_path("empty", extension));
+    let mut leaktrace = attach_with_json(
+        fixture.pid(),
+        &json,
+        &[
+            "--count",
+            "1",
+            "-i",
+            "100ms",
+            "--folded",
+            folded.to_str().unwrap(),
+            "--flamegraph",
+            svg.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+            "--pprof",
+            pprof.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["totals"]["live_bytes"], 0, "{report:#}");
+    assert_eq!(std::fs::read_to_string(&folded).unwrap(), "");
+    let status = Command::new("xmllint")
+        .arg("--noout")
+        .arg(&svg)
+        .status()
+        .unwrap();
+    assert!(status.success(), "xmllint rejects {}", svg.display());
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("no live bytes")
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("No call site holds live bytes"), "{page}");
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&pprof)
+        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("run go tool pprof (`cargo xtask test` installs golang-go)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -88,11 +88,15 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             stack.join("\n")
         );
     }
+    page.push_str("</table>\n");
+    if live.is_empty() {
+        page.push_str("<p>No call site holds live bytes.</p>\n");
+    }
     // As an image: inferno's SVG carries a script that takes the page's first <svg> for its
     // own, which here would be a plot.
     let _ = write!(
         page,
-        "</table>\n<h2>Flamegraph of live bytes</h2>\n<img class=\"flame\" alt=\"flamegraph\" \
+        "<h2>Flamegraph of live bytes</h2>\n<img class=\"flame\" alt=\"flamegraph\" \
          src=\"data:image/svg+xml;base64,{}\">\n</body></html>\n",
         BASE64_STANDARD.encode(flamegraph)
     );
@@ -157,7 +161,7 @@ fn plot(series: &[(&str, &[(f64, f64)])]) -> String {
     svg
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

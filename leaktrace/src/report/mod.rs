@@ -159,15 +159,18 @@ impl Report {
             self.header.pid, self.header.command
         );
         options.count_name = "bytes".to_owned();
-        let mut svg = Vec::new();
         if folded.is_empty() {
-            // inferno refuses an empty profile; say so in the picture instead.
-            options.title.push_str(": no live bytes");
-            inferno::flamegraph::from_lines(&mut options, ["[nothing live] 0"], &mut svg)
-        } else {
-            inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+            // inferno refuses a profile with nothing in it: a picture that says so instead.
+            return Ok(format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"60\">\
+                 <text x=\"600\" y=\"34\" text-anchor=\"middle\" font-family=\"Verdana\" \
+                 font-size=\"17\">{}: no live bytes</text></svg>\n",
+                html::escape(&options.title)
+            ));
         }
-        .context("draw the flamegraph")?;
+        let mut svg = Vec::new();
+        inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+            .context("draw the flamegraph")?;
         Ok(String::from_utf8_lossy(&svg).into_owned())
     }
 
