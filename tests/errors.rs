@@ -92,6 +92,30 @@ fn an_output_file_in_a_missing_directory_exits_8_before_attaching() {
     assert_one_line_error(&output, 8, "/nonexistent-dir");
 }
 
+/// Every output that could not be written is refused before the probes go in (pid 1 is never
+/// attached to: the check comes first), with the reason.
+#[test]
+fn outputs_that_cannot_be_written_exit_8_before_attaching() {
+    let dir = std::env::temp_dir();
+    let same = output_path("twice", "out");
+    let same = same.to_str().unwrap();
+    for (args, mentions) in [
+        (vec!["--json", dir.to_str().unwrap()], "is a directory"),
+        (
+            vec!["--json", "/proc/leaktrace-report.json"],
+            "cannot create a file",
+        ),
+        (
+            vec!["--json", same, "--html", same],
+            "another report goes there",
+        ),
+        (vec!["--json", "-", "--folded", "-"], "only one report"),
+    ] {
+        let output = run(&[&args[..], &["-p", "1"]].concat());
+        assert_one_line_error(&output, 8, mentions);
+    }
+}
+
 #[test]
 fn a_bad_duration_exits_2_and_says_how_to_write_one() {
     let output = run(&["-d", "soon", "-p", "1"]);

@@ -197,3 +197,29 @@ fn an_empty_capture_writes_every_output_and_says_so() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `--json -` writes the report to standard output, whole, and the text report goes to
+/// stderr instead.
+#[test]
+fn a_report_can_go_to_standard_output() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("fixture");
+    let output = Command::new(LEAKTRACE)
+        .args(["--json", "-", "--"])
+        .arg(&binary)
+        .arg("exit")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // The fixture's own lines come first, on the stdout it shares.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = &stdout[stdout.find('{').expect("a JSON report")..];
+    let report: serde_json::Value = serde_json::from_str(json).expect("one whole JSON document");
+    assert_eq!(
+        sites_of(&report, "leak_here").live_allocations,
+        fixture_define("fixture", "BURST_LEAKS")
+    );
+    assert!(stderr.contains("in use at exit"), "{stderr}");
+    assert!(!stdout.contains("in use at exit"), "{stdout}");
+}

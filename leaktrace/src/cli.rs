@@ -9,7 +9,7 @@ use crate::{
     kernel::ProbeSettings,
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
-    report::output::ReportFiles,
+    report::output::{Destination, Format, ReportFiles},
     target::TargetSpec,
 };
 
@@ -87,7 +87,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub pprof: Option<PathBuf>,
 
-    /// Write the final report as JSON here.
+    /// Write the final report as JSON here. `-` (for one report at a time) is standard output;
+    /// the text report then goes to stderr.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
@@ -293,17 +294,24 @@ impl Cli {
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,
             count: self.count,
+            text_to_stderr: self.report_files().takes_stdout(),
         }
     }
 
-    /// The report files asked for.
+    /// The report files asked for, in the order they are written.
     pub fn report_files(&self) -> ReportFiles {
+        let asked = [
+            (Format::Json, &self.json),
+            (Format::Folded, &self.folded),
+            (Format::Pprof, &self.pprof),
+            (Format::Flamegraph, &self.flamegraph),
+            (Format::Html, &self.html),
+        ];
         ReportFiles {
-            json: self.json.clone(),
-            folded: self.folded.clone(),
-            pprof: self.pprof.clone(),
-            flamegraph: self.flamegraph.clone(),
-            html: self.html.clone(),
+            outputs: asked
+                .into_iter()
+                .filter_map(|(format, path)| Some((format, Destination::from_arg(path.as_ref()?))))
+                .collect(),
             top: self.top as usize,
         }
     }

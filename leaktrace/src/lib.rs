@@ -51,7 +51,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let options = cli.capture_options();
     let (target, plan) = Target::open(&cli.target(), &options.choice)?;
     let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
-    print!("\n{}", report::render_final(&report, options.top));
+    let text = format!("\n{}", report::render_final(&report, options.top));
+    capture::print_text(options.text_to_stderr, &text);
     let written = files.write(&report);
     detach.wait();
     written?;

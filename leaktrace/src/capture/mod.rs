@@ -61,6 +61,8 @@ pub struct CaptureOptions {
     pub sort: SortKey,
     /// End after this many intervals.
     pub count: Option<u32>,
+    /// The live view goes to stderr: standard output carries a report file (`-`).
+    pub text_to_stderr: bool,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -419,7 +421,11 @@ impl<'a> Capture<'a> {
         // to the end.
         let mut poll = interval(RING_POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let terminal = std::io::stdout().is_terminal();
+        let terminal = if options.text_to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
         let mut backlog = false;
         let mut intervals = 0;
         let ending = loop {
@@ -443,8 +449,7 @@ impl<'a> Capture<'a> {
                     let view = self.live_view(probes, options.top);
                     // On a terminal, redraw in place like top; piped, one block per interval.
                     let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
-                    print!("{redraw}{view}");
-                    let _ = std::io::stdout().flush();
+                    print_text(options.text_to_stderr, &format!("{redraw}{view}"));
                     intervals += 1;
                     if options.count.is_some_and(|count| intervals >= count) {
                         break Ending::DurationElapsed;
@@ -513,4 +518,21 @@ impl<'a> Capture<'a> {
 
 fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The text leaktrace shows the operator, on stdout unless a report file took it.
+pub fn print_text(to_stderr: bool, text: &str) {
+    let written = if to_stderr {
+        let mut stderr = std::io::stderr().lock();
+        stderr
+            .write_all(text.as_bytes())
+            .and_then(|()| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    // A closed pipe must not end the capture: the report files still get written.
+    let _ = written;
 }

@@ -13,7 +13,6 @@ mod text;
 
 use std::{
     io::IsTerminal,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -21,6 +20,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use folded::folded_stacks;
+pub use output::Format;
 pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
 
 use crate::{
@@ -130,24 +130,15 @@ impl Report {
         }
     }
 
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)?;
-        write_report(path, (json + "\n").as_bytes())
-    }
-
-    pub fn write_folded(&self, path: &Path) -> Result<()> {
-        write_report(path, folded_stacks(self).as_bytes())
-    }
-
-    pub fn write_flamegraph(&self, path: &Path) -> Result<()> {
-        let svg = self.flamegraph()?;
-        write_report(path, svg.as_bytes())
-    }
-
-    /// The self-contained HTML report, with the top `top` sites.
-    pub fn write_html(&self, path: &Path, top: usize) -> Result<()> {
-        let page = html::html(self, top, &self.flamegraph()?);
-        write_report(path, page.as_bytes())
+    /// The report in `format`, as the file (or standard output) gets it.
+    pub fn render(&self, format: Format, top: usize) -> Result<Vec<u8>> {
+        Ok(match format {
+            Format::Json => (serde_json::to_string_pretty(self)? + "\n").into_bytes(),
+            Format::Folded => folded_stacks(self).into_bytes(),
+            Format::Flamegraph => self.flamegraph()?.into_bytes(),
+            Format::Html => html::html(self, top, &self.flamegraph()?).into_bytes(),
+            Format::Pprof => pprof::pprof(self)?,
+        })
     }
 
     /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
@@ -173,17 +164,6 @@ impl Report {
             .context("draw the flamegraph")?;
         Ok(String::from_utf8_lossy(&svg).into_owned())
     }
-
-    pub fn write_pprof(&self, path: &Path) -> Result<()> {
-        let profile = pprof::pprof(self)?;
-        write_report(path, &profile)
-    }
-}
-
-/// Every report file goes out this way: atomically, never through a link, owned by the sudo
-/// user.
-fn write_report(path: &Path, contents: &[u8]) -> Result<()> {
-    output::write_atomically(path, contents, output::invoking_user())
 }
 
 /// One capture window (`--windows`): the blocks allocated in it and still live at the end,
