@@ -213,10 +213,16 @@ impl Symbolizer {
         Ok(symbolizer)
     }
 
-    /// Makes sure every address can be resolved later: when one lies outside the known
+    /// Makes sure every address can be resolved later: when one lies outside the known code
     /// mappings (a library loaded since), the maps are read again and new files opened.
+    ///
+    /// The innermost address is always code: when it lies in a known mapping that is not, the
+    /// snapshot is stale too. A launched program is first read while its loader still has
+    /// /etc/ld.so.cache mapped, and a library dlopen'ed later may be mapped where that file
+    /// was. (Deeper addresses of a frame-pointer walk may be data, and are not held to that.)
     pub fn observe(&mut self, addresses: &[u64]) {
-        if addresses.iter().any(|&a| self.maps.find(a).is_none()) {
+        let stale_innermost = addresses.first().is_some_and(|&a| !self.is_code(a));
+        if stale_innermost || addresses.iter().any(|&a| self.maps.find(a).is_none()) {
             // The target may be gone; then the snapshot is all there is.
             let _ = self.refresh();
         }
