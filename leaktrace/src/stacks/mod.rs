@@ -7,10 +7,12 @@
 //! - [`unwind`]: CFI unwinding of stack copies (framehop);
 //! - [`callsite`]: stack keys for the ledger, and the frames of each site;
 //! - [`symbolize`]: addresses to functions and lines (addr2line over the mapped modules);
-//! - [`debuginfo`]: where a module's separate debug info lives.
+//! - [`debuginfo`]: where a module's separate debug info lives;
+//! - [`demangle`]: symbol names as people read them (C++ through the system's demangler).
 
 pub mod callsite;
 pub mod debuginfo;
+pub mod demangle;
 pub mod symbolize;
 pub mod unwind;
 

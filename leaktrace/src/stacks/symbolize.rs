@@ -11,7 +11,10 @@ use std::{
 use object::{Object, ObjectSegment};
 use serde::Serialize;
 
-use super::debuginfo::{DebugDirs, hex};
+use super::{
+    debuginfo::{DebugDirs, hex},
+    demangle::demangle,
+};
 use crate::target::maps::{Mapping, ProcessMaps, host_path};
 
 /// How a frame's address was found.
@@ -152,11 +155,10 @@ impl Module {
         let mut frames = Vec::new();
         if let Ok(mut iter) = self.debug.find_frames(elf_address) {
             while let Ok(Some(frame)) = iter.next() {
-                let function = frame
-                    .function
-                    .as_ref()
-                    .and_then(|f| f.demangle().ok())
-                    .map(Cow::into_owned);
+                let function = frame.function.as_ref().and_then(|f| {
+                    let name = f.raw_name().ok()?;
+                    Some(demangle(&name, f.language))
+                });
                 let (file, line) = frame
                     .location
                     .map_or((None, None), |l| (l.file.map(tidy_path), l.line));
@@ -167,7 +169,7 @@ impl Module {
             let symbol = self
                 .debug
                 .find_symbol(elf_address)
-                .map(|name| addr2line::demangle_auto(Cow::Borrowed(name), None).into_owned());
+                .map(|name| demangle(name, None));
             let (file, line) = frames.pop().map_or((None, None), |f| (f.1, f.2));
             frames = vec![(symbol, file, line)];
         }
