@@ -172,3 +172,44 @@ fn a_zombie_exits_10() {
     child.wait().unwrap();
     assert_one_line_error(&output, 10, "zombie");
 }
+
+/// `leaktrace man` is a manual page `man` renders, with every flag.
+#[test]
+fn the_manual_page_renders_with_man() {
+    let page = output_path("leaktrace", "1");
+    let output = run(&["man"]);
+    assert!(output.status.success());
+    std::fs::write(&page, &output.stdout).unwrap();
+    let rendered = Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+        .expect("run man (`cargo xtask test` installs man-db)");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    for wanted in ["leaktrace", "--pid", "--max-threads", "completions"] {
+        assert!(text.contains(wanted), "{wanted} missing from:\n{text}");
+    }
+}
+
+/// `leaktrace completions SHELL` prints a script the shell accepts, offering the flags.
+#[test]
+fn completion_scripts_parse_in_their_shell() {
+    let output = run(&["completions", "bash"]);
+    assert!(output.status.success());
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(script.contains("--pid"), "{script}");
+    let path = output_path("completion", "bash");
+    std::fs::write(&path, &output.stdout).unwrap();
+    let status = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(status.success(), "bash -n rejects the script");
+    let unknown = run(&["completions", "nosuchshell"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("possible values: bash"));
+}

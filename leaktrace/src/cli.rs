@@ -26,7 +26,7 @@ Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permi
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub watch: Option<Watch>,
+    pub subcommand: Option<Subcommand>,
 
     /// Attach to this running process.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
@@ -175,9 +175,9 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
-/// The one subcommand.
+/// What leaktrace does besides a capture.
 #[derive(Debug, clap::Subcommand)]
-pub enum Watch {
+pub enum Subcommand {
     /// Watch a process's memory (RSS, PSS, anonymous, heap) with no probes, and say whether
     /// it grows: the first step of leak hunting, needing only read access to /proc.
     Watch {
@@ -191,6 +191,14 @@ pub enum Watch {
         #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Print a completion script for SHELL (e.g. `leaktrace completions bash >
+    /// /etc/bash_completion.d/leaktrace`).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (e.g. `leaktrace man > /usr/local/share/man/man1/leaktrace.1`).
+    Man,
 }
 
 /// How stacks are taken.

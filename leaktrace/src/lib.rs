@@ -33,18 +33,29 @@ pub mod target;
 mod watch;
 
 use anyhow::Result;
+use clap::CommandFactory;
 
 use crate::{cli::Cli, report::Ending, target::Target};
 
-/// Runs one capture (or `watch`) as the command line asks.
+/// Runs one capture (or a subcommand: `watch`, `completions`, `man`) as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(cli::Watch::Watch {
-        pid,
-        interval,
-        duration,
-    }) = cli.watch
-    {
-        return watch::run(pid, interval, duration);
+    match cli.subcommand {
+        Some(cli::Subcommand::Watch {
+            pid,
+            interval,
+            duration,
+        }) => return watch::run(pid, interval, duration),
+        Some(cli::Subcommand::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "leaktrace", &mut script);
+            return print_document(&script);
+        }
+        Some(cli::Subcommand::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            return print_document(&page);
+        }
+        None => {}
     }
     let files = cli.report_files();
     files.check()?;
@@ -60,4 +71,13 @@ pub fn run(cli: Cli) -> Result<()> {
         anyhow::bail!("leaktrace failed while taking in events; the report above is partial");
     }
     Ok(())
+}
+
+/// A generated document on stdout; a reader that stops early (`| head`) is no error.
+fn print_document(document: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(document) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
+    }
 }

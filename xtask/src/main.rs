@@ -29,8 +29,8 @@ tasks:
 /// binutils, launch mode is checked against valgrind, glibc's frames
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
-/// stays attached.
-const TEST_PACKAGES: [&str; 12] = [
+/// stays attached, and man renders the manual page.
+const TEST_PACKAGES: [&str; 13] = [
     "gcc",
     "g++",
     "binutils",
@@ -39,6 +39,7 @@ const TEST_PACKAGES: [&str; 12] = [
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
+    "man-db",
     "libc6-dbg",
     "golang-go",
     "libxml2-utils",
