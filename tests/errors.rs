@@ -58,9 +58,13 @@ fn an_unprivileged_user_is_told_which_capability_is_missing() {
     let Some(_root) = require_root("becoming another user needs root") else {
         return;
     };
-    // Someone else's process: not ours to trace.
+    // Someone else's process: not ours to trace. Every capability lacking is named.
     let output = run_as_nobody(&["-p", "1"]);
-    assert_one_line_error(&output, 4, "CAP_SYS_PTRACE");
+    assert_one_line_error(&output, 4, "lacks CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
+    // Watching it takes less: its owner's uid, or CAP_SYS_PTRACE.
+    let output = run_as_nobody(&["watch", "-p", "1"]);
+    assert_one_line_error(&output, 4, "belongs to another user");
+    assert_one_line_error(&output, 4, "lacks CAP_SYS_PTRACE");
 
     // Our own process: readable, but loading BPF needs capabilities.
     let own = Running::start(Command::new("setpriv").args([
@@ -77,7 +81,7 @@ fn an_unprivileged_user_is_told_which_capability_is_missing() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let output = run_as_nobody(&["-p", &own.pid().to_string()]);
-    assert_one_line_error(&output, 4, "CAP_BPF");
+    assert_one_line_error(&output, 4, "lacks CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
 }
 
 #[test]

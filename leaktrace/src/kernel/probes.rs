@@ -28,7 +28,7 @@ use super::{
     multi::{MultiPoint, MultiPrograms, is_unsupported},
 };
 use crate::{
-    error::{Failure, os_error},
+    error::{CAPTURE_CAPABILITIES, Failure, capability_remedy, os_error},
     ledger::Sampling,
     plan::{ProbePlan, ProbePoint},
 };
@@ -106,13 +106,9 @@ impl ProbeSet {
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads);
-        let mut ebpf = loader.load(OBJECT).map_err(|error| {
-            classify(
-                anyhow::Error::new(error),
-                "load BPF programs",
-                "CAP_BPF and CAP_PERFMON",
-            )
-        })?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
         let multi = if single_uprobes_forced() {
             None
         } else {
@@ -319,13 +315,7 @@ fn link_points(
         .map(|((program, binary), points)| {
             multi
                 .link(program, binary, &points, pid.get())
-                .map_err(|error| {
-                    classify(
-                        error,
-                        &format!("attach uprobes to pid {pid}"),
-                        "CAP_PERFMON and CAP_SYS_PTRACE",
-                    )
-                })
+                .map_err(|error| classify(error, &format!("attach uprobes to pid {pid}")))
                 .with_context(|| format!("probe {program} in {}", binary.display()))
         })
         .collect()
@@ -342,13 +332,9 @@ fn attach_program(
         .with_context(|| format!("the eBPF object has no program {program}"))?
         .try_into()?;
     if program.fd().is_err() {
-        program.load().map_err(|error| {
-            classify(
-                anyhow::Error::new(error),
-                "load BPF programs",
-                "CAP_BPF and CAP_PERFMON",
-            )
-        })?;
+        program
+            .load()
+            .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
     }
     program
         .attach(
@@ -363,7 +349,6 @@ fn attach_program(
             classify(
                 anyhow::Error::new(error),
                 &format!("attach uprobes to pid {pid}"),
-                "CAP_PERFMON and CAP_SYS_PTRACE",
             )
         })
         .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
@@ -371,11 +356,11 @@ fn attach_program(
 }
 
 /// Turns a kernel refusal into the [`Failure`] the operator can act on.
-fn classify(error: anyhow::Error, action: &str, capability: &'static str) -> anyhow::Error {
+fn classify(error: anyhow::Error, action: &str) -> anyhow::Error {
     match os_error(error.as_ref()) {
         Some(libc::EPERM | libc::EACCES) => anyhow::Error::new(Failure::NotPermitted {
             action: action.to_owned(),
-            capability,
+            remedy: capability_remedy(&CAPTURE_CAPABILITIES),
         }),
         Some(libc::ENOSYS) => anyhow::Error::new(Failure::KernelUnsupported(
             "no bpf() system call (CONFIG_BPF_SYSCALL)".into(),
