@@ -135,8 +135,9 @@ pub fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_failure_has_its_own_exit_code() {
+    /// Every exit code leaktrace can give: each failure's, clap's 2 for bad flags and
+    /// arguments, any other error's, and success.
+    fn every_exit_code() -> Vec<i32> {
         let failures = [
             Failure::NoSuchProcess(1),
             Failure::NotPermitted {
@@ -157,12 +158,57 @@ mod tests {
             Failure::Zombie(1),
         ];
         let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
-        // clap exits with 2 for bad flags and arguments.
         codes.extend([EXIT_OTHER, 2, 0]);
+        codes
+    }
+
+    #[test]
+    fn each_failure_has_its_own_exit_code() {
+        let mut codes = every_exit_code();
         let count = codes.len();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), count, "exit codes collide: {codes:?}");
+    }
+
+    /// The README's table and `--help` list exactly the codes leaktrace gives.
+    #[test]
+    fn every_exit_code_is_documented() {
+        let mut codes = every_exit_code();
+        codes.sort();
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Exit codes")
+            .nth(1)
+            .expect("the README has an exit code table");
+        let mut documented: Vec<i32> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| code"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        documented.sort();
+        assert_eq!(documented, codes, "the README's exit codes");
+        use clap::CommandFactory;
+        let help = crate::cli::Cli::command()
+            .get_after_help()
+            .expect("--help lists the exit codes")
+            .to_string();
+        let listed = help.split("Exit codes:").nth(1).expect("an exit code list");
+        let mut in_help: Vec<i32> = listed
+            .split(',')
+            .filter_map(|item| item.split_whitespace().next()?.parse().ok())
+            .collect();
+        in_help.sort();
+        assert_eq!(in_help, codes, "--help's exit codes: {listed}");
     }
 
     #[test]
