@@ -12,8 +12,9 @@
 //! - `stepped` (`mov %rdi,%rax; push %rbp; pop %rbp; ret`), probed at its `mov`, which the
 //!   kernel single-steps.
 //!
-//! Each is timed in a few rounds and its fastest round kept: on a busy machine a round may
-//! be preempted, never sped up. The whole takes ~20 ms.
+//! Each is timed in a few short rounds and its fastest round kept: on a busy machine a round
+//! may be preempted, never sped up. The rounds take ~7 ms of CPU time, and stop early past
+//! [`DEADLINE`] of wall time on a machine too busy to give it that.
 
 use std::{
     hint::black_box,
@@ -81,10 +82,14 @@ type Timed = extern "C" fn(u64) -> u64;
 
 /// Rounds each function is timed in; the fastest counts.
 const ROUNDS: usize = 5;
-/// Calls per round to a function whose hit the kernel emulates (~0.6 µs each under KVM).
-const FAST_CALLS: u32 = 1000;
-/// Calls per round to the single-stepped function (~10 µs each under KVM).
-const STEPPED_CALLS: u32 = 150;
+/// Rounds always timed, whatever the deadline.
+const MIN_ROUNDS: usize = 2;
+/// No round starts after this much wall time.
+const DEADLINE: Duration = Duration::from_millis(30);
+/// Calls per round to a function whose hit the kernel emulates (~0.7 µs each under KVM).
+const FAST_CALLS: u32 = 400;
+/// Calls per round to the single-stepped function (~9 µs each under KVM).
+const STEPPED_CALLS: u32 = 60;
 
 /// What a hit costs the thread that takes it, by kind, in ns: the kernel's traps and the
 /// dispatch of a program that does nothing. What the programs themselves run is not in it.
@@ -130,7 +135,16 @@ impl Calibration {
             (leaktrace_calibration_returning, FAST_CALLS),
             (leaktrace_calibration_stepped, STEPPED_CALLS),
         ];
-        for _ in 0..ROUNDS {
+        // A first hit sets up what later ones reuse (the kernel's page for stepped
+        // instructions, the return trampoline).
+        for (function, _) in functions {
+            black_box(function(0));
+        }
+        let timing = Instant::now();
+        for round in 0..ROUNDS {
+            if round >= MIN_ROUNDS && timing.elapsed() > DEADLINE {
+                break;
+            }
             for (slot, (function, calls)) in fastest.iter_mut().zip(functions) {
                 *slot = slot.min(time_calls(function, calls));
             }
