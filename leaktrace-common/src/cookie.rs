@@ -17,6 +17,9 @@
 /// The lowest bit of the point index.
 pub const POINT_SHIFT: u32 = 32;
 
+// The six argument homes stay below bit 24, clear of the point index.
+const _: () = assert!(crate::arguments::BITS * 6 <= 24);
+
 /// Slots of the per-CPU `HITS` array: at most this many points are counted apart. Userspace
 /// numbers each (module, offset, program) it attaches; points past the last slot share it.
 pub const HIT_POINTS: u32 = 1024;
@@ -61,7 +64,6 @@ mod tests {
 
     #[test]
     fn six_argument_homes_fit_below_bit_24() {
-        assert!(arguments::BITS * 6 <= 24);
         let all = (0..6).fold(0, |cookie, index| {
             arguments::with_home(cookie, index, Home::R15)
         });
