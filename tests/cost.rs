@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use leaktrace::report::thousands;
 use serde_json::Value;
 use support::*;
@@ -29,22 +27,12 @@ fn each_point_counts_exactly_the_calls_the_target_made() {
     let fixture = build_fixture("pairs");
     let pairs = fixture_define("pairs", "PAIRS");
     for (attachment, env) in [
-        ("uprobe_multi", None),
-        ("perf-event", Some(("LEAKTRACE_SINGLE_UPROBES", "1"))),
+        ("uprobe_multi", &[][..]),
+        ("perf-event", &[("LEAKTRACE_SINGLE_UPROBES", "1")]),
     ] {
-        let json = output_path(&format!("cost_exact_{attachment}"), "json");
-        let mut leaktrace = Running::start(
-            Command::new(LEAKTRACE)
-                .arg("--json")
-                .arg(&json)
-                .arg("--")
-                .arg(&fixture)
-                .arg("exact")
-                .envs(env),
-        );
-        assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-        let text = TextReport::from_stdout(&leaktrace.stdout.rest());
-        let report = read_json(&json);
+        let test = format!("cost_exact_{attachment}");
+        let (report, stdout) = launch_json_env(&test, &[], &fixture, &["exact"], env);
+        let text = TextReport::from_stdout(&stdout);
 
         // The ledger saw the pairs and nothing else...
         assert_eq!(report["totals"]["allocs"], pairs, "{attachment}");
