@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod arguments;
+pub mod cookie;
 pub mod return_offsets;
 pub mod sampling;
 
@@ -214,6 +215,11 @@ pub mod programs {
     pub const MREMAP_ENTER: &str = "mremap_enter";
     pub const MREMAP_EXIT: &str = "mremap_exit";
     pub const FORK_EXIT: &str = "fork_exit";
+    /// Calibration only: an entry probe that returns at once, on a function of leaktrace's own,
+    /// to time what a hit costs the traced thread.
+    pub const CALIBRATION_ENTER: &str = "calibration_enter";
+    /// Calibration only: the same, as a return probe.
+    pub const CALIBRATION_EXIT: &str = "calibration_exit";
     /// On the `sched_process_exec` raw tracepoint.
     pub const PROCESS_EXEC: &str = "process_exec";
     /// On the `sched_process_exit` raw tracepoint.
@@ -230,6 +236,7 @@ pub mod maps {
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
     pub const PENDING: &str = "PENDING";
+    pub const HITS: &str = "HITS";
 }
 
 /// Slots of the `RETURN_OFFSETS` table: where, above the stack pointer, the return address

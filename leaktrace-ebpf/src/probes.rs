@@ -1,5 +1,6 @@
 //! The programs: an entry probe and a return probe per allocator function (named in
-//! [`leaktrace_common::programs`]), and the tracepoints that follow a traced process's execs
+//! [`leaktrace_common::programs`]), each counting its hit first ([`count_hit`]), and the
+//! tracepoints that follow a traced process's execs
 //! and its threads' exits.
 
 use core::mem::offset_of;
@@ -20,6 +21,7 @@ use leaktrace_common::{
 };
 
 use crate::{
+    cost::count_hit,
     events::emit,
     maps::{PENDING, TRACED},
     pending::{
@@ -113,6 +115,7 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
 /// malloc, valloc and every operator new: the size is the first argument.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     enter_alloc(&ctx, arg(&ctx, 0), 0);
     0
 }
@@ -120,6 +123,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 /// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     enter_alloc(&ctx, whole_pages(arg(&ctx, 0)).max(PAGE_BYTES), 0);
     0
 }
@@ -127,12 +131,14 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
 /// memalign and aligned_alloc: (alignment, size).
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     enter_alloc(&ctx, arg(&ctx, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
     if let Some(total) = array_bytes(arg(&ctx, 0), arg(&ctx, 1)) {
         enter_alloc(&ctx, total, 0);
@@ -143,6 +149,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 /// Return probe of everything that returns the new block.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_recorded(&ctx) {
         let address: u64 = ctx.ret();
         if address != 0 {
@@ -154,12 +161,14 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     realloc_enter_with(&ctx, arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     // On overflow reallocarray fails and leaves the old block alone.
     if let Some(total) = array_bytes(arg(&ctx, 1), arg(&ctx, 2)) {
         realloc_enter_with(&ctx, arg(&ctx, 0), total);
@@ -170,6 +179,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 /// realloc and reallocarray. The old block was reported freed at entry.
 #[uretprobe]
 pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let Some((pid_tgid, call)) = take_pending(&ctx) else {
         return 0;
     };
@@ -189,12 +199,14 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 /// posix_memalign(memptr, alignment, size): the block comes back through *memptr.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     enter_alloc(&ctx, arg(&ctx, 2), arg(&ctx, 0));
     0
 }
 
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let Some((pid_tgid, call)) = take_recorded(&ctx) else {
         return 0;
     };
@@ -211,6 +223,7 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     let address = arg(&ctx, 0);
     if address == 0 || !window_open() {
         return 0;
@@ -228,6 +241,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 /// stays pending until it returns, and what it calls stays silent.
 #[uprobe]
 pub fn delete_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     let address = arg(&ctx, 0);
     let pid_tgid = bpf_get_current_pid_tgid();
     if address == 0 {
@@ -251,6 +265,7 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn delete_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let _ = take_pending(&ctx);
     0
 }
@@ -259,6 +274,7 @@ pub fn delete_exit(ctx: RetProbeContext) -> u32 {
 /// allocator's own arena mappings are made inside malloc and so stay silent as nested calls.
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     if arg(&ctx, 3) & MAP_ANONYMOUS != 0 {
         // Mappings are few and large: always recorded, never sampled.
         enter_call(&ctx, whole_pages(arg(&ctx, 1)), 0, 0, true);
@@ -268,6 +284,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
@@ -280,6 +297,7 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// munmap(addr, length): reported at entry, before the range can be mapped again.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     if !window_open() {
         return 0;
     }
@@ -300,6 +318,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 /// munmap of the old range and a mapping of the new one, when it succeeds.
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    count_hit(&ctx);
     let old_size = whole_pages(arg(&ctx, 1));
     let new_size = whole_pages(arg(&ctx, 2));
     enter_call(&ctx, new_size, arg(&ctx, 0), old_size, true);
@@ -308,6 +327,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
@@ -322,6 +342,7 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
 /// until userspace attaches to it, so its own return does not reach here).
 #[uretprobe]
 pub fn fork_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let child: i64 = ctx.ret();
     if child > 0 && window_open() {
         emit(

@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 
+    /// End the capture, with its report, when the estimated tracing cost stays above PCT
+    /// percent of the target's CPU time for 3 intervals in a row.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
+
     /// Count only live blocks at least this old (e.g. 30s): long-lived, not churn.
     #[arg(short = 'o', long, value_name = "DUR", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
@@ -303,6 +308,7 @@ impl Cli {
             sort: self.sort,
             count: self.count,
             text_to_stderr: self.report_files().takes_stdout(),
+            max_overhead: self.max_overhead,
         }
     }
 
@@ -333,6 +339,17 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
     Ok(bytes)
 }
 
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{e}; write a percentage like 5 or 0.5"))?;
+    if !(percent > 0.0 && percent <= 100.0) {
+        return Err("must be above 0 and at most 100".into());
+    }
+    Ok(percent)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("{e}; write a duration like 500ms, 30s or 5m"))?;
@@ -358,6 +375,10 @@ mod tests {
         let cli = Cli::try_parse_from(["leaktrace", "-d", "5m", "--", "./a.out", "-x"]).unwrap();
         assert_eq!(cli.command, ["./a.out", "-x"]);
         assert_eq!(cli.duration, Some(Duration::from_secs(300)));
+        for (text, percent) in [("5", 5.0), ("0.001", 0.001), ("12.5%", 12.5)] {
+            let cli = Cli::try_parse_from(["leaktrace", "--max-overhead", text]).unwrap();
+            assert_eq!(cli.max_overhead, Some(percent));
+        }
     }
 
     #[test]
@@ -370,6 +391,9 @@ mod tests {
             &["leaktrace", "-p", "-5"],
             &["leaktrace", "--ring-bytes", "5000"],
             &["leaktrace", "--ring-bytes", "1024"],
+            &["leaktrace", "--max-overhead", "0"],
+            &["leaktrace", "--max-overhead", "101"],
+            &["leaktrace", "--max-overhead", "lots"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

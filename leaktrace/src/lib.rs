@@ -8,6 +8,7 @@
 //! | [`plan`] | the process's mapped files | where each allocator function is probed |
 //! | [`kernel`] | the plan | the eBPF object attached; decoded events, drops, the window switch |
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
+//! | [`cost`] | hits per probe point, CPU time | what tracing costs the target, per interval |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
 //! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
@@ -22,6 +23,7 @@
 
 mod capture;
 pub mod cli;
+pub mod cost;
 pub mod demo;
 pub mod error;
 pub mod kernel;

@@ -350,6 +350,17 @@ pub fn launch_json(
     binary: &Path,
     args: &[&str],
 ) -> (Value, Vec<String>) {
+    launch_json_env(test, options, binary, args, &[])
+}
+
+/// [`launch_json`] with environment variables for leaktrace.
+pub fn launch_json_env(
+    test: &str,
+    options: &[&str],
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Value, Vec<String>) {
     let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -358,7 +369,8 @@ pub fn launch_json(
             .arg(&json)
             .arg("--")
             .arg(binary)
-            .args(args),
+            .args(args)
+            .envs(env.iter().copied()),
     );
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();

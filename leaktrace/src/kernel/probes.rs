@@ -2,7 +2,7 @@
 //! reads and writes, and their removal.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     num::NonZeroU32,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -24,6 +24,7 @@ use leaktrace_common::{
 use super::{
     clock::monotonic_ns,
     drops::DropCounts,
+    hits::{HitCounter, HitPoint},
     log::ProbeLog,
     multi::{MultiPoint, MultiPrograms, is_unsupported},
 };
@@ -69,13 +70,15 @@ pub struct ProbeSet {
     links: Vec<OwnedFd>,
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
-    traced: HashMap<MapData, u32, u32>,
+    traced: aya::maps::HashMap<MapData, u32, u32>,
     return_offsets: Array<MapData, [u64; 2]>,
     /// What `return_offsets` holds, slot by slot.
     learned: Vec<[u64; 2]>,
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
+    /// Each attached point's number, and the probes' hit counts by number.
+    hits: HitCounter,
     control: Array<MapData, u32>,
     /// Kept to the end, after the probes are gone: their last words come then.
     _probe_log: Option<ProbeLog>,
@@ -133,8 +136,9 @@ impl ProbeSet {
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
+        let hits = HitCounter::new(PerCpuArray::try_from(take(&mut ebpf, maps::HITS)?)?);
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
-        let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
+        let traced = aya::maps::HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
         let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
         let probe_log = if log_drops != 0 {
             Some(ProbeLog::forward(&mut ebpf)?)
@@ -152,6 +156,7 @@ impl ProbeSet {
             events,
             stacks,
             drops,
+            hits,
             control,
             _probe_log: probe_log,
         };
@@ -175,7 +180,7 @@ impl ProbeSet {
             .collect();
         let all_attached_before = !plan.points.is_empty() && new.is_empty();
         if let Some(multi) = &mut self.multi {
-            match link_points(multi, &new, nonzero) {
+            match link_points(multi, &mut self.hits, &new, nonzero) {
                 Ok(links) => {
                     log::debug!(
                         "pid {pid}: {} points attached through {} uprobe_multi links",
@@ -197,11 +202,87 @@ impl ProbeSet {
         }
         for point in new {
             for program in point.function.entry.into_iter().chain(point.function.exit) {
-                attach_program(ebpf, program, point, nonzero)?;
+                let cookie = self.hits.cookie(point, program);
+                attach_program(
+                    ebpf,
+                    program,
+                    point.offset,
+                    &point.host_path,
+                    cookie,
+                    nonzero,
+                )
+                .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
             }
         }
         self.traced.insert(pid, 1, 0)?;
         Ok(all_attached_before)
+    }
+
+    /// Puts the calibration probes, which return at once, on functions of leaktrace's own
+    /// `binary` for leaktrace's own process, through the same kind of attachment as the
+    /// target's: an entry probe at each of `entries`, and a return probe at each of `returns`.
+    /// They stay until [`ProbeSet::detach_in_background`], with the rest.
+    pub fn attach_calibration(
+        &mut self,
+        binary: &Path,
+        entries: &[u64],
+        returns: &[u64],
+    ) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().context("the probes are detached")?;
+        let pid = NonZeroU32::new(std::process::id()).context("leaktrace has no pid")?;
+        let sets = [
+            (programs::CALIBRATION_ENTER, entries),
+            (programs::CALIBRATION_EXIT, returns),
+        ];
+        for (program, offsets) in sets.into_iter().filter(|(_, o)| !o.is_empty()) {
+            if let Some(multi) = &mut self.multi {
+                let points: Vec<MultiPoint> = offsets
+                    .iter()
+                    .map(|&offset| MultiPoint { offset, cookie: 0 })
+                    .collect();
+                self.links
+                    .push(multi.link(program, binary, &points, pid.get())?);
+            } else {
+                for &offset in offsets {
+                    attach_program(ebpf, program, offset, binary, 0, pid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every point the probes count hits of, by number.
+    pub fn hit_points(&self) -> &[HitPoint] {
+        self.hits.points()
+    }
+
+    /// The hits of each of [`ProbeSet::hit_points`] so far, window open or not.
+    pub fn hits(&self) -> Result<Vec<u64>> {
+        self.hits.read()
+    }
+
+    /// Each uprobe program's runs and run time in ns, summed over its loads (through aya and
+    /// for uprobe_multi links), as the kernel counts them while BPF statistics are on
+    /// ([`time_programs`]); empty once detached.
+    pub fn program_runs(&self) -> HashMap<String, (u64, u64)> {
+        let mut runs: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut add = |name: &str, count: u64, ns: u64| {
+            let entry = runs.entry(name.to_owned()).or_default();
+            *entry = (entry.0 + count, entry.1 + ns);
+        };
+        if let Some(ebpf) = &self.ebpf {
+            for (name, program) in ebpf.programs() {
+                if let (aya::programs::Program::UProbe(_), Ok(info)) = (program, program.info()) {
+                    add(name, info.run_count(), info.run_time().as_nanos() as u64);
+                }
+            }
+        }
+        if let Some(multi) = &self.multi {
+            for (name, count, ns) in multi.runs() {
+                add(&name, count, ns);
+            }
+        }
+        runs
     }
 
     /// Starts recording, in every probe at once; returns the instant (CLOCK_MONOTONIC ns).
@@ -271,6 +352,13 @@ impl ProbeSet {
     }
 }
 
+/// Turns on the kernel's run-time statistics of every BPF program ([`ProbeSet::program_runs`])
+/// until the descriptor returned is closed. They cost every BPF program on the machine two
+/// clock reads a run while on.
+pub fn time_programs() -> Result<OwnedFd> {
+    Ok(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
+}
+
 /// Probes being removed; [`Detach::wait`] returns once none is left in the target.
 #[must_use = "leaktrace must not exit before its probes are gone"]
 pub struct Detach(std::thread::JoinHandle<()>);
@@ -295,6 +383,7 @@ fn single_uprobes_forced() -> bool {
 /// One uprobe_multi link per program and binary, for every point of `points` it serves.
 fn link_points(
     multi: &mut MultiPrograms,
+    hits: &mut HitCounter,
     points: &[&ProbePoint],
     pid: NonZeroU32,
 ) -> Result<Vec<OwnedFd>> {
@@ -306,7 +395,7 @@ fn link_points(
                 .or_default()
                 .push(MultiPoint {
                     offset: point.offset,
-                    cookie: point.entry.arguments.cookie(),
+                    cookie: hits.cookie(point, program),
                 });
         }
     }
@@ -321,10 +410,13 @@ fn link_points(
         .collect()
 }
 
+/// One perf-event uprobe: `program` at `offset` of `binary`, for process `pid`.
 fn attach_program(
     ebpf: &mut Ebpf,
     program: &str,
-    point: &ProbePoint,
+    offset: u64,
+    binary: &Path,
+    cookie: u64,
     pid: NonZeroU32,
 ) -> Result<()> {
     let program: &mut UProbe = ebpf
@@ -339,10 +431,10 @@ fn attach_program(
     program
         .attach(
             UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(point.offset),
-                cookie: Some(point.entry.arguments.cookie()),
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie),
             },
-            &point.host_path,
+            binary,
             UProbeScope::OneProcess(pid),
         )
         .map_err(|error| {
@@ -350,8 +442,7 @@ fn attach_program(
                 anyhow::Error::new(error),
                 &format!("attach uprobes to pid {pid}"),
             )
-        })
-        .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
+        })?;
     Ok(())
 }
 
@@ -429,6 +520,12 @@ mod tests {
         for (program, tracepoint) in TRACEPOINTS {
             let found = section_of(program);
             assert_eq!(found, Some(format!("raw_tp/{tracepoint}")), "{program}");
+        }
+        for (program, section) in [
+            (programs::CALIBRATION_ENTER, "uprobe"),
+            (programs::CALIBRATION_EXIT, "uretprobe"),
+        ] {
+            assert_eq!(section_of(program).as_deref(), Some(section), "{program}");
         }
     }
 }

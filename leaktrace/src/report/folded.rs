@@ -87,6 +87,7 @@ mod tests {
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),
+            cost: None,
         }
     }
 

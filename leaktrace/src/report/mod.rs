@@ -24,6 +24,7 @@ pub use output::Format;
 pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
 
 use crate::{
+    cost::CostReport,
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
@@ -49,7 +50,7 @@ pub struct SiteReport {
 }
 
 /// How the capture ended, so the text can say "in use at exit" only when that is what it saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ending {
     /// The window (`-d`) closed.
@@ -63,6 +64,10 @@ pub enum Ending {
     /// leaktrace itself failed while taking in events (a bug): the report holds what it took
     /// in before.
     Failed,
+    /// The estimated tracing cost stayed above `--max-overhead` (`limit`, in percent of the
+    /// target's CPU) for [`crate::cost::limit::INTERVALS`] intervals in a row; `percent` is the
+    /// last interval's.
+    Overhead { percent: f64, limit: f64 },
 }
 
 /// The final state of a capture. Its JSON form is the contract in the README: fields may be
@@ -85,6 +90,10 @@ pub struct Report {
     /// The target's memory (RSS, PSS, anonymous, heap…) at each interval.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub memory: Vec<MemorySample>,
+    /// What tracing cost the traced processes: the capture's figures, and their inputs. In
+    /// the lead report only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostReport>,
 }
 
 impl Report {
@@ -127,6 +136,7 @@ impl Report {
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),
+            cost: None,
         }
     }
 

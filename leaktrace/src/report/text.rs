@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::{Ending, Report, thousands};
+use crate::cost::CostReport;
 use crate::kernel::DropCounts;
 use crate::ledger::trends::Growth;
 
@@ -83,6 +84,19 @@ fn render_one(report: &Report, top: usize) -> String {
         let status = status.map_or("unknown".to_owned(), |s| s.to_string());
         let _ = writeln!(out, "target exited with status {status}");
     }
+    if let Some(cost) = &report.cost {
+        out.push_str(&cost_line(cost));
+    }
+    if let Ending::Overhead { percent, limit } = header.ending {
+        let _ = writeln!(
+            out,
+            "ended: the tracing cost stayed above --max-overhead {}% for {} intervals in a row \
+             (≈ {} of the target's CPU in the last)",
+            limit,
+            crate::cost::limit::INTERVALS,
+            crate::cost::meter::percent(percent)
+        );
+    }
     if totals.unmatched_frees > 0 {
         let _ = writeln!(
             out,
@@ -152,6 +166,33 @@ fn render_one(report: &Report, top: usize) -> String {
     out
 }
 
+/// "tracing cost: ≈ 12% of the target's CPU (1,234 ms of 10,280 ms; 345,678 hits)".
+fn cost_line(cost: &CostReport) -> String {
+    let hits = thousands(cost.hits);
+    match (cost.cost_ms, cost.percent_of_target_cpu) {
+        (Some(cost_ms), Some(percent)) => format!(
+            "tracing cost: ≈ {} of the target's CPU ({} of {}; {hits} hits)\n",
+            crate::cost::meter::percent(percent),
+            milliseconds(cost_ms),
+            milliseconds(cost.target_cpu_ms)
+        ),
+        (Some(cost_ms), None) => format!(
+            "tracing cost: ≈ {} of CPU ({hits} hits)\n",
+            milliseconds(cost_ms)
+        ),
+        (None, _) => format!("tracing cost: not measured ({hits} hits)\n"),
+    }
+}
+
+/// "1,234 ms", "0.4 ms".
+fn milliseconds(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{} ms", thousands(ms.round() as u64))
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
 /// Drops are printed even when zero, so a reader knows they were checked.
 fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
     let inline = if drops.stack_map_full > 0 {
@@ -186,16 +227,17 @@ pub struct IntervalRow {
 }
 
 /// The live view each interval: totals, then the top sites with their change since the last.
+/// `memory` and `cost` are "; RSS …" and "; tracing cost …", or empty.
 pub fn render_interval(
     elapsed_s: f64,
     live_bytes: u64,
     live_allocations: u64,
-    memory: &str,
+    (memory, cost): (&str, &str),
     drops: &DropCounts,
     rows: &[IntervalRow],
 ) -> String {
     let mut out = format!(
-        "[{elapsed_s:7.1}s] live {} in {} blocks{memory}; lost events {}",
+        "[{elapsed_s:7.1}s] live {} in {} blocks{memory}{cost}; lost events {}",
         human_bytes(live_bytes as f64),
         thousands(live_allocations),
         thousands(drops.lost())
@@ -241,6 +283,41 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cost_line_says_the_share_and_its_inputs() {
+        let cost = CostReport {
+            calibration: None,
+            covers: "traps",
+            hits: 345_678,
+            cost_ms: Some(1234.4),
+            target_cpu_ms: 10_280.0,
+            percent_of_target_cpu: Some(12.0),
+            points: Vec::new(),
+        };
+        assert_eq!(
+            cost_line(&cost),
+            "tracing cost: ≈ 12% of the target's CPU (1,234 ms of 10,280 ms; 345,678 hits)\n"
+        );
+        let idle = CostReport {
+            cost_ms: Some(0.42),
+            target_cpu_ms: 0.0,
+            percent_of_target_cpu: None,
+            ..cost.clone()
+        };
+        assert_eq!(
+            cost_line(&idle),
+            "tracing cost: ≈ 0.4 ms of CPU (345,678 hits)\n"
+        );
+        let unmeasured = CostReport {
+            cost_ms: None,
+            ..cost
+        };
+        assert_eq!(
+            cost_line(&unmeasured),
+            "tracing cost: not measured (345,678 hits)\n"
+        );
+    }
 
     #[test]
     fn byte_rates_are_human() {

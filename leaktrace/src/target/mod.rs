@@ -2,9 +2,10 @@
 //!
 //! In: a pid (`-p`) or a command to start stopped. Out: a [`Target`] leaktrace holds by a
 //! pidfd, so that a recycled pid is never taken for it, with its mappings ([`maps`]) and the
-//! files behind them as leaktrace can open them, and its memory as the kernel counts it
-//! ([`memory`]: RSS, PSS, heap), which needs no probes.
+//! files behind them as leaktrace can open them, its memory as the kernel counts it
+//! ([`memory`]: RSS, PSS, heap), which needs no probes, and its CPU time ([`cpu`]).
 
+pub mod cpu;
 pub mod maps;
 pub mod memory;
 
