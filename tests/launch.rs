@@ -207,3 +207,25 @@ fn a_full_map_of_sampled_blocks_is_counted_and_shown() {
     assert!(!last_view.ends_with("lost events 0"), "{last_view}");
     assert_lower_bound(&stdout, &format!("sampled map full {}", thousands(lost)));
 }
+
+/// bcc memleak's `-c COMMAND` starts the command as `-- CMD ARGS…` does.
+#[test]
+fn dash_c_launches_a_command_line() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("fixture");
+    let json = output_path("dash_c", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .arg("-c")
+            .arg(format!("{} exit", binary.display())),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["from_start"], true, "{report:#}");
+    assert_eq!(
+        sites_of(&report, "leak_here").live_allocations,
+        fixture_define("fixture", "BURST_LEAKS")
+    );
+}

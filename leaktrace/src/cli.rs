@@ -50,16 +50,17 @@ pub struct Cli {
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
 
-    /// Count only live blocks at least this old (e.g. 30s): long-lived, not churn.
-    #[arg(short = 'o', long, value_name = "DUR", value_parser = parse_duration)]
+    /// Count only live blocks at least this old (e.g. 30s; a bare number is milliseconds, as
+    /// bcc memleak's -o): long-lived, not churn.
+    #[arg(short = 'o', long, value_name = "AGE", value_parser = parse_age)]
     pub min_age: Option<Duration>,
 
-    /// Count only live blocks of at least this many bytes.
-    #[arg(short = 'z', long, value_name = "BYTES")]
+    /// Count only live blocks of at least this many bytes (units k, M, G: powers of 1024).
+    #[arg(short = 'z', long, value_name = "BYTES", value_parser = parse_bytes)]
     pub min_size: Option<u64>,
 
-    /// Count only live blocks of at most this many bytes.
-    #[arg(short = 'Z', long, value_name = "BYTES")]
+    /// Count only live blocks of at most this many bytes (units k, M, G).
+    #[arg(short = 'Z', long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_size: Option<u64>,
 
     /// Period of the live report [default: 5s; 1s for the demo].
@@ -109,7 +110,7 @@ pub struct Cli {
 
     /// Size of the ring buffer that carries events to leaktrace: a power of two, at least a
     /// page. Too small for the event rate, events are lost (and counted).
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
     /// Record one allocation in N, at random, and scale the figures up by N (like bcc
@@ -122,7 +123,7 @@ pub struct Cli {
     /// average (as tcmalloc and jemalloc profile; e.g. 524288): large blocks are almost always
     /// recorded, small ones rarely, and every estimate is unbiased.
     #[arg(long, value_name = "BYTES",
-          value_parser = clap::value_parser!(u64).range(1..=leaktrace_common::sampling::MAX_MEAN_BYTES))]
+          value_parser = bytes_between(1, leaktrace_common::sampling::MAX_MEAN_BYTES))]
     pub sample_bytes: Option<u64>,
 
     /// Threads of the target the probes can follow at once: each has an entry, made by its
@@ -138,9 +139,8 @@ pub struct Cli {
     pub sampled_blocks: u32,
 
     /// Bytes of stack copied for CFI unwinding (at most 16384).
-    #[arg(long, value_name = "BYTES", default_value_t = 16384,
-          value_parser = clap::value_parser!(u32).range(1024..=16384))]
-    pub stack_bytes: u32,
+    #[arg(long, value_name = "BYTES", default_value = "16k", value_parser = bytes_between(1024, 16384))]
+    pub stack_bytes: u64,
 
     /// Look for separate debug info under this directory too (like /usr/lib/debug: by
     /// build-id in .build-id/xx/yyyy.debug, and by .gnu_debuglink name). May be repeated.
@@ -153,8 +153,8 @@ pub struct Cli {
     pub mmap: bool,
 
     /// Probe the C allocator (malloc, free, …) in this library instead of where the target's
-    /// calls bind (a path or a file name as mapped).
-    #[arg(long, value_name = "PATH")]
+    /// calls bind (a path or a file name as mapped; -O as in bcc memleak).
+    #[arg(short = 'O', long, value_name = "PATH")]
     pub allocator: Option<PathBuf>,
 
     /// The C allocator's functions carry this prefix (e.g. `je_` for a prefixed jemalloc).
@@ -174,6 +174,22 @@ pub struct Cli {
     /// Run the built-in demo workload instead of tracing (leaktrace starts itself this way).
     #[arg(long, hide = true)]
     pub demo_target: bool,
+
+    /// Start COMMAND (one string, split as a shell would, without running one) stopped, as
+    /// `-- CMD ARGS…` does: bcc memleak's -c.
+    #[arg(short = 'c', long = "command", value_name = "COMMAND", value_parser = parse_command_line,
+          conflicts_with_all = ["pid", "command"])]
+    pub command_line: Option<CommandLine>,
+
+    /// Report every INTERVAL seconds (as -i), as bcc memleak's trailing argument.
+    #[arg(value_name = "INTERVAL", conflicts_with = "interval",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval_seconds: Option<u64>,
+
+    /// End after COUNT intervals (as --count), as bcc memleak's trailing argument.
+    #[arg(value_name = "COUNT", requires = "interval_seconds", conflicts_with = "count",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count_intervals: Option<u32>,
 
     /// Start this command stopped, trace it from its first instruction, report at its exit.
     #[arg(last = true, value_name = "CMD")]
@@ -233,10 +249,11 @@ pub enum SortKey {
 
 impl Cli {
     pub fn target(&self) -> TargetSpec {
-        match self.pid {
-            Some(pid) => TargetSpec::Running(pid),
-            None if self.command.is_empty() => TargetSpec::Demo,
-            None => TargetSpec::Launch(self.command.clone()),
+        match (self.pid, &self.command_line) {
+            (Some(pid), _) => TargetSpec::Running(pid),
+            (None, Some(CommandLine(argv))) => TargetSpec::Launch(argv.clone()),
+            (None, None) if self.command.is_empty() => TargetSpec::Demo,
+            (None, None) => TargetSpec::Launch(self.command.clone()),
         }
     }
 
@@ -265,7 +282,8 @@ impl Cli {
         ProbeSettings {
             stack_bytes: match self.unwind {
                 UnwindMode::Fp => 0,
-                UnwindMode::Auto => self.stack_bytes,
+                // At most 16 KiB: the parser holds it there.
+                UnwindMode::Auto => self.stack_bytes as u32,
             },
             ring_bytes: self.ring_bytes,
             sampling: self.sampling(),
@@ -280,7 +298,10 @@ impl Cli {
             TargetSpec::Demo => Duration::from_secs(1),
             _ => Duration::from_secs(5),
         };
-        let interval = self.interval.unwrap_or(default_interval);
+        let interval = self
+            .interval
+            .or(self.interval_seconds.map(Duration::from_secs))
+            .unwrap_or(default_interval);
         let windows = self.windows.map(|count| {
             let window_ms = interval.as_millis().try_into().unwrap_or(u32::MAX);
             (window_ms, count as usize)
@@ -306,7 +327,7 @@ impl Cli {
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,
-            count: self.count,
+            count: self.count.or(self.count_intervals),
             text_to_stderr: self.report_files().takes_stdout(),
             max_overhead: self.max_overhead,
         }
@@ -331,8 +352,66 @@ impl Cli {
     }
 }
 
+/// A byte size: a number with an optional unit, k, M or G (powers of 1024; `KiB`, `kb` and
+/// the like read the same).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is no size: write bytes like 4096, 64k or 16M"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit {unit:?}: use k, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+/// A parser of byte sizes from `least` to `most`.
+fn bytes_between(least: u64, most: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text| {
+        let bytes = parse_bytes(text)?;
+        if !(least..=most).contains(&bytes) {
+            return Err(format!("must be from {least} to {most} bytes"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// A block age: a duration, or a bare number of milliseconds (bcc memleak's -o).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be longer than zero".into()),
+        Ok(milliseconds) => Ok(Duration::from_millis(milliseconds)),
+        Err(_) => parse_duration(text),
+    }
+}
+
+/// `-c COMMAND`'s words: the program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<OsString>);
+
+/// `-c COMMAND`: its words, split as a shell would (quotes and backslashes), run by no shell.
+fn parse_command_line(text: &str) -> Result<CommandLine, String> {
+    let words = shlex::split(text).ok_or("unbalanced quotes")?;
+    if words.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(CommandLine(words.into_iter().map(OsString::from).collect()))
+}
+
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    let bytes: u32 = parse_bytes(text)?
+        .try_into()
+        .map_err(|_| "must be below 4G".to_owned())?;
     if bytes < 4096 || !bytes.is_power_of_two() {
         return Err("must be a power of two of at least 4096".into());
     }
@@ -382,6 +461,46 @@ mod tests {
     }
 
     #[test]
+    fn takes_bcc_memleaks_habits() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "-p",
+            "42",
+            "-z",
+            "1k",
+            "-Z",
+            "2M",
+            "-o",
+            "500",
+            "-O",
+            "libjemalloc.so.2",
+            "--ring-bytes",
+            "16M",
+            "5",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((cli.min_size, cli.max_size), (Some(1024), Some(2 << 20)));
+        assert_eq!(cli.min_age, Some(Duration::from_millis(500)));
+        assert_eq!(cli.allocator, Some(PathBuf::from("libjemalloc.so.2")));
+        assert_eq!(cli.ring_bytes, 16 << 20);
+        let options = cli.capture_options();
+        assert_eq!(options.interval, Duration::from_secs(5));
+        assert_eq!(options.count, Some(3));
+        let cli = Cli::try_parse_from(["leaktrace", "-c", "ls -l '/tmp/a b'"]).unwrap();
+        assert_eq!(
+            cli.target(),
+            TargetSpec::Launch(vec!["ls".into(), "-l".into(), "/tmp/a b".into()])
+        );
+        assert_eq!(
+            Cli::try_parse_from(["leaktrace", "-o", "2s"])
+                .unwrap()
+                .min_age,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
     fn rejects_bad_durations_counts_and_pid_with_command() {
         for args in [
             &["leaktrace", "-d", "soon"][..],
@@ -391,6 +510,13 @@ mod tests {
             &["leaktrace", "-p", "-5"],
             &["leaktrace", "--ring-bytes", "5000"],
             &["leaktrace", "--ring-bytes", "1024"],
+            &["leaktrace", "--ring-bytes", "8X"],
+            &["leaktrace", "-z", "12 parsecs"],
+            &["leaktrace", "-i", "1s", "5"],
+            &["leaktrace", "--count", "2", "5", "3"],
+            &["leaktrace", "-p", "1", "-c", "ls"],
+            &["leaktrace", "-c", "ls 'unbalanced"],
+            &["leaktrace", "-c", "ls", "--", "ls"],
             &["leaktrace", "--max-overhead", "0"],
             &["leaktrace", "--max-overhead", "101"],
             &["leaktrace", "--max-overhead", "lots"],
