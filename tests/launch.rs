@@ -229,3 +229,34 @@ fn dash_c_launches_a_command_line() {
         fixture_define("fixture", "BURST_LEAKS")
     );
 }
+
+/// bcc memleak's `-a`: each site lists its oldest live blocks, with their sizes and ages.
+#[test]
+fn dash_a_lists_each_sites_oldest_blocks() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("fixture");
+    let (report, stdout) = launch_json("dash_a", &["-a"], &binary, &["exit"]);
+    let site = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "leak_here")
+        .expect("the leak_here site");
+    let blocks = site["blocks"].as_array().expect("its blocks");
+    let leaks = fixture_define("fixture", "BURST_LEAKS");
+    assert_eq!(blocks.len() as u64, leaks.min(10), "{site:#}");
+    let mut addresses: Vec<u64> = blocks
+        .iter()
+        .map(|b| b["address"].as_u64().unwrap())
+        .collect();
+    for block in blocks {
+        assert_eq!(block["size"], fixture_define("fixture", "LEAK_BYTES"));
+    }
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), blocks.len(), "each block once");
+    assert!(
+        stdout.iter().any(|l| l.contains("oldest live blocks")),
+        "{stdout:?}"
+    );
+}

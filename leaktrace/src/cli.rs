@@ -55,6 +55,11 @@ pub struct Cli {
     #[arg(short = 'o', long, value_name = "AGE", value_parser = parse_age)]
     pub min_age: Option<Duration>,
 
+    /// List each reported site's oldest live blocks, with their addresses, sizes and ages
+    /// (bcc memleak's -a; up to 10 a site).
+    #[arg(short = 'a', long = "show-blocks")]
+    pub show_blocks: bool,
+
     /// Count only live blocks of at least this many bytes (units k, M, G: powers of 1024).
     #[arg(short = 'z', long, value_name = "BYTES", value_parser = parse_bytes)]
     pub min_size: Option<u64>,
@@ -247,6 +252,9 @@ pub enum SortKey {
     Allocs,
 }
 
+/// Blocks `-a` lists per site.
+const BLOCKS_LISTED: usize = 10;
+
 impl Cli {
     pub fn target(&self) -> TargetSpec {
         match (self.pid, &self.command_line) {
@@ -324,6 +332,7 @@ impl Cli {
                     max_size: self.max_size.unwrap_or(u64::MAX),
                 },
                 windows,
+                list_blocks: self.show_blocks.then_some(BLOCKS_LISTED),
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,

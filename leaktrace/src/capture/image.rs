@@ -78,6 +78,8 @@ pub struct ImageOptions {
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
     pub windows: Option<(u32, usize)>,
+    /// `-a`: list this many of each site's oldest live blocks.
+    pub list_blocks: Option<usize>,
 }
 
 /// What one process did while it ran one program.
@@ -98,6 +100,8 @@ pub struct TracedImage {
     /// Which live blocks the report counts.
     filter: BlockFilter,
     windows: Option<(u32, usize)>,
+    /// `-a`: how many of each site's oldest live blocks the report lists.
+    list_blocks: Option<usize>,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by key, waiting for their allocation event.
     unwound: HashMap<u64, Unwound>,
@@ -138,6 +142,7 @@ impl TracedImage {
             trends: Trends::default(),
             filter: options.filter,
             windows: options.windows,
+            list_blocks: options.list_blocks,
             unwinder: prepared.unwinder,
             unwound: HashMap::new(),
             last_copy: HashMap::new(),
@@ -281,7 +286,12 @@ impl TracedImage {
             live_filter: self.filter.is_active().then(|| describe(&self.filter)),
             sampling: self.ledger.sampling(),
         };
-        let sites = self.ledger.site_stats(&self.filter, self.ms(end_ns));
+        let now_ms = self.ms(end_ns);
+        let sites = self.ledger.site_stats(&self.filter, now_ms);
+        let blocks = match self.list_blocks {
+            Some(most) => self.ledger.oldest_blocks(&self.filter, now_ms, most),
+            None => HashMap::new(),
+        };
         let mut report = Report::build(
             header,
             &self.ledger,
@@ -290,6 +300,7 @@ impl TracedImage {
             &mut self.call_sites,
             &mut self.symbolizer,
             drops,
+            blocks,
         );
         if let Some((window_ms, count)) = self.windows {
             report.windows = self.window_reports(window_ms, count);

@@ -53,6 +53,15 @@ pub struct SiteStats {
     pub temporary: u64,
 }
 
+/// One outstanding block, as `-a` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveBlock {
+    pub address: u64,
+    pub size: u64,
+    /// Milliseconds since its allocation, at the report.
+    pub age_ms: u32,
+}
+
 /// Totals over all sites, plus the events that matched no site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -332,6 +341,31 @@ impl Ledger {
             }
         }
         sites
+    }
+
+    /// Per site, its `most` oldest live blocks that `filter` keeps (bcc memleak's -a).
+    pub fn oldest_blocks(
+        &self,
+        filter: &BlockFilter,
+        now_ms: u32,
+        most: usize,
+    ) -> HashMap<SiteId, Vec<LiveBlock>> {
+        let mut by_site: HashMap<SiteId, Vec<LiveBlock>> = HashMap::new();
+        for (&address, block) in &self.outstanding {
+            if !filter.keeps(block, now_ms) {
+                continue;
+            }
+            by_site.entry(block.site).or_default().push(LiveBlock {
+                address,
+                size: block.size,
+                age_ms: now_ms.saturating_sub(block.allocated_ms),
+            });
+        }
+        for blocks in by_site.values_mut() {
+            blocks.sort_by_key(|b| (std::cmp::Reverse(b.age_ms), b.address));
+            blocks.truncate(most);
+        }
+        by_site
     }
 
     /// For windows of `window_ms` from the start: per window, per site (by index), the live

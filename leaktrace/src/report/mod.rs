@@ -12,6 +12,7 @@ mod pprof;
 mod text;
 
 use std::{
+    collections::HashMap,
     io::IsTerminal,
     time::{Duration, Instant},
 };
@@ -28,7 +29,7 @@ use crate::{
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
-    ledger::{Ledger, SiteId, SiteStats, Totals},
+    ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
     target::memory::MemorySample,
@@ -47,6 +48,9 @@ pub struct SiteReport {
     pub series: Vec<(f64, u64)>,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
+    /// With `-a`: its oldest live blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<LiveBlock>,
 }
 
 /// How the capture ended, so the text can say "in use at exit" only when that is what it saw.
@@ -107,6 +111,7 @@ impl Report {
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
+        mut blocks: HashMap<SiteId, Vec<LiveBlock>>,
     ) -> Report {
         let mut totals = ledger.totals();
         totals.live_bytes = sites.iter().map(|(_, s)| s.live_bytes).sum();
@@ -124,6 +129,7 @@ impl Report {
                     growth_steadiness: growth.steadiness,
                     series: trends.series(site).to_vec(),
                     frames: call_sites.frames(site, symbolizer).to_vec(),
+                    blocks: blocks.remove(&site).unwrap_or_default(),
                 }
             })
             .collect();

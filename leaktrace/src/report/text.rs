@@ -140,6 +140,18 @@ fn render_one(report: &Report, top: usize) -> String {
                 site.frames.len() - FRAMES_SHOWN
             );
         }
+        if !site.blocks.is_empty() {
+            let _ = writeln!(out, "    oldest live blocks:");
+        }
+        for block in &site.blocks {
+            let _ = writeln!(
+                out,
+                "      {:#x}  {} bytes, {:.1} s old",
+                block.address,
+                thousands(block.size),
+                f64::from(block.age_ms) / 1e3
+            );
+        }
     }
     if live.len() > top {
         let _ = writeln!(out, "\n… {} more sites hold live bytes", live.len() - top);
