@@ -287,11 +287,16 @@ impl TracedImage {
             sampling: self.ledger.sampling(),
         };
         let now_ms = self.ms(end_ns);
-        let sites = self.ledger.site_stats(&self.filter, now_ms);
-        let blocks = match self.list_blocks {
+        let mut blocks = match self.list_blocks {
             Some(most) => self.ledger.oldest_blocks(&self.filter, now_ms, most),
             None => HashMap::new(),
         };
+        let sites = self
+            .ledger
+            .site_stats(&self.filter, now_ms)
+            .into_iter()
+            .map(|(site, stats)| (site, stats, blocks.remove(&site).unwrap_or_default()))
+            .collect();
         let mut report = Report::build(
             header,
             &self.ledger,
@@ -300,7 +305,6 @@ impl TracedImage {
             &mut self.call_sites,
             &mut self.symbolizer,
             drops,
-            blocks,
         );
         if let Some((window_ms, count)) = self.windows {
             report.windows = self.window_reports(window_ms, count);

@@ -63,6 +63,7 @@ mod tests {
             growth_steadiness: 0.0,
             series: Vec::new(),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
+            blocks: Vec::new(),
         }
     }
 

@@ -12,7 +12,6 @@ mod pprof;
 mod text;
 
 use std::{
-    collections::HashMap,
     io::IsTerminal,
     time::{Duration, Instant},
 };
@@ -106,21 +105,20 @@ impl Report {
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
-        mut sites: Vec<(SiteId, SiteStats)>,
+        mut sites: Vec<(SiteId, SiteStats, Vec<LiveBlock>)>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
-        mut blocks: HashMap<SiteId, Vec<LiveBlock>>,
     ) -> Report {
         let mut totals = ledger.totals();
-        totals.live_bytes = sites.iter().map(|(_, s)| s.live_bytes).sum();
-        totals.live_allocations = sites.iter().map(|(_, s)| s.live_allocations).sum();
-        sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
+        totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
+        sites.sort_by_key(|(_, stats, _)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
         let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
             .into_iter()
-            .map(|(site, stats)| {
+            .map(|(site, stats, blocks)| {
                 progress.advance();
                 let growth = trends.growth(site);
                 SiteReport {
@@ -129,7 +127,7 @@ impl Report {
                     growth_steadiness: growth.steadiness,
                     series: trends.series(site).to_vec(),
                     frames: call_sites.frames(site, symbolizer).to_vec(),
-                    blocks: blocks.remove(&site).unwrap_or_default(),
+                    blocks,
                 }
             })
             .collect();
