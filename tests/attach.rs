@@ -313,3 +313,37 @@ fn a_target_that_crashes_mid_capture_ends_it_with_a_report() {
         ended,
     );
 }
+
+/// Frees of blocks allocated before the attach are counted, with the bytes glibc says each
+/// released: a new block that replaces one of them is not growth.
+#[test]
+fn frees_of_blocks_from_before_the_attach_say_what_they_release() {
+    let Some(_bpf) = require_bpf() else { return };
+    let mut fixture = start_fixture("replace");
+    let json = output_path("replace", "json");
+    let mut leaktrace = attach_with_json(fixture.pid(), &json, &[]);
+    fixture.signal(libc::SIGUSR1);
+    let freed = fixture.stdout.wait_for(|l| l.starts_with("freed "), WAIT);
+    let usable: u64 = freed["freed ".len()..].parse().unwrap();
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(
+        report["totals"]["unmatched_frees"],
+        define("PRE_ATTACH_BLOCKS")
+    );
+    assert_eq!(
+        report["totals"]["unmatched_free_bytes"], usable,
+        "{report:#}"
+    );
+    let text = leaktrace.stdout.rest();
+    let line = format!(
+        "replacing blocks allocated before attach: {} blocks, {} bytes",
+        define("PRE_ATTACH_BLOCKS"),
+        leaktrace::report::thousands(usable)
+    );
+    assert!(
+        text.iter().any(|l| l.starts_with(&line)),
+        "{line} not in {text:?}"
+    );
+}

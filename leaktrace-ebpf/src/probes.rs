@@ -21,6 +21,7 @@ use leaktrace_common::{
 };
 
 use crate::{
+    config::free_size_header,
     cost::count_hit,
     events::emit,
     maps::{PENDING, TRACED},
@@ -232,9 +233,29 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
     // has forgotten the block already).
     if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
-        emit(pid_tgid, EventKind::Free, address, 0, 0);
+        let size = if free_size_header() {
+            glibc_usable_size(address)
+        } else {
+            0
+        };
+        emit(pid_tgid, EventKind::Free, address, size, 0);
     }
     0
+}
+
+/// The bytes glibc's block at `address` holds, from its chunk header (the word before it:
+/// the chunk's size, its low bits flags); 0 when it cannot be read.
+#[inline(always)]
+fn glibc_usable_size(address: u64) -> u64 {
+    const IS_MMAPPED: u64 = 2;
+    const FLAGS: u64 = 7;
+    // SAFETY: a read of the traced process's memory, which may fail and then says so.
+    let Ok(header) = (unsafe { bpf_probe_read_user((address - 8) as *const u64) }) else {
+        return 0;
+    };
+    // A mapped chunk also spends its previous-size word; an in-use chunk lends it out.
+    let overhead = if header & IS_MMAPPED != 0 { 16 } else { 8 };
+    (header & !FLAGS).saturating_sub(overhead)
 }
 
 /// Every operator delete. Like free, but it calls free (or another delete) itself, so it

@@ -297,6 +297,8 @@ impl Cli {
             sampling: self.sampling(),
             max_threads: self.max_threads,
             sampled_blocks: self.sampled_blocks,
+            // Known once the target and its allocator are: see `capture`.
+            free_size_header: false,
         }
     }
 

@@ -152,11 +152,15 @@ impl Capture<'_> {
             } => image.record_stack_sample(stack_hash, &copy, probes),
             Event::Free {
                 address,
+                size,
                 timestamp_ns,
                 ..
             } => {
                 let freed_ms = image.ms(timestamp_ns);
-                image.ledger_mut().record_free(address, freed_ms)
+                let ledger = image.ledger_mut();
+                if !ledger.record_free(address, freed_ms) {
+                    ledger.record_release_before_attach(size);
+                }
             }
             Event::ReallocFree {
                 tid,
@@ -356,7 +360,13 @@ fn attach(
     for decision in plan.decisions() {
         log::debug!("{decision}");
     }
-    let mut probes = ProbeSet::attach(target.pid, plan, settings)?;
+    // Blocks from before an attach are freed unseen: where free is glibc's, its probe reads
+    // what each releases.
+    let settings = ProbeSettings {
+        free_size_header: !target.launched && plan.free_is_glibc(),
+        ..*settings
+    };
+    let mut probes = ProbeSet::attach(target.pid, plan, &settings)?;
     // Had the process gone while the probes went in, its pid could be another's by now.
     if !target.launched && !target.still_running() {
         return Err(Failure::NoSuchProcess(target.pid).into());

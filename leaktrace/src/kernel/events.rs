@@ -38,6 +38,9 @@ pub enum Event {
     Free {
         pid: u32,
         address: u64,
+        /// What the allocator says the block held, where the probe reads it (glibc, `-p`);
+        /// else 0.
+        size: u64,
         timestamp_ns: u64,
     },
     /// realloc started: its old block is freed, unless the same thread's realloc then fails.
@@ -116,6 +119,7 @@ impl Event {
             EventKind::Free => Some(Event::Free {
                 pid: raw.tgid,
                 address: raw.address,
+                size: raw.size,
                 timestamp_ns: raw.timestamp_ns,
             }),
             EventKind::ReallocFree => Some(Event::ReallocFree {
@@ -240,6 +244,7 @@ mod tests {
             Some(Event::Free {
                 pid: 7,
                 address: 0x1000,
+                size: 24,
                 timestamp_ns: 5
             })
         );

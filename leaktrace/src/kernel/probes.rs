@@ -57,6 +57,9 @@ pub struct ProbeSettings {
     /// Entries of the map of sampled live blocks (`--sampled-blocks`); the default holds, at
     /// `--sample-bytes 524288`, a heap of 128 GiB in small blocks.
     pub sampled_blocks: u32,
+    /// free's probe reads glibc's chunk header, to tell what frees of blocks allocated before
+    /// the attach release.
+    pub free_size_header: bool,
 }
 
 /// The attached probes and the maps userspace reads. Dropping it (or
@@ -100,12 +103,14 @@ impl ProbeSet {
         // The probes log their first drop of each kind only when it would be read: under
         // --verbose, which turns leaktrace's debug log on.
         let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
+        let free_size_header = u32::from(settings.free_size_header);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("STACK_BYTES", &settings.stack_bytes, true)
             .override_global("SAMPLE_MODE", &sample_mode, true)
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
             .override_global("LOG_DROPS", &log_drops, true)
+            .override_global("FREE_SIZE_HEADER", &free_size_header, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads);

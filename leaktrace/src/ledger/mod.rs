@@ -72,6 +72,9 @@ pub struct Totals {
     pub alloc_bytes: u64,
     /// Frees of addresses never seen allocated: blocks from before the attach, mostly.
     pub unmatched_frees: u64,
+    /// What those frees released, where the allocator keeps the size by the block (glibc,
+    /// attached with `-p`); 0 elsewhere.
+    pub unmatched_free_bytes: u64,
     /// Allocations returned at an address we still held as live: its free was not seen
     /// (a lost event), so the old block is taken as freed.
     pub missed_frees: u64,
@@ -122,6 +125,7 @@ pub struct Ledger {
     stack_keys: Vec<StackKey>,
     site_of_stack: HashMap<StackKey, SiteId>,
     unmatched_frees: u64,
+    unmatched_free_bytes: u64,
     missed_frees: u64,
     /// Per thread, the block its realloc in flight freed, kept until the thread's next realloc
     /// in case this one fails: then the block is live again.
@@ -243,8 +247,15 @@ impl Ledger {
     }
 
     /// A free at `freed_ms` (milliseconds since the capture started).
-    pub fn record_free(&mut self, address: u64, freed_ms: u32) {
-        self.free(address, freed_ms);
+    /// A free; false when its block was never seen allocated (allocated before the attach).
+    pub fn record_free(&mut self, address: u64, freed_ms: u32) -> bool {
+        self.free(address, freed_ms).is_some()
+    }
+
+    /// A free of a block never seen allocated released `bytes`, as the allocator told
+    /// ([`Totals::unmatched_free_bytes`]).
+    pub fn record_release_before_attach(&mut self, bytes: u64) {
+        self.unmatched_free_bytes += bytes;
     }
 
     fn free(&mut self, address: u64, freed_ms: u32) -> Option<Released> {
@@ -389,6 +400,7 @@ impl Ledger {
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             unmatched_frees: self.unmatched_frees,
+            unmatched_free_bytes: self.unmatched_free_bytes,
             missed_frees: self.missed_frees,
             ..Totals::default()
         };

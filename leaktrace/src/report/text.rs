@@ -97,10 +97,26 @@ fn render_one(report: &Report, top: usize) -> String {
             crate::cost::meter::percent(percent)
         );
     }
-    if totals.unmatched_frees > 0 {
+    if totals.unmatched_frees > 0 && !header.from_start {
+        // New blocks that replace these look like growth: say how much was replaced.
+        let released = if totals.unmatched_free_bytes > 0 {
+            format!(
+                ", {} bytes, {}/s",
+                thousands(totals.unmatched_free_bytes),
+                human_bytes(totals.unmatched_free_bytes as f64 / header.duration_s.max(1e-3))
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "frees of blocks not seen allocated (before attach, or inside the allocator): {}",
+            "replacing blocks allocated before attach: {} blocks{released}",
+            thousands(totals.unmatched_frees)
+        );
+    } else if totals.unmatched_frees > 0 {
+        let _ = writeln!(
+            out,
+            "frees of blocks not seen allocated (inside the allocator): {}",
             thousands(totals.unmatched_frees)
         );
     }
