@@ -134,7 +134,9 @@ fn take_in(records: &[[u8; size_of::<AllocEvent>()]], ledger: &mut Ledger, sites
                 address,
                 timestamp_ns,
                 ..
-            }) => ledger.record_free(address, (timestamp_ns / 1_000_000) as u32),
+            }) => {
+                ledger.record_free(address, (timestamp_ns / 1_000_000) as u32);
+            }
             _ => {}
         }
     }
