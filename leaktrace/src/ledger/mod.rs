@@ -1,13 +1,15 @@
 //! Ledger: the outstanding blocks and what each call site holds.
 //!
 //! In: decoded allocations and frees, each with a stack key from [`crate::stacks`]. Out: per
-//! call site its live bytes and blocks, allocations and frees, and over the capture its
-//! growth ([`trends`]); with sampling on, every figure scaled back up ([`sampling`]).
+//! call site its live bytes and blocks, allocations and frees, the least and most it held in
+//! each interval, and over the capture its growth ([`trends`]) and its verdict ([`verdict`]);
+//! with sampling on, every figure scaled back up ([`sampling`]).
 //!
 //! The [`Ledger`] itself lives here: address → outstanding block, and per site its totals.
 
 pub mod sampling;
 pub mod trends;
+pub mod verdict;
 
 pub use sampling::Sampling;
 pub use trends::Trends;
@@ -51,6 +53,14 @@ pub struct SiteStats {
     /// Blocks freed within [`Ledger::TEMPORARY_MS`] of their allocation: churn, not leaks
     /// (heaptrack's "temporary allocations").
     pub temporary: u64,
+}
+
+/// The least and the most live bytes a site held since the interval began
+/// ([`Ledger::take_watermarks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: u64,
+    pub high: u64,
 }
 
 /// Totals over all sites, plus the events that matched no site.
@@ -110,6 +120,9 @@ pub type StackKey = i64;
 pub struct Ledger {
     outstanding: HashMap<u64, Outstanding>,
     sites: Vec<SiteStats>,
+    /// Per site, its low and high-water marks in the current interval: kept on each of its
+    /// allocations and frees, so that a burst between two samples is seen.
+    watermarks: Vec<Watermarks>,
     stack_keys: Vec<StackKey>,
     site_of_stack: HashMap<StackKey, SiteId>,
     unmatched_frees: u64,
@@ -164,21 +177,23 @@ impl Ledger {
         allocated_ms: u32,
     ) -> (SiteId, bool) {
         let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
+        let block = Outstanding {
+            size,
+            site,
+            allocated_ms,
+        };
+        // The block whose free was missed went first.
+        if let Some(stale) = self.outstanding.insert(address, block) {
+            self.missed_frees += 1;
+            self.release(stale, allocated_ms, true);
+        }
         let weight = self.sampling.weight(size);
         let stats = &mut self.sites[site.index()];
         stats.allocs += weight.blocks;
         stats.alloc_bytes += weight.bytes;
         stats.live_bytes += weight.bytes;
         stats.live_allocations += weight.blocks;
-        let block = Outstanding {
-            size,
-            site,
-            allocated_ms,
-        };
-        if let Some(stale) = self.outstanding.insert(address, block) {
-            self.missed_frees += 1;
-            self.release(stale, allocated_ms);
-        }
+        self.rose(site);
         (site, is_new)
     }
 
@@ -192,6 +207,7 @@ impl Ledger {
         stats.alloc_bytes += size;
         stats.live_bytes += size;
         stats.live_allocations += 1;
+        self.rose(site);
         let end = address.saturating_add(size);
         self.mappings.insert(address, Mapped { end, site });
         (site, is_new)
@@ -230,20 +246,22 @@ impl Ledger {
             if pieces.is_empty() {
                 stats.frees += 1;
             }
+            self.fell(mapped.site);
         }
     }
 
     /// A free at `freed_ms` (milliseconds since the capture started).
     pub fn record_free(&mut self, address: u64, freed_ms: u32) {
-        self.free(address, freed_ms);
+        self.free(address, freed_ms, true);
     }
 
-    fn free(&mut self, address: u64, freed_ms: u32) -> Option<Released> {
+    /// Frees the block at `address`; `lowers_floor` unless the free is a realloc's.
+    fn free(&mut self, address: u64, freed_ms: u32, lowers_floor: bool) -> Option<Released> {
         let Some(block) = self.outstanding.remove(&address) else {
             self.unmatched_frees += 1;
             return None;
         };
-        let temporary = self.release(block, freed_ms);
+        let temporary = self.release(block, freed_ms, lowers_floor);
         Some(Released {
             address,
             block,
@@ -253,8 +271,14 @@ impl Ledger {
 
     /// realloc on thread `tid` started on `address`: freed now, restorable until the thread's
     /// next realloc.
+    ///
+    /// The free does not lower its site's low-water mark: the block moves rather than goes,
+    /// and its new copy follows in a moment. Else a buffer that grows by realloc would show a
+    /// floor without it in every interval it grew in. (The next interval's floor starts from
+    /// the live bytes as they are then, so a block realloc moved to another site leaves this
+    /// one's floor at the next interval.)
     pub fn record_realloc_free(&mut self, tid: u32, address: u64, freed_ms: u32) {
-        match self.free(address, freed_ms) {
+        match self.free(address, freed_ms, false) {
             Some(released) => self.realloc_freed.insert(tid, released),
             None => self.realloc_freed.remove(&tid),
         };
@@ -276,11 +300,13 @@ impl Ledger {
         stats.temporary -= if temporary { weight.blocks } else { 0 };
         stats.live_bytes += weight.bytes;
         stats.live_allocations += weight.blocks;
+        self.rose(block.site);
         self.outstanding.insert(address, block);
     }
 
-    /// Takes a freed block off its site; true when it counted as temporary.
-    fn release(&mut self, block: Outstanding, freed_ms: u32) -> bool {
+    /// Takes a freed block off its site; true when it counted as temporary. `lowers_floor`:
+    /// the site's low-water mark follows (see [`Ledger::record_realloc_free`] for when not).
+    fn release(&mut self, block: Outstanding, freed_ms: u32, lowers_floor: bool) -> bool {
         let temporary = freed_ms.saturating_sub(block.allocated_ms) < Self::TEMPORARY_MS;
         let weight = self.sampling.weight(block.size);
         let stats = &mut self.sites[block.site.index()];
@@ -288,7 +314,36 @@ impl Ledger {
         stats.temporary += if temporary { weight.blocks } else { 0 };
         stats.live_bytes -= weight.bytes;
         stats.live_allocations -= weight.blocks;
+        if lowers_floor {
+            self.fell(block.site);
+        }
         temporary
+    }
+
+    /// `site`'s live bytes went up: its high-water mark follows.
+    fn rose(&mut self, site: SiteId) {
+        let live = self.sites[site.index()].live_bytes;
+        let marks = &mut self.watermarks[site.index()];
+        marks.high = marks.high.max(live);
+    }
+
+    /// `site`'s live bytes went down: its low-water mark follows.
+    fn fell(&mut self, site: SiteId) {
+        let live = self.sites[site.index()].live_bytes;
+        let marks = &mut self.watermarks[site.index()];
+        marks.low = marks.low.min(live);
+    }
+
+    /// Every site's low and high-water marks since the last call (by site index; a site new
+    /// since then starts from 0, which it held before its first block); each then starts
+    /// again from the site's live bytes now. The capture calls this at each interval's end.
+    pub fn take_watermarks(&mut self) -> Vec<Watermarks> {
+        let now = self.sites.iter().map(|stats| Watermarks {
+            low: stats.live_bytes,
+            high: stats.live_bytes,
+        });
+        let now: Vec<Watermarks> = now.collect();
+        std::mem::replace(&mut self.watermarks, now)
     }
 
     fn site_for(&mut self, stack: StackKey) -> (SiteId, bool) {
@@ -297,6 +352,7 @@ impl Ledger {
         }
         let site = SiteId(self.sites.len() as u32);
         self.sites.push(SiteStats::default());
+        self.watermarks.push(Watermarks::default());
         self.stack_keys.push(stack);
         self.site_of_stack.insert(stack, site);
         (site, true)
@@ -572,6 +628,50 @@ mod tests {
         assert_eq!(
             (ledger.site(site).frees, ledger.site(site).temporary),
             (2, 1)
+        );
+    }
+
+    #[test]
+    fn watermarks_catch_what_happened_between_two_ticks() {
+        let mut ledger = Ledger::default();
+        let (held, _) = ledger.record_alloc(0x10, 1000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks { low: 0, high: 1000 },
+            "a new site held nothing before its first block"
+        );
+        // A burst on top, gone by the tick; and a dip below, refilled by the tick.
+        ledger.record_alloc(0x20, 5000, 1, 0);
+        ledger.record_free(0x20, 0);
+        ledger.record_free(0x10, 0);
+        ledger.record_alloc(0x30, 1000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks { low: 0, high: 6000 }
+        );
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks {
+                low: 1000,
+                high: 1000
+            },
+            "a quiet interval: the live bytes throughout"
+        );
+    }
+
+    #[test]
+    fn a_realloc_moving_a_block_does_not_lower_the_floor() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 1000, 1, 0);
+        ledger.take_watermarks();
+        ledger.record_realloc_free(7, 0x10, 0);
+        ledger.record_alloc(0x20, 2000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[site.index()],
+            Watermarks {
+                low: 1000,
+                high: 2000
+            }
         );
     }
 
