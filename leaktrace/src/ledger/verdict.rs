@@ -20,29 +20,41 @@
 //!   once) moves few of the pairwise slopes, so the median stays 0 unless the jump sits in
 //!   the middle third of the window, where the recency test below catches it.
 //!
-//! A window of marks *rises* ([`rises`]) when all three hold: the Mann–Kendall test finds the
-//! floor rising at [`ALPHA`], the Theil–Sen slope is above 0, and the Theil–Sen slope of the
-//! window's last third is at least [`RECENT_SHARE`] of it (the floor still rises at the end, at
-//! a quarter of its pace or more). The verdicts, first match wins:
+//! A window of marks *still rises* when its Theil–Sen slope is above 0 and the Theil–Sen
+//! slope of its last third is at least [`RECENT_SHARE`] of it (the floor rises at the end at a
+//! quarter of its pace or more); it *rises* ([`rises`]) when, besides, the Mann–Kendall test
+//! finds its floor rising at [`ALPHA`]. The verdicts, first match wins:
 //!
 //! | verdict | when |
 //! |---|---|
 //! | `too early` | fewer than [`MIN_INTERVALS`] (8) marks: no trend could be significant yet |
-//! | `leaking` | the window rises, or its last third (when it has 8 marks or more) does: the floor rises, significantly, and still |
-//! | `grew then flat` | the floor rose significantly (Mann–Kendall at [`ALPHA`]) but does not rise now: a cache that filled, a pool sized once, clients that connected |
-//! | `shrinking` | the floor fell significantly (Mann–Kendall at [`ALPHA`]) |
-//! | `fluctuating` | none of those, and in some interval the site rose above its floor by at least [`SWING_SHARE`] of its highest mark: bursts over a flat floor |
-//! | `stable` | none of those: the floor is flat and so is everything above it |
+//! | `leaking` | the window rises, or its last third (when that has 8 marks or more) does: the floor rises, significantly, and still |
+//! | `grew then flat` | the floor rose (Mann–Kendall at [`ALPHA_CHANGE`]) and does not still rise: a cache that filled, a pool sized once, clients that connected |
+//! | `shrinking` | the floor fell (Mann–Kendall at [`ALPHA_CHANGE`]) |
+//! | `fluctuating` | none of those, and the site fell from one interval's high to a later interval's low by at least [`SWING_SHARE`] of its highest mark: bursts that come and go over a flat floor |
+//! | `stable` | none of those |
 //!
-//! 8 is the fewest intervals in which a floor that rises in every one of them reaches
-//! Z ≥ 3.09 (S = 28 of 28 pairs: Z = 3.34; 7 intervals give 3.00).
+//! `leaking` is the verdict acted on, so it takes the stronger evidence: 8 is the fewest
+//! intervals in which a floor that rises in every one of them reaches Z ≥ 3.09 (S = 28 of 28
+//! pairs: Z = 3.34; 7 intervals give 3.00). Growth that stopped, or a fall, is told at
+//! [`ALPHA_CHANGE`] (0.01, Z ≥ 2.33): a floor that rose in only three intervals never reaches
+//! Z = 3.09 however long it stays flat after (Z tends to 3), but is `grew then flat` at 0.01.
+//! A floor that rises with p between the two and still rises is none of `leaking` and `grew
+//! then flat`: it ends `fluctuating` or `stable`, until the evidence is in.
+//!
+//! Mann–Kendall assumes independent intervals. A floor that wanders (a random walk: connections
+//! that come and go over minutes) rises over some windows and is then `leaking` over them;
+//! the whole capture's verdict, over more intervals, is the one to trust.
 
 use std::fmt;
 
 use serde::Serialize;
 
-/// One-sided significance level of the Mann–Kendall test.
+/// One-sided significance level of the Mann–Kendall test for `leaking`.
 pub const ALPHA: f64 = 0.001;
+
+/// One-sided significance level of the Mann–Kendall test for `grew then flat` and `shrinking`.
+pub const ALPHA_CHANGE: f64 = 0.01;
 
 /// Fewer marks than this are `too early`.
 pub const MIN_INTERVALS: usize = 8;
@@ -51,7 +63,8 @@ pub const MIN_INTERVALS: usize = 8;
 /// whole window's.
 pub const RECENT_SHARE: f64 = 0.25;
 
-/// A site rose this share of its highest mark above its floor within one interval: bursts.
+/// A site fell this share of its highest mark from one interval's high to a later interval's
+/// low: bursts.
 pub const SWING_SHARE: f64 = 0.25;
 
 /// What a site did in one interval (or in a run of them, merged): the least and the most it
@@ -153,9 +166,9 @@ pub fn judge(marks: &[Mark]) -> Judgement {
     if last_third.len() >= MIN_INTERVALS && rises(last_third) {
         return judgement(Verdict::Leaking, floor_slope(last_third));
     }
-    let verdict = if trend.p_rising() <= ALPHA {
+    let verdict = if trend.p_rising() <= ALPHA_CHANGE && !still_rises(marks) {
         Verdict::GrewThenFlat
-    } else if trend.p_falling() <= ALPHA {
+    } else if trend.p_falling() <= ALPHA_CHANGE {
         Verdict::Shrinking
     } else if swings(marks) {
         Verdict::Fluctuating
@@ -168,19 +181,29 @@ pub fn judge(marks: &[Mark]) -> Judgement {
 /// The floor of `marks` rises significantly, at a positive rate, and still at the end: see
 /// the [module documentation](self).
 pub fn rises(marks: &[Mark]) -> bool {
-    if MannKendall::of(marks).p_rising() > ALPHA {
-        return false;
-    }
+    MannKendall::of(marks).p_rising() <= ALPHA && still_rises(marks)
+}
+
+/// The floor's Theil–Sen slope is above 0, and its last third's at least [`RECENT_SHARE`] of
+/// it.
+fn still_rises(marks: &[Mark]) -> bool {
     let slope = floor_slope(marks);
     let last_third = &marks[marks.len() - marks.len().div_ceil(3)..];
     slope > 0.0 && floor_slope(last_third) >= RECENT_SHARE * slope
 }
 
-/// Some interval saw the site rise [`SWING_SHARE`] of its highest mark above its floor.
+/// The site fell from some interval's high to a later interval's low by [`SWING_SHARE`] of
+/// its highest mark. (Within one interval the order of its high and low is not known: a
+/// site that grew in it has them as far apart as one that had a burst.)
 fn swings(marks: &[Mark]) -> bool {
     let highest = marks.iter().map(|m| m.high).max().unwrap_or(0);
-    let widest = marks.iter().map(|m| m.high - m.low.min(m.high)).max();
-    highest > 0 && widest.unwrap_or(0) as f64 >= SWING_SHARE * highest as f64
+    let mut high_before = 0u64;
+    let mut deepest = 0;
+    for mark in marks {
+        deepest = deepest.max(high_before.saturating_sub(mark.low));
+        high_before = high_before.max(mark.high);
+    }
+    highest > 0 && deepest as f64 >= SWING_SHARE * highest as f64
 }
 
 /// Theil–Sen slope of the lows of `marks` against their times.
@@ -455,6 +478,20 @@ mod tests {
             })
             .collect();
         assert_eq!(judge(&churn).verdict, Verdict::Fluctuating);
+        // Growing within the first interval, then holding, is no swing.
+        let mut filled = flat_marks(&[50_000; 12]);
+        filled[0].low = 0;
+        assert_eq!(judge(&filled).verdict, Verdict::Stable);
+    }
+
+    #[test]
+    fn a_rise_in_three_intervals_grew_then_flat_at_the_lesser_level() {
+        let mut lows = vec![0, 100_000, 200_000];
+        lows.extend([300_000; 9]);
+        let judgement = judge(&flat_marks(&lows));
+        assert!(judgement.trend.p_rising() > ALPHA);
+        assert!(judgement.trend.p_rising() <= ALPHA_CHANGE);
+        assert_eq!(judgement.verdict, Verdict::GrewThenFlat);
     }
 
     /// What a 1 MB burst every 3 s, ramped over its first 2 s and then freed at once, looks
