@@ -289,6 +289,7 @@ impl Cli {
                     max_size: self.max_size.unwrap_or(u64::MAX),
                 },
                 windows,
+                interval,
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,

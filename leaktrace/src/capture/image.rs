@@ -7,7 +7,11 @@ use anyhow::{Context, Result};
 use crate::{
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
-    ledger::{BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends},
+    ledger::{
+        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends,
+        trends::Growth,
+        verdict::{Judgement, Verdict},
+    },
     plan::ProbePlan,
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
     stacks::{
@@ -78,6 +82,8 @@ pub struct ImageOptions {
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
     pub windows: Option<(u32, usize)>,
+    /// The live view's period: an interval of the trends and verdicts.
+    pub interval: std::time::Duration,
 }
 
 /// What one process did while it ran one program.
@@ -98,6 +104,7 @@ pub struct TracedImage {
     /// Which live blocks the report counts.
     filter: BlockFilter,
     windows: Option<(u32, usize)>,
+    interval: std::time::Duration,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by key, waiting for their allocation event.
     unwound: HashMap<u64, Unwound>,
@@ -138,6 +145,7 @@ impl TracedImage {
             trends: Trends::default(),
             filter: options.filter,
             windows: options.windows,
+            interval: options.interval,
             unwinder: prepared.unwinder,
             unwound: HashMap::new(),
             last_copy: HashMap::new(),
@@ -228,34 +236,53 @@ impl TracedImage {
         monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e9
     }
 
-    /// Live bytes and blocks, and the top `top` sites by `sort` with their change since the
-    /// last call; then a new trend sample.
+    /// An interval ends now: every site's live bytes and watermarks go into the trends.
+    fn end_interval(&mut self) -> Vec<(SiteId, SiteStats)> {
+        let now = self.now();
+        let sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
+        let watermarks = self.ledger.take_watermarks();
+        let watermarks = (!self.filter.is_active()).then_some(watermarks.as_slice());
+        self.trends.end_interval(&sites, watermarks, now);
+        sites
+    }
+
+    /// The interval that ends now: live bytes and blocks, and the top `top` sites by `sort`
+    /// with their change over the interval, growth and verdict over the live view's window.
+    /// Sorted by growth, `leaking` sites come first.
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
-        let now = self.now();
-        let mut sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
-        sites.retain(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs);
+        let sites = self.end_interval();
+        let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
+            .into_iter()
+            .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
+            .map(|(site, stats)| {
+                let growth = self.trends.growth(site);
+                (site, stats, growth, self.trends.recent_verdict(site))
+            })
+            .collect();
         match sort {
-            SortKey::Growth => sites.sort_by(|a, b| {
-                let growth = |site| self.trends.growth(site).bytes_per_s;
+            SortKey::Growth => judged.sort_by(|a, b| {
+                let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
                 // Until there are samples to fit, live bytes decide.
-                (growth(b.0).total_cmp(&growth(a.0))).then(b.1.live_bytes.cmp(&a.1.live_bytes))
+                (leaking(&b.3).cmp(&leaking(&a.3)))
+                    .then(b.2.bytes_per_s.total_cmp(&a.2.bytes_per_s))
+                    .then(b.1.live_bytes.cmp(&a.1.live_bytes))
             }),
-            SortKey::Live => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes)),
-            SortKey::Allocs => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.allocs)),
+            SortKey::Live => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.live_bytes)),
+            SortKey::Allocs => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.allocs)),
         }
-        let rows = sites
+        let rows = judged
             .into_iter()
             .take(top)
-            .map(|(site, stats): (_, SiteStats)| IntervalRow {
+            .map(|(site, stats, growth, judgement)| IntervalRow {
                 live_bytes: stats.live_bytes,
                 live_allocations: stats.live_allocations,
-                change: self.trends.change(site, stats.live_bytes),
-                growth: self.trends.growth(site),
+                change: self.trends.change(site),
+                growth,
+                verdict: judgement.verdict,
                 site: self.call_sites.describe(site, &mut self.symbolizer),
             })
             .collect();
-        self.trends.sample(&self.ledger, now);
         let totals = self.ledger.totals();
         (totals.live_bytes, totals.live_allocations, rows)
     }
@@ -264,7 +291,11 @@ impl TracedImage {
     pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
         if self.ended.is_none() {
             let now = self.now();
-            self.trends.sample(&self.ledger, now);
+            let sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
+            let watermarks = self.ledger.take_watermarks();
+            let watermarks = (!self.filter.is_active()).then_some(watermarks.as_slice());
+            let interval_s = self.interval.as_secs_f64();
+            self.trends.end_capture(&sites, watermarks, now, interval_s);
         }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
         let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;

@@ -84,7 +84,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             thousands(site.stats.live_bytes),
             thousands(site.stats.live_allocations),
             site.growth_bytes_per_s,
-            site.growth_steadiness,
+            site.growth_steadiness.unwrap_or(0.0),
             stack.join("\n")
         );
     }

@@ -27,6 +27,7 @@ use crate::{
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
+    ledger::verdict::{Judgement, Verdict},
     ledger::{Ledger, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
@@ -38,10 +39,16 @@ use crate::{
 pub struct SiteReport {
     #[serde(flatten)]
     pub stats: SiteStats,
+    /// What the site's floor did over the whole capture ([`crate::ledger::verdict`]).
+    pub verdict: Verdict,
+    /// Theil–Sen slope of the site's floor (each interval's least live bytes), bytes per
+    /// second: over the rising part when `leaking`, else over the whole capture.
+    pub floor_growth_bytes_per_s: f64,
     /// Least-squares slope of live bytes over the last intervals ([`crate::ledger::trends`]).
     pub growth_bytes_per_s: f64,
-    /// R² of that fit: how steadily the site grows, 0 to 1.
-    pub growth_steadiness: f64,
+    /// R² of that fit: how steadily the site grows, 0 to 1; `None` (null) when fitted
+    /// through fewer than 3 samples.
+    pub growth_steadiness: Option<f64>,
     /// (seconds since the start, live bytes) at each interval and at the end.
     pub series: Vec<(f64, u64)>,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
@@ -73,7 +80,8 @@ pub struct Report {
     pub header: ReportHeader,
     pub totals: Totals,
     pub drops: DropCounts,
-    /// Every site, by live bytes (most first).
+    /// Every site: the `leaking` ones first, fastest floor first; then the others by live
+    /// bytes (most first).
     pub sites: Vec<SiteReport>,
     /// The target's earlier program images (before an exec) and, with `-f`, its children:
     /// each reported on its own.
@@ -93,7 +101,7 @@ impl Report {
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
-        mut sites: Vec<(SiteId, SiteStats)>,
+        sites: Vec<(SiteId, SiteStats)>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
@@ -102,17 +110,31 @@ impl Report {
         let mut totals = ledger.totals();
         totals.live_bytes = sites.iter().map(|(_, s)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s)| s.live_allocations).sum();
-        sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        let mut sites: Vec<_> = sites
+            .into_iter()
+            .map(|(site, stats)| (site, stats, trends.whole_verdict(site)))
+            .collect();
+        sites.sort_by(|(_, a, a_verdict), (_, b, b_verdict)| {
+            let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+            let leak_rate = |j: &Judgement| {
+                if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
+            };
+            (leaking(b_verdict).cmp(&leaking(a_verdict)))
+                .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
+                .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
+        });
         let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
             .into_iter()
-            .map(|(site, stats)| {
+            .map(|(site, stats, judgement)| {
                 progress.advance();
                 let growth = trends.growth(site);
                 SiteReport {
                     stats,
+                    verdict: judgement.verdict,
+                    floor_growth_bytes_per_s: judgement.floor_bytes_per_s,
                     growth_bytes_per_s: growth.bytes_per_s,
-                    growth_steadiness: growth.steadiness,
+                    growth_steadiness: growth.shown_steadiness(),
                     series: trends.series(site).to_vec(),
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                 }
