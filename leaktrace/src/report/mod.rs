@@ -190,13 +190,38 @@ impl Report {
             inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
         }
         .context("draw the flamegraph")?;
-        Ok(String::from_utf8_lossy(&svg).into_owned())
+        let label = format!(
+            "all live bytes of pid {} ({}): {} bytes in {} blocks",
+            self.header.pid,
+            self.header.command,
+            thousands(self.totals.live_bytes),
+            thousands(self.totals.live_allocations)
+        );
+        Ok(label_root(&String::from_utf8_lossy(&svg), &label))
     }
 
     pub fn write_pprof(&self, path: &Path) -> Result<()> {
         let profile = pprof::pprof(self)?;
         write_report(path, &profile)
     }
+}
+
+/// inferno leaves its root frame ("all") blank: write `label` in it. The root is the frame
+/// whose tooltip starts "all (": its text element follows its title and rectangle.
+fn label_root(svg: &str, label: &str) -> String {
+    const ROOT: &str = "<title>all (";
+    const EMPTY_TEXT: &str = "></text>";
+    let Some(root) = svg.find(ROOT) else {
+        return svg.to_owned();
+    };
+    let Some(text) = svg[root..].find(EMPTY_TEXT).map(|at| root + at + 1) else {
+        return svg.to_owned();
+    };
+    let label = label
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!("{}{label}{}", &svg[..text], &svg[text..])
 }
 
 /// Every report file goes out this way: atomically, never through a link, owned by the sudo
@@ -304,6 +329,21 @@ pub fn thousands(value: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flamegraph_root_is_labelled() {
+        let svg = "<g><title>leak (3 bytes, 75%)</title><rect/><text x=\"1\">leak</text></g>\
+                   <g><title>all (4 bytes, 100%)</title><rect/><text x=\"0\"></text></g>";
+        let labelled = label_root(svg, "all live bytes of pid 1 (a<b)");
+        assert!(
+            labelled.ends_with(
+                "<title>all (4 bytes, 100%)</title><rect/><text x=\"0\">all live bytes of pid 1 \
+                 (a&lt;b)</text></g>"
+            ),
+            "{labelled}"
+        );
+        assert_eq!(label_root("<svg/>", "x"), "<svg/>");
+    }
 
     #[test]
     fn thousands_groups_digits() {
