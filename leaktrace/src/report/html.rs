@@ -119,7 +119,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             page,
             "<tr><td class=\"rank\" style=\"border-left-color:{colour}\">{rank}</td>\
              <td class=\"verdict {class}\">{verdict}</td><td>{live}</td><td>{blocks}</td>\
-             <td>{allocs}</td><td>{frees}</td><td>{temporary}</td><td>{floor}/s</td>\
+             <td>{allocs}</td><td>{frees}</td><td>{temporary}</td><td>{floor}</td>\
              <td>{growth}/s{steadiness}</td><td><pre>{stack}</pre></td></tr>",
             colour = colour(rank),
             rank = rank + 1,
@@ -130,7 +130,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             allocs = thousands(stats.allocs),
             frees = thousands(stats.frees),
             temporary = thousands(stats.temporary),
-            floor = signed_bytes(site.floor_growth_bytes_per_s),
+            floor = floor_growth(site),
             growth = signed_bytes(site.growth_bytes_per_s),
             stack = stack.join("\n"),
         );
@@ -153,8 +153,8 @@ const VERDICTS: &str = "<p class=\"legend\">Verdicts, from each interval's least
 (the floor) over the whole capture: <b>leaking</b> the floor rises, significantly, and \
 still; <b>grew then flat</b> it rose, and rises no more; <b>fluctuating</b> bursts over a \
 flat floor; <b>stable</b> flat; <b>shrinking</b> the floor falls; <b>too early</b> fewer \
-than 8 intervals. Floor growth is its Theil–Sen slope; growth the least-squares slope of \
-live bytes over the last intervals.</p>\n";
+than 8 intervals. Floor growth is a leaking floor's Theil–Sen slope; growth the \
+least-squares slope of live bytes over the last intervals.</p>\n";
 
 fn verdict_class(verdict: Verdict) -> &'static str {
     match verdict {
@@ -164,6 +164,15 @@ fn verdict_class(verdict: Verdict) -> &'static str {
         Verdict::Stable => "stable",
         Verdict::Shrinking => "shrinking",
         Verdict::TooEarly => "early",
+    }
+}
+
+/// The floor's growth where it is the leak's rate: for a `leaking` site. (A site that grew
+/// then went flat has a positive slope too, from its growth, which would read as a rate.)
+fn floor_growth(site: &SiteReport) -> String {
+    match site.verdict {
+        Verdict::Leaking => format!("{}/s", signed_bytes(site.floor_growth_bytes_per_s)),
+        _ => "–".to_owned(),
     }
 }
 
@@ -180,7 +189,7 @@ td{text-align:right}td:last-child{text-align:left}\
 td.rank{border-left:8px solid #ccc}td.verdict{text-align:left;white-space:nowrap}\
 .leaking{background:#fbd5d5;font-weight:bold}.grew{background:#fdf0cf}\
 .fluctuating{background:#dbeaf7}.shrinking{background:#dcf2dc}\
-pre{margin:0;font-size:12px;text-align:left}img.flame{width:100%;height:auto}\
+pre{margin:0;font-size:12px;text-align:left;white-space:pre-wrap;overflow-wrap:anywhere}img.flame{width:100%;height:auto}\
 .legend{font-size:12px;max-width:760px}svg.plot{background:#fff;border:1px solid #ddd}\
 svg.plot text{font-size:11px;fill:#333}";
 
@@ -245,9 +254,11 @@ fn plot(what: &str, lines: &[Line]) -> String {
     let max_y = points().map(|p| p.1).fold(0.0, f64::max);
     let min_y = points().map(|p| p.1).fold(0.0, f64::min);
 
-    let t_step = nice_step(max_t.max(1e-3) / 6.0);
-    let t_ticks = ticks(0.0, max_t.max(1e-3), t_step);
-    let t_end = *t_ticks.last().unwrap();
+    // Time runs to the last sample; bytes to the first tick above the highest.
+    let t_end = max_t.max(1e-3);
+    let t_step = nice_step(t_end / 6.0);
+    let mut t_ticks = ticks(0.0, t_end, t_step);
+    t_ticks.retain(|&t| t <= t_end * (1.0 + 1e-9));
     let (unit, unit_name) = byte_unit(max_y.max(-min_y));
     let y_step = nice_step((max_y - min_y).max(1.0) / unit / 5.0);
     let y_ticks = ticks(min_y / unit, (max_y / unit).max(y_step), y_step);

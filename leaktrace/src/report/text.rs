@@ -101,8 +101,10 @@ fn render_one(report: &Report, top: usize) -> String {
     }
     for (rank, site) in live.iter().take(top).enumerate() {
         let stats = &site.stats;
+        // The floor's slope is the leak's rate; a site that grew then went flat has one
+        // too, from its growth, which would read as a rate.
         let floor = match site.verdict {
-            Verdict::Leaking | Verdict::GrewThenFlat | Verdict::Shrinking => {
+            Verdict::Leaking => {
                 format!(" (floor {}/s)", signed_bytes(site.floor_growth_bytes_per_s))
             }
             _ => String::new(),
