@@ -1,6 +1,5 @@
 //! Which sites grow: each site's live bytes sampled every interval with a fitted growth rate,
-//! and each interval's low and high-water marks, which the [`verdict`](super::verdict) is
-//! decided on.
+//! and each interval's low and high-water marks, which the [`verdict`] is decided on.
 //!
 //! "Most live bytes" is not "leaking": a cache that filled once holds many bytes and grows no
 //! more. The growth rate is the least-squares slope of live bytes over the last
