@@ -8,7 +8,7 @@ use crate::{
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
     ledger::{
-        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends,
+        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends, Watermarks,
         trends::Growth,
         verdict::{Judgement, Verdict},
     },
@@ -36,6 +36,17 @@ fn describe(filter: &BlockFilter) -> String {
         parts.push(format!("of {} to {max} bytes", filter.min_size));
     }
     parts.join(", ")
+}
+
+/// Each site's live bytes now as both its watermarks.
+fn live_now(sites: &[(SiteId, SiteStats)]) -> Vec<Watermarks> {
+    sites
+        .iter()
+        .map(|(_, stats)| Watermarks {
+            low: stats.live_bytes,
+            high: stats.live_bytes,
+        })
+        .collect()
 }
 
 /// A stack the kernel walked by frame pointers: its first address is the exact ip.
@@ -134,7 +145,16 @@ impl TracedImage {
                 .malloc_module()
                 .map_or_else(String::new, |m| m.display().to_string()),
             probed: plan.describe(),
-            ledger: Ledger::new(options.sampling),
+            // With a block filter the marks are of the filtered live bytes at each interval's
+            // end: the ledger's, by event time, count every block.
+            ledger: Ledger::with_intervals(
+                options.sampling,
+                if options.filter.is_active() {
+                    0
+                } else {
+                    options.interval.as_millis().try_into().unwrap_or(u32::MAX)
+                },
+            ),
             call_sites: CallSites::new(
                 plan.allocator_modules()
                     .into_iter()
@@ -236,13 +256,24 @@ impl TracedImage {
         monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e9
     }
 
-    /// An interval ends now: every site's live bytes and watermarks go into the trends.
+    /// A live view's moment: every site's live bytes go into the trends, and so do the
+    /// watermarks of each interval of the target's time that ended since the last (by the
+    /// events' timestamps, so however late this comes: [`Ledger::with_intervals`]). With a
+    /// block filter, the filtered live bytes now stand for both watermarks of an interval
+    /// that ends now.
     fn end_interval(&mut self) -> Vec<(SiteId, SiteStats)> {
         let now = self.now();
-        let sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
-        let watermarks = self.ledger.take_watermarks();
-        let watermarks = (!self.filter.is_active()).then_some(watermarks.as_slice());
-        self.trends.end_interval(&sites, watermarks, now);
+        let now_ms = (now * 1000.0) as u32;
+        let sites = self.ledger.site_stats(&self.filter, now_ms);
+        self.trends.sample(&sites, now);
+        if self.filter.is_active() {
+            self.trends.end_interval(&live_now(&sites), now);
+        } else {
+            for closed in self.ledger.close_intervals(now_ms) {
+                let end = closed.end_ms as f64 / 1000.0;
+                self.trends.end_interval(&closed.watermarks, end);
+            }
+        }
         sites
     }
 
@@ -291,11 +322,20 @@ impl TracedImage {
     pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
         if self.ended.is_none() {
             let now = self.now();
-            let sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
-            let watermarks = self.ledger.take_watermarks();
-            let watermarks = (!self.filter.is_active()).then_some(watermarks.as_slice());
+            let now_ms = (now * 1000.0) as u32;
+            let sites = self.ledger.site_stats(&self.filter, now_ms);
+            self.trends.sample(&sites, now);
+            let last = if self.filter.is_active() {
+                live_now(&sites)
+            } else {
+                for closed in self.ledger.close_intervals(now_ms) {
+                    let end = closed.end_ms as f64 / 1000.0;
+                    self.trends.end_interval(&closed.watermarks, end);
+                }
+                self.ledger.take_watermarks()
+            };
             let interval_s = self.interval.as_secs_f64();
-            self.trends.end_capture(&sites, watermarks, now, interval_s);
+            self.trends.end_capture(&last, now, interval_s);
         }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
         let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;

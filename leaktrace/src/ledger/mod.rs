@@ -63,6 +63,14 @@ pub struct Watermarks {
     pub high: u64,
 }
 
+/// One interval of the target's own time, closed: every site's watermarks in it (by site
+/// index), and when it ended (ms since the capture started).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedInterval {
+    pub end_ms: u64,
+    pub watermarks: Vec<Watermarks>,
+}
+
 /// Totals over all sites, plus the events that matched no site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -123,6 +131,12 @@ pub struct Ledger {
     /// Per site, its low and high-water marks in the current interval: kept on each of its
     /// allocations and frees, so that a burst between two samples is seen.
     watermarks: Vec<Watermarks>,
+    /// With intervals by event time ([`Ledger::with_intervals`]): their length in ms (0:
+    /// none, the caller ends intervals with [`Ledger::take_watermarks`]), the index of the
+    /// one under way, and those closed since [`Ledger::close_intervals`] last took them.
+    interval_ms: u32,
+    interval: u64,
+    closed: Vec<ClosedInterval>,
     stack_keys: Vec<StackKey>,
     site_of_stack: HashMap<StackKey, SiteId>,
     unmatched_frees: u64,
@@ -167,6 +181,49 @@ impl Ledger {
         }
     }
 
+    /// A ledger whose watermarks are kept per interval of `interval_ms` of the target's own
+    /// time: interval k is [k × interval_ms, (k + 1) × interval_ms) of the events'
+    /// timestamps, closed by the first allocation or free stamped after it (or by
+    /// [`Ledger::close_intervals`]). So the intervals are the target's, however late
+    /// leaktrace takes the events in: a leaktrace starved for seconds still sees each second
+    /// of a cache filling in its own interval. (Events whose timestamps come slightly out of
+    /// order, from two CPUs, count in the interval under way.)
+    pub fn with_intervals(sampling: Sampling, interval_ms: u32) -> Self {
+        Ledger {
+            interval_ms,
+            ..Ledger::new(sampling)
+        }
+    }
+
+    /// Closes every interval that ended by `ms`.
+    fn advance(&mut self, ms: u32) {
+        if self.interval_ms == 0 {
+            return;
+        }
+        let now = u64::from(ms / self.interval_ms);
+        while self.interval < now {
+            self.interval += 1;
+            let watermarks = self.take_watermarks();
+            self.closed.push(ClosedInterval {
+                end_ms: self.interval * u64::from(self.interval_ms),
+                watermarks,
+            });
+        }
+    }
+
+    /// With intervals by event time: closes every interval that ended by `now_ms` (all the
+    /// events stamped before it taken in), and hands over all those closed since the last
+    /// call, oldest first. None without.
+    pub fn close_intervals(&mut self, now_ms: u32) -> Vec<ClosedInterval> {
+        self.advance(now_ms);
+        std::mem::take(&mut self.closed)
+    }
+
+    /// When the interval under way began (ms since the capture started).
+    pub fn interval_start_ms(&self) -> u64 {
+        self.interval * u64::from(self.interval_ms)
+    }
+
     /// Records an allocation; returns the site and whether the site is new, so the caller can
     /// fetch the stack once.
     pub fn record_alloc(
@@ -176,6 +233,7 @@ impl Ledger {
         stack: StackKey,
         allocated_ms: u32,
     ) -> (SiteId, bool) {
+        self.advance(allocated_ms);
         let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
         let block = Outstanding {
             size,
@@ -252,6 +310,7 @@ impl Ledger {
 
     /// A free at `freed_ms` (milliseconds since the capture started).
     pub fn record_free(&mut self, address: u64, freed_ms: u32) {
+        self.advance(freed_ms);
         self.free(address, freed_ms, true);
     }
 
@@ -278,6 +337,7 @@ impl Ledger {
     /// the live bytes as they are then, so a block realloc moved to another site leaves this
     /// one's floor at the next interval.)
     pub fn record_realloc_free(&mut self, tid: u32, address: u64, freed_ms: u32) {
+        self.advance(freed_ms);
         match self.free(address, freed_ms, false) {
             Some(released) => self.realloc_freed.insert(tid, released),
             None => self.realloc_freed.remove(&tid),
@@ -336,7 +396,9 @@ impl Ledger {
 
     /// Every site's low and high-water marks since the last call (by site index; a site new
     /// since then starts from 0, which it held before its first block); each then starts
-    /// again from the site's live bytes now. The capture calls this at each interval's end.
+    /// again from the site's live bytes now. Without intervals by event time the caller
+    /// calls this at each interval's end; with them, at the capture's end, for the interval
+    /// under way.
     pub fn take_watermarks(&mut self) -> Vec<Watermarks> {
         let now = self.sites.iter().map(|stats| Watermarks {
             low: stats.live_bytes,
@@ -657,6 +719,66 @@ mod tests {
             },
             "a quiet interval: the live bytes throughout"
         );
+    }
+
+    #[test]
+    fn intervals_follow_the_events_own_time_however_late_they_are_taken_in() {
+        let mut ledger = Ledger::with_intervals(Sampling::Exact, 1000);
+        // Four seconds of a cache filling, taken in all at once.
+        let mut site = None;
+        for second in 0..4u32 {
+            for i in 0..10 {
+                let address = u64::from(second * 10 + i + 1) * 0x100;
+                site = Some(
+                    ledger
+                        .record_alloc(address, 100, 1, second * 1000 + i * 50)
+                        .0,
+                );
+            }
+        }
+        let site = site.unwrap().index();
+        let closed = ledger.close_intervals(4500);
+        let marks: Vec<(u64, Watermarks)> = closed
+            .iter()
+            .map(|c| (c.end_ms, c.watermarks[site]))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                (1000, Watermarks { low: 0, high: 1000 }),
+                (
+                    2000,
+                    Watermarks {
+                        low: 1000,
+                        high: 2000
+                    }
+                ),
+                (
+                    3000,
+                    Watermarks {
+                        low: 2000,
+                        high: 3000
+                    }
+                ),
+                (
+                    4000,
+                    Watermarks {
+                        low: 3000,
+                        high: 4000
+                    }
+                ),
+            ]
+        );
+        assert_eq!(ledger.interval_start_ms(), 4000);
+        assert!(ledger.close_intervals(4900).is_empty(), "taken once");
+        // A quiet stretch: its intervals close at the next call, each with the live bytes.
+        let quiet = ledger.close_intervals(7000);
+        assert_eq!(quiet.len(), 3);
+        assert!(quiet.iter().all(|c| c.watermarks[site]
+            == Watermarks {
+                low: 4000,
+                high: 4000
+            }));
     }
 
     #[test]

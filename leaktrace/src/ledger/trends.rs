@@ -136,61 +136,49 @@ impl SiteMarks {
 }
 
 impl Trends {
-    /// An interval ended at `seconds` since the capture started. `sites` are every site with
-    /// its live bytes as the reports count them (by site index); `watermarks` each site's low
-    /// and high-water marks over the interval (by index), or `None` when a block filter is on
-    /// (the ledger's marks count every block): then the live bytes now stand for both.
-    pub fn end_interval(
-        &mut self,
-        sites: &[(SiteId, SiteStats)],
-        watermarks: Option<&[Watermarks]>,
-        seconds: f64,
-    ) {
-        self.record(sites, watermarks, seconds, true);
-    }
-
-    /// The capture ended at `seconds`: the live bytes are sampled once more, and the
-    /// watermarks since the last interval make an interval of their own if that stretch
-    /// lasted at least half of `interval_s`, else join the last interval. (With `--count`
-    /// the capture ends right after an interval: its verdict is on exactly that many.)
-    pub fn end_capture(
-        &mut self,
-        sites: &[(SiteId, SiteStats)],
-        watermarks: Option<&[Watermarks]>,
-        seconds: f64,
-        interval_s: f64,
-    ) {
-        let own = seconds - self.last_end >= interval_s / 2.0;
-        self.record(sites, watermarks, seconds, own);
-    }
-
-    fn record(
-        &mut self,
-        sites: &[(SiteId, SiteStats)],
-        watermarks: Option<&[Watermarks]>,
-        seconds: f64,
-        own_interval: bool,
-    ) {
-        let count = sites.iter().map(|(site, _)| site.index() + 1).max();
-        let count = count.unwrap_or(0).max(self.series.len());
-        self.series.resize_with(count, Vec::new);
-        self.marks.resize_with(count, SiteMarks::default);
+    /// Every site's live bytes now, `seconds` since the capture started, as the reports count
+    /// them (`sites`, by site index): for the growth and the reports' series.
+    pub fn sample(&mut self, sites: &[(SiteId, SiteStats)], seconds: f64) {
+        self.grow_to(sites.iter().map(|(site, _)| site.index() + 1).max());
         for (site, stats) in sites {
             let series = &mut self.series[site.index()];
             if series.len() == MAX_SAMPLES {
                 series.remove(0);
             }
             series.push((seconds, stats.live_bytes));
-            let (low, high) = match watermarks.and_then(|w| w.get(site.index())) {
-                Some(w) => (w.low, w.high),
-                None => (stats.live_bytes, stats.live_bytes),
-            };
+        }
+    }
+
+    /// An interval ended at `seconds` since the capture started: each site's low and
+    /// high-water marks over it (by site index).
+    pub fn end_interval(&mut self, watermarks: &[Watermarks], seconds: f64) {
+        self.record(watermarks, seconds, true);
+    }
+
+    /// The capture ended at `seconds`: the watermarks since the last interval's end make an
+    /// interval of their own if that stretch lasted at least half of `interval_s`, else join
+    /// the last interval. (With `--count` the capture ends right after an interval: its
+    /// verdict is on exactly that many.)
+    pub fn end_capture(&mut self, watermarks: &[Watermarks], seconds: f64, interval_s: f64) {
+        let own = seconds - self.last_end >= interval_s / 2.0;
+        self.record(watermarks, seconds, own);
+    }
+
+    fn grow_to(&mut self, sites: Option<usize>) {
+        let count = sites.unwrap_or(0).max(self.series.len());
+        self.series.resize_with(count, Vec::new);
+        self.marks.resize_with(count, SiteMarks::default);
+    }
+
+    fn record(&mut self, watermarks: &[Watermarks], seconds: f64, own_interval: bool) {
+        self.grow_to(Some(watermarks.len()));
+        for (index, w) in watermarks.iter().enumerate() {
             let mark = Mark {
                 t: seconds,
-                low,
-                high,
+                low: w.low,
+                high: w.high,
             };
-            let marks = &mut self.marks[site.index()];
+            let marks = &mut self.marks[index];
             if own_interval {
                 marks.push(mark);
             } else {
@@ -289,11 +277,11 @@ mod tests {
     use super::*;
     use crate::ledger::{BlockFilter, Ledger, verdict::Verdict};
 
-    /// An interval of `ledger` ends at `seconds`, as the capture ends one.
+    /// An interval of `ledger` ends at `seconds`.
     fn tick(trends: &mut Trends, ledger: &mut Ledger, seconds: f64) {
         let sites = ledger.site_stats(&BlockFilter::default(), 0);
-        let watermarks = ledger.take_watermarks();
-        trends.end_interval(&sites, Some(&watermarks), seconds);
+        trends.sample(&sites, seconds);
+        trends.end_interval(&ledger.take_watermarks(), seconds);
     }
 
     #[test]
@@ -418,8 +406,8 @@ mod tests {
         ledger.record_alloc(0x20, 900, 1, 0);
         let end = |trends: &mut Trends, ledger: &mut Ledger, seconds| {
             let sites = ledger.site_stats(&BlockFilter::default(), 0);
-            let watermarks = ledger.take_watermarks();
-            trends.end_capture(&sites, Some(&watermarks), seconds, 1.0);
+            trends.sample(&sites, seconds);
+            trends.end_capture(&ledger.take_watermarks(), seconds, 1.0);
         };
         end(&mut trends, &mut ledger, 1.2);
         assert_eq!(
