@@ -39,6 +39,22 @@ fn go_tool_pprof_lists_the_leaking_function_first() {
             "{index}: {text}"
         );
     }
+    // Each sample carries its site's verdict as a tag.
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-tags"])
+        .arg(&profile)
+        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.trim_start().starts_with("verdict: Total"), "{text}");
+    let tagged: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit_once("): ").map(|(_, verdict)| verdict.trim()))
+        .collect();
+    assert!(!tagged.is_empty(), "{text}");
+    assert!(tagged.iter().all(|v| VERDICTS.contains(v)), "{text}");
 }
 
 #[test]
@@ -60,6 +76,10 @@ fn the_flamegraph_is_well_formed_svg_with_the_leaking_function() {
     assert!(status.success(), "xmllint rejects {}", svg.display());
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("leak_here"));
+    assert!(
+        text.contains(">all live bytes of pid "),
+        "the root frame is labelled"
+    );
 }
 
 #[test]
@@ -75,6 +95,9 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg class=\"plot\"").count(), 2, "two plots");
+    for part in ["class=\"zero\"", "class=\"xtick\"", "class=\"ytick\""] {
+        assert!(page.matches(part).count() >= 2, "each plot has {part}");
+    }
     assert!(page.contains("<img class=\"flame\""), "the flamegraph");
     // What the fixture holds at its exit, the first site its leak, with its stack.
     let blocks = fixture_define("windows", "WINDOW_LEAKS");
@@ -88,18 +111,22 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
     );
     let held = format!("live {} bytes in {blocks} blocks", thousands(bytes));
     assert!(page.contains(&held), "the page says {held}");
-    let first = format!(
-        "<tr><td>1</td><td>{}</td><td>{blocks}</td>",
-        thousands(bytes)
-    );
-    let row = &page[page
-        .find(&first)
-        .unwrap_or_else(|| panic!("no row {first}"))..];
+    // The top row: rank 1, a verdict, the leak's bytes and blocks, its stack.
+    let held = format!("<td>{}</td><td>{blocks}</td>", thousands(bytes));
+    let row = page
+        .split("<tr>")
+        .find(|row| row.contains(&held))
+        .unwrap_or_else(|| panic!("no row with {held}"));
+    let row = row.split("</tr>").next().unwrap();
+    assert!(row.contains(">1</td><td class=\"verdict "), "{row}");
     assert!(
-        row.split("</tr>")
-            .next()
-            .unwrap()
-            .contains("<pre>second_window_leak at "),
+        VERDICTS
+            .iter()
+            .any(|v| row.contains(&format!("\">{v}</td>{held}"))),
+        "{row}"
+    );
+    assert!(
+        row.contains("<pre>second_window_leak at "),
         "the top site and its stack: {row}"
     );
     for reference in ["src=\"http", "href=\"http", "url(http", "@import"] {
@@ -137,6 +164,50 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "a real screenshot"
+    );
+
+    // The page as Chromium parsed it: the table's columns, one verdict per row.
+    let output = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .args(["--no-first-run", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("run chromium");
+    assert!(output.status.success());
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let columns: Vec<&str> = dom
+        .split("<th>")
+        .skip(1)
+        .map(|th| th.split("</th>").next().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "#",
+            "verdict",
+            "live bytes",
+            "blocks",
+            "allocs",
+            "frees",
+            "temporary",
+            "floor growth",
+            "growth (R²)",
+            "stack"
+        ],
+        "{dom}"
+    );
+    let verdicts: Vec<&str> = dom
+        .split("<td class=\"verdict ")
+        .skip(1)
+        .filter_map(|td| td.split_once('>')?.1.split("</td>").next())
+        .collect();
+    assert!(!verdicts.is_empty(), "{dom}");
+    assert!(
+        verdicts.iter().all(|v| VERDICTS.contains(v)),
+        "{verdicts:?}"
     );
 }
 

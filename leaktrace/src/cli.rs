@@ -335,6 +335,7 @@ impl Cli {
                 },
                 windows,
                 list_blocks: self.show_blocks.then_some(BLOCKS_LISTED),
+                interval,
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,

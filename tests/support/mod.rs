@@ -505,8 +505,8 @@ impl std::fmt::Display for TextReport {
     }
 }
 
-/// One ranked site of the text report: "#1 40,000 bytes in 40 blocks (allocs 40, frees 0)…"
-/// and its first frame, "leak_here at /…/fixture.c:52".
+/// One ranked site of the text report: "#1 40,000 bytes in 40 blocks (allocs 40, frees 0),
+/// leaking (floor …), growth …" and its first frame, "leak_here at /…/fixture.c:52".
 #[derive(Debug)]
 pub struct TextSite {
     pub rank: usize,
@@ -514,7 +514,83 @@ pub struct TextSite {
     pub live_allocations: u64,
     pub allocs: u64,
     pub frees: u64,
+    /// One of [`VERDICTS`].
+    pub verdict: String,
     pub first_frame: String,
+}
+
+/// Every verdict, as the text, JSON, pprof and HTML reports spell it.
+pub const VERDICTS: [&str; 6] = [
+    "leaking",
+    "grew then flat",
+    "fluctuating",
+    "stable",
+    "shrinking",
+    "too early",
+];
+
+/// One live view, printed at the end of an interval: its first line ("[    3.0s] live …")
+/// and its rows.
+#[derive(Debug)]
+pub struct LiveView {
+    pub heading: String,
+    pub rows: Vec<LiveRow>,
+}
+
+/// A row of a live view: the verdict it shows (one of [`VERDICTS`]) and the whole line.
+#[derive(Debug)]
+pub struct LiveRow {
+    pub verdict: String,
+    pub line: String,
+}
+
+impl LiveView {
+    /// The row whose site is `function`'s (the row names it as "FUNCTION at FILE:LINE").
+    pub fn row(&self, function: &str) -> Option<&LiveRow> {
+        let named = format!("  {function} at ");
+        self.rows.iter().find(|row| row.line.contains(&named))
+    }
+}
+
+/// The live views in leaktrace's stdout (piped: one block per interval), in order. Each
+/// block is its heading, the column names, then a row per site, each row indented.
+pub fn live_views(stdout: &[String]) -> Vec<LiveView> {
+    let mut views: Vec<LiveView> = Vec::new();
+    let mut lines = stdout.iter().peekable();
+    while let Some(line) = lines.next() {
+        if !line.starts_with('[') {
+            continue;
+        }
+        let columns = lines.next().expect("the live view's column names");
+        assert!(columns.contains("verdict"), "{columns}");
+        let mut rows = Vec::new();
+        while let Some(row) = lines.next_if(|l| l.starts_with("  ")) {
+            let verdict = VERDICTS
+                .into_iter()
+                .find(|v| row.contains(&format!("  {v}  ")))
+                .unwrap_or_else(|| panic!("no verdict in the row {row:?}"));
+            rows.push(LiveRow {
+                verdict: verdict.to_owned(),
+                line: row.clone(),
+            });
+        }
+        views.push(LiveView {
+            heading: line.clone(),
+            rows,
+        });
+    }
+    views
+}
+
+/// The `verdict` of every JSON site whose first frame is `function`'s.
+pub fn verdicts_of(report: &Value, function: &str) -> Vec<String> {
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|site| site["frames"][0]["function"] == function)
+        .map(|site| site["verdict"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 const HEADER: &str = "leaktrace: pid ";
@@ -573,13 +649,15 @@ impl TextReport {
                 let (held, rest) = rest.split_once(" blocks (allocs ")?;
                 let (live_bytes, live_allocations) = bytes_in_blocks(held)?;
                 let (allocs, rest) = rest.split_once(", frees ")?;
-                let frees = rest.split(')').next()?;
+                let (frees, rest) = rest.split_once("), ")?;
+                let verdict = VERDICTS.into_iter().find(|v| rest.starts_with(v))?;
                 Some(TextSite {
                     rank: rank.parse().ok()?,
                     live_bytes,
                     live_allocations,
                     allocs: number(allocs)?,
                     frees: number(frees)?,
+                    verdict: verdict.to_owned(),
                     first_frame: pair[1].trim().to_owned(),
                 })
             })

@@ -59,8 +59,10 @@ mod tests {
                 live_bytes,
                 ..SiteStats::default()
             },
+            verdict: crate::ledger::verdict::Verdict::TooEarly,
+            floor_growth_bytes_per_s: 0.0,
             growth_bytes_per_s: 0.0,
-            growth_steadiness: 0.0,
+            growth_steadiness: None,
             series: Vec::new(),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
             blocks: Vec::new(),

@@ -28,6 +28,7 @@ use crate::{
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
+    ledger::verdict::{Judgement, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
@@ -39,10 +40,16 @@ use crate::{
 pub struct SiteReport {
     #[serde(flatten)]
     pub stats: SiteStats,
+    /// What the site's floor did over the whole capture ([`crate::ledger::verdict`]).
+    pub verdict: Verdict,
+    /// Theil–Sen slope of the site's floor (each interval's least live bytes), bytes per
+    /// second: over the rising part when `leaking`, else over the whole capture.
+    pub floor_growth_bytes_per_s: f64,
     /// Least-squares slope of live bytes over the last intervals ([`crate::ledger::trends`]).
     pub growth_bytes_per_s: f64,
-    /// R² of that fit: how steadily the site grows, 0 to 1.
-    pub growth_steadiness: f64,
+    /// R² of that fit: how steadily the site grows, 0 to 1; `None` (null) when fitted
+    /// through fewer than 3 samples.
+    pub growth_steadiness: Option<f64>,
     /// (seconds since the start, live bytes) at each interval and at the end.
     pub series: Vec<(f64, u64)>,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
@@ -81,7 +88,8 @@ pub struct Report {
     pub header: ReportHeader,
     pub totals: Totals,
     pub drops: DropCounts,
-    /// Every site, by live bytes (most first).
+    /// Every site: the `leaking` ones first, fastest floor first; then the others by live
+    /// bytes (most first).
     pub sites: Vec<SiteReport>,
     /// The target's earlier program images (before an exec) and, with `-f`, its children:
     /// each reported on its own.
@@ -105,7 +113,7 @@ impl Report {
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
-        mut sites: Vec<(SiteId, SiteStats, Vec<LiveBlock>)>,
+        sites: Vec<(SiteId, SiteStats, Vec<LiveBlock>)>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
@@ -114,17 +122,31 @@ impl Report {
         let mut totals = ledger.totals();
         totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
-        sites.sort_by_key(|(_, stats, _)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        let mut sites: Vec<_> = sites
+            .into_iter()
+            .map(|(site, stats, blocks)| (site, stats, blocks, trends.whole_verdict(site)))
+            .collect();
+        sites.sort_by(|(_, a, _, a_verdict), (_, b, _, b_verdict)| {
+            let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+            let leak_rate = |j: &Judgement| {
+                if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
+            };
+            (leaking(b_verdict).cmp(&leaking(a_verdict)))
+                .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
+                .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
+        });
         let mut progress = Progress::new("symbolizing", sites.len());
         let sites = sites
             .into_iter()
-            .map(|(site, stats, blocks)| {
+            .map(|(site, stats, blocks, judgement)| {
                 progress.advance();
                 let growth = trends.growth(site);
                 SiteReport {
                     stats,
+                    verdict: judgement.verdict,
+                    floor_growth_bytes_per_s: judgement.floor_bytes_per_s,
                     growth_bytes_per_s: growth.bytes_per_s,
-                    growth_steadiness: growth.steadiness,
+                    growth_steadiness: growth.shown_steadiness(),
                     series: trends.series(site).to_vec(),
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                     blocks,
@@ -176,8 +198,30 @@ impl Report {
         let mut svg = Vec::new();
         inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
             .context("draw the flamegraph")?;
-        Ok(String::from_utf8_lossy(&svg).into_owned())
+        let label = format!(
+            "all live bytes of pid {} ({}): {} bytes in {} blocks",
+            self.header.pid,
+            self.header.command,
+            thousands(self.totals.live_bytes),
+            thousands(self.totals.live_allocations)
+        );
+        Ok(label_root(&String::from_utf8_lossy(&svg), &label))
     }
+}
+
+/// inferno leaves its root frame ("all") blank: write `label` in it. The root is the frame
+/// whose tooltip starts "all (": its text element follows its title and rectangle.
+fn label_root(svg: &str, label: &str) -> String {
+    const ROOT: &str = "<title>all (";
+    const EMPTY_TEXT: &str = "></text>";
+    let Some(root) = svg.find(ROOT) else {
+        return svg.to_owned();
+    };
+    let Some(text) = svg[root..].find(EMPTY_TEXT).map(|at| root + at + 1) else {
+        return svg.to_owned();
+    };
+    let label = html::escape(label);
+    format!("{}{label}{}", &svg[..text], &svg[text..])
 }
 
 /// One capture window (`--windows`): the blocks allocated in it and still live at the end,
@@ -279,6 +323,21 @@ pub fn thousands(value: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flamegraph_root_is_labelled() {
+        let svg = "<g><title>leak (3 bytes, 75%)</title><rect/><text x=\"1\">leak</text></g>\
+                   <g><title>all (4 bytes, 100%)</title><rect/><text x=\"0\"></text></g>";
+        let labelled = label_root(svg, "all live bytes of pid 1 (a<b)");
+        assert!(
+            labelled.ends_with(
+                "<title>all (4 bytes, 100%)</title><rect/><text x=\"0\">all live bytes of pid 1 \
+                 (a&lt;b)</text></g>"
+            ),
+            "{labelled}"
+        );
+        assert_eq!(label_root("<svg/>", "x"), "<svg/>");
+    }
 
     #[test]
     fn thousands_groups_digits() {

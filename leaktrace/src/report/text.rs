@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::{Ending, Report, thousands};
 use crate::cost::CostReport;
 use crate::kernel::DropCounts;
-use crate::ledger::trends::Growth;
+use crate::ledger::{trends::Growth, verdict::Verdict};
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
@@ -131,16 +131,27 @@ fn render_one(report: &Report, top: usize) -> String {
     }
     for (rank, site) in live.iter().take(top).enumerate() {
         let stats = &site.stats;
+        // The floor's slope is the leak's rate; a site that grew then went flat has one
+        // too, from its growth, which would read as a rate.
+        let floor = match site.verdict {
+            Verdict::Leaking => {
+                format!(" (floor {}/s)", signed_bytes(site.floor_growth_bytes_per_s))
+            }
+            _ => String::new(),
+        };
+        let steadiness = site
+            .growth_steadiness
+            .map_or_else(String::new, |r2| format!(" (R² {r2:.2})"));
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), growth {}/s (R² {:.2})",
+            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), {}{floor}, growth {}/s{steadiness}",
             rank + 1,
             thousands(stats.live_bytes),
             thousands(stats.live_allocations),
             thousands(stats.allocs),
             thousands(stats.frees),
+            site.verdict,
             signed_bytes(site.growth_bytes_per_s),
-            site.growth_steadiness
         );
         if site.frames.is_empty() {
             out.push_str("    [stack not recorded]\n");
@@ -249,12 +260,17 @@ fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
 pub struct IntervalRow {
     pub live_bytes: u64,
     pub live_allocations: u64,
+    /// Over the interval that just ended.
     pub change: i64,
+    /// Over the last intervals, the one that just ended included.
     pub growth: Growth,
+    /// Over the live view's window ([`crate::ledger::trends::LIVE_WINDOW`] intervals).
+    pub verdict: Verdict,
     pub site: String,
 }
 
-/// The live view each interval: totals, then the top sites with their change since the last.
+/// The live view each interval: totals, then the top sites with their change over the
+/// interval, growth, steadiness (`-` from fewer than 3 samples) and verdict.
 /// `memory` and `cost` are "; RSS …" and "; tracing cost …", or empty.
 pub fn render_interval(
     elapsed_s: f64,
@@ -273,18 +289,22 @@ pub fn render_interval(
     out.push('\n');
     let _ = writeln!(
         out,
-        "  {:>11}  {:>11}  {:>9}  {:>12}  {:>6}  site",
-        "change", "live", "blocks", "growth", "R²"
+        "  {:>11}  {:>11}  {:>9}  {:>12}  {:>5}  {:<14}  site",
+        "change", "live", "blocks", "growth", "R²", "verdict"
     );
     for row in rows {
         let change = signed_bytes(row.change as f64);
         let growth = format!("{}/s", signed_bytes(row.growth.bytes_per_s));
+        let steadiness = row
+            .growth
+            .shown_steadiness()
+            .map_or_else(|| "-".to_owned(), |r2| format!("{r2:.2}"));
         let _ = writeln!(
             out,
-            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {:>6.2}  {}",
+            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {steadiness:>5}  {:<14}  {}",
             human_bytes(row.live_bytes as f64),
             thousands(row.live_allocations),
-            row.growth.steadiness,
+            row.verdict,
             row.site
         );
     }
