@@ -288,12 +288,22 @@ impl TracedImage {
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let sites = self.end_interval();
+        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
+        let released_before_attach = if self.from_start {
+            0.0
+        } else {
+            self.ledger.totals().unmatched_free_bytes as f64 / self.now().max(1e-3)
+        };
         let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
             .into_iter()
             .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
             .map(|(site, stats)| {
                 let growth = self.trends.growth(site);
-                (site, stats, growth, self.trends.recent_verdict(site))
+                let judgement = self
+                    .trends
+                    .recent_verdict(site)
+                    .allowing_for_replacement(released_before_attach);
+                (site, stats, growth, judgement)
             })
             .collect();
         match sort {

@@ -103,6 +103,10 @@ pub enum Verdict {
     Shrinking,
     #[serde(rename = "too early")]
     TooEarly,
+    /// The floor rises, but no faster than blocks allocated before the attach are freed: new
+    /// blocks replacing old ones, which the ledger never saw, not a leak.
+    #[serde(rename = "replacing")]
+    Replacing,
 }
 
 impl Verdict {
@@ -115,6 +119,7 @@ impl Verdict {
             Verdict::Stable => "stable",
             Verdict::Shrinking => "shrinking",
             Verdict::TooEarly => "too early",
+            Verdict::Replacing => "replacing",
         }
     }
 }
@@ -134,6 +139,22 @@ pub struct Judgement {
     pub floor_bytes_per_s: f64,
     /// The Mann–Kendall test of the whole window's floor.
     pub trend: MannKendall,
+}
+
+impl Judgement {
+    /// This judgement once blocks allocated before the attach, released at
+    /// `released_bytes_per_s`, are allowed for: a floor that rises no faster than they go is
+    /// [`Verdict::Replacing`] them, not leaking.
+    pub fn allowing_for_replacement(self, released_bytes_per_s: f64) -> Judgement {
+        if self.verdict == Verdict::Leaking && self.floor_bytes_per_s <= released_bytes_per_s {
+            Judgement {
+                verdict: Verdict::Replacing,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
 }
 
 impl Default for Judgement {
@@ -609,5 +630,30 @@ mod tests {
                 serde_json::Value::from(verdict.as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_floor_that_rises_no_faster_than_old_blocks_go_is_replacing() {
+        let leaking = Judgement {
+            verdict: Verdict::Leaking,
+            floor_bytes_per_s: 1000.0,
+            ..Judgement::default()
+        };
+        assert_eq!(
+            leaking.allowing_for_replacement(1500.0).verdict,
+            Verdict::Replacing
+        );
+        assert_eq!(
+            leaking.allowing_for_replacement(500.0).verdict,
+            Verdict::Leaking
+        );
+        let stable = Judgement {
+            verdict: Verdict::Stable,
+            ..leaking
+        };
+        assert_eq!(
+            stable.allowing_for_replacement(1e9).verdict,
+            Verdict::Stable
+        );
     }
 }

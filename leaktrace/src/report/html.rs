@@ -156,7 +156,8 @@ const VERDICTS: &str = "<p class=\"legend\">Verdicts, from each interval's least
 (the floor) over the whole capture: <b>leaking</b> the floor rises, significantly, and \
 still; <b>grew then flat</b> it rose, and rises no more; <b>fluctuating</b> bursts over a \
 flat floor; <b>stable</b> flat; <b>shrinking</b> the floor falls; <b>too early</b> fewer \
-than 8 intervals. Floor growth is a leaking floor's Theil–Sen slope; growth the \
+than 8 intervals; <b>replacing</b> the floor rises no faster than blocks allocated before the \
+attach are freed. Floor growth is a leaking floor's Theil–Sen slope; growth the \
 least-squares slope of live bytes over the last intervals.</p>\n";
 
 fn verdict_class(verdict: Verdict) -> &'static str {
@@ -167,6 +168,7 @@ fn verdict_class(verdict: Verdict) -> &'static str {
         Verdict::Stable => "stable",
         Verdict::Shrinking => "shrinking",
         Verdict::TooEarly => "early",
+        Verdict::Replacing => "replacing",
     }
 }
 

@@ -120,11 +120,22 @@ impl Report {
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
+        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
+        let released_before_attach = if header.from_start {
+            0.0
+        } else {
+            totals.unmatched_free_bytes as f64 / header.duration_s.max(1e-3)
+        };
         totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
         let mut sites: Vec<_> = sites
             .into_iter()
-            .map(|(site, stats, blocks)| (site, stats, blocks, trends.whole_verdict(site)))
+            .map(|(site, stats, blocks)| {
+                let judgement = trends
+                    .whole_verdict(site)
+                    .allowing_for_replacement(released_before_attach);
+                (site, stats, blocks, judgement)
+            })
             .collect();
         sites.sort_by(|(_, a, _, a_verdict), (_, b, _, b_verdict)| {
             let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
