@@ -28,10 +28,8 @@ use regex::Regex;
 use super::symbolize::Frame;
 
 /// The built-in wrappers, as regular expressions over [`simple_name`]s, each group with why
-/// its functions count: every one only obtains memory for its caller (and at most fills it in,
-/// as strdup copies), so the block belongs to whoever called it. Container operations that
-/// also move or insert elements (`std::vector::push_back`, `Vec::push`) are left out: they are
-/// the caller's code, and the automatic rule catches those used like allocators.
+/// its functions count: each obtains memory on its caller's behalf (and at most fills it in,
+/// as strdup copies), so the block belongs to whoever called it.
 pub const BUILT_IN: &[&str] = &[
     // The C allocator itself (seen as frames in static binaries, interposers, and allocators
     // probed elsewhere than where a library's calls go), and glibc's aliases of it.
@@ -50,13 +48,22 @@ pub const BUILT_IN: &[&str] = &[
     // std::make_shared and friends: operator new for the object and its control block.
     r"std::(make_unique|make_shared|allocate_shared|__allocate_guarded|__make_shared)",
     r"std::(__shared_count|__shared_ptr|shared_ptr)::(__shared_count|__shared_ptr|shared_ptr)",
-    // Rust's global allocator and the allocation halves of Box, Vec, String and RawVec.
-    r"alloc::alloc::.*",
-    r"alloc::raw_vec::.*",
+    // The standard containers' members (and GCC's helpers of its hash tables): they allocate
+    // only their own storage, which belongs to whoever holds the container, so the block is
+    // the caller's. pprof drops Go's runtime.growslice and runtime.makemap for the same
+    // reason; without them a vector's growth is named `push_back`, not by who pushed.
+    r"std::(__cxx11::)?(vector|basic_string|string|wstring|deque|list|forward_list|map|multimap|set|multiset|unordered_map|unordered_multimap|unordered_set|unordered_multiset|_Vector_base|_Deque_base|_List_base|_Fwd_list_base|_Rb_tree|_Hashtable)::.*",
+    r"std::__detail::(_Hashtable_alloc|_Map_base|_Insert_base|_Insert|_AllocNode|_ReuseOrAllocNode)::.*",
+    // Rust's alloc crate, whole: the global allocator (`alloc::alloc::*`), RawVec, and Box,
+    // Rc, Arc, Vec, String, the collections and format! built on it, for the reason above.
+    // Its frames are known by name, or, for inlined frames that line-tables-only debug info
+    // names without their path, by their file (`…/library/alloc/src/raw_vec/mod.rs`, see
+    // [`rust_path`]). Then the allocator shims, System, and the hash tables of std (hashbrown).
+    r"alloc::.*",
     r"__rust_(alloc|alloc_zeroed|realloc)|__rdl_(alloc|alloc_zeroed|realloc)|__rg_(alloc|alloc_zeroed|realloc)",
-    r"std::alloc::System::(alloc|alloc_zeroed|realloc)|std::sys::(pal::unix::)?alloc::.*",
-    r"alloc::boxed::Box::(new|new_uninit|new_zeroed|try_new)",
-    r"alloc::(vec::Vec|string::String)::(with_capacity|with_capacity_in|reserve|reserve_exact|try_reserve|try_reserve_exact)",
+    r"std::alloc::.*|std::sys::(pal::unix::)?alloc::.*",
+    r"hashbrown::.*|std::collections::hash::(map|set)::.*",
+    r"core::iter::traits::iterator::(Iterator::)?collect",
     // CPython's memory interfaces (the raw, mem and object domains, pymalloc and its debug
     // hooks) and its object allocation, which is operator new for Python objects.
     r"_?PyMem_(Raw)?(Malloc|Calloc|Realloc)|_PyMem_Debug(Raw)?(Malloc|Calloc|Realloc|Alloc)",
@@ -118,12 +125,41 @@ impl AllocFns {
             return false;
         };
         let simple = simple_name(function);
-        (self.built_in && BUILT_IN_REGEX.is_match(&simple))
+        let path = rust_path(frame, &simple);
+        let names = || {
+            [Some(simple.as_str()), path.as_deref()]
+                .into_iter()
+                .flatten()
+        };
+        (self.built_in && names().any(|name| BUILT_IN_REGEX.is_match(name)))
             || self
                 .added
                 .iter()
-                .any(|regex| regex.is_match(&simple) || regex.is_match(function))
+                .any(|regex| regex.is_match(function) || names().any(|name| regex.is_match(name)))
     }
+}
+
+/// The path of a frame of Rust's standard library, from its file: debug info reduced to line
+/// tables names inlined functions alone (`finish_grow`), but their file
+/// (`/rustc/…/library/alloc/src/raw_vec/mod.rs`) says `alloc::raw_vec`. None for other
+/// frames.
+pub fn rust_path(frame: &Frame, simple: &str) -> Option<String> {
+    let file = frame.file.as_deref()?;
+    let (_, within) = file.rsplit_once("/library/")?;
+    let (krate, module) = within.split_once("/src/")?;
+    let module = module.strip_suffix(".rs")?;
+    let module = module
+        .strip_suffix("/mod")
+        .or_else(|| module.strip_suffix("lib"))
+        .unwrap_or(module)
+        .trim_end_matches('/');
+    let name = simple.strip_prefix(&format!("{krate}::")).unwrap_or(simple);
+    let mut path = krate.to_owned();
+    for part in module.split('/').filter(|p| !p.is_empty()) {
+        path.push_str("::");
+        path.push_str(part);
+    }
+    Some(format!("{path}::{name}"))
 }
 
 /// An `--alloc-fn` expression, anchored: it must match a whole name.
@@ -171,6 +207,8 @@ pub fn simple_name(name: &str) -> String {
                 i = end + 1;
                 continue;
             }
+            // `->` in a function type is no bracket.
+            '>' if i > 0 && chars[i - 1] == '-' => {}
             '<' | '(' => depth += 1,
             '>' | ')' if depth > 0 => depth -= 1,
             _ if depth == 0 => out.push(c),
@@ -214,6 +252,9 @@ fn starts_operator(chars: &[char], i: usize) -> bool {
 fn matching(chars: &[char], open: usize, left: char, right: char) -> Option<usize> {
     let mut depth = 0usize;
     for (index, &c) in chars.iter().enumerate().skip(open) {
+        if c == right && index > 0 && chars[index - 1] == '-' {
+            continue;
+        }
         if c == left {
             depth += 1;
         } else if c == right {
@@ -231,6 +272,7 @@ fn top_level_split<'a>(text: &'a str, separator: &str) -> Option<&'a str> {
     let mut depth = 0i32;
     for (index, c) in text.char_indices() {
         match c {
+            '>' if text[..index].ends_with('-') => {}
             '<' | '(' | '[' => depth += 1,
             '>' | ')' | ']' => depth -= 1,
             _ if depth == 0 && text[index..].starts_with(separator) => {
@@ -249,9 +291,10 @@ pub struct SiteLabel {
     pub label: String,
     /// The wrappers folded into the label, innermost first (their frames' names).
     pub wrappers: Vec<String>,
-    /// What the live view and the text report show: `createClient ← zmalloc`; where sites
-    /// share that, the label's file and line (`host_leak at host.c:6`), and where they share
-    /// that too, the first frame where their stacks differ (`(via main at host.c:12)`).
+    /// What the live view and the text report show: the label's and the wrapper's simple
+    /// names, `createClient ← zmalloc`; where sites share that, the label's file and line
+    /// (`host_leak at host.c:6`), and where they share that too, the first frame where their
+    /// stacks differ (`(via main at host.c:12)`).
     pub text: String,
 }
 
@@ -325,11 +368,20 @@ fn short_location(frame: &Frame) -> Option<String> {
     })
 }
 
+/// The name a label shows: the function's [`simple_name`], or the frame's name where it has
+/// no function (`libc.so.6+0x1234`).
+fn shown_name(frame: &Frame) -> String {
+    match &frame.function {
+        Some(function) => simple_name(function),
+        None => frame.name().into_owned(),
+    }
+}
+
 /// `main at host.c:12`, or the name alone where the frame has no file.
 fn short_describe(frame: &Frame) -> String {
     match short_location(frame) {
-        Some(location) => format!("{} at {location}", frame.name()),
-        None => frame.name().into_owned(),
+        Some(location) => format!("{} at {location}", shown_name(frame)),
+        None => shown_name(frame),
     }
 }
 
@@ -359,32 +411,30 @@ pub fn label_sites(stacks: &[&[Frame]], fns: &AllocFns) -> Vec<SiteLabel> {
             },
         })
         .collect();
-    let wrapper = |site: usize| -> String {
-        match at[site] {
-            Some(at) if at > 0 => {
-                let called = stacks[site][at - 1].name();
-                format!(" ← {}", simple_name(&called))
-            }
+    // What each shows of its label, and of the wrapper the label calls.
+    let shown: Vec<String> = (0..stacks.len())
+        .map(|site| match at[site] {
+            Some(at) => shown_name(&stacks[site][at]),
+            None => labels[site].label.clone(),
+        })
+        .collect();
+    let wrapper: Vec<String> = (0..stacks.len())
+        .map(|site| match at[site] {
+            Some(at) if at > 0 => format!(" ← {}", shown_name(&stacks[site][at - 1])),
             _ => String::new(),
-        }
-    };
+        })
+        .collect();
     // Sites named alike get the label's location; those still alike, a frame further out.
-    let groups = group_by(0..stacks.len(), |&site| {
-        (labels[site].label.clone(), wrapper(site))
-    });
+    let groups = group_by(0..stacks.len(), |&site| (&shown[site], &wrapper[site]));
     for group in groups {
         let located = group.len() > 1
             && group
                 .iter()
                 .any(|&site| location(stacks, &at, site) != location(stacks, &at, group[0]));
         let name = |site: usize| -> String {
-            let Some(at) = at[site] else {
-                return labels[site].label.clone();
-            };
-            if located {
-                short_describe(&stacks[site][at])
-            } else {
-                labels[site].label.clone()
+            match at[site] {
+                Some(at) if located => short_describe(&stacks[site][at]),
+                _ => shown[site].clone(),
             }
         };
         let named: Vec<(usize, String)> = group.iter().map(|&s| (s, name(s))).collect();
@@ -397,7 +447,7 @@ pub fn label_sites(stacks: &[&[Frame]], fns: &AllocFns) -> Vec<SiteLabel> {
                     None
                 };
                 let via = via.map_or_else(String::new, |frame| format!(" (via {frame})"));
-                labels[site].text = format!("{name}{}{via}", wrapper(site));
+                labels[site].text = format!("{name}{}{via}", wrapper[site]);
             }
         }
     }
@@ -440,14 +490,21 @@ fn via(
 ) -> Option<String> {
     let outer = |site: usize| &stacks[site][at[site].map_or(0, |a| a + 1)..];
     let own = outer(site);
-    let differs = others
-        .filter_map(|other| {
-            let theirs = outer(other);
-            (0..own.len().max(theirs.len()))
-                .find(|&k| own.get(k).map(Frame::describe) != theirs.get(k).map(Frame::describe))
-        })
-        .max()?;
-    own.get(differs).map(short_describe)
+    let others: Vec<&[Frame]> = others.map(outer).collect();
+    // As shown first; where only the whole names differ, by those.
+    for describe in [short_describe, Frame::describe] {
+        let differs = others
+            .iter()
+            .filter_map(|theirs| {
+                (0..own.len().max(theirs.len()))
+                    .find(|&k| own.get(k).map(describe) != theirs.get(k).map(describe))
+            })
+            .max();
+        if let Some(frame) = differs.and_then(|k| own.get(k)) {
+            return Some(describe(frame));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -517,6 +574,14 @@ mod tests {
                 "alloc::raw_vec::RawVec<T,A>::grow_one",
                 "alloc::raw_vec::RawVec::grow_one",
             ),
+            (
+                "<alloc::vec::Vec<u8> as core::iter::FromIterator<u8>>::from_iter<core::iter::Map<I, fn(&u8) -> u8>>",
+                "alloc::vec::Vec::from_iter",
+            ),
+            (
+                "collect<core::iter::Map<I, fn(&u8) -> u8>, alloc::vec::Vec<u8>>",
+                "collect",
+            ),
             ("std::ostream::operator<<(int)", "std::ostream::operator<<"),
             ("Foo::operator()(int) const", "Foo::operator()"),
             (
@@ -569,6 +634,11 @@ mod tests {
             "zmalloc_usable",
             "ztrymalloc_usable_internal",
             "zrealloc",
+            "std::vector<int, std::allocator<int> >::push_back(int const&)",
+            "void std::vector<int, std::allocator<int> >::_M_realloc_insert<int const&>(__gnu_cxx::__normal_iterator<int*, std::vector<int, std::allocator<int> > >, int const&)",
+            "std::map<int, int, std::less<int>, std::allocator<std::pair<int const, int> > >::operator[](int const&)",
+            "alloc::vec::Vec<T,A>::push",
+            "<alloc::collections::btree::map::BTreeMap<K,V>>::insert",
         ] {
             assert!(listed(wrapper), "{wrapper} is a wrapper");
         }
@@ -576,8 +646,8 @@ mod tests {
             "main",
             "createClient",
             "__cxa_allocate_exception",
-            "std::vector<int, std::allocator<int> >::push_back(int const&)",
-            "alloc::vec::Vec<T,A>::push",
+            "std::thread::_State_impl<F>::_M_run()",
+            "core::fmt::write",
             "zmalloc_used_memory",
             "zmalloc_get_rss",
             "g_strdup_printf",
@@ -587,6 +657,22 @@ mod tests {
         ] {
             assert!(!listed(function), "{function} is not a wrapper");
         }
+    }
+
+    #[test]
+    fn inlined_rust_frames_named_alone_are_known_by_their_file() {
+        let mut inlined = frame("finish_grow<alloc::alloc::Global>", "x.rs", 558);
+        assert!(!AllocFns::default().listed(&inlined));
+        inlined.file = Some("/rustc/5980/library/alloc/src/raw_vec/mod.rs".into());
+        assert_eq!(
+            rust_path(&inlined, "finish_grow").as_deref(),
+            Some("alloc::raw_vec::finish_grow")
+        );
+        assert!(AllocFns::default().listed(&inlined));
+        let mut own = frame("remember_session", "demo.rs", 43);
+        own.file = Some("/work/leaktrace/src/demo.rs".into());
+        assert_eq!(rust_path(&own, "remember_session"), None);
+        assert!(!AllocFns::default().listed(&own));
     }
 
     #[test]
