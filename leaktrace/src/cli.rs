@@ -3,6 +3,7 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use regex::Regex;
 
 use crate::{
     capture::{CaptureOptions, ImageOptions},
@@ -10,6 +11,7 @@ use crate::{
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
     report::output::ReportFiles,
+    stacks::{AllocFns, labels::alloc_fn},
     target::TargetSpec,
 };
 
@@ -135,6 +137,23 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1024..=16384))]
     pub stack_bytes: u32,
+
+    /// Count the functions this regular expression names as allocator wrappers: sites are
+    /// labelled by their caller (`createClient ← zmalloc`). Matched against the whole name,
+    /// with or without return type, arguments and template arguments (`my_alloc`,
+    /// `Pool::get`, `arena_.*`). May be repeated.
+    #[arg(long = "alloc-fn", value_name = "REGEX", value_parser = parse_alloc_fn)]
+    pub alloc_fn: Vec<Regex>,
+
+    /// Drop the built-in list of allocator wrappers (the malloc family, operator new,
+    /// std::allocator, Rust's alloc, PyMem, g_malloc, xmalloc, zmalloc, …).
+    #[arg(long)]
+    pub no_default_alloc_fns: bool,
+
+    /// Do not find allocator wrappers automatically (functions that only allocate, called
+    /// from several places).
+    #[arg(long)]
+    pub no_auto_alloc_fns: bool,
 
     /// Look for separate debug info under this directory too (like /usr/lib/debug: by
     /// build-id in .build-id/xx/yyyy.debug, and by .gnu_debuglink name). May be repeated.
@@ -289,11 +308,21 @@ impl Cli {
                     max_size: self.max_size.unwrap_or(u64::MAX),
                 },
                 windows,
+                alloc_fns: self.alloc_fns(),
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,
             count: self.count,
         }
+    }
+
+    /// Which functions are allocator wrappers.
+    pub fn alloc_fns(&self) -> AllocFns {
+        AllocFns::new(
+            !self.no_default_alloc_fns,
+            self.alloc_fn.clone(),
+            !self.no_auto_alloc_fns,
+        )
     }
 
     /// The report files asked for.
@@ -315,6 +344,10 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
         return Err("must be a power of two of at least 4096".into());
     }
     Ok(bytes)
+}
+
+fn parse_alloc_fn(text: &str) -> Result<Regex, String> {
+    alloc_fn(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -345,6 +378,35 @@ mod tests {
     }
 
     #[test]
+    fn alloc_fn_flags_add_to_and_drop_the_wrappers() {
+        let frame = |function: &str| crate::stacks::Frame {
+            address: "0x1".into(),
+            module: None,
+            build_id: None,
+            module_offset: None,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            inlined: false,
+            found_by: Default::default(),
+        };
+        let fns = Cli::try_parse_from(["leaktrace"]).unwrap().alloc_fns();
+        assert!(fns.listed(&frame("zmalloc")) && !fns.listed(&frame("pool_get")));
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "--alloc-fn",
+            "pool_get",
+            "--alloc-fn",
+            "arena_.*",
+            "--no-default-alloc-fns",
+        ])
+        .unwrap();
+        let fns = cli.alloc_fns();
+        assert!(fns.listed(&frame("pool_get")) && fns.listed(&frame("arena_new")));
+        assert!(!fns.listed(&frame("zmalloc")));
+    }
+
+    #[test]
     fn rejects_bad_durations_counts_and_pid_with_command() {
         for args in [
             &["leaktrace", "-d", "soon"][..],
@@ -354,6 +416,7 @@ mod tests {
             &["leaktrace", "-p", "-5"],
             &["leaktrace", "--ring-bytes", "5000"],
             &["leaktrace", "--ring-bytes", "1024"],
+            &["leaktrace", "--alloc-fn", "pool_(get"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

@@ -8,10 +8,11 @@ use crate::{
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
     ledger::{BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends},
-    plan::ProbePlan,
+    plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
     stacks::{
-        CallSites, DwarfUnwinder, Symbolizer,
+        AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
+        labels::simple_name,
         symbolize::FoundBy,
         unwind::{StackCopy, Unwound},
     },
@@ -68,8 +69,28 @@ impl Prepared {
     }
 }
 
+/// The frames of `plan`'s allocator: every frame in the modules of its C functions, and its
+/// seen-through C++ operators.
+fn allocator_frames(plan: &ProbePlan) -> AllocatorFrames {
+    let mut modules = Vec::new();
+    for point in &plan.points {
+        if point.function.family != Family::Cxx && !modules.contains(&point.module) {
+            modules.push(point.module.clone());
+        }
+    }
+    let operators = plan
+        .delegated
+        .iter()
+        .map(|operator| {
+            let name = addr2line::demangle_auto(operator.symbol.as_str().into(), None);
+            (operator.module.clone(), simple_name(&name))
+        })
+        .collect();
+    AllocatorFrames { modules, operators }
+}
+
 /// How every image is traced and counted.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ImageOptions {
     pub sampling: Sampling,
     /// The probes send stack copies to unwind (`--unwind auto`): see [`DwarfUnwinder::new`].
@@ -78,6 +99,8 @@ pub struct ImageOptions {
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
     pub windows: Option<(u32, usize)>,
+    /// Which functions are allocator wrappers, folded into the sites' labels.
+    pub alloc_fns: AllocFns,
 }
 
 /// What one process did while it ran one program.
@@ -128,12 +151,7 @@ impl TracedImage {
                 .map_or_else(String::new, |m| m.display().to_string()),
             probed: plan.describe(),
             ledger: Ledger::new(options.sampling),
-            call_sites: CallSites::new(
-                plan.allocator_modules()
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
-            ),
+            call_sites: CallSites::new(allocator_frames(plan), options.alloc_fns),
             symbolizer: prepared.symbolizer,
             trends: Trends::default(),
             filter: options.filter,
@@ -244,15 +262,20 @@ impl TracedImage {
             SortKey::Live => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes)),
             SortKey::Allocs => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.allocs)),
         }
+        // Labelled among all the live sites: the wrappers found and what tells sites apart
+        // depend on the others.
+        let ids: Vec<SiteId> = sites.iter().map(|(site, _)| *site).collect();
+        let labels = self.call_sites.labels(&ids, &mut self.symbolizer);
         let rows = sites
             .into_iter()
+            .zip(labels)
             .take(top)
-            .map(|(site, stats): (_, SiteStats)| IntervalRow {
+            .map(|((site, stats), label): ((_, SiteStats), _)| IntervalRow {
                 live_bytes: stats.live_bytes,
                 live_allocations: stats.live_allocations,
                 change: self.trends.change(site, stats.live_bytes),
                 growth: self.trends.growth(site),
-                site: self.call_sites.describe(site, &mut self.symbolizer),
+                site: label.text,
             })
             .collect();
         self.trends.sample(&self.ledger, now);
@@ -300,17 +323,19 @@ impl TracedImage {
     fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
         let by_window = self.ledger.live_by_window(window_ms, count);
         let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
+        let labels = self.call_sites.labels(&sites, &mut self.symbolizer);
         by_window
             .into_iter()
             .enumerate()
             .map(|(index, live)| {
                 let mut window_sites: Vec<WindowSite> = sites
                     .iter()
-                    .filter(|site| live[site.index()].1 > 0)
-                    .map(|&site| WindowSite {
+                    .zip(&labels)
+                    .filter(|(site, _)| live[site.index()].1 > 0)
+                    .map(|(&site, label)| WindowSite {
                         live_bytes: live[site.index()].0,
                         live_allocations: live[site.index()].1,
-                        site: self.call_sites.describe(site, &mut self.symbolizer),
+                        site: label.text.clone(),
                     })
                     .collect();
                 window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));

@@ -1,12 +1,29 @@
-//! Call sites: the stack of each ledger site, and its symbolized frames.
+//! Call sites: the stack of each ledger site, its symbolized frames, and its label.
 
 use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
     kernel::Stack,
     ledger::{Ledger, SiteId, StackKey},
-    stacks::symbolize::{FoundBy, Frame, Symbolizer},
+    stacks::{
+        labels::{AllocFns, SiteLabel, label_sites, simple_name},
+        symbolize::{FoundBy, Frame, Symbolizer},
+    },
 };
+
+/// The frames that are the allocator's own, cut from the top of every stack so that the first
+/// frame shown is the code that called it.
+#[derive(Clone, Debug, Default)]
+pub struct AllocatorFrames {
+    /// Modules of the C allocator (where malloc and its family are probed): every leading
+    /// frame inside them is cut (libc's strdup or fopen calling malloc).
+    pub modules: Vec<PathBuf>,
+    /// C++ operators left unprobed because their calls are seen in malloc or free (the plan's
+    /// delegated operators), by module and [`simple_name`]: their frames are cut, and only
+    /// theirs, as if they had been probed. Other frames of their module (libstdc++'s
+    /// `__cxa_allocate_exception`) stay.
+    pub operators: Vec<(PathBuf, String)>,
+}
 
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
 ///
@@ -14,7 +31,8 @@ use crate::{
 /// the key of a copied stack, or the addresses themselves when sent inline),
 /// the same addresses make the same site. Frames are computed on first use and kept.
 pub struct CallSites {
-    allocators: Vec<PathBuf>,
+    allocator: AllocatorFrames,
+    alloc_fns: AllocFns,
     stacks: Vec<Vec<u64>>,
     found_by: Vec<Vec<FoundBy>>,
     frames: Vec<Option<Vec<Frame>>>,
@@ -24,11 +42,12 @@ pub struct CallSites {
 }
 
 impl CallSites {
-    /// `allocators` are the probed modules (as the target sees them): their frames are cut from
-    /// the top of every stack, so the first frame shown is the code that called them.
-    pub fn new(allocators: Vec<PathBuf>) -> Self {
+    /// `allocator` says which leading frames are cut; `alloc_fns` which of the rest are
+    /// wrappers, folded into each site's label.
+    pub fn new(allocator: AllocatorFrames, alloc_fns: AllocFns) -> Self {
         CallSites {
-            allocators,
+            allocator,
+            alloc_fns,
             stacks: Vec::new(),
             found_by: Vec::new(),
             frames: Vec::new(),
@@ -80,18 +99,26 @@ impl CallSites {
         self.found_by[index] = found_by;
     }
 
-    /// The site's first frame as the reports show it, or a note that its stack is missing.
-    pub fn describe(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> String {
-        self.frames(site, symbolizer)
-            .first()
-            .map_or_else(|| "[stack not recorded]".to_owned(), Frame::describe)
+    /// The labels of `sites`, each named among the others ([`label_sites`]): which wrappers
+    /// the automatic rule finds, and what tells sites of one label apart, depend on them.
+    pub fn labels(&mut self, sites: &[SiteId], symbolizer: &mut Symbolizer) -> Vec<SiteLabel> {
+        for &site in sites {
+            self.frames(site, symbolizer);
+        }
+        let stacks: Vec<&[Frame]> = sites
+            .iter()
+            .map(|site| self.frames[site.index()].as_deref().unwrap_or_default())
+            .collect();
+        label_sites(&stacks, &self.alloc_fns)
     }
 
-    /// The site's frames, innermost first, starting at the allocator's caller. When the stack
-    /// never leaves the allocator library (a frame-pointer walk that stopped inside a libc
-    /// function such as strdup), its frames are kept: a libc frame beats no frame. The stack
-    /// ends at the first address outside executable memory: past it, a frame-pointer walk
-    /// through code without frame pointers reads data, not return addresses.
+    /// The site's frames, innermost first, starting at the allocator's caller: past the
+    /// leading frames in the C allocator's modules, and past seen-through C++ operators
+    /// ([`AllocatorFrames`]). When the stack never leaves the allocator (a frame-pointer walk
+    /// that stopped inside a libc function such as strdup), its frames are kept: a libc
+    /// frame beats no frame. The stack ends at the first address outside executable memory:
+    /// past it, a frame-pointer walk through code without frame pointers reads data, not
+    /// return addresses.
     pub fn frames(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> &[Frame] {
         let index = site.index();
         if self.frames.len() <= index {
@@ -112,21 +139,44 @@ impl CallSites {
                 .position(|&a| {
                     symbolizer
                         .module_of(a)
-                        .is_none_or(|m| !self.allocators.iter().any(|x| x == m))
+                        .is_none_or(|m| !self.allocator.modules.iter().any(|x| x == m))
                 })
                 .unwrap_or(0);
             let found_by = &self.found_by[index];
-            let frames = (first_caller..addresses.len())
-                .flat_map(|i| {
+            let mut by_address: Vec<Vec<Frame>> = (first_caller..addresses.len())
+                .map(|i| {
                     let how = found_by.get(i).copied().unwrap_or(FoundBy::FramePointers);
                     let mut frames = symbolizer.symbolize(addresses[i]);
                     frames.iter_mut().for_each(|f| f.found_by = how);
                     frames
                 })
                 .collect();
-            self.frames[index] = Some(frames);
+            let operators = by_address
+                .iter()
+                .take_while(|frames| self.is_operator(frames))
+                .count();
+            if operators < by_address.len() {
+                by_address.drain(..operators);
+            }
+            self.frames[index] = Some(by_address.into_iter().flatten().collect());
         }
         self.frames[index].as_deref().unwrap_or_default()
+    }
+
+    /// True when the frames of one address are a seen-through operator's: the function the
+    /// address is in (the last, not inlined, frame) is one of them, in its module.
+    fn is_operator(&self, frames: &[Frame]) -> bool {
+        let Some(frame) = frames.last() else {
+            return false;
+        };
+        let (Some(module), Some(function)) = (&frame.module, &frame.function) else {
+            return false;
+        };
+        let simple = simple_name(function);
+        self.allocator
+            .operators
+            .iter()
+            .any(|(m, operator)| m.as_os_str() == module.as_str() && *operator == simple)
     }
 }
 
@@ -147,7 +197,13 @@ mod tests {
 ",
         );
         (
-            CallSites::new(vec!["/usr/lib/libc.so.6".into()]),
+            CallSites::new(
+                AllocatorFrames {
+                    modules: vec!["/usr/lib/libc.so.6".into()],
+                    operators: Vec::new(),
+                },
+                AllocFns::default(),
+            ),
             Symbolizer::from_maps(maps),
         )
     }
@@ -192,6 +248,32 @@ mod tests {
             addresses(sites.frames(site, &mut symbolizer)),
             [format!("{:#x}", LIBC + 5)]
         );
+    }
+
+    #[test]
+    fn only_the_seen_through_operators_of_a_module_are_its_allocator_frames() {
+        let libstdcxx = "/usr/lib/libstdc++.so.6";
+        let sites = CallSites::new(
+            AllocatorFrames {
+                modules: Vec::new(),
+                operators: vec![(libstdcxx.into(), "operator new".into())],
+            },
+            AllocFns::default(),
+        );
+        let frame = |function: &str, module: &str| Frame {
+            address: "0x1".into(),
+            module: Some(module.into()),
+            build_id: None,
+            module_offset: None,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            inlined: false,
+            found_by: FoundBy::Ip,
+        };
+        assert!(sites.is_operator(&[frame("operator new(unsigned long)", libstdcxx)]));
+        assert!(!sites.is_operator(&[frame("__cxa_allocate_exception", libstdcxx)]));
+        assert!(!sites.is_operator(&[frame("operator new(unsigned long)", "/usr/bin/app")]));
     }
 
     #[test]

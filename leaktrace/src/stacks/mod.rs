@@ -17,7 +17,7 @@ pub mod labels;
 pub mod symbolize;
 pub mod unwind;
 
-pub use callsite::CallSites;
+pub use callsite::{AllocatorFrames, CallSites};
 pub use labels::{AllocFns, SiteLabel};
 pub use symbolize::{Frame, Symbolizer};
 pub use unwind::DwarfUnwinder;
