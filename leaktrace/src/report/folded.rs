@@ -62,6 +62,13 @@ mod tests {
             growth_bytes_per_s: 0.0,
             growth_steadiness: 0.0,
             series: Vec::new(),
+            label: innermost_first
+                .first()
+                .map_or_else(String::new, |f| f.to_string()),
+            wrappers: Vec::new(),
+            site: innermost_first
+                .first()
+                .map_or_else(String::new, |f| f.to_string()),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
         }
     }

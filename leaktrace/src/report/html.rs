@@ -55,10 +55,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
     let series: Vec<(String, Vec<(f64, f64)>)> = live
         .iter()
         .map(|site| {
-            let name = site
-                .frames
-                .first()
-                .map_or("?".into(), |f| f.name().into_owned());
+            let name = site.site.clone();
             let points = site.series.iter().map(|&(t, b)| (t, b as f64)).collect();
             (name, points)
         })
@@ -72,19 +69,20 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
 
     page.push_str(
         "<h2>Top sites</h2>\n<table><tr><th>#</th><th>live bytes</th><th>blocks</th>\
-         <th>growth</th><th>stack</th></tr>\n",
+         <th>growth</th><th>site and stack</th></tr>\n",
     );
     for (rank, site) in live.iter().enumerate() {
         let stack: Vec<String> = site.frames.iter().map(|f| escape(&f.describe())).collect();
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.0} B/s (R² {:.2})</td>\
-             <td><pre>{}</pre></td></tr>",
+             <td><b>{}</b><pre>{}</pre></td></tr>",
             rank + 1,
             thousands(site.stats.live_bytes),
             thousands(site.stats.live_allocations),
             site.growth_bytes_per_s,
             site.growth_steadiness,
+            escape(&site.site),
             stack.join("\n")
         );
     }

@@ -44,6 +44,13 @@ pub struct SiteReport {
     pub growth_steadiness: f64,
     /// (seconds since the start, live bytes) at each interval and at the end.
     pub series: Vec<(f64, u64)>,
+    /// The function named past the allocator wrappers ([`crate::stacks::labels`]).
+    pub label: String,
+    /// The wrappers folded into the label, innermost first: the first frames of `frames`.
+    pub wrappers: Vec<String>,
+    /// The site as the text report and the live view name it: `createClient ← zmalloc`,
+    /// with what tells it apart from sites of the same label.
+    pub site: String,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
 }
@@ -104,21 +111,30 @@ impl Report {
         totals.live_allocations = sites.iter().map(|(_, s)| s.live_allocations).sum();
         sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
         let mut progress = Progress::new("symbolizing", sites.len());
+        for (site, _) in &sites {
+            progress.advance();
+            call_sites.frames(*site, symbolizer);
+        }
+        progress.finish();
+        let ids: Vec<SiteId> = sites.iter().map(|(site, _)| *site).collect();
+        let labels = call_sites.labels(&ids, symbolizer);
         let sites = sites
             .into_iter()
-            .map(|(site, stats)| {
-                progress.advance();
+            .zip(labels)
+            .map(|((site, stats), label)| {
                 let growth = trends.growth(site);
                 SiteReport {
                     stats,
                     growth_bytes_per_s: growth.bytes_per_s,
                     growth_steadiness: growth.steadiness,
                     series: trends.series(site).to_vec(),
+                    label: label.label,
+                    wrappers: label.wrappers,
+                    site: label.text,
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                 }
             })
             .collect();
-        progress.finish();
         Report {
             header,
             totals,
@@ -199,7 +215,7 @@ pub struct WindowReport {
 pub struct WindowSite {
     pub live_bytes: u64,
     pub live_allocations: u64,
-    /// The site's first frame, as the text report shows it.
+    /// The site as the text report shows it ([`SiteReport::site`]).
     pub site: String,
 }
 

@@ -45,6 +45,18 @@ struct Sample {
     location_id: Vec<u64>,
     #[prost(int64, repeated, tag = "2")]
     value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    label: Vec<Label>,
+}
+
+/// A sample's tag (`go tool pprof -tags`, `-tagfocus`): a key and a string, both indices into
+/// the string table.
+#[derive(Clone, PartialEq, Message)]
+struct Label {
+    #[prost(int64, tag = "1")]
+    key: i64,
+    #[prost(int64, tag = "2")]
+    str: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -202,7 +214,8 @@ fn parse_address(text: &str) -> u64 {
 }
 
 /// The report as a gzipped profile.proto with inuse_space, inuse_objects, alloc_space and
-/// alloc_objects; `go tool pprof` shows inuse_space first.
+/// alloc_objects; `go tool pprof` shows inuse_space first. Each sample carries its site's
+/// label as the tag `site`.
 pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
     let mut builder = Builder::default();
     builder.string("");
@@ -228,8 +241,14 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
             .map(|frames| builder.location(frames))
             .collect();
         let stats = &site.stats;
+        // The stack stays whole; the site's label rides along as a tag.
+        let label = vec![Label {
+            key: builder.string("site"),
+            str: builder.string(&site.site),
+        }];
         builder.profile.sample.push(Sample {
             location_id,
+            label,
             value: [
                 stats.live_bytes,
                 stats.live_allocations,

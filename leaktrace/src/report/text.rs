@@ -9,7 +9,9 @@ use crate::ledger::trends::Growth;
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
 
-/// The final report, top `top` sites by live bytes; then each other image or process.
+/// The final report, top `top` sites by live bytes, each headed by its label
+/// (`#1 createClient ← zmalloc: 4,096 bytes in 1 blocks …`) above its stack; then each other
+/// image or process.
 pub fn render_final(report: &Report, top: usize) -> String {
     let mut out = render_one(report, top);
     for other in &report.processes {
@@ -103,8 +105,9 @@ fn render_one(report: &Report, top: usize) -> String {
         let stats = &site.stats;
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), growth {}/s (R² {:.2})",
+            "\n#{} {}: {} bytes in {} blocks (allocs {}, frees {}), growth {}/s (R² {:.2})",
             rank + 1,
+            site.site,
             thousands(stats.live_bytes),
             thousands(stats.live_allocations),
             thousands(stats.allocs),
