@@ -89,6 +89,10 @@ fn allocator_frames(plan: &ProbePlan) -> AllocatorFrames {
     AllocatorFrames { modules, operators }
 }
 
+/// How long each live view may spend symbolizing sites beyond its rows, which the labels
+/// are named among: events wait meanwhile.
+const LABEL_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How every image is traced and counted.
 #[derive(Clone, Debug, Default)]
 pub struct ImageOptions {
@@ -262,20 +266,23 @@ impl TracedImage {
             SortKey::Live => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes)),
             SortKey::Allocs => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.allocs)),
         }
-        // Labelled among all the live sites: the wrappers found and what tells sites apart
-        // depend on the others.
-        let ids: Vec<SiteId> = sites.iter().map(|(site, _)| *site).collect();
-        let labels = self.call_sites.labels(&ids, &mut self.symbolizer);
+        // The rows first; then other sites, for the labels' context, as time allows.
+        let shown: Vec<SiteId> = sites.iter().take(top).map(|(site, _)| *site).collect();
+        let mut labels = self
+            .call_sites
+            .labels(&shown, Some(LABEL_BUDGET), &mut self.symbolizer);
         let rows = sites
             .into_iter()
-            .zip(labels)
             .take(top)
-            .map(|((site, stats), label): ((_, SiteStats), _)| IntervalRow {
+            .map(|(site, stats): (_, SiteStats)| IntervalRow {
                 live_bytes: stats.live_bytes,
                 live_allocations: stats.live_allocations,
                 change: self.trends.change(site, stats.live_bytes),
                 growth: self.trends.growth(site),
-                site: label.text,
+                site: labels
+                    .get_mut(site.index())
+                    .map(|label| std::mem::take(&mut label.text))
+                    .unwrap_or_default(),
             })
             .collect();
         self.trends.sample(&self.ledger, now);
@@ -323,19 +330,20 @@ impl TracedImage {
     fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
         let by_window = self.ledger.live_by_window(window_ms, count);
         let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
-        let labels = self.call_sites.labels(&sites, &mut self.symbolizer);
+        let labels = self.call_sites.labels(&[], None, &mut self.symbolizer);
         by_window
             .into_iter()
             .enumerate()
             .map(|(index, live)| {
                 let mut window_sites: Vec<WindowSite> = sites
                     .iter()
-                    .zip(&labels)
-                    .filter(|(site, _)| live[site.index()].1 > 0)
-                    .map(|(&site, label)| WindowSite {
+                    .filter(|site| live[site.index()].1 > 0)
+                    .map(|&site| WindowSite {
                         live_bytes: live[site.index()].0,
                         live_allocations: live[site.index()].1,
-                        site: label.text.clone(),
+                        site: labels
+                            .get(site.index())
+                            .map_or_else(String::new, |label| label.text.clone()),
                     })
                     .collect();
                 window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));

@@ -116,13 +116,15 @@ impl Report {
             call_sites.frames(*site, symbolizer);
         }
         progress.finish();
-        let ids: Vec<SiteId> = sites.iter().map(|(site, _)| *site).collect();
-        let labels = call_sites.labels(&ids, symbolizer);
+        let mut labels = call_sites.labels(&[], None, symbolizer);
         let sites = sites
             .into_iter()
-            .zip(labels)
-            .map(|((site, stats), label)| {
+            .map(|(site, stats)| {
                 let growth = trends.growth(site);
+                let label = labels
+                    .get_mut(site.index())
+                    .map(std::mem::take)
+                    .unwrap_or_default();
                 SiteReport {
                     stats,
                     growth_bytes_per_s: growth.bytes_per_s,

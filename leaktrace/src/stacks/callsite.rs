@@ -1,12 +1,16 @@
 //! Call sites: the stack of each ledger site, its symbolized frames, and its label.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     kernel::Stack,
     ledger::{Ledger, SiteId, StackKey},
     stacks::{
-        labels::{AllocFns, SiteLabel, label_sites, simple_name},
+        labels::{AllocFns, Names, PreparedStack, SiteLabel, label_prepared, simple_name},
         symbolize::{FoundBy, Frame, Symbolizer},
     },
 };
@@ -36,6 +40,11 @@ pub struct CallSites {
     stacks: Vec<Vec<u64>>,
     found_by: Vec<Vec<FoundBy>>,
     frames: Vec<Option<Vec<Frame>>>,
+    /// Each symbolized site's frames as labelling needs them, by numbers of `names`.
+    prepared: Vec<Option<PreparedStack>>,
+    names: Names,
+    /// The frames of each return address symbolized so far: sites share most of theirs.
+    symbolized: HashMap<u64, Vec<Frame>>,
     by_addresses: HashMap<Vec<u64>, StackKey>,
     /// Stacks the kernel named (a stack id, or a copied stack's key).
     by_name: HashMap<Stack, StackKey>,
@@ -51,6 +60,9 @@ impl CallSites {
             stacks: Vec::new(),
             found_by: Vec::new(),
             frames: Vec::new(),
+            prepared: Vec::new(),
+            names: Names::default(),
+            symbolized: HashMap::new(),
             by_addresses: HashMap::new(),
             by_name: HashMap::new(),
         }
@@ -94,22 +106,53 @@ impl CallSites {
             self.stacks.resize_with(index + 1, Vec::new);
             self.found_by.resize_with(index + 1, Vec::new);
             self.frames.resize_with(index + 1, || None);
+            self.prepared.resize_with(index + 1, || None);
         }
         self.stacks[index] = addresses;
         self.found_by[index] = found_by;
     }
 
-    /// The labels of `sites`, each named among the others ([`label_sites`]): which wrappers
-    /// the automatic rule finds, and what tells sites of one label apart, depend on them.
-    pub fn labels(&mut self, sites: &[SiteId], symbolizer: &mut Symbolizer) -> Vec<SiteLabel> {
-        for &site in sites {
+    /// The label of every site, by [`SiteId::index`], each named among all the others
+    /// symbolized ([`label_prepared`]): which wrappers the automatic rule finds, and what
+    /// tells sites of one label apart, depend on them. The live view, the windows and the
+    /// final report name each site alike, its freed sites included.
+    ///
+    /// `first` are symbolized in any case. With a `budget`, the other sites not symbolized
+    /// yet are symbolized until it is spent (the rest wait for the next call, with an empty
+    /// label meanwhile): the live view must not hold up the events for long.
+    pub fn labels(
+        &mut self,
+        first: &[SiteId],
+        budget: Option<Duration>,
+        symbolizer: &mut Symbolizer,
+    ) -> Vec<SiteLabel> {
+        for &site in first {
             self.frames(site, symbolizer);
         }
-        let stacks: Vec<&[Frame]> = sites
-            .iter()
-            .map(|site| self.frames[site.index()].as_deref().unwrap_or_default())
+        let deadline = budget.map(|budget| Instant::now() + budget);
+        for index in 0..self.stacks.len() {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+            self.frames(SiteId(index as u32), symbolizer);
+        }
+        let known: Vec<usize> = (0..self.stacks.len())
+            .filter(|&index| self.prepared[index].is_some())
             .collect();
-        label_sites(&stacks, &self.alloc_fns)
+        let stacks: Vec<&[Frame]> = known
+            .iter()
+            .map(|&index| self.frames[index].as_deref().unwrap_or_default())
+            .collect();
+        let prepared: Vec<&PreparedStack> = known
+            .iter()
+            .filter_map(|&index| self.prepared[index].as_ref())
+            .collect();
+        let computed = label_prepared(&stacks, &prepared, &self.names, self.alloc_fns.auto());
+        let mut labels = vec![SiteLabel::default(); self.stacks.len()];
+        for (index, label) in known.into_iter().zip(computed) {
+            labels[index] = label;
+        }
+        labels
     }
 
     /// The site's frames, innermost first, starting at the allocator's caller: past the
@@ -143,10 +186,14 @@ impl CallSites {
                 })
                 .unwrap_or(0);
             let found_by = &self.found_by[index];
+            let symbolized = &mut self.symbolized;
             let mut by_address: Vec<Vec<Frame>> = (first_caller..addresses.len())
                 .map(|i| {
                     let how = found_by.get(i).copied().unwrap_or(FoundBy::FramePointers);
-                    let mut frames = symbolizer.symbolize(addresses[i]);
+                    let mut frames = symbolized
+                        .entry(addresses[i])
+                        .or_insert_with(|| symbolizer.symbolize(addresses[i]))
+                        .clone();
                     frames.iter_mut().for_each(|f| f.found_by = how);
                     frames
                 })
@@ -158,7 +205,13 @@ impl CallSites {
             if operators < by_address.len() {
                 by_address.drain(..operators);
             }
-            self.frames[index] = Some(by_address.into_iter().flatten().collect());
+            let frames: Vec<Frame> = by_address.into_iter().flatten().collect();
+            self.prepared[index] = Some(PreparedStack::new(
+                &frames,
+                &self.alloc_fns,
+                &mut self.names,
+            ));
+            self.frames[index] = Some(frames);
         }
         self.frames[index].as_deref().unwrap_or_default()
     }

@@ -17,11 +17,7 @@
 //! without return type, arguments or template arguments); `--alloc-fn` expressions are also
 //! tried against the whole demangled name.
 
-use std::{
-    borrow::Cow,
-    collections::{HashMap, HashSet},
-    sync::LazyLock,
-};
+use std::{borrow::Cow, collections::HashMap, sync::LazyLock};
 
 use regex::Regex;
 
@@ -87,7 +83,8 @@ pub const BUILT_IN: &[&str] = &[
 /// the first frame past the wrappers already known of sites called from at least this many
 /// different functions, and it never appears further out in any stack (every one of its
 /// sites goes straight from it to the allocator, through known wrappers at most). Applied
-/// again until nothing new is found, so a wrapper of a wrapper is found too.
+/// again until nothing new is found, so a wrapper of a wrapper is found too. A frame without
+/// a name is known by its module and return address ([`identity`]).
 pub const AUTO_CALLERS: usize = 3;
 
 static BUILT_IN_REGEX: LazyLock<Regex> = LazyLock::new(|| {
@@ -117,6 +114,11 @@ impl AllocFns {
             added,
             auto,
         }
+    }
+
+    /// Whether wrappers are also found automatically ([`AUTO_CALLERS`]).
+    pub fn auto(&self) -> bool {
+        self.auto
     }
 
     /// True when `frame` is in the list or named by `--alloc-fn`.
@@ -298,61 +300,146 @@ pub struct SiteLabel {
     pub text: String,
 }
 
-/// How many leading frames of each stack are wrappers: those `fns` lists, then those the
-/// automatic rule finds among these stacks.
-pub fn wrapper_counts(stacks: &[&[Frame]], fns: &AllocFns) -> Vec<usize> {
-    let mut counts: Vec<usize> = stacks
-        .iter()
-        .map(|stack| stack.iter().take_while(|f| fns.listed(f)).count())
-        .collect();
-    if !fns.auto {
-        return counts;
+/// Strings by number: the labelling compares numbers, not names.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.ids.get(&name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
     }
-    let mut detected: HashSet<&str> = HashSet::new();
+
+    fn get(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// What labelling needs of one frame, by number ([`Names`]).
+#[derive(Clone, Copy, Debug)]
+struct PreparedFrame {
+    /// What the automatic rule knows it by ([`identity`]).
+    identity: u32,
+    /// Its [`shown_name`].
+    shown: u32,
+    /// Its [`short_describe`], and its whole [`Frame::describe`].
+    short: u32,
+    full: u32,
+    /// In the list or named by `--alloc-fn`.
+    listed: bool,
+    /// Has a function name.
+    named: bool,
+}
+
+/// What labelling needs of one stack, worked out once: matching names against the list
+/// costs far more than the labelling itself, which is done again at every live view.
+#[derive(Clone, Debug, Default)]
+pub struct PreparedStack {
+    frames: Vec<PreparedFrame>,
+}
+
+impl PreparedStack {
+    pub fn new(stack: &[Frame], fns: &AllocFns, names: &mut Names) -> Self {
+        let frames = stack
+            .iter()
+            .map(|frame| PreparedFrame {
+                identity: names.id(identity(frame).into_owned()),
+                shown: names.id(shown_name(frame)),
+                short: names.id(short_describe(frame)),
+                full: names.id(frame.describe()),
+                listed: fns.listed(frame),
+                named: frame.function.is_some(),
+            })
+            .collect();
+        PreparedStack { frames }
+    }
+}
+
+/// How many leading frames of each stack are wrappers: those `fns` lists, then, with `auto`,
+/// those the automatic rule finds among these stacks. Frames without a name (a stripped
+/// module's static functions) before a wrapper are counted with it: whatever a wrapper calls
+/// is the allocator's work.
+fn wrapper_counts(stacks: &[&PreparedStack], names: &Names, auto: bool) -> Vec<usize> {
+    let mut detected = vec![false; names.len()];
     loop {
-        let found = detect(stacks, &counts);
+        let counts: Vec<usize> = stacks
+            .iter()
+            .map(|stack| {
+                leading_wrappers(stack, |frame| {
+                    frame.listed || detected[frame.identity as usize]
+                })
+            })
+            .collect();
+        if !auto {
+            return counts;
+        }
+        let found = detect(stacks, &counts, names.len());
         if found.is_empty() {
             return counts;
         }
-        detected.extend(found);
-        for (count, stack) in counts.iter_mut().zip(stacks) {
-            while let Some(frame) = stack.get(*count) {
-                let auto = frame
-                    .function
-                    .as_deref()
-                    .is_some_and(|f| detected.contains(f));
-                if !(auto || fns.listed(frame)) {
-                    break;
-                }
-                *count += 1;
-            }
+        for identity in found {
+            detected[identity as usize] = true;
         }
     }
 }
 
+/// The length of the leading run of wrappers (and of unnamed frames before one).
+fn leading_wrappers(stack: &PreparedStack, is_wrapper: impl Fn(&PreparedFrame) -> bool) -> usize {
+    let mut count = 0;
+    for (index, frame) in stack.frames.iter().enumerate() {
+        if is_wrapper(frame) {
+            count = index + 1;
+        } else if frame.named {
+            break;
+        }
+    }
+    count
+}
+
+/// What the automatic rule knows a function by: its name, or for a frame without one (a
+/// stripped module's static function), its module and return address
+/// (`python3.11+0x4fb51c`), which is the same wherever that call of the allocator is made.
+fn identity(frame: &Frame) -> Cow<'_, str> {
+    frame.name()
+}
+
 /// The functions the automatic rule ([`AUTO_CALLERS`]) finds, given each stack's count of
 /// wrappers so far.
-fn detect<'a>(stacks: &[&'a [Frame]], counts: &[usize]) -> Vec<&'a str> {
-    let mut callers: HashMap<&str, HashSet<Cow<str>>> = HashMap::new();
-    let mut further_out: HashSet<&str> = HashSet::new();
+fn detect(stacks: &[&PreparedStack], counts: &[usize], names: usize) -> Vec<u32> {
+    // Up to AUTO_CALLERS different callers of each candidate.
+    let mut callers: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut further_out = vec![false; names];
     for (stack, &count) in stacks.iter().zip(counts) {
-        let Some(function) = stack.get(count).and_then(|f| f.function.as_deref()) else {
+        let Some(candidate) = stack.frames.get(count) else {
             continue;
         };
-        let callers = callers.entry(function).or_default();
-        if let Some(caller) = stack.get(count + 1) {
-            callers.insert(caller.name());
+        let callers = callers.entry(candidate.identity).or_default();
+        if let Some(caller) = stack.frames.get(count + 1)
+            && callers.len() < AUTO_CALLERS
+            && !callers.contains(&caller.identity)
+        {
+            callers.push(caller.identity);
         }
-        further_out.extend(
-            stack[count + 1..]
-                .iter()
-                .filter_map(|f| f.function.as_deref()),
-        );
+        for frame in &stack.frames[count + 1..] {
+            further_out[frame.identity as usize] = true;
+        }
     }
     callers
         .into_iter()
         .filter(|(function, callers)| {
-            callers.len() >= AUTO_CALLERS && !further_out.contains(function)
+            callers.len() >= AUTO_CALLERS && !further_out[*function as usize]
         })
         .map(|(function, _)| function)
         .collect()
@@ -388,71 +475,86 @@ fn short_describe(frame: &Frame) -> String {
 /// The label of each of `stacks` (innermost frame first), named among each other: what tells
 /// sites of one label apart is taken from the others in `stacks`.
 pub fn label_sites(stacks: &[&[Frame]], fns: &AllocFns) -> Vec<SiteLabel> {
-    let counts = wrapper_counts(stacks, fns);
+    let mut names = Names::default();
+    let prepared: Vec<PreparedStack> = stacks
+        .iter()
+        .map(|stack| PreparedStack::new(stack, fns, &mut names))
+        .collect();
+    let prepared: Vec<&PreparedStack> = prepared.iter().collect();
+    label_prepared(stacks, &prepared, &names, fns.auto)
+}
+
+/// [`label_sites`] of stacks prepared with `names` ([`PreparedStack::new`]).
+pub fn label_prepared(
+    stacks: &[&[Frame]],
+    prepared: &[&PreparedStack],
+    names: &Names,
+    auto: bool,
+) -> Vec<SiteLabel> {
+    let counts = wrapper_counts(prepared, names, auto);
     // The label's frame: the first past the wrappers, or the last when all are wrappers.
     let at: Vec<Option<usize>> = stacks
         .iter()
         .zip(&counts)
         .map(|(stack, &count)| (!stack.is_empty()).then(|| count.min(stack.len() - 1)))
         .collect();
-    let mut labels: Vec<SiteLabel> = stacks
-        .iter()
-        .zip(&at)
-        .map(|(stack, &at)| match at {
-            None => SiteLabel {
-                label: "[stack not recorded]".to_owned(),
-                wrappers: Vec::new(),
-                text: "[stack not recorded]".to_owned(),
-            },
-            Some(at) => SiteLabel {
-                label: stack[at].name().into_owned(),
-                wrappers: stack[..at].iter().map(|f| f.name().into_owned()).collect(),
-                text: String::new(),
-            },
-        })
-        .collect();
+    let frame = |site: usize, index: usize| prepared[site].frames[index];
     // What each shows of its label, and of the wrapper the label calls.
-    let shown: Vec<String> = (0..stacks.len())
-        .map(|site| match at[site] {
-            Some(at) => shown_name(&stacks[site][at]),
-            None => labels[site].label.clone(),
-        })
-        .collect();
-    let wrapper: Vec<String> = (0..stacks.len())
-        .map(|site| match at[site] {
-            Some(at) if at > 0 => format!(" ← {}", shown_name(&stacks[site][at - 1])),
-            _ => String::new(),
-        })
-        .collect();
+    let key = |site: usize| -> (Option<u32>, Option<u32>) {
+        match at[site] {
+            Some(at) => (
+                Some(frame(site, at).shown),
+                at.checked_sub(1).map(|w| frame(site, w).shown),
+            ),
+            None => (None, None),
+        }
+    };
+    let mut labels = vec![SiteLabel::default(); stacks.len()];
     // Sites named alike get the label's location; those still alike, a frame further out.
-    let groups = group_by(0..stacks.len(), |&site| (&shown[site], &wrapper[site]));
-    for group in groups {
-        let located = group.len() > 1
-            && group
+    for group in group_by(0..stacks.len(), |&site| key(site)) {
+        let (shown, wrapper) = key(group[0]);
+        let wrapper = wrapper.map_or_else(String::new, |w| format!(" ← {}", names.get(w)));
+        let located = group.len() > 1 && {
+            let first = location(stacks, &at, group[0]);
+            group
                 .iter()
-                .any(|&site| location(stacks, &at, site) != location(stacks, &at, group[0]));
-        let name = |site: usize| -> String {
-            match at[site] {
-                Some(at) if located => short_describe(&stacks[site][at]),
-                _ => shown[site].clone(),
+                .any(|&site| location(stacks, &at, site) != first)
+        };
+        let name = |site: usize| -> u32 {
+            match (at[site], shown) {
+                (Some(at), Some(_)) if located => frame(site, at).short,
+                (_, Some(shown)) => shown,
+                _ => u32::MAX,
             }
         };
-        let named: Vec<(usize, String)> = group.iter().map(|&s| (s, name(s))).collect();
-        for alike in group_by(named.iter(), |(_, name)| name.clone()) {
-            for &&(site, ref name) in &alike {
-                let via = if alike.len() > 1 {
-                    let others = alike.iter().map(|(s, _)| *s).filter(|&s| s != site);
-                    via(stacks, &at, site, others)
-                } else {
-                    None
+        for alike in group_by(group.into_iter(), |&site| name(site)) {
+            let vias = if alike.len() > 1 {
+                vias(prepared, &at, &alike, names)
+            } else {
+                HashMap::new()
+            };
+            for site in alike {
+                let Some(at) = at[site] else {
+                    labels[site] = SiteLabel {
+                        label: "[stack not recorded]".to_owned(),
+                        wrappers: Vec::new(),
+                        text: "[stack not recorded]".to_owned(),
+                    };
+                    continue;
                 };
-                let via = via.map_or_else(String::new, |frame| format!(" (via {frame})"));
-                labels[site].text = format!("{name}{}{via}", wrapper[site]);
+                let via = vias
+                    .get(&site)
+                    .map_or_else(String::new, |frame| format!(" (via {frame})"));
+                labels[site] = SiteLabel {
+                    label: stacks[site][at].name().into_owned(),
+                    wrappers: stacks[site][..at]
+                        .iter()
+                        .map(|f| f.name().into_owned())
+                        .collect(),
+                    text: format!("{}{wrapper}{via}", names.get(name(site))),
+                };
             }
         }
-    }
-    for label in labels.iter_mut().filter(|l| l.text.is_empty()) {
-        label.text = label.label.clone();
     }
     labels
 }
@@ -480,31 +582,45 @@ fn location(stacks: &[&[Frame]], at: &[Option<usize>], site: usize) -> Option<St
     Some(short_location(frame).unwrap_or_else(|| frame.address.clone()))
 }
 
-/// The first frame past the label where `site`'s stack differs from each of `others`, the
-/// furthest out of those: the one that tells it from all of them.
-fn via(
-    stacks: &[&[Frame]],
+/// For each of `members` (sites named alike), the frame past the label that tells its stack
+/// from all the others': the first where it parts from the last of them (the stacks are split
+/// frame by frame, outwards, until each is alone). Frames are compared as shown, then, for
+/// stacks alike that way, by their whole names. A stack alike to another to its end, or that
+/// ends where another goes on, gets none.
+fn vias(
+    stacks: &[&PreparedStack],
     at: &[Option<usize>],
-    site: usize,
-    others: impl Iterator<Item = usize>,
-) -> Option<String> {
-    let outer = |site: usize| &stacks[site][at[site].map_or(0, |a| a + 1)..];
-    let own = outer(site);
-    let others: Vec<&[Frame]> = others.map(outer).collect();
-    // As shown first; where only the whole names differ, by those.
-    for describe in [short_describe, Frame::describe] {
-        let differs = others
-            .iter()
-            .filter_map(|theirs| {
-                (0..own.len().max(theirs.len()))
-                    .find(|&k| own.get(k).map(describe) != theirs.get(k).map(describe))
-            })
-            .max();
-        if let Some(frame) = differs.and_then(|k| own.get(k)) {
-            return Some(describe(frame));
+    members: &[usize],
+    names: &Names,
+) -> HashMap<usize, String> {
+    let outer = |site: usize| &stacks[site].frames[at[site].map_or(0, |a| a + 1)..];
+    let mut found = HashMap::new();
+    let mut alike = vec![members.to_vec()];
+    let by_short: fn(&PreparedFrame) -> u32 = |frame| frame.short;
+    let by_full: fn(&PreparedFrame) -> u32 = |frame| frame.full;
+    for describe in [by_short, by_full] {
+        let mut work: Vec<(Vec<usize>, usize)> = alike.drain(..).map(|m| (m, 0)).collect();
+        while let Some((members, depth)) = work.pop() {
+            if members.iter().all(|&site| outer(site).len() <= depth) {
+                alike.push(members);
+                continue;
+            }
+            let parts = group_by(members.into_iter(), |&site| {
+                outer(site).get(depth).map(describe)
+            });
+            for part in parts {
+                match part[..] {
+                    [site] => {
+                        if let Some(frame) = outer(site).get(depth) {
+                            found.insert(site, names.get(describe(frame)).to_owned());
+                        }
+                    }
+                    _ => work.push((part, depth + 1)),
+                }
+            }
         }
     }
-    None
+    found
 }
 
 #[cfg(test)]
@@ -800,6 +916,51 @@ mod tests {
             labels(&one, &AllocFns::default())
                 .iter()
                 .all(|l| l.label == "make_node")
+        );
+    }
+
+    #[test]
+    fn unnamed_frames_are_wrappers_inside_a_wrapper_and_found_by_their_address() {
+        let unnamed = |offset: &str| Frame {
+            function: None,
+            file: None,
+            line: None,
+            module: Some("/usr/bin/python3.11".into()),
+            module_offset: Some(offset.into()),
+            ..frame("?", "x.c", 1)
+        };
+        // A stripped module's static function called by a listed wrapper is its work.
+        let stack = vec![
+            unnamed("0x10"),
+            frame("PyMem_RawMalloc", "x.c", 1),
+            frame("f", "x.c", 2),
+        ];
+        let label = &labels(&[stack], &AllocFns::default())[0];
+        assert_eq!(label.label, "f");
+        assert_eq!(label.wrappers, ["python3.11+0x10", "PyMem_RawMalloc"]);
+        // One call of realloc in a static function, reached from three callers: a wrapper.
+        let stacks: Vec<Vec<Frame>> = ["PyByteArray_Resize", "list_resize", "_PyBytes_Resize"]
+            .iter()
+            .map(|caller| {
+                vec![
+                    unnamed("0x4fb51c"),
+                    frame(caller, "x.c", 1),
+                    frame("main", "x.c", 2),
+                ]
+            })
+            .collect();
+        let found = labels(&stacks, &AllocFns::default());
+        assert_eq!(found[0].label, "PyByteArray_Resize");
+        assert_eq!(found[0].text, "PyByteArray_Resize ← python3.11+0x4fb51c");
+        // Unnamed frames past the wrappers are the caller's.
+        let stack = vec![
+            frame("xmalloc", "x.c", 1),
+            unnamed("0x20"),
+            frame("main", "x.c", 2),
+        ];
+        assert_eq!(
+            labels(&[stack], &AllocFns::default())[0].label,
+            "python3.11+0x20"
         );
     }
 
