@@ -268,7 +268,7 @@ impl TracedImage {
         }
         // The rows first; then other sites, for the labels' context, as time allows.
         let shown: Vec<SiteId> = sites.iter().take(top).map(|(site, _)| *site).collect();
-        let mut labels = self
+        let labels = self
             .call_sites
             .labels(&shown, Some(LABEL_BUDGET), &mut self.symbolizer);
         let rows = sites
@@ -280,9 +280,8 @@ impl TracedImage {
                 change: self.trends.change(site, stats.live_bytes),
                 growth: self.trends.growth(site),
                 site: labels
-                    .get_mut(site.index())
-                    .map(|label| std::mem::take(&mut label.text))
-                    .unwrap_or_default(),
+                    .get(site.index())
+                    .map_or_else(String::new, |label| label.text.clone()),
             })
             .collect();
         self.trends.sample(&self.ledger, now);
@@ -330,7 +329,10 @@ impl TracedImage {
     fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
         let by_window = self.ledger.live_by_window(window_ms, count);
         let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
-        let labels = self.call_sites.labels(&[], None, &mut self.symbolizer);
+        let labels = self
+            .call_sites
+            .labels(&[], None, &mut self.symbolizer)
+            .to_vec();
         by_window
             .into_iter()
             .enumerate()

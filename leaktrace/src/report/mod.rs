@@ -116,7 +116,7 @@ impl Report {
             call_sites.frames(*site, symbolizer);
         }
         progress.finish();
-        let mut labels = call_sites.labels(&[], None, symbolizer);
+        let mut labels = call_sites.labels(&[], None, symbolizer).to_vec();
         let sites = sites
             .into_iter()
             .map(|(site, stats)| {

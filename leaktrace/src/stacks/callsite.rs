@@ -43,6 +43,9 @@ pub struct CallSites {
     /// Each symbolized site's frames as labelling needs them, by numbers of `names`.
     prepared: Vec<Option<PreparedStack>>,
     names: Names,
+    /// The last labels, with how many sites were prepared then: labels change only when
+    /// sites are added, which a steady program stops doing.
+    labelled: Option<(usize, Vec<SiteLabel>)>,
     /// The frames of each return address symbolized so far: sites share most of theirs.
     symbolized: HashMap<u64, Vec<Frame>>,
     by_addresses: HashMap<Vec<u64>, StackKey>,
@@ -62,6 +65,7 @@ impl CallSites {
             frames: Vec::new(),
             prepared: Vec::new(),
             names: Names::default(),
+            labelled: None,
             symbolized: HashMap::new(),
             by_addresses: HashMap::new(),
             by_name: HashMap::new(),
@@ -125,7 +129,7 @@ impl CallSites {
         first: &[SiteId],
         budget: Option<Duration>,
         symbolizer: &mut Symbolizer,
-    ) -> Vec<SiteLabel> {
+    ) -> &[SiteLabel] {
         for &site in first {
             self.frames(site, symbolizer);
         }
@@ -139,6 +143,12 @@ impl CallSites {
         let known: Vec<usize> = (0..self.stacks.len())
             .filter(|&index| self.prepared[index].is_some())
             .collect();
+        let fresh = self.labelled.as_ref().is_some_and(|(count, labels)| {
+            *count == known.len() && labels.len() == self.stacks.len()
+        });
+        if fresh {
+            return self.labelled.as_ref().map_or(&[], |(_, labels)| labels);
+        }
         let stacks: Vec<&[Frame]> = known
             .iter()
             .map(|&index| self.frames[index].as_deref().unwrap_or_default())
@@ -149,10 +159,12 @@ impl CallSites {
             .collect();
         let computed = label_prepared(&stacks, &prepared, &self.names, self.alloc_fns.auto());
         let mut labels = vec![SiteLabel::default(); self.stacks.len()];
+        let count = known.len();
         for (index, label) in known.into_iter().zip(computed) {
             labels[index] = label;
         }
-        labels
+        self.labelled = Some((count, labels));
+        self.labelled.as_ref().map_or(&[], |(_, labels)| labels)
     }
 
     /// The site's frames, innermost first, starting at the allocator's caller: past the

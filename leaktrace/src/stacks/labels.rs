@@ -123,16 +123,16 @@ impl AllocFns {
 
     /// True when `frame` is in the list or named by `--alloc-fn`.
     pub fn listed(&self, frame: &Frame) -> bool {
-        let Some(function) = frame.function.as_deref() else {
-            return false;
-        };
-        let simple = simple_name(function);
-        let path = rust_path(frame, &simple);
-        let names = || {
-            [Some(simple.as_str()), path.as_deref()]
-                .into_iter()
-                .flatten()
-        };
+        frame
+            .function
+            .as_deref()
+            .is_some_and(|function| self.listed_as(frame, function, &simple_name(function)))
+    }
+
+    /// [`AllocFns::listed`] of a frame of `function`, whose simple name is `simple`.
+    fn listed_as(&self, frame: &Frame, function: &str, simple: &str) -> bool {
+        let path = rust_path(frame, simple);
+        let names = || [Some(simple), path.as_deref()].into_iter().flatten();
         (self.built_in && names().any(|name| BUILT_IN_REGEX.is_match(name)))
             || self
                 .added
@@ -354,13 +354,20 @@ impl PreparedStack {
     pub fn new(stack: &[Frame], fns: &AllocFns, names: &mut Names) -> Self {
         let frames = stack
             .iter()
-            .map(|frame| PreparedFrame {
-                identity: names.id(identity(frame).into_owned()),
-                shown: names.id(shown_name(frame)),
-                short: names.id(short_describe(frame)),
-                full: names.id(frame.describe()),
-                listed: fns.listed(frame),
-                named: frame.function.is_some(),
+            .map(|frame| {
+                let shown = shown_name(frame);
+                let listed = frame
+                    .function
+                    .as_deref()
+                    .is_some_and(|function| fns.listed_as(frame, function, &shown));
+                PreparedFrame {
+                    identity: names.id(identity(frame).into_owned()),
+                    short: names.id(short_describe(frame, &shown)),
+                    shown: names.id(shown),
+                    full: names.id(frame.describe()),
+                    listed,
+                    named: frame.function.is_some(),
+                }
             })
             .collect();
         PreparedStack { frames }
@@ -464,11 +471,12 @@ fn shown_name(frame: &Frame) -> String {
     }
 }
 
-/// `main at host.c:12`, or the name alone where the frame has no file.
-fn short_describe(frame: &Frame) -> String {
+/// `main at host.c:12`, or the name alone where the frame has no file; `shown` is its
+/// [`shown_name`].
+fn short_describe(frame: &Frame, shown: &str) -> String {
     match short_location(frame) {
-        Some(location) => format!("{} at {location}", shown_name(frame)),
-        None => shown_name(frame),
+        Some(location) => format!("{shown} at {location}"),
+        None => shown.to_owned(),
     }
 }
 
