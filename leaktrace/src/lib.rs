@@ -9,7 +9,7 @@
 //! | [`kernel`] | the plan | the eBPF object attached; decoded events, drops, the window switch |
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
-//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames |
+//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames, each labelled past its allocator wrappers |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
