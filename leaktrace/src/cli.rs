@@ -379,17 +379,7 @@ mod tests {
 
     #[test]
     fn alloc_fn_flags_add_to_and_drop_the_wrappers() {
-        let frame = |function: &str| crate::stacks::Frame {
-            address: "0x1".into(),
-            module: None,
-            build_id: None,
-            module_offset: None,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            inlined: false,
-            found_by: Default::default(),
-        };
+        let frame = |function: &str| crate::stacks::Frame::of_function(function, None);
         let fns = Cli::try_parse_from(["leaktrace"]).unwrap().alloc_fns();
         assert!(fns.listed(&frame("zmalloc")) && !fns.listed(&frame("pool_get")));
         let cli = Cli::try_parse_from([

@@ -40,17 +40,7 @@ mod tests {
     };
 
     fn frame(function: &str) -> Frame {
-        Frame {
-            address: "0x1".into(),
-            module: Some("/bin/x".into()),
-            build_id: None,
-            module_offset: None,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            inlined: false,
-            found_by: crate::stacks::symbolize::FoundBy::Ip,
-        }
+        Frame::of_function(function, Some("/bin/x"))
     }
 
     fn site(live_bytes: u64, innermost_first: &[&str]) -> SiteReport {

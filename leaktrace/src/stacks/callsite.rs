@@ -325,17 +325,7 @@ mod tests {
             },
             AllocFns::default(),
         );
-        let frame = |function: &str, module: &str| Frame {
-            address: "0x1".into(),
-            module: Some(module.into()),
-            build_id: None,
-            module_offset: None,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            inlined: false,
-            found_by: FoundBy::Ip,
-        };
+        let frame = |function: &str, module: &str| Frame::of_function(function, Some(module));
         assert!(sites.is_operator(&[frame("operator new(unsigned long)", libstdcxx)]));
         assert!(!sites.is_operator(&[frame("__cxa_allocate_exception", libstdcxx)]));
         assert!(!sites.is_operator(&[frame("operator new(unsigned long)", "/usr/bin/app")]));

@@ -634,19 +634,13 @@ fn vias(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stacks::symbolize::FoundBy;
 
     fn frame(function: &str, file: &str, line: u32) -> Frame {
         Frame {
             address: format!("0x{:x}", 0x1000 + line),
-            module: Some("/bin/x".into()),
-            build_id: None,
-            module_offset: None,
-            function: Some(function.into()),
             file: Some(format!("/src/{file}")),
             line: Some(line),
-            inlined: false,
-            found_by: FoundBy::Cfi,
+            ..Frame::of_function(function, Some("/bin/x"))
         }
     }
 
