@@ -218,10 +218,10 @@ fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
     assert_eq!(sites_of(&report, "churn").live_bytes, 0);
     assert!(sites_of(&report, "churn").frees > 0);
 
-    // The live view showed the site growing each interval.
+    // The live view showed the site growing each interval, named by its function.
     let growing = stdout
         .iter()
-        .filter(|l| l.contains("leak_here at") && l.trim_start().starts_with('+'))
+        .filter(|l| l.contains("  leak_here") && l.trim_start().starts_with('+'))
         .count();
     assert!(growing >= 2, "live view: {stdout:#?}");
 

@@ -72,6 +72,39 @@ fn the_demo_shows_its_leaking_site_with_exact_bytes() {
     let top = &report["sites"][0];
     let function = top["frames"][0]["function"].as_str().unwrap_or_default();
     assert!(function.ends_with("remember_session"), "{top:#}");
+    assert!(
+        top["label"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("remember_session")),
+        "{top:#}"
+    );
+    // No site is named by Rust's allocator: each is named past it.
+    for site in report["sites"].as_array().unwrap() {
+        let label = site["label"].as_str().unwrap();
+        assert!(
+            !label.starts_with("alloc::") && !["alloc", "__rust_alloc"].contains(&label),
+            "{site:#}"
+        );
+    }
+    // The live view's top row is the leak, by its name alone; no row is Rust's allocator.
+    let rows: Vec<&String> = stdout
+        .iter()
+        .filter(|l| l.trim_start().starts_with(['+', '-']))
+        .collect();
+    assert!(!rows.is_empty(), "a live view: {stdout:#?}");
+    let last_view = stdout
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("change "))
+        .expect("a live view header");
+    assert!(
+        stdout[last_view + 1].ends_with("remember_session"),
+        "{}",
+        stdout[last_view + 1]
+    );
+    assert!(
+        rows.iter().all(|row| !row.contains("alloc::alloc")),
+        "{rows:#?}"
+    );
     let expected = (demo::REQUESTS * demo::LEAK_BYTES) as u64;
     assert_eq!(top["live_bytes"], expected);
     assert_eq!(top["live_allocations"], demo::REQUESTS as u64);

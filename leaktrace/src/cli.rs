@@ -3,6 +3,7 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use regex::Regex;
 
 use crate::{
     capture::{CaptureOptions, ImageOptions},
@@ -10,6 +11,7 @@ use crate::{
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
     report::output::{Destination, Format, ReportFiles},
+    stacks::{AllocFns, labels::alloc_fn},
     target::TargetSpec,
 };
 
@@ -146,6 +148,23 @@ pub struct Cli {
     /// Bytes of stack copied for CFI unwinding (at most 16384).
     #[arg(long, value_name = "BYTES", default_value = "16k", value_parser = bytes_between(1024, 16384))]
     pub stack_bytes: u64,
+
+    /// Count the functions this regular expression names as allocator wrappers: sites are
+    /// labelled by their caller (`createClient ← zmalloc`). Matched against the whole name,
+    /// with or without return type, arguments and template arguments (`my_alloc`,
+    /// `Pool::get`, `arena_.*`). May be repeated.
+    #[arg(long = "alloc-fn", value_name = "REGEX", value_parser = parse_alloc_fn)]
+    pub alloc_fn: Vec<Regex>,
+
+    /// Drop the built-in list of allocator wrappers (the malloc family, operator new,
+    /// std::allocator, Rust's alloc, PyMem, g_malloc, xmalloc, zmalloc, …).
+    #[arg(long)]
+    pub no_default_alloc_fns: bool,
+
+    /// Do not find allocator wrappers automatically (functions that only allocate, called
+    /// from several places).
+    #[arg(long)]
+    pub no_auto_alloc_fns: bool,
 
     /// Look for separate debug info under this directory too (like /usr/lib/debug: by
     /// build-id in .build-id/xx/yyyy.debug, and by .gnu_debuglink name). May be repeated.
@@ -336,6 +355,7 @@ impl Cli {
                 windows,
                 list_blocks: self.show_blocks.then_some(BLOCKS_LISTED),
                 interval,
+                alloc_fns: self.alloc_fns(),
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,
@@ -343,6 +363,15 @@ impl Cli {
             text_to_stderr: self.report_files().takes_stdout(),
             max_overhead: self.max_overhead,
         }
+    }
+
+    /// Which functions are allocator wrappers.
+    pub fn alloc_fns(&self) -> AllocFns {
+        AllocFns::new(
+            !self.no_default_alloc_fns,
+            self.alloc_fn.clone(),
+            !self.no_auto_alloc_fns,
+        )
     }
 
     /// The report files asked for, in the order they are written.
@@ -441,6 +470,10 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     Ok(percent)
 }
 
+fn parse_alloc_fn(text: &str) -> Result<Regex, String> {
+    alloc_fn(text).map_err(|e| e.to_string())
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("{e}; write a duration like 500ms, 30s or 5m"))?;
@@ -513,6 +546,25 @@ mod tests {
     }
 
     #[test]
+    fn alloc_fn_flags_add_to_and_drop_the_wrappers() {
+        let frame = |function: &str| crate::stacks::Frame::of_function(function, None);
+        let fns = Cli::try_parse_from(["leaktrace"]).unwrap().alloc_fns();
+        assert!(fns.listed(&frame("zmalloc")) && !fns.listed(&frame("pool_get")));
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "--alloc-fn",
+            "pool_get",
+            "--alloc-fn",
+            "arena_.*",
+            "--no-default-alloc-fns",
+        ])
+        .unwrap();
+        let fns = cli.alloc_fns();
+        assert!(fns.listed(&frame("pool_get")) && fns.listed(&frame("arena_new")));
+        assert!(!fns.listed(&frame("zmalloc")));
+    }
+
+    #[test]
     fn rejects_bad_durations_counts_and_pid_with_command() {
         for args in [
             &["leaktrace", "-d", "soon"][..],
@@ -532,6 +584,7 @@ mod tests {
             &["leaktrace", "--max-overhead", "0"],
             &["leaktrace", "--max-overhead", "101"],
             &["leaktrace", "--max-overhead", "lots"],
+            &["leaktrace", "--alloc-fn", "pool_(get"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

@@ -10,7 +10,7 @@
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
 //! | [`cost`] | hits per probe point, CPU time | what tracing costs the target, per interval |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
-//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames |
+//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames, each labelled past its allocator wrappers |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the

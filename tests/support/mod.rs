@@ -285,9 +285,22 @@ pub fn sites_of(report: &Value, function: &str) -> SiteSum {
 
 /// [`sites_of`] for the sites whose first frame's function passes `wanted`.
 pub fn sites_where(report: &Value, wanted: impl Fn(&str) -> bool) -> SiteSum {
+    sites_matching(report, |site| {
+        site["frames"][0]["function"].as_str().is_some_and(&wanted)
+    })
+}
+
+/// [`sites_of`] for the sites whose `label` (the function named past the allocator
+/// wrappers) is `label`.
+pub fn sites_labelled(report: &Value, label: &str) -> SiteSum {
+    sites_matching(report, |site| site["label"] == label)
+}
+
+/// [`sites_of`] for the sites that pass `wanted`.
+pub fn sites_matching(report: &Value, wanted: impl Fn(&Value) -> bool) -> SiteSum {
     let mut sum = SiteSum::default();
     for site in report["sites"].as_array().unwrap() {
-        if site["frames"][0]["function"].as_str().is_some_and(&wanted) {
+        if wanted(site) {
             sum.sites += 1;
             sum.live_bytes += site["live_bytes"].as_u64().unwrap();
             sum.live_allocations += site["live_allocations"].as_u64().unwrap();
@@ -505,11 +518,13 @@ impl std::fmt::Display for TextReport {
     }
 }
 
-/// One ranked site of the text report: "#1 40,000 bytes in 40 blocks (allocs 40, frees 0),
-/// leaking (floor …), growth …" and its first frame, "leak_here at /…/fixture.c:52".
+/// One ranked site of the text report: "#1 leak_here: 40,000 bytes in 40 blocks (allocs 40,
+/// frees 0), leaking (floor …), growth …" and its first frame, "leak_here at /…/fixture.c:52".
 #[derive(Debug)]
 pub struct TextSite {
     pub rank: usize,
+    /// How the report names the site: "leak_here", "parse_config ← xmalloc".
+    pub label: String,
     pub live_bytes: u64,
     pub live_allocations: u64,
     pub allocs: u64,
@@ -647,12 +662,14 @@ impl TextReport {
             .filter_map(|pair| {
                 let (rank, rest) = pair[0].strip_prefix('#')?.split_once(' ')?;
                 let (held, rest) = rest.split_once(" blocks (allocs ")?;
+                let (label, held) = held.rsplit_once(": ")?;
                 let (live_bytes, live_allocations) = bytes_in_blocks(held)?;
                 let (allocs, rest) = rest.split_once(", frees ")?;
                 let (frees, rest) = rest.split_once("), ")?;
                 let verdict = VERDICTS.into_iter().find(|v| rest.starts_with(v))?;
                 Some(TextSite {
                     rank: rank.parse().ok()?,
+                    label: label.to_owned(),
                     live_bytes,
                     live_allocations,
                     allocs: number(allocs)?,

@@ -12,10 +12,11 @@ use crate::{
         trends::Growth,
         verdict::{Judgement, Verdict},
     },
-    plan::ProbePlan,
+    plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
     stacks::{
-        CallSites, DwarfUnwinder, Symbolizer,
+        AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
+        labels::simple_name,
         symbolize::FoundBy,
         unwind::{StackCopy, Unwound},
     },
@@ -83,8 +84,32 @@ impl Prepared {
     }
 }
 
+/// The frames of `plan`'s allocator: every frame in the modules of its C functions, and its
+/// seen-through C++ operators.
+fn allocator_frames(plan: &ProbePlan) -> AllocatorFrames {
+    let mut modules = Vec::new();
+    for point in &plan.points {
+        if point.function.family != Family::Cxx && !modules.contains(&point.module) {
+            modules.push(point.module.clone());
+        }
+    }
+    let operators = plan
+        .delegated
+        .iter()
+        .map(|operator| {
+            let name = addr2line::demangle_auto(operator.symbol.as_str().into(), None);
+            (operator.module.clone(), simple_name(&name))
+        })
+        .collect();
+    AllocatorFrames { modules, operators }
+}
+
+/// How long each live view may spend symbolizing sites beyond its rows, which the labels
+/// are named among: events wait meanwhile.
+const LABEL_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How every image is traced and counted.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ImageOptions {
     pub sampling: Sampling,
     /// The probes send stack copies to unwind (`--unwind auto`): see [`DwarfUnwinder::new`].
@@ -97,6 +122,8 @@ pub struct ImageOptions {
     pub list_blocks: Option<usize>,
     /// The live view's period: an interval of the trends and verdicts.
     pub interval: std::time::Duration,
+    /// Which functions are allocator wrappers, folded into the sites' labels.
+    pub alloc_fns: AllocFns,
 }
 
 /// What one process did while it ran one program.
@@ -159,12 +186,7 @@ impl TracedImage {
                     options.interval.as_millis().try_into().unwrap_or(u32::MAX)
                 },
             ),
-            call_sites: CallSites::new(
-                plan.allocator_modules()
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
-            ),
+            call_sites: CallSites::new(allocator_frames(plan), options.alloc_fns),
             symbolizer: prepared.symbolizer,
             trends: Trends::default(),
             filter: options.filter,
@@ -317,6 +339,11 @@ impl TracedImage {
             SortKey::Live => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.live_bytes)),
             SortKey::Allocs => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.allocs)),
         }
+        // The rows first; then other sites, for the labels' context, as time allows.
+        let shown: Vec<SiteId> = judged.iter().take(top).map(|(site, ..)| *site).collect();
+        let labels = self
+            .call_sites
+            .labels(&shown, Some(LABEL_BUDGET), &mut self.symbolizer);
         let rows = judged
             .into_iter()
             .take(top)
@@ -326,7 +353,9 @@ impl TracedImage {
                 change: self.trends.change(site),
                 growth,
                 verdict: judgement.verdict,
-                site: self.call_sites.describe(site, &mut self.symbolizer),
+                site: labels
+                    .get(site.index())
+                    .map_or_else(String::new, |label| label.text.clone()),
             })
             .collect();
         let totals = self.ledger.totals();
@@ -396,6 +425,10 @@ impl TracedImage {
     fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
         let by_window = self.ledger.live_by_window(window_ms, count);
         let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
+        let labels = self
+            .call_sites
+            .labels(&[], None, &mut self.symbolizer)
+            .to_vec();
         by_window
             .into_iter()
             .enumerate()
@@ -406,7 +439,9 @@ impl TracedImage {
                     .map(|&site| WindowSite {
                         live_bytes: live[site.index()].0,
                         live_allocations: live[site.index()].1,
-                        site: self.call_sites.describe(site, &mut self.symbolizer),
+                        site: labels
+                            .get(site.index())
+                            .map_or_else(String::new, |label| label.text.clone()),
                     })
                     .collect();
                 window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));

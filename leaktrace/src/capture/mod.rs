@@ -222,7 +222,7 @@ impl Capture<'_> {
                 symbolizer,
                 unwinder,
             },
-            self.options.image,
+            self.options.image.clone(),
             from_start,
             start_ns,
         ));
@@ -437,7 +437,7 @@ impl<'a> Capture<'a> {
             target.command.clone(),
             plan,
             prepared,
-            options.image,
+            options.image.clone(),
             target.launched,
             window_start_ns,
         );

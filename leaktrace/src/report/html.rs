@@ -96,7 +96,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
         .iter()
         .enumerate()
         .map(|(index, site)| Line {
-            name: format!("#{} {} ({})", index + 1, site_name(site), site.verdict),
+            name: format!("#{} {} ({})", index + 1, site.site, site.verdict),
             colour: colour(index),
             points: site.series.iter().map(|&(t, b)| (t, b as f64)).collect(),
         })
@@ -107,7 +107,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
     page.push_str(
         "<h2>Top sites</h2>\n<table class=\"sites\"><tr><th>#</th><th>verdict</th>\
          <th>live bytes</th><th>blocks</th><th>allocs</th><th>frees</th><th>temporary</th>\
-         <th>floor growth</th><th>growth (R²)</th><th>stack</th></tr>\n",
+         <th>floor growth</th><th>growth (R²)</th><th>site and stack</th></tr>\n",
     );
     for (rank, site) in live.iter().enumerate() {
         let stack: Vec<String> = site.frames.iter().map(|f| escape(&f.describe())).collect();
@@ -120,7 +120,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             "<tr><td class=\"rank\" style=\"border-left-color:{colour}\">{rank}</td>\
              <td class=\"verdict {class}\">{verdict}</td><td>{live}</td><td>{blocks}</td>\
              <td>{allocs}</td><td>{frees}</td><td>{temporary}</td><td>{floor}</td>\
-             <td>{growth}/s{steadiness}</td><td><pre>{stack}</pre></td></tr>",
+             <td>{growth}/s{steadiness}</td><td><b>{name}</b><pre>{stack}</pre></td></tr>",
             colour = colour(rank),
             rank = rank + 1,
             class = verdict_class(site.verdict),
@@ -132,6 +132,7 @@ pub fn html(report: &Report, top: usize, flamegraph: &str) -> String {
             temporary = thousands(stats.temporary),
             floor = floor_growth(site),
             growth = signed_bytes(site.growth_bytes_per_s),
+            name = escape(&site.site),
             stack = stack.join("\n"),
         );
     }
@@ -179,13 +180,6 @@ fn floor_growth(site: &SiteReport) -> String {
         Verdict::Leaking => format!("{}/s", signed_bytes(site.floor_growth_bytes_per_s)),
         _ => "–".to_owned(),
     }
-}
-
-/// The site's first frame's function, as the legend names it.
-fn site_name(site: &SiteReport) -> String {
-    site.frames
-        .first()
-        .map_or("[stack not recorded]".into(), |f| f.name().into_owned())
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\

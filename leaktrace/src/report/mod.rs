@@ -52,6 +52,13 @@ pub struct SiteReport {
     pub growth_steadiness: Option<f64>,
     /// (seconds since the start, live bytes) at each interval and at the end.
     pub series: Vec<(f64, u64)>,
+    /// The function named past the allocator wrappers ([`crate::stacks::labels`]).
+    pub label: String,
+    /// The wrappers folded into the label, innermost first: the first frames of `frames`.
+    pub wrappers: Vec<String>,
+    /// The site as the text report and the live view name it: `createClient ← zmalloc`,
+    /// with what tells it apart from sites of the same label.
+    pub site: String,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
     /// With `-a`: its oldest live blocks.
@@ -147,11 +154,20 @@ impl Report {
                 .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
         });
         let mut progress = Progress::new("symbolizing", sites.len());
+        for (site, ..) in &sites {
+            progress.advance();
+            call_sites.frames(*site, symbolizer);
+        }
+        progress.finish();
+        let mut labels = call_sites.labels(&[], None, symbolizer).to_vec();
         let sites = sites
             .into_iter()
             .map(|(site, stats, blocks, judgement)| {
-                progress.advance();
                 let growth = trends.growth(site);
+                let label = labels
+                    .get_mut(site.index())
+                    .map(std::mem::take)
+                    .unwrap_or_default();
                 SiteReport {
                     stats,
                     verdict: judgement.verdict,
@@ -159,12 +175,14 @@ impl Report {
                     growth_bytes_per_s: growth.bytes_per_s,
                     growth_steadiness: growth.shown_steadiness(),
                     series: trends.series(site).to_vec(),
+                    label: label.label,
+                    wrappers: label.wrappers,
+                    site: label.text,
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                     blocks,
                 }
             })
             .collect();
-        progress.finish();
         Report {
             header,
             totals,
@@ -251,7 +269,7 @@ pub struct WindowReport {
 pub struct WindowSite {
     pub live_bytes: u64,
     pub live_allocations: u64,
-    /// The site's first frame, as the text report shows it.
+    /// The site as the text report shows it ([`SiteReport::site`]).
     pub site: String,
 }
 

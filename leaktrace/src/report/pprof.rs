@@ -219,7 +219,7 @@ fn parse_address(text: &str) -> u64 {
 
 /// The report as a gzipped profile.proto with inuse_space, inuse_objects, alloc_space and
 /// alloc_objects; `go tool pprof` shows inuse_space first. Each sample (a site) carries its
-/// verdict as the string label `verdict`.
+/// verdict as the tag `verdict` and its label as the tag `site` (its stack stays whole).
 pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
     let mut builder = Builder::default();
     builder.string("");
@@ -245,15 +245,23 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
             .map(|frames| builder.location(frames))
             .collect();
         let stats = &site.stats;
-        let label = vec![Label {
-            key: builder.string("verdict"),
-            str: builder.string(site.verdict.as_str()),
-            num: 0,
-            num_unit: 0,
-        }];
+        let label = vec![
+            Label {
+                key: builder.string("verdict"),
+                str: builder.string(site.verdict.as_str()),
+                num: 0,
+                num_unit: 0,
+            },
+            Label {
+                key: builder.string("site"),
+                str: builder.string(&site.site),
+                num: 0,
+                num_unit: 0,
+            },
+        ];
         builder.profile.sample.push(Sample {
-            label,
             location_id,
+            label,
             value: [
                 stats.live_bytes,
                 stats.live_allocations,

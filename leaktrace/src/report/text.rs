@@ -10,7 +10,9 @@ use crate::ledger::{trends::Growth, verdict::Verdict};
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
 
-/// The final report, top `top` sites by live bytes; then each other image or process.
+/// The final report, top `top` sites by live bytes, each headed by its label
+/// (`#1 createClient ← zmalloc: 4,096 bytes in 1 blocks …`) above its stack; then each other
+/// image or process.
 pub fn render_final(report: &Report, top: usize) -> String {
     let mut out = render_one(report, top);
     for other in &report.processes {
@@ -144,8 +146,9 @@ fn render_one(report: &Report, top: usize) -> String {
             .map_or_else(String::new, |r2| format!(" (R² {r2:.2})"));
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), {}{floor}, growth {}/s{steadiness}",
+            "\n#{} {}: {} bytes in {} blocks (allocs {}, frees {}), {}{floor}, growth {}/s{steadiness}",
             rank + 1,
+            site.site,
             thousands(stats.live_bytes),
             thousands(stats.live_allocations),
             thousands(stats.allocs),

@@ -71,6 +71,25 @@ impl Frame {
     }
 }
 
+#[cfg(test)]
+impl Frame {
+    /// A frame of `function` in `module`, at 0x1, with no file or line: for tests of what is
+    /// done with names.
+    pub fn of_function(function: &str, module: Option<&str>) -> Frame {
+        Frame {
+            address: "0x1".into(),
+            module: module.map(Into::into),
+            build_id: None,
+            module_offset: None,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            inlined: false,
+            found_by: FoundBy::Ip,
+        }
+    }
+}
+
 /// `/src/app/../lib/x.c` → `/src/lib/x.c`: DWARF joins the compile directory and the file name
 /// as they were given to the compiler. Lexical, for display: the build tree may not exist here.
 fn tidy_path(path: &str) -> String {
