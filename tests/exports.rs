@@ -39,7 +39,7 @@ fn go_tool_pprof_lists_the_leaking_function_first() {
             "{index}: {text}"
         );
     }
-    // Each sample carries its site's verdict as a tag.
+    // Each sample carries its site's verdict and its label as tags.
     let output = Command::new("go")
         .args(["tool", "pprof", "-tags"])
         .arg(&profile)
@@ -47,12 +47,18 @@ fn go_tool_pprof_lists_the_leaking_function_first() {
         .output()
         .expect("run go tool pprof");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.trim_start().starts_with("verdict: Total"), "{text}");
-    let tagged: Vec<&str> = text
+    let verdicts = text
+        .split("verdict: Total")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no verdict tag: {text}"));
+    let tagged: Vec<&str> = verdicts
         .lines()
         .skip(1)
+        .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.rsplit_once("): ").map(|(_, verdict)| verdict.trim()))
         .collect();
+    let sites = text.split("site: Total").nth(1).unwrap_or_default();
+    assert!(sites.contains("): leak_here"), "{text}");
     assert!(!tagged.is_empty(), "{text}");
     assert!(tagged.iter().all(|v| VERDICTS.contains(v)), "{text}");
 }
@@ -195,7 +201,7 @@ fn the_html_report_opens_in_chromium_with_both_plots_and_no_network() {
             "temporary",
             "floor growth",
             "growth (R²)",
-            "stack"
+            "site and stack"
         ],
         "{dom}"
     );
