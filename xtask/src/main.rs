@@ -135,18 +135,25 @@ fn setup_ebpf() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .into_iter()
-        .filter(|package| !installed(package))
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    install_missing(&TEST_PACKAGES)?;
     run(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace())
             .arg("test"),
     )
+}
+
+/// Installs those of `packages` that are not installed yet (apt-get update only then).
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
 }
 
 fn installed(package: &str) -> bool {

@@ -1,5 +1,5 @@
-//! Child processes of the benchmark and the soak: a tracer read line by line and reaped with
-//! its resource usage, the workload's lines.
+//! Child processes of the benchmark and the soak: a tracer read line by line (each line timed
+//! as it arrives) and reaped with its resource usage, the workload's lines.
 
 use std::{
     io::{BufRead, BufReader},
@@ -15,12 +15,20 @@ use anyhow::{Context, Result, bail};
 /// A tracer process, killed and reaped however the run ends.
 pub struct Traced {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<Line>,
+    /// Every line taken from `lines` so far.
+    seen: Vec<Line>,
     /// Reaped by [`Traced::finish`]: its pid is no longer its own to signal.
     reaped: bool,
 }
 
-/// A tracer's own cost.
+/// One line a tracer wrote, and when it arrived.
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
+/// How a tracer ended, and what it cost.
 pub struct Usage {
     pub cpu_s: f64,
     pub peak_rss_mib: f64,
@@ -53,29 +61,79 @@ impl Traced {
         for pipe in pipes {
             let sender = sender.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
+                for text in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let at = Instant::now();
+                    let _ = sender.send(Line { at, text });
                 }
             });
         }
         Ok(Traced {
             child,
             lines,
+            seen: Vec::new(),
             reaped: false,
         })
     }
 
-    pub fn wait_for_line(&mut self, prefix: &str) -> Result<()> {
+    /// Waits for a line starting with `prefix`, and says when it came.
+    pub fn wait_for_line(&mut self, prefix: &str) -> Result<Instant> {
         let deadline = Instant::now() + TRACER_WAIT;
-        let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return Ok(()),
-                Ok(line) => seen.push(line),
+                Ok(line) => {
+                    let found = line.text.starts_with(prefix).then_some(line.at);
+                    self.seen.push(line);
+                    if let Some(at) = found {
+                        return Ok(at);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("{}", self.last_words())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+            }
+        }
+        bail!(
+            "the tracer never said {prefix:?} in {} s: {}",
+            TRACER_WAIT.as_secs(),
+            self.last_words()
+        )
+    }
+
+    /// Whether the tracer has ended (it is left to be reaped by [`Traced::finish`]).
+    pub fn exited(&self) -> bool {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        let id = self.child.id() as libc::id_t;
+        unsafe { libc::waitid(libc::P_PID, id, &mut info, flags) == 0 && info.si_pid() != 0 }
+    }
+
+    /// What the tracer said of its failure: the first Python exception (bcc's cause, before
+    /// its cleanup's complaints), else its last line.
+    pub fn last_words(&mut self) -> String {
+        self.drain(Duration::from_secs(1));
+        let texts = || {
+            self.seen
+                .iter()
+                .map(|l| l.text.trim())
+                .filter(|t| !t.is_empty())
+        };
+        texts()
+            .find(|t| t.starts_with("Exception: "))
+            .or_else(|| texts().next_back())
+            .unwrap_or("(said nothing)")
+            .to_owned()
+    }
+
+    /// Takes in what is left to read, until both pipes close or `wait` passes.
+    fn drain(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
                 Err(_) => break,
             }
         }
-        bail!("the tracer never said {prefix:?}: {}", seen.join(" | "))
     }
 
     pub fn interrupt(&self) {
@@ -94,7 +152,7 @@ impl Traced {
                 self.reaped = true;
                 let status = std::process::ExitStatus::from_raw(status);
                 if !status.success() && status.signal() != Some(libc::SIGINT) {
-                    bail!("the tracer failed: {status}");
+                    bail!("the tracer failed ({status}): {}", self.last_words());
                 }
                 let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 return Ok(Usage {
@@ -103,10 +161,14 @@ impl Traced {
                 });
             }
             if Instant::now() > deadline {
-                bail!("the tracer did not end");
+                bail!("the tracer did not end in {} s", TRACER_WAIT.as_secs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -129,12 +191,6 @@ pub fn expect_line(output: &mut BufReader<ChildStdout>, prefix: &str) -> Result<
         if let Some(rest) = line.trim_end().strip_prefix(prefix) {
             return Ok(rest.to_owned());
         }
-    }
-}
-
-impl Traced {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 
