@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: what tracing costs the target, against an untraced run and bcc's
-//! memleak, on a workload that does nothing but allocate (bench/workload.cc), built once per
-//! allocator (glibc's malloc, jemalloc, tcmalloc, mimalloc), which times itself: ns per
-//! allocation-and-free pair, per thread.
+//! memleak, in two parts:
+//! - a workload that does nothing but allocate (bench/workload.cc), built once per allocator
+//!   (glibc's malloc, jemalloc, tcmalloc, mimalloc), which times itself: ns per
+//!   allocation-and-free pair, per thread;
+//! - redis-server (Debian's, on jemalloc) under redis-benchmark: requests per second and median
+//!   latency.
 //!
 //! Each figure is the median of several runs. A tracer that cannot trace a target gets a row
 //! that says how it failed. Benchmarks report; they never fail on a timing.
@@ -9,6 +12,7 @@
 use std::{
     fs,
     io::{BufReader, Write},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
@@ -24,15 +28,18 @@ use crate::{
     run, workspace,
 };
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--quick] [--json PATH]";
+const USAGE: &str =
+    "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH]";
 
-/// Debian packages the bench needs: g++ for the workload, and the allocators it is linked
-/// with (their run-time libraries: the workload links each by its soname).
-const BENCH_PACKAGES: [&str; 4] = [
+/// Debian packages the bench needs: g++ for the workload, the allocators it is linked with
+/// (their run-time libraries: the workload links each by its soname), and redis.
+const BENCH_PACKAGES: [&str; 6] = [
     "g++",
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
+    "redis-server",
+    "redis-tools",
 ];
 
 /// The malloc a workload is built with.
@@ -170,6 +177,8 @@ struct Cost {
     peak_rss_mib: Option<f64>,
     /// From starting the tracer to its probes being in.
     attach_ms: Option<f64>,
+    /// From SIGINT to its exit, where it was interrupted.
+    detach_ms: Option<f64>,
 }
 
 /// One run of the workload.
@@ -259,11 +268,13 @@ impl<S, R> Row<S, R> {
 #[derive(Serialize)]
 struct Results {
     workload: Vec<Row<Scenario, Run>>,
+    redis: Vec<Row<RedisSetting, RedisRun>>,
 }
 
 struct Options {
     runs: usize,
     pairs: Option<u64>,
+    requests: u64,
     quick: bool,
     json: Option<PathBuf>,
 }
@@ -273,6 +284,7 @@ impl Options {
         let mut options = Options {
             runs: 5,
             pairs: None,
+            requests: 200_000,
             quick: false,
             json: None,
         };
@@ -285,6 +297,7 @@ impl Options {
             match arg.as_str() {
                 "--runs" => options.runs = value()?.parse().context("--runs")?,
                 "--pairs" => options.pairs = Some(value()?.parse().context("--pairs")?),
+                "--requests" => options.requests = value()?.parse().context("--requests")?,
                 "--json" => options.json = Some(value()?.into()),
                 "--quick" => options.quick = true,
                 _ => bail!("unknown argument {arg}\n{USAGE}"),
@@ -292,6 +305,7 @@ impl Options {
         }
         if options.quick {
             options.runs = 1;
+            options.requests /= 10;
         }
         Ok(options)
     }
@@ -390,8 +404,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         out,
     };
     let workload = bench_workloads(&tracers, &workloads, &options);
+    let redis = bench_redis(&tracers, &options).unwrap_or_else(|error| {
+        println!("\nredis: failed: {error:#}");
+        Vec::new()
+    });
     if let Some(path) = options.json {
-        let results = Results { workload };
+        let results = Results { workload, redis };
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;
         println!("\nwrote {}", path.display());
@@ -476,6 +494,7 @@ impl Cost {
             cpu_s: of(|c| c.cpu_s),
             peak_rss_mib: of(|c| c.peak_rss_mib),
             attach_ms: of(|c| c.attach_ms),
+            detach_ms: of(|c| c.detach_ms),
         }
     }
 
@@ -701,15 +720,14 @@ impl Tracers {
 impl Attached {
     /// Waits for the tracer to end (`interrupt`: after a SIGINT), and takes its cost.
     fn finish(self, interrupt: bool) -> Result<Cost> {
-        if interrupt {
-            self.process.interrupt();
-        }
+        let sent = interrupt.then(|| self.process.interrupt());
         let usage = self.process.finish()?;
         Ok(Cost {
             drops: Vec::new(),
             cpu_s: Some(usage.cpu_s),
             peak_rss_mib: Some(usage.peak_rss_mib),
             attach_ms: Some(self.attach_ms),
+            detach_ms: sent.map(|sent| ms(usage.ended - sent)),
         })
     }
 }
@@ -899,4 +917,278 @@ fn wait_for_breakpoint(
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("{function} never got its breakpoint")
+}
+
+// redis-server under redis-benchmark.
+
+/// One redis-benchmark test (SET, GET).
+#[derive(Clone, Serialize)]
+struct Test {
+    name: String,
+    rps: f64,
+    p50_ms: f64,
+}
+
+/// One run of redis-benchmark.
+#[derive(Clone, Default, Serialize)]
+struct RedisRun {
+    tests: Vec<Test>,
+    #[serde(flatten)]
+    cost: Cost,
+}
+
+#[derive(Clone, Serialize)]
+struct RedisSetting {
+    redis: String,
+    requests: u64,
+    clients: u32,
+}
+
+/// redis-server on a free port of 127.0.0.1, without persistence; killed when dropped.
+struct Redis {
+    child: Child,
+    port: String,
+    /// "7.0.15, jemalloc-5.3.0" from its INFO.
+    describe: String,
+    /// The library its malloc is in.
+    library: PathBuf,
+}
+
+/// Clients redis-benchmark runs at once.
+const REDIS_CLIENTS: u32 = 50;
+
+impl Redis {
+    fn start() -> Result<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+            .to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server")?;
+        let mut redis = Redis {
+            child,
+            port,
+            describe: String::new(),
+            library: PathBuf::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis
+            .cli(&["ping"])
+            .is_ok_and(|reply| reply.trim() == "PONG")
+        {
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer on port {}", redis.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let info = redis.cli(&["info"])?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        };
+        redis.describe = format!("{}, {}", field("redis_version"), field("mem_allocator"));
+        let pid = redis.child.id();
+        redis.library = ["libjemalloc.so", "libc.so"]
+            .into_iter()
+            .find_map(|prefix| mapped(pid, |path| file_name(path).starts_with(prefix)))
+            .context("redis-server maps neither libjemalloc nor libc")?
+            .0;
+        Ok(redis)
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run redis-cli")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// redis-benchmark's SET and GET tests.
+    fn benchmark(&self, requests: u64) -> Result<Vec<Test>> {
+        let output = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &self.port, "-q", "--csv"])
+            .args(["-n", &requests.to_string()])
+            .args(["-c", &REDIS_CLIENTS.to_string(), "-t", "set,get"])
+            .stdin(Stdio::null())
+            .output()
+            .context("run redis-benchmark")?;
+        if !output.status.success() {
+            bail!("redis-benchmark failed: {}", output.status);
+        }
+        parse_benchmark(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// redis-benchmark's `--csv`: a header, then one quoted row per test.
+fn parse_benchmark(csv: &str) -> Result<Vec<Test>> {
+    let mut rows = csv.lines().map(|line| {
+        line.split(',')
+            .map(|field| field.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+    });
+    let header = rows.next().context("redis-benchmark printed nothing")?;
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("redis-benchmark --csv has no {name}: {header:?}"))
+    };
+    let (rps, p50) = (column("rps")?, column("p50_latency_ms")?);
+    rows.filter(|fields| fields.len() == header.len())
+        .map(|fields| {
+            Ok(Test {
+                name: fields[0].to_owned(),
+                rps: fields[rps].parse().context("rps")?,
+                p50_ms: fields[p50].parse().context("p50")?,
+            })
+        })
+        .collect()
+}
+
+/// redis-server under redis-benchmark, each tracer in turn within each run.
+fn bench_redis(tracers: &Tracers, options: &Options) -> Result<Vec<Row<RedisSetting, RedisRun>>> {
+    let redis = Redis::start()?;
+    let setting = RedisSetting {
+        redis: redis.describe.clone(),
+        requests: options.requests,
+        clients: REDIS_CLIENTS,
+    };
+    println!(
+        "\nredis-server {} (malloc from {}) under redis-benchmark -n {} -c {} -t set,get, \
+         median of {} run(s)",
+        setting.redis,
+        redis.library.display(),
+        setting.requests,
+        setting.clients,
+        options.runs
+    );
+    redis.benchmark((options.requests / 4).max(1000))?;
+    let mut rows: Vec<Row<RedisSetting, RedisRun>> = tracers
+        .available()
+        .into_iter()
+        .map(|tracer| Row::new(setting.clone(), tracer, tracer.label(&redis.library)))
+        .collect();
+    // Interleaved, so that a drift in the machine's load falls on every tracer alike.
+    while rows.iter().any(|row| row.wants_more(options.runs)) {
+        for row in rows.iter_mut().filter(|row| row.wants_more(options.runs)) {
+            row.record(redis_run(tracers, &redis, row.tracer, options.requests));
+        }
+    }
+    for row in &mut rows {
+        if row.runs.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = row.runs[0].tests.iter().map(|t| t.name.clone()).collect();
+        let tests = names
+            .into_iter()
+            .map(|name| {
+                let of = |figure: fn(&Test) -> f64| {
+                    middle(
+                        row.runs
+                            .iter()
+                            .map(|run| run.tests.iter().find(|t| t.name == name).map(figure)),
+                    )
+                    .unwrap_or(0.0)
+                };
+                Test {
+                    rps: of(|t| t.rps),
+                    p50_ms: of(|t| t.p50_ms),
+                    name,
+                }
+            })
+            .collect();
+        row.median = Some(RedisRun {
+            tests,
+            cost: Cost::median(row.runs.iter().map(|r| &r.cost)),
+        });
+    }
+    print_redis_table(&rows);
+    Ok(rows)
+}
+
+fn redis_run(tracers: &Tracers, redis: &Redis, tracer: Tracer, requests: u64) -> Result<RedisRun> {
+    let json = tracers.out.join("redis.json");
+    let attached = tracers.attach(tracer, redis.child.id(), &redis.library, &json)?;
+    let tests = redis.benchmark(requests)?;
+    let mut run = RedisRun {
+        tests,
+        ..RedisRun::default()
+    };
+    if let Some(attached) = attached {
+        run.cost = attached.finish(true)?;
+    }
+    if tracer.is_leaktrace() {
+        run.cost.drops = read_report(&json)?.drops;
+    }
+    Ok(run)
+}
+
+/// The redis table's columns after the tracer.
+const REDIS_COLUMNS: [(&str, usize); 9] = [
+    ("test", 5),
+    ("rps", 9),
+    ("x untraced", 10),
+    ("p50 ms", 7),
+    ("x untraced", 10),
+    ("CPU s", 7),
+    ("RSS MiB", 9),
+    ("attach", 8),
+    ("detach", 8),
+];
+
+fn print_redis_table(rows: &[Row<RedisSetting, RedisRun>]) {
+    let untraced = rows
+        .iter()
+        .find(|r| r.tracer == Tracer::Untraced)
+        .and_then(|r| r.median.as_ref());
+    let width = label_width(rows);
+    print_header(width, "tracer", &REDIS_COLUMNS, "  drops");
+    for (row, m) in figures(rows, width) {
+        for (i, test) in m.tests.iter().enumerate() {
+            let base = untraced.and_then(|u| u.tests.iter().find(|t| t.name == test.name));
+            // The tracer's own figures cover the whole run: shown once.
+            let own = |value: String| if i == 0 { value } else { String::new() };
+            let cells = [
+                test.name.clone(),
+                show(Some(test.rps), 0),
+                show(base.map(|b| test.rps / b.rps), 2),
+                show(Some(test.p50_ms), 3),
+                show(base.map(|b| test.p50_ms / b.p50_ms), 2),
+                own(show(m.cost.cpu_s, 2)),
+                own(show(m.cost.peak_rss_mib, 1)),
+                own(show(m.cost.attach_ms, 0)),
+                own(show(m.cost.detach_ms, 0)),
+            ];
+            let tail = match row.tracer {
+                Tracer::Untraced => String::new(),
+                _ => own(format!("  {}{}", m.cost.drops(), row.note())),
+            };
+            print_line(
+                width,
+                &own(row.label.clone()),
+                &REDIS_COLUMNS,
+                &cells,
+                &tail,
+            );
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct Line {
 pub struct Usage {
     pub cpu_s: f64,
     pub peak_rss_mib: f64,
+    /// When it was reaped.
+    pub ended: Instant,
 }
 
 /// How long a tracer may take to attach (bcc compiles its programs first) or to finish.
@@ -136,8 +138,10 @@ impl Traced {
         }
     }
 
-    pub fn interrupt(&self) {
+    /// Sends SIGINT, and says when.
+    pub fn interrupt(&self) -> Instant {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        Instant::now()
     }
 
     /// Waits for the tracer to end, and takes its resource usage.
@@ -149,6 +153,7 @@ impl Traced {
             let pid = self.child.id() as i32;
             let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
             if reaped == pid {
+                let ended = Instant::now();
                 self.reaped = true;
                 let status = std::process::ExitStatus::from_raw(status);
                 if !status.success() && status.signal() != Some(libc::SIGINT) {
@@ -158,12 +163,14 @@ impl Traced {
                 return Ok(Usage {
                     cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
                     peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+                    ended,
                 });
             }
             if Instant::now() > deadline {
                 bail!("the tracer did not end in {} s", TRACER_WAIT.as_secs());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine enough to time a detach.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
