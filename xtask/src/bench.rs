@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: what tracing costs the target, against an untraced run and bcc's
-//! memleak, in two parts:
+//! memleak, in three parts:
 //! - a workload that does nothing but allocate (bench/workload.cc), built once per allocator
 //!   (glibc's malloc, jemalloc, tcmalloc, mimalloc), which times itself: ns per
 //!   allocation-and-free pair, per thread;
 //! - redis-server (Debian's, on jemalloc) under redis-benchmark: requests per second and median
-//!   latency.
+//!   latency;
+//! - how long leaktrace takes to attach and to detach, and how many functions it probes.
 //!
 //! Each figure is the median of several runs. A tracer that cannot trace a target gets a row
 //! that says how it failed. Benchmarks report; they never fail on a timing.
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     install_missing,
-    process::{TRACER_WAIT, Traced, expect_line, which},
+    process::{TRACER_WAIT, Traced, Usage, expect_line, which},
     run, workspace,
 };
 
@@ -179,6 +180,8 @@ struct Cost {
     attach_ms: Option<f64>,
     /// From SIGINT to its exit, where it was interrupted.
     detach_ms: Option<f64>,
+    /// From the last line of its report to its exit.
+    report_to_exit_ms: Option<f64>,
 }
 
 /// One run of the workload.
@@ -269,6 +272,7 @@ impl<S, R> Row<S, R> {
 struct Results {
     workload: Vec<Row<Scenario, Run>>,
     redis: Vec<Row<RedisSetting, RedisRun>>,
+    attach: Vec<Row<AttachSetting, Timing>>,
 }
 
 struct Options {
@@ -408,8 +412,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         println!("\nredis: failed: {error:#}");
         Vec::new()
     });
+    let attach = bench_attach(&tracers, &workloads, &redis, &options);
     if let Some(path) = options.json {
-        let results = Results { workload, redis };
+        let results = Results {
+            workload,
+            redis,
+            attach,
+        };
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;
         println!("\nwrote {}", path.display());
@@ -495,6 +504,7 @@ impl Cost {
             peak_rss_mib: of(|c| c.peak_rss_mib),
             attach_ms: of(|c| c.attach_ms),
             detach_ms: of(|c| c.detach_ms),
+            report_to_exit_ms: of(|c| c.report_to_exit_ms),
         }
     }
 
@@ -728,6 +738,7 @@ impl Attached {
             peak_rss_mib: Some(usage.peak_rss_mib),
             attach_ms: Some(self.attach_ms),
             detach_ms: sent.map(|sent| ms(usage.ended - sent)),
+            report_to_exit_ms: report_to_exit_ms(&usage),
         })
     }
 }
@@ -742,6 +753,8 @@ struct Report {
     events: f64,
     /// Nonzero drop counters.
     drops: Vec<(String, u64)>,
+    /// Functions probed.
+    probed: usize,
 }
 
 fn read_report(json: &Path) -> Result<Report> {
@@ -755,9 +768,21 @@ fn read_report(json: &Path) -> Result<Report> {
         .filter_map(|(name, count)| Some((name.clone(), count.as_u64()?)))
         .filter(|(_, count)| *count > 0)
         .collect();
+    // "malloc, free in /usr/lib/…/libjemalloc.so.2 (…); fork in /usr/lib/…/libc.so.6 (…)"
+    let probed = report["probed"]
+        .as_str()
+        .unwrap_or_default()
+        .split("; ")
+        .filter(|group| !group.is_empty())
+        .map(|group| {
+            let names = group.split_once(" in ").map_or(group, |(names, _)| names);
+            names.split(", ").count()
+        })
+        .sum();
     Ok(Report {
         events: totals["allocs"].as_f64().unwrap_or(0.0) + totals["frees"].as_f64().unwrap_or(0.0),
         drops,
+        probed,
     })
 }
 
@@ -933,6 +958,8 @@ struct Test {
 #[derive(Clone, Default, Serialize)]
 struct RedisRun {
     tests: Vec<Test>,
+    /// Functions leaktrace probed.
+    probed: Option<usize>,
     #[serde(flatten)]
     cost: Cost,
 }
@@ -1118,6 +1145,7 @@ fn bench_redis(tracers: &Tracers, options: &Options) -> Result<Vec<Row<RedisSett
             .collect();
         row.median = Some(RedisRun {
             tests,
+            probed: row.runs[0].probed,
             cost: Cost::median(row.runs.iter().map(|r| &r.cost)),
         });
     }
@@ -1137,7 +1165,9 @@ fn redis_run(tracers: &Tracers, redis: &Redis, tracer: Tracer, requests: u64) ->
         run.cost = attached.finish(true)?;
     }
     if tracer.is_leaktrace() {
-        run.cost.drops = read_report(&json)?.drops;
+        let report = read_report(&json)?;
+        run.cost.drops = report.drops;
+        run.probed = Some(report.probed);
     }
     Ok(run)
 }
@@ -1190,5 +1220,173 @@ fn print_redis_table(rows: &[Row<RedisSetting, RedisRun>]) {
                 &tail,
             );
         }
+    }
+}
+
+// leaktrace's attach and detach times.
+
+/// Attach and detach times of one run.
+#[derive(Clone, Default, Serialize)]
+struct Timing {
+    attach_ms: Option<f64>,
+    /// SIGINT to exit.
+    detach_ms: Option<f64>,
+    report_to_exit_ms: Option<f64>,
+    /// Start to exit, for a launched command.
+    total_ms: Option<f64>,
+}
+
+/// What leaktrace attached to is the row's label.
+#[derive(Serialize)]
+struct AttachSetting {
+    /// Functions leaktrace probed, as its report lists them.
+    probed: Option<usize>,
+}
+
+/// leaktrace's attach and detach times: on each idle workload, on redis (from its runs), and
+/// launching /bin/true.
+fn bench_attach(
+    tracers: &Tracers,
+    workloads: &[Workload],
+    redis: &[Row<RedisSetting, RedisRun>],
+    options: &Options,
+) -> Vec<Row<AttachSetting, Timing>> {
+    println!(
+        "\nleaktrace exact: attach and detach, median of {} run(s)",
+        options.runs
+    );
+    let mut rows = Vec::new();
+    for workload in workloads {
+        let target = format!("-p workload on {} (idle)", workload.allocator.name());
+        rows.push(timing_row(target, options.runs, || {
+            tracers.attach_idle(workload)
+        }));
+    }
+    if let Some(row) = redis.iter().find(|r| r.tracer == Tracer::LeaktraceExact) {
+        // Taken from the redis runs, not run again.
+        let mut runs = row.runs.iter().map(|r| {
+            let timing = Timing {
+                attach_ms: r.cost.attach_ms,
+                detach_ms: r.cost.detach_ms,
+                report_to_exit_ms: r.cost.report_to_exit_ms,
+                total_ms: None,
+            };
+            (timing, r.probed)
+        });
+        let target = "-p redis-server, after redis-benchmark".to_owned();
+        let mut timing = timing_row(target, row.runs.len(), || {
+            runs.next().context("no more runs")
+        });
+        timing.failed = row.failed.clone();
+        rows.push(timing);
+    }
+    rows.push(timing_row("-- /bin/true".into(), options.runs, || {
+        tracers.launch_true()
+    }));
+    print_attach_table(&rows);
+    rows
+}
+
+impl Tracers {
+    /// leaktrace on a workload that waits to be told to go: attach, a moment, SIGINT.
+    fn attach_idle(&self, workload: &Workload) -> Result<(Timing, Option<usize>)> {
+        let target = Target::start(&workload.path, "churn", 1, 0)?;
+        let json = self.out.join("attach.json");
+        let attached = self
+            .attach(
+                Tracer::LeaktraceExact,
+                target.pid(),
+                &workload.library,
+                &json,
+            )?
+            .context("leaktrace is a tracer")?;
+        let attach_ms = attached.attach_ms;
+        std::thread::sleep(Duration::from_millis(200));
+        let cost = attached.finish(true)?;
+        let timing = Timing {
+            attach_ms: Some(attach_ms),
+            detach_ms: cost.detach_ms,
+            report_to_exit_ms: cost.report_to_exit_ms,
+            total_ms: None,
+        };
+        Ok((timing, Some(read_report(&json)?.probed)))
+    }
+
+    /// `leaktrace -- /bin/true`, start to exit.
+    fn launch_true(&self) -> Result<(Timing, Option<usize>)> {
+        let json = self.out.join("true.json");
+        let started = Instant::now();
+        let mut process = Traced::start(
+            Command::new(&self.leaktrace)
+                .arg("--json")
+                .arg(&json)
+                .args(["--", "/bin/true"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )?;
+        let attached = process.wait_for_line("leaktrace: attached to pid")?;
+        let usage = process.finish()?;
+        let timing = Timing {
+            attach_ms: Some(ms(attached - started)),
+            detach_ms: None,
+            report_to_exit_ms: report_to_exit_ms(&usage),
+            total_ms: Some(ms(usage.ended - started)),
+        };
+        Ok((timing, Some(read_report(&json)?.probed)))
+    }
+}
+
+/// From the last line on the tracer's stdout (the end of leaktrace's report) to its exit.
+fn report_to_exit_ms(usage: &Usage) -> Option<f64> {
+    let last = usage.lines.iter().rfind(|line| line.stdout)?;
+    Some(ms(usage.ended.saturating_duration_since(last.at)))
+}
+
+/// A row of the attach table: `runs` of `once`, each timing with the functions probed.
+fn timing_row(
+    target: String,
+    runs: usize,
+    mut once: impl FnMut() -> Result<(Timing, Option<usize>)>,
+) -> Row<AttachSetting, Timing> {
+    let setting = AttachSetting { probed: None };
+    let mut row = Row::new(setting, Tracer::LeaktraceExact, target);
+    while row.wants_more(runs) {
+        let run = once().map(|(timing, probed)| {
+            row.setting.probed = row.setting.probed.or(probed);
+            timing
+        });
+        row.record(run);
+    }
+    let of = |figure: fn(&Timing) -> Option<f64>| middle(row.runs.iter().map(figure));
+    row.median = (!row.runs.is_empty()).then(|| Timing {
+        attach_ms: of(|t| t.attach_ms),
+        detach_ms: of(|t| t.detach_ms),
+        report_to_exit_ms: of(|t| t.report_to_exit_ms),
+        total_ms: of(|t| t.total_ms),
+    });
+    row
+}
+
+/// The attach table's columns after the target.
+const ATTACH_COLUMNS: [(&str, usize); 5] = [
+    ("probed", 6),
+    ("attach ms", 10),
+    ("detach ms", 10),
+    ("report→exit ms", 15),
+    ("total ms", 9),
+];
+
+fn print_attach_table(rows: &[Row<AttachSetting, Timing>]) {
+    let width = label_width(rows);
+    print_header(width, "leaktrace", &ATTACH_COLUMNS, "");
+    for (row, m) in figures(rows, width) {
+        let cells = [
+            row.setting.probed.map_or("-".to_owned(), |n| n.to_string()),
+            show(m.attach_ms, 0),
+            show(m.detach_ms, 0),
+            show(m.report_to_exit_ms, 0),
+            show(m.total_ms, 0),
+        ];
+        print_line(width, &row.label, &ATTACH_COLUMNS, &cells, &row.note());
     }
 }

@@ -26,6 +26,7 @@ pub struct Traced {
 pub struct Line {
     pub at: Instant,
     pub text: String,
+    pub stdout: bool,
 }
 
 /// How a tracer ended, and what it cost.
@@ -34,6 +35,8 @@ pub struct Usage {
     pub peak_rss_mib: f64,
     /// When it was reaped.
     pub ended: Instant,
+    /// Everything it wrote.
+    pub lines: Vec<Line>,
 }
 
 /// How long a tracer may take to attach (bcc compiles its programs first) or to finish.
@@ -47,25 +50,25 @@ impl Traced {
             .spawn()
             .context("start the tracer")?;
         let (sender, lines) = mpsc::channel();
-        let pipes: Vec<Box<dyn std::io::Read + Send>> = [
+        let pipes: Vec<(Box<dyn std::io::Read + Send>, bool)> = [
             child
                 .stdout
                 .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, true)),
             child
                 .stderr
                 .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, false)),
         ]
         .into_iter()
         .flatten()
         .collect();
-        for pipe in pipes {
+        for (pipe, stdout) in pipes {
             let sender = sender.clone();
             std::thread::spawn(move || {
                 for text in BufReader::new(pipe).lines().map_while(Result::ok) {
                     let at = Instant::now();
-                    let _ = sender.send(Line { at, text });
+                    let _ = sender.send(Line { at, text, stdout });
                 }
             });
         }
@@ -144,7 +147,7 @@ impl Traced {
         Instant::now()
     }
 
-    /// Waits for the tracer to end, and takes its resource usage.
+    /// Waits for the tracer to end, and takes its resource usage and everything it wrote.
     pub fn finish(mut self) -> Result<Usage> {
         let deadline = Instant::now() + TRACER_WAIT;
         loop {
@@ -159,11 +162,13 @@ impl Traced {
                 if !status.success() && status.signal() != Some(libc::SIGINT) {
                     bail!("the tracer failed ({status}): {}", self.last_words());
                 }
+                self.drain(Duration::from_secs(5));
                 let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 return Ok(Usage {
                     cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
                     peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
                     ended,
+                    lines: std::mem::take(&mut self.seen),
                 });
             }
             if Instant::now() > deadline {
