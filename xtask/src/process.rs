@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::ExitStatusExt,
+    os::unix::process::{CommandExt, ExitStatusExt},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
@@ -43,8 +43,17 @@ pub struct Usage {
 pub const TRACER_WAIT: Duration = Duration::from_secs(120);
 
 impl Traced {
-    /// Starts `command`, reading whichever of its stdout and stderr is piped.
+    /// Starts `command`, reading whichever of its stdout and stderr is piped. SIGINT ends
+    /// the tracer even where the bench runs with SIGINT ignored (a background job of a shell
+    /// ignores it): Python, for one, leaves an ignored SIGINT ignored.
     pub fn start(command: &mut Command) -> Result<Traced> {
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            })
+        };
         let mut child = command
             .stdin(Stdio::null())
             .spawn()
