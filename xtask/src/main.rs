@@ -20,7 +20,8 @@ tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test
-  bench        what tracing costs a target: leaktrace against untraced and bcc memleak
+  bench        what tracing costs a target (on four allocators, and redis): leaktrace against
+               untraced and bcc memleak; leaktrace's attach and detach times
   soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
