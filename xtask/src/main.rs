@@ -20,7 +20,8 @@ tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test
-  bench        what tracing costs a target: leaktrace against untraced and bcc memleak
+  bench        what tracing costs a target (on four allocators, and redis): leaktrace against
+               untraced and bcc memleak; leaktrace's attach and detach times
   soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
@@ -139,18 +140,25 @@ fn setup_ebpf() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .into_iter()
-        .filter(|package| !installed(package))
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    install_missing(&TEST_PACKAGES)?;
     run(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace())
             .arg("test"),
     )
+}
+
+/// Installs those of `packages` that are not installed yet (apt-get update only then).
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
 }
 
 fn installed(package: &str) -> bool {
