@@ -189,21 +189,7 @@ fn attach_names_leak_here_first_and_matches_the_fixtures_own_count() {
     );
 
     // The fixture logs each leak with its CLOCK_MONOTONIC time; count those inside the window.
-    let start = report["window_start_ns"].as_u64().unwrap();
-    let end = report["window_end_ns"].as_u64().unwrap();
-    let logged_ns =
-        |line: &str| -> Option<u64> { line.strip_prefix("leak ")?.split(' ').nth(1)?.parse().ok() };
-    // The fixture logs on: once a leak after the window shows, every one in it has.
-    fixture
-        .stdout
-        .wait_for(|line| logged_ns(line).is_some_and(|ns| ns >= end), WAIT);
-    let leaks_in_window = fixture
-        .stdout
-        .seen
-        .iter()
-        .filter_map(|line| logged_ns(line))
-        .filter(|&ns| (start..end).contains(&ns))
-        .count() as u64;
+    let leaks_in_window = leaks_logged_in_window(&mut fixture, &report).len() as u64;
     let leak = sites_of(&report, "leak_here");
     let leak_bytes = define("LEAK_BYTES");
     assert!(

@@ -224,21 +224,8 @@ fn min_age_counts_only_old_blocks_and_count_ends_the_capture() {
     // The fixture logs each leak with its CLOCK_MONOTONIC time: those 2 s older than the
     // window's end are counted as live, every one as allocated. (A leak logged within a
     // millisecond of either cut may fall on the other side of it.)
-    let start = report["window_start_ns"].as_u64().unwrap();
     let end = report["window_end_ns"].as_u64().unwrap();
-    let logged_ns =
-        |line: &str| -> Option<u64> { line.strip_prefix("leak ")?.split(' ').nth(1)?.parse().ok() };
-    // The fixture logs on: once a leak after the window shows, every one in it has.
-    target
-        .stdout
-        .wait_for(|line| logged_ns(line).is_some_and(|ns| ns >= end), WAIT);
-    let logged: Vec<u64> = target
-        .stdout
-        .seen
-        .iter()
-        .filter_map(|line| logged_ns(line))
-        .filter(|&ns| (start..end).contains(&ns))
-        .collect();
+    let logged = leaks_logged_in_window(&mut target, &report);
     let old_enough = logged
         .iter()
         .filter(|&&ns| ns + 2_000_000_000 <= end)

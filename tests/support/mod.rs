@@ -747,6 +747,26 @@ pub fn assert_burst_reported(context: &str, stdout: &[String], json: &Value, end
     );
 }
 
+/// The CLOCK_MONOTONIC times a fixture that logs its leaks ("leak SEQ NS") logged inside the
+/// capture window of `report`. The fixture logs on: once a leak after the window shows, every
+/// one in it has been read.
+pub fn leaks_logged_in_window(fixture: &mut Running, report: &Value) -> Vec<u64> {
+    let start = report["window_start_ns"].as_u64().unwrap();
+    let end = report["window_end_ns"].as_u64().unwrap();
+    let logged_ns =
+        |line: &str| -> Option<u64> { line.strip_prefix("leak ")?.split(' ').nth(1)?.parse().ok() };
+    fixture
+        .stdout
+        .wait_for(|line| logged_ns(line).is_some_and(|ns| ns >= end), WAIT);
+    fixture
+        .stdout
+        .seen
+        .iter()
+        .filter_map(|line| logged_ns(line))
+        .filter(|&ns| (start..end).contains(&ns))
+        .collect()
+}
+
 /// Starts a fixture and waits until it prints "ready".
 pub fn start_ready(binary: &Path, args: &[&str]) -> Running {
     let mut fixture = Running::start(Command::new(binary).args(args));

@@ -481,24 +481,16 @@ mod tests {
         let falling: Vec<u64> = (0..12).map(|i| 100_000 - i * 1000).collect();
         assert_eq!(verdict(&falling), Verdict::Shrinking);
         assert_eq!(verdict(&[4096; 12]), Verdict::Stable);
+        // Twelve intervals, each from `low` up to `high` and back.
+        let each = |low, high| -> Vec<Mark> {
+            let mut marks = flat_marks(&[low; 12]);
+            marks.iter_mut().for_each(|m| m.high = high);
+            marks
+        };
         // A little churn above a large holding is still stable.
-        let held: Vec<Mark> = (0..12)
-            .map(|i| Mark {
-                t: i as f64,
-                low: 1_000_000,
-                high: 1_010_000,
-            })
-            .collect();
-        assert_eq!(judge(&held).verdict, Verdict::Stable);
+        assert_eq!(judge(&each(1_000_000, 1_010_000)).verdict, Verdict::Stable);
         // Blocks allocated and freed within each interval: nothing held, much moved.
-        let churn: Vec<Mark> = (0..12)
-            .map(|i| Mark {
-                t: i as f64,
-                low: 0,
-                high: 113,
-            })
-            .collect();
-        assert_eq!(judge(&churn).verdict, Verdict::Fluctuating);
+        assert_eq!(judge(&each(0, 113)).verdict, Verdict::Fluctuating);
         // Growing within the first interval, then holding, is no swing.
         let mut filled = flat_marks(&[50_000; 12]);
         filled[0].low = 0;

@@ -407,18 +407,17 @@ mod tests {
         );
         assert_eq!(svg.matches("class=\"zero\"").count(), 1);
         assert_eq!(svg.matches("class=\"axis\"").count(), 2);
-        let y_labels: Vec<&str> = svg
-            .split("class=\"ytick\"")
-            .skip(1)
-            .map(|s| &s[s.find('>').unwrap() + 1..s.find("</text>").unwrap()])
-            .collect();
-        assert_eq!(y_labels, ["0 MiB", "1 MiB", "2 MiB", "3 MiB", "4 MiB"]);
-        let x_labels: Vec<&str> = svg
-            .split("class=\"xtick\"")
-            .skip(1)
-            .map(|s| &s[s.find('>').unwrap() + 1..s.find("</text>").unwrap()])
-            .collect();
-        assert_eq!(x_labels, ["0 s", "5 s", "10 s", "15 s", "20 s"]);
+        let labels = |class: &str| -> Vec<&str> {
+            svg.split(&format!("class=\"{class}\""))
+                .skip(1)
+                .map(|s| &s[s.find('>').unwrap() + 1..s.find("</text>").unwrap()])
+                .collect()
+        };
+        assert_eq!(
+            labels("ytick"),
+            ["0 MiB", "1 MiB", "2 MiB", "3 MiB", "4 MiB"]
+        );
+        assert_eq!(labels("xtick"), ["0 s", "5 s", "10 s", "15 s", "20 s"]);
         assert!(svg.contains("seconds since the capture started"));
         assert!(svg.contains("live bytes (MiB)"));
     }
