@@ -535,13 +535,14 @@ pub struct TextSite {
 }
 
 /// Every verdict, as the text, JSON, pprof and HTML reports spell it.
-pub const VERDICTS: [&str; 6] = [
+pub const VERDICTS: [&str; 7] = [
     "leaking",
     "grew then flat",
     "fluctuating",
     "stable",
     "shrinking",
     "too early",
+    "replacing",
 ];
 
 /// One live view, printed at the end of an interval: its first line ("[    3.0s] live …")
@@ -560,10 +561,13 @@ pub struct LiveRow {
 }
 
 impl LiveView {
-    /// The row whose site is `function`'s (the row names it as "FUNCTION at FILE:LINE").
+    /// The row whose site is `function`'s: the row's last column is the site's label,
+    /// "FUNCTION", "FUNCTION ← WRAPPER", or with what tells it from another of its name.
     pub fn row(&self, function: &str) -> Option<&LiveRow> {
-        let named = format!("  {function} at ");
-        self.rows.iter().find(|row| row.line.contains(&named))
+        self.rows.iter().find(|row| {
+            let site = row.line.split("  ").last().unwrap_or_default().trim();
+            site == function || site.starts_with(&format!("{function} "))
+        })
     }
 }
 
