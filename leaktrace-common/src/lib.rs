@@ -17,7 +17,8 @@ pub mod sampling;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocEvent {
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, so userspace can compare it with its own clock.
+    /// CLOCK_MONOTONIC, so userspace can compare it with its own clock; read once per clock tick
+    /// (1 to 4 ms) on each CPU, so up to a tick early.
     pub timestamp_ns: u64,
     /// The block's address: the returned pointer for an allocation, the argument for a free.
     pub address: u64,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS};
 
-use crate::pending::PendingCall;
+use crate::{events::Tick, pending::PendingCall, stacks::RECENTLY_COPIED_SLOTS};
 
 /// Every record for userspace. Userspace sizes it with `--ring-bytes` (8 MiB by default).
 #[map]
@@ -64,6 +64,18 @@ pub(crate) static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1
 /// stack past where frame pointers end, for a key, without unwinding anything itself.
 #[map]
 pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_SLOTS, 0);
+
+/// Per CPU, the clock tick (jiffies) and CLOCK_MONOTONIC at this CPU's first record in it:
+/// records are stamped with the time their tick started here ([`crate::events::now`]).
+#[map]
+pub(crate) static CLOCK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, stack keys lately found in (or put into) `COPIED_STACKS`, each in the slot its top
+/// bits pick: a key found here skips that map's lookup. `COPIED_STACKS` never loses a key, so
+/// a key here is always there too.
+#[map]
+pub(crate) static RECENTLY_COPIED: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(RECENTLY_COPIED_SLOTS, 0);
 
 /// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied;
 /// and where the stack walk reads the top of the stack at once.

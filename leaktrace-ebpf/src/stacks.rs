@@ -19,7 +19,7 @@ use crate::{
     config,
     drops::count_drop,
     events::{emit, event, send, wake_flags},
-    maps::{COPIED_STACKS, EVENTS, RETURN_OFFSETS, SCRATCH, STACKS},
+    maps::{COPIED_STACKS, EVENTS, RECENTLY_COPIED, RETURN_OFFSETS, SCRATCH, STACKS},
 };
 
 /// Return addresses followed through `RETURN_OFFSETS`, at most.
@@ -52,13 +52,12 @@ pub(crate) fn emit_with_stack(
         // whose copy cannot go is sent under its key alone, for userspace to match with the
         // last copy under it; or, if none was ever sent, with the return addresses walked
         // when the key is complete, and with its stack by frame pointers when not.
-        // SAFETY: the value is only tested for presence, never read.
-        let ever_copied = unsafe { COPIED_STACKS.get(hash) }.is_some();
+        let ever_copied = copied_before(hash);
         let stack_id = if complete && ever_copied {
             Some(0)
         } else if emit_stack_sample(ctx, pid_tgid, hash, if ever_copied { 32 } else { 2 }) {
-            if !ever_copied {
-                let _ = COPIED_STACKS.insert(hash, 1, 0);
+            if !ever_copied && COPIED_STACKS.insert(hash, 1, 0).is_ok() {
+                copied_lately(hash);
             }
             Some(if complete { 0 } else { STACK_ID_OWN_COPY })
         } else {
@@ -108,6 +107,43 @@ pub(crate) fn emit_with_stack(
             count_drop(DropCounter::StackUnreadable);
             emit(pid_tgid, kind, address, size, errno);
         }
+    }
+}
+
+/// Slots of the per-CPU `RECENTLY_COPIED` cache.
+pub(crate) const RECENTLY_COPIED_SLOTS: u32 = 256;
+
+/// This CPU's `RECENTLY_COPIED` slot for `hash`: picked by its top bits, which the hash's
+/// multiplications mix best.
+#[inline(always)]
+fn recently_copied_slot(hash: u64) -> Option<*mut u64> {
+    RECENTLY_COPIED.get_ptr_mut((hash >> (64 - RECENTLY_COPIED_SLOTS.trailing_zeros())) as u32)
+}
+
+/// Whether a stack copy was ever sent under `hash`: from this CPU's cache of keys lately seen,
+/// or else from `COPIED_STACKS` (a hash map lookup, several times dearer), then cached.
+#[inline(always)]
+fn copied_before(hash: u64) -> bool {
+    let slot = recently_copied_slot(hash);
+    // SAFETY: the pointer is this CPU's slot of a map value, valid while the program runs.
+    if slot.is_some_and(|slot| unsafe { *slot } == hash) {
+        return true;
+    }
+    // SAFETY: the value is only tested for presence, never read.
+    let copied = unsafe { COPIED_STACKS.get(hash) }.is_some();
+    if copied && let Some(slot) = slot {
+        // SAFETY: as above.
+        unsafe { *slot = hash };
+    }
+    copied
+}
+
+/// Notes in this CPU's cache that `hash` is in `COPIED_STACKS` now.
+#[inline(always)]
+fn copied_lately(hash: u64) {
+    if let Some(slot) = recently_copied_slot(hash) {
+        // SAFETY: the pointer is this CPU's slot of a map value, valid while the program runs.
+        unsafe { *slot = hash };
     }
 }
 
