@@ -6,12 +6,8 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::{raw_tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
@@ -36,12 +32,11 @@ use crate::{
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FAILED: u64 = u64::MAX;
 
-/// Argument `n` (from 0) of the probed function, where the probe's cookie says it lives: a
-/// probe placed past the entry may find it moved ([`leaktrace_common::arguments`]).
+/// Argument `n` (from 0) of the probed function, where the probe's `cookie` (read once, by
+/// [`count_hit`](crate::cost::count_hit)) says it lives: a probe placed past the entry may find it moved
+/// ([`leaktrace_common::arguments`]).
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    // SAFETY: the helper reads the cookie this probe was attached with; its context is ours.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
     let offset = match arguments::home(cookie, n) {
         Home::Own => return ctx.arg::<u64>(n).unwrap_or(0),
         Home::Rdi => offset_of!(pt_regs, rdi),
@@ -116,32 +111,32 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
 /// malloc, valloc and every operator new: the size is the first argument.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    enter_alloc(&ctx, arg(&ctx, 0), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 0), 0);
     0
 }
 
 /// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    enter_alloc(&ctx, whole_pages(arg(&ctx, 0)).max(PAGE_BYTES), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, whole_pages(arg(&ctx, cookie, 0)).max(PAGE_BYTES), 0);
     0
 }
 
 /// memalign and aligned_alloc: (alignment, size).
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    enter_alloc(&ctx, arg(&ctx, 1), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
+    let cookie = count_hit(&ctx);
     // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
-    if let Some(total) = array_bytes(arg(&ctx, 0), arg(&ctx, 1)) {
+    if let Some(total) = array_bytes(arg(&ctx, cookie, 0), arg(&ctx, cookie, 1)) {
         enter_alloc(&ctx, total, 0);
     }
     0
@@ -162,17 +157,17 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    realloc_enter_with(&ctx, arg(&ctx, 0), arg(&ctx, 1));
+    let cookie = count_hit(&ctx);
+    realloc_enter_with(&ctx, arg(&ctx, cookie, 0), arg(&ctx, cookie, 1));
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
+    let cookie = count_hit(&ctx);
     // On overflow reallocarray fails and leaves the old block alone.
-    if let Some(total) = array_bytes(arg(&ctx, 1), arg(&ctx, 2)) {
-        realloc_enter_with(&ctx, arg(&ctx, 0), total);
+    if let Some(total) = array_bytes(arg(&ctx, cookie, 1), arg(&ctx, cookie, 2)) {
+        realloc_enter_with(&ctx, arg(&ctx, cookie, 0), total);
     }
     0
 }
@@ -200,8 +195,8 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 /// posix_memalign(memptr, alignment, size): the block comes back through *memptr.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    enter_alloc(&ctx, arg(&ctx, 2), arg(&ctx, 0));
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 2), arg(&ctx, cookie, 0));
     0
 }
 
@@ -224,8 +219,8 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    let address = arg(&ctx, 0);
+    let cookie = count_hit(&ctx);
+    let address = arg(&ctx, cookie, 0);
     if address == 0 || !window_open() {
         return 0;
     }
@@ -262,8 +257,8 @@ fn glibc_usable_size(address: u64) -> u64 {
 /// stays pending until it returns, and what it calls stays silent.
 #[uprobe]
 pub fn delete_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    let address = arg(&ctx, 0);
+    let cookie = count_hit(&ctx);
+    let address = arg(&ctx, cookie, 0);
     let pid_tgid = bpf_get_current_pid_tgid();
     if address == 0 {
         return 0;
@@ -295,10 +290,10 @@ pub fn delete_exit(ctx: RetProbeContext) -> u32 {
 /// allocator's own arena mappings are made inside malloc and so stay silent as nested calls.
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    if arg(&ctx, 3) & MAP_ANONYMOUS != 0 {
+    let cookie = count_hit(&ctx);
+    if arg(&ctx, cookie, 3) & MAP_ANONYMOUS != 0 {
         // Mappings are few and large: always recorded, never sampled.
-        enter_call(&ctx, whole_pages(arg(&ctx, 1)), 0, 0, true);
+        enter_call(&ctx, whole_pages(arg(&ctx, cookie, 1)), 0, 0, true);
     }
     0
 }
@@ -318,7 +313,7 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// munmap(addr, length): reported at entry, before the range can be mapped again.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
+    let cookie = count_hit(&ctx);
     if !window_open() {
         return 0;
     }
@@ -327,8 +322,8 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         emit(
             pid_tgid,
             EventKind::Munmap,
-            arg(&ctx, 0),
-            whole_pages(arg(&ctx, 1)),
+            arg(&ctx, cookie, 0),
+            whole_pages(arg(&ctx, cookie, 1)),
             0,
         );
     }
@@ -339,10 +334,10 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 /// munmap of the old range and a mapping of the new one, when it succeeds.
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    count_hit(&ctx);
-    let old_size = whole_pages(arg(&ctx, 1));
-    let new_size = whole_pages(arg(&ctx, 2));
-    enter_call(&ctx, new_size, arg(&ctx, 0), old_size, true);
+    let cookie = count_hit(&ctx);
+    let old_size = whole_pages(arg(&ctx, cookie, 1));
+    let new_size = whole_pages(arg(&ctx, cookie, 2));
+    enter_call(&ctx, new_size, arg(&ctx, cookie, 0), old_size, true);
     0
 }
 
