@@ -58,9 +58,13 @@ fn an_unprivileged_user_is_told_which_capability_is_missing() {
     let Some(_root) = require_root("becoming another user needs root") else {
         return;
     };
-    // Someone else's process: not ours to trace.
+    // Someone else's process: not ours to trace. Every capability lacking is named.
     let output = run_as_nobody(&["-p", "1"]);
-    assert_one_line_error(&output, 4, "CAP_SYS_PTRACE");
+    assert_one_line_error(&output, 4, "lacks CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
+    // Watching it takes less: its owner's uid, or CAP_SYS_PTRACE.
+    let output = run_as_nobody(&["watch", "-p", "1"]);
+    assert_one_line_error(&output, 4, "belongs to another user");
+    assert_one_line_error(&output, 4, "lacks CAP_SYS_PTRACE");
 
     // Our own process: readable, but loading BPF needs capabilities.
     let own = Running::start(Command::new("setpriv").args([
@@ -77,7 +81,7 @@ fn an_unprivileged_user_is_told_which_capability_is_missing() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let output = run_as_nobody(&["-p", &own.pid().to_string()]);
-    assert_one_line_error(&output, 4, "CAP_BPF");
+    assert_one_line_error(&output, 4, "lacks CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
 }
 
 #[test]
@@ -90,6 +94,30 @@ fn a_command_that_cannot_start_exits_7() {
 fn an_output_file_in_a_missing_directory_exits_8_before_attaching() {
     let output = run(&["--json", "/nonexistent-dir/r.json", "-p", "1"]);
     assert_one_line_error(&output, 8, "/nonexistent-dir");
+}
+
+/// Every output that could not be written is refused before the probes go in (pid 1 is never
+/// attached to: the check comes first), with the reason.
+#[test]
+fn outputs_that_cannot_be_written_exit_8_before_attaching() {
+    let dir = std::env::temp_dir();
+    let same = output_path("twice", "out");
+    let same = same.to_str().unwrap();
+    for (args, mentions) in [
+        (vec!["--json", dir.to_str().unwrap()], "is a directory"),
+        (
+            vec!["--json", "/proc/leaktrace-report.json"],
+            "cannot create a file",
+        ),
+        (
+            vec!["--json", same, "--html", same],
+            "another report goes there",
+        ),
+        (vec!["--json", "-", "--folded", "-"], "only one report"),
+    ] {
+        let output = run(&[&args[..], &["-p", "1"]].concat());
+        assert_one_line_error(&output, 8, mentions);
+    }
 }
 
 #[test]
@@ -147,4 +175,45 @@ fn a_zombie_exits_10() {
     let output = run(&["-p", &pid.to_string()]);
     child.wait().unwrap();
     assert_one_line_error(&output, 10, "zombie");
+}
+
+/// `leaktrace man` is a manual page `man` renders, with every flag.
+#[test]
+fn the_manual_page_renders_with_man() {
+    let page = output_path("leaktrace", "1");
+    let output = run(&["man"]);
+    assert!(output.status.success());
+    std::fs::write(&page, &output.stdout).unwrap();
+    let rendered = Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+        .expect("run man (`cargo xtask test` installs man-db)");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    for wanted in ["leaktrace", "--pid", "--max-threads", "completions"] {
+        assert!(text.contains(wanted), "{wanted} missing from:\n{text}");
+    }
+}
+
+/// `leaktrace completions SHELL` prints a script the shell accepts, offering the flags.
+#[test]
+fn completion_scripts_parse_in_their_shell() {
+    let output = run(&["completions", "bash"]);
+    assert!(output.status.success());
+    let script = String::from_utf8_lossy(&output.stdout);
+    assert!(script.contains("--pid"), "{script}");
+    let path = output_path("completion", "bash");
+    std::fs::write(&path, &output.stdout).unwrap();
+    let status = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(status.success(), "bash -n rejects the script");
+    let unknown = run(&["completions", "nosuchshell"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("possible values: bash"));
 }

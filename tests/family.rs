@@ -106,6 +106,9 @@ fn cxx_new_and_delete_each_variant_and_the_caller_of_new_is_the_site() {
         ["leak_new_here()", "build_cache()", "handle_request()"]
     );
     assert_eq!(top["live_bytes"], define("REQUEST_BYTES"));
+    // And it is named by that caller.
+    assert_eq!(top["label"], "leak_new_here()");
+    assert_eq!(top["site"], "leak_new_here");
 
     for (function, bytes) in [
         ("leak_plain_new", "PLAIN_BYTES"),

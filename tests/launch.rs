@@ -72,6 +72,39 @@ fn the_demo_shows_its_leaking_site_with_exact_bytes() {
     let top = &report["sites"][0];
     let function = top["frames"][0]["function"].as_str().unwrap_or_default();
     assert!(function.ends_with("remember_session"), "{top:#}");
+    assert!(
+        top["label"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("remember_session")),
+        "{top:#}"
+    );
+    // No site is named by Rust's allocator: each is named past it.
+    for site in report["sites"].as_array().unwrap() {
+        let label = site["label"].as_str().unwrap();
+        assert!(
+            !label.starts_with("alloc::") && !["alloc", "__rust_alloc"].contains(&label),
+            "{site:#}"
+        );
+    }
+    // The live view's top row is the leak, by its name alone; no row is Rust's allocator.
+    let rows: Vec<&String> = stdout
+        .iter()
+        .filter(|l| l.trim_start().starts_with(['+', '-']))
+        .collect();
+    assert!(!rows.is_empty(), "a live view: {stdout:#?}");
+    let last_view = stdout
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("change "))
+        .expect("a live view header");
+    assert!(
+        stdout[last_view + 1].ends_with("remember_session"),
+        "{}",
+        stdout[last_view + 1]
+    );
+    assert!(
+        rows.iter().all(|row| !row.contains("alloc::alloc")),
+        "{rows:#?}"
+    );
     let expected = (demo::REQUESTS * demo::LEAK_BYTES) as u64;
     assert_eq!(top["live_bytes"], expected);
     assert_eq!(top["live_allocations"], demo::REQUESTS as u64);
@@ -211,4 +244,57 @@ fn a_full_map_of_sampled_blocks_is_counted_and_shown() {
         .unwrap_or_else(|| panic!("no live view: {stdout:#?}"));
     assert!(!last_view.ends_with("lost events 0"), "{last_view}");
     assert_lower_bound(&stdout, &format!("sampled map full {}", thousands(lost)));
+}
+
+/// bcc memleak's `-c COMMAND` starts the command as `-- CMD ARGS…` does.
+#[test]
+fn dash_c_launches_a_command_line() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("fixture");
+    let json = output_path("dash_c", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .arg("--json")
+            .arg(&json)
+            .arg("-c")
+            .arg(format!("{} exit", binary.display())),
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    assert_eq!(report["from_start"], true, "{report:#}");
+    assert_eq!(
+        sites_of(&report, "leak_here").live_allocations,
+        fixture_define("fixture", "BURST_LEAKS")
+    );
+}
+
+/// bcc memleak's `-a`: each site lists its oldest live blocks, with their sizes and ages.
+#[test]
+fn dash_a_lists_each_sites_oldest_blocks() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("fixture");
+    let (report, stdout) = launch_json("dash_a", &["-a"], &binary, &["exit"]);
+    let site = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "leak_here")
+        .expect("the leak_here site");
+    let blocks = site["blocks"].as_array().expect("its blocks");
+    let leaks = fixture_define("fixture", "BURST_LEAKS");
+    assert_eq!(blocks.len() as u64, leaks.min(10), "{site:#}");
+    let mut addresses: Vec<u64> = blocks
+        .iter()
+        .map(|b| b["address"].as_u64().unwrap())
+        .collect();
+    for block in blocks {
+        assert_eq!(block["size"], fixture_define("fixture", "LEAK_BYTES"));
+    }
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), blocks.len(), "each block once");
+    assert!(
+        stdout.iter().any(|l| l.contains("oldest live blocks")),
+        "{stdout:?}"
+    );
 }

@@ -288,3 +288,57 @@ fn frames_say_whether_cfi_or_frame_pointers_found_them() {
     let found = found_by(&report, "leak_here");
     assert!(found[1..].iter().all(|(_, how)| how == "cfi"), "{found:?}");
 }
+
+/// A library dlopen'ed after the launch, at an address where the loader had
+/// /etc/ld.so.cache mapped when leaktrace first read the program's maps: its frames are named
+/// and unwound like any other.
+#[test]
+fn code_dlopened_after_launch_has_full_stacks() {
+    let Some(_bpf) = require_bpf() else { return };
+    let plugin = build_fixture_with("plugin", &["-shared", "-fPIC"]);
+    let host = build_fixture_with("dlopen_host", &["-ldl"]);
+    let json = output_path("dlopen", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-i", "100ms", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(&host)
+            .arg(&plugin),
+    );
+    let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    // The live view names the plugin's site once its stack is read: only then may it exit.
+    leaktrace
+        .stdout
+        .wait_for(|l| l.contains("plugin_leak"), WAIT);
+    let pid: i32 = attached
+        .trim_start_matches("leaktrace: attached to pid ")
+        .split(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    let leaks = fixture_define("plugin", "PLUGIN_LEAKS");
+    let site = sites_of(&report, "plugin_leak");
+    assert_eq!(
+        (site.live_allocations, site.live_bytes),
+        (leaks, leaks * fixture_define("plugin", "PLUGIN_BYTES")),
+        "{report:#}"
+    );
+    let first = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "plugin_leak")
+        .unwrap();
+    let callers: Vec<&str> = first["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .take(3)
+        .collect();
+    assert_eq!(callers, ["plugin_leak", "plugin_run", "main"], "{first:#}");
+}

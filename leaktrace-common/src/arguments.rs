@@ -4,7 +4,8 @@
 //! (mimalloc's malloc moves its size from %rdi to %rsi before its first jump). Userspace works
 //! out where each argument lives there and attaches the probe with a cookie that says so:
 //! [`BITS`] bits per argument, the first argument lowest. 0 is the argument's own register, so
-//! a probe at an entry has cookie 0.
+//! a probe at an entry reads 0 there. The cookie's other bits are laid out in
+//! [`crate::cookie`].
 
 /// Bits of the cookie per argument.
 pub const BITS: u32 = 4;

@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod arguments;
+pub mod cookie;
 pub mod return_offsets;
 pub mod sampling;
 
@@ -42,7 +43,7 @@ pub struct AllocEvent {
     pub kind: u32,
 }
 
-/// A free: the commonest record, in half an [`AllocEvent`]'s bytes. A reservation in the ring
+/// A free: the commonest record, in two thirds of an [`AllocEvent`]'s bytes. A reservation in the ring
 /// buffer costs the same whatever its size, but each byte less is one the ring buffer holds
 /// for other records, and userspace copies.
 ///
@@ -55,6 +56,10 @@ pub struct FreeEvent {
     pub timestamp_ns: u64,
     /// The pointer freed.
     pub address: u64,
+    /// The bytes glibc's chunk header gives for the block, when free's probe reads it
+    /// (`FREE_SIZE_HEADER`), else 0: what a free of a block allocated before the attach
+    /// releases.
+    pub size: u64,
     /// Process id (thread group id) of the caller.
     pub tgid: u32,
     /// [`EventKind::Free`], as a `u32`.
@@ -235,6 +240,11 @@ pub mod programs {
     pub const MREMAP_ENTER: &str = "mremap_enter";
     pub const MREMAP_EXIT: &str = "mremap_exit";
     pub const FORK_EXIT: &str = "fork_exit";
+    /// Calibration only: an entry probe that returns at once, on a function of leaktrace's own,
+    /// to time what a hit costs the traced thread.
+    pub const CALIBRATION_ENTER: &str = "calibration_enter";
+    /// Calibration only: the same, as a return probe.
+    pub const CALIBRATION_EXIT: &str = "calibration_exit";
     /// On the `sched_process_exec` raw tracepoint.
     pub const PROCESS_EXEC: &str = "process_exec";
     /// On the `sched_process_exit` raw tracepoint.
@@ -253,6 +263,7 @@ pub mod maps {
     pub const PENDING: &str = "PENDING";
     pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
     pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
+    pub const HITS: &str = "HITS";
 }
 
 /// Slots of the `RETURN_OFFSETS` table: where, above the stack pointer, the return address

@@ -21,6 +21,12 @@ static SAMPLE_PARAMETER: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static THREAD_SLOT_COUNT: Global<u32> = Global::new(16384);
 
+/// Nonzero when free's probe reads the size glibc keeps in the word before each block (its
+/// chunk header), so that a free of a block allocated before the attach says what it
+/// releases. Set only when attaching to a process whose free is glibc's.
+#[unsafe(no_mangle)]
+static FREE_SIZE_HEADER: Global<u32> = Global::new(0);
+
 /// Nonzero when the probes log the first drop of each kind (`--verbose`).
 #[unsafe(no_mangle)]
 static LOG_DROPS: Global<u32> = Global::new(0);
@@ -56,4 +62,9 @@ pub(crate) fn thread_slots() -> u32 {
 #[inline(always)]
 pub(crate) fn log_drops() -> bool {
     LOG_DROPS.load() != 0
+}
+
+#[inline(always)]
+pub(crate) fn free_size_header() -> bool {
+    FREE_SIZE_HEADER.load() != 0
 }

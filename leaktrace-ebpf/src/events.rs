@@ -82,8 +82,9 @@ pub(crate) fn send(record: AllocEvent) {
 }
 
 /// A free of `address` by the calling thread (`pid_tgid`), stamped now: a [`FreeEvent`].
+/// `size` is what the allocator says the block holds, or 0 when the probe does not ask.
 #[inline(always)]
-pub(crate) fn emit_free(pid_tgid: u64, address: u64) {
+pub(crate) fn emit_free(pid_tgid: u64, address: u64, size: u64) {
     let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
@@ -91,6 +92,7 @@ pub(crate) fn emit_free(pid_tgid: u64, address: u64) {
     entry.write(FreeEvent {
         timestamp_ns: now(),
         address,
+        size,
         tgid: (pid_tgid >> 32) as u32,
         kind: EventKind::Free as u32,
     });

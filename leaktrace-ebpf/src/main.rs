@@ -14,6 +14,8 @@
 #[cfg(target_arch = "bpf")]
 mod config;
 #[cfg(target_arch = "bpf")]
+mod cost;
+#[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod events;

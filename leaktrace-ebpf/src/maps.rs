@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample};
+use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS};
 
 use crate::{
     events::Tick,
@@ -46,6 +46,11 @@ pub(crate) static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries
 /// Per CPU, how often each [`DropCounter`](leaktrace_common::DropCounter) happened.
 #[map]
 pub(crate) static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// Per CPU, the hits of each probe point, by the point index in its cookie
+/// ([`leaktrace_common::cookie`]).
+#[map]
+pub(crate) static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIT_POINTS, 0);
 
 /// Nonzero for each kind of drop the probes have logged (only when `LOG_DROPS` is set).
 #[map]

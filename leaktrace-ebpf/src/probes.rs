@@ -1,16 +1,13 @@
 //! The programs: an entry probe and a return probe per allocator function (named in
-//! [`leaktrace_common::programs`]), and the tracepoints that follow a traced process's execs
+//! [`leaktrace_common::programs`]), each counting its hit first ([`count_hit`]), and the
+//! tracepoints that follow a traced process's execs
 //! and its threads' exits.
 
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::{raw_tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
@@ -20,6 +17,8 @@ use leaktrace_common::{
 };
 
 use crate::{
+    config::free_size_header,
+    cost::count_hit,
     events::{emit, emit_free},
     maps::TRACED,
     pending::{
@@ -33,12 +32,11 @@ use crate::{
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FAILED: u64 = u64::MAX;
 
-/// Argument `n` (from 0) of the probed function, where the probe's cookie says it lives: a
-/// probe placed past the entry may find it moved ([`leaktrace_common::arguments`]).
+/// Argument `n` (from 0) of the probed function, where the probe's `cookie` (read once, by
+/// [`count_hit`](crate::cost::count_hit)) says it lives: a probe placed past the entry may find it moved
+/// ([`leaktrace_common::arguments`]).
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    // SAFETY: the helper reads the cookie this probe was attached with; its context is ours.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
     let offset = match arguments::home(cookie, n) {
         Home::Own => return ctx.arg::<u64>(n).unwrap_or(0),
         Home::Rdi => offset_of!(pt_regs, rdi),
@@ -113,28 +111,32 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
 /// malloc, valloc and every operator new: the size is the first argument.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    enter_alloc(&ctx, arg(&ctx, 0), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 0), 0);
     0
 }
 
 /// pvalloc allocates whole pages: the size rounded up to the page size (4 KiB on x86-64).
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    enter_alloc(&ctx, whole_pages(arg(&ctx, 0)).max(PAGE_BYTES), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, whole_pages(arg(&ctx, cookie, 0)).max(PAGE_BYTES), 0);
     0
 }
 
 /// memalign and aligned_alloc: (alignment, size).
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter_alloc(&ctx, arg(&ctx, 1), 0);
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 1), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let cookie = count_hit(&ctx);
     // An overflowing calloc returns NULL and allocates nothing: remember nothing either.
-    if let Some(total) = array_bytes(arg(&ctx, 0), arg(&ctx, 1)) {
+    if let Some(total) = array_bytes(arg(&ctx, cookie, 0), arg(&ctx, cookie, 1)) {
         enter_alloc(&ctx, total, 0);
     }
     0
@@ -143,6 +145,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 /// Return probe of everything that returns the new block.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_recorded(&ctx) {
         let address: u64 = ctx.ret();
         if address != 0 {
@@ -154,15 +157,17 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    realloc_enter_with(&ctx, arg(&ctx, 0), arg(&ctx, 1));
+    let cookie = count_hit(&ctx);
+    realloc_enter_with(&ctx, arg(&ctx, cookie, 0), arg(&ctx, cookie, 1));
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let cookie = count_hit(&ctx);
     // On overflow reallocarray fails and leaves the old block alone.
-    if let Some(total) = array_bytes(arg(&ctx, 1), arg(&ctx, 2)) {
-        realloc_enter_with(&ctx, arg(&ctx, 0), total);
+    if let Some(total) = array_bytes(arg(&ctx, cookie, 1), arg(&ctx, cookie, 2)) {
+        realloc_enter_with(&ctx, arg(&ctx, cookie, 0), total);
     }
     0
 }
@@ -170,6 +175,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 /// realloc and reallocarray. The old block was reported freed at entry.
 #[uretprobe]
 pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let Some((pid_tgid, call)) = take_pending(&ctx) else {
         return 0;
     };
@@ -189,12 +195,14 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 /// posix_memalign(memptr, alignment, size): the block comes back through *memptr.
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter_alloc(&ctx, arg(&ctx, 2), arg(&ctx, 0));
+    let cookie = count_hit(&ctx);
+    enter_alloc(&ctx, arg(&ctx, cookie, 2), arg(&ctx, cookie, 0));
     0
 }
 
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let Some((pid_tgid, call)) = take_recorded(&ctx) else {
         return 0;
     };
@@ -211,7 +219,8 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let address = arg(&ctx, 0);
+    let cookie = count_hit(&ctx);
+    let address = arg(&ctx, cookie, 0);
     if address == 0 || !window_open() {
         return 0;
     }
@@ -219,16 +228,44 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
     // has forgotten the block already).
     if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
-        emit_free(pid_tgid, address);
+        emit_free(pid_tgid, address, freed_size(address));
     }
     0
+}
+
+/// What the block at `address`, being freed, holds: known only where free is glibc's (see
+/// `FREE_SIZE_HEADER`), else 0. The ledger needs it only for blocks allocated before the
+/// attach, whose allocation it never saw.
+#[inline(always)]
+fn freed_size(address: u64) -> u64 {
+    if free_size_header() {
+        glibc_usable_size(address)
+    } else {
+        0
+    }
+}
+
+/// The bytes glibc's block at `address` holds, from its chunk header (the word before it:
+/// the chunk's size, its low bits flags); 0 when it cannot be read.
+#[inline(always)]
+fn glibc_usable_size(address: u64) -> u64 {
+    const IS_MMAPPED: u64 = 2;
+    const FLAGS: u64 = 7;
+    // SAFETY: a read of the traced process's memory, which may fail and then says so.
+    let Ok(header) = (unsafe { bpf_probe_read_user((address - 8) as *const u64) }) else {
+        return 0;
+    };
+    // A mapped chunk also spends its previous-size word; an in-use chunk lends it out.
+    let overhead = if header & IS_MMAPPED != 0 { 16 } else { 8 };
+    (header & !FLAGS).saturating_sub(overhead)
 }
 
 /// Every operator delete. Like free, but it calls free (or another delete) itself, so it
 /// stays pending until it returns, and what it calls stays silent.
 #[uprobe]
 pub fn delete_enter(ctx: ProbeContext) -> u32 {
-    let address = arg(&ctx, 0);
+    let cookie = count_hit(&ctx);
+    let address = arg(&ctx, cookie, 0);
     let pid_tgid = bpf_get_current_pid_tgid();
     if address == 0 {
         return 0;
@@ -244,13 +281,14 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
         record: 0,
     };
     if outer.remember(&call) && forget_block(address) {
-        emit_free(pid_tgid, address);
+        emit_free(pid_tgid, address, freed_size(address));
     }
     0
 }
 
 #[uretprobe]
 pub fn delete_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let _ = take_pending(&ctx);
     0
 }
@@ -259,15 +297,17 @@ pub fn delete_exit(ctx: RetProbeContext) -> u32 {
 /// allocator's own arena mappings are made inside malloc and so stay silent as nested calls.
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    if arg(&ctx, 3) & MAP_ANONYMOUS != 0 {
+    let cookie = count_hit(&ctx);
+    if arg(&ctx, cookie, 3) & MAP_ANONYMOUS != 0 {
         // Mappings are few and large: always recorded, never sampled.
-        enter_call(&ctx, whole_pages(arg(&ctx, 1)), 0, 0, true);
+        enter_call(&ctx, whole_pages(arg(&ctx, cookie, 1)), 0, 0, true);
     }
     0
 }
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
@@ -280,6 +320,7 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// munmap(addr, length): reported at entry, before the range can be mapped again.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    let cookie = count_hit(&ctx);
     if !window_open() {
         return 0;
     }
@@ -288,8 +329,8 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         emit(
             pid_tgid,
             EventKind::Munmap,
-            arg(&ctx, 0),
-            whole_pages(arg(&ctx, 1)),
+            arg(&ctx, cookie, 0),
+            whole_pages(arg(&ctx, cookie, 1)),
             0,
         );
     }
@@ -300,14 +341,16 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 /// munmap of the old range and a mapping of the new one, when it succeeds.
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    let old_size = whole_pages(arg(&ctx, 1));
-    let new_size = whole_pages(arg(&ctx, 2));
-    enter_call(&ctx, new_size, arg(&ctx, 0), old_size, true);
+    let cookie = count_hit(&ctx);
+    let old_size = whole_pages(arg(&ctx, cookie, 1));
+    let new_size = whole_pages(arg(&ctx, cookie, 2));
+    enter_call(&ctx, new_size, arg(&ctx, cookie, 0), old_size, true);
     0
 }
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     if let Some((pid_tgid, call)) = take_pending(&ctx) {
         let address: u64 = ctx.ret();
         if address != MAP_FAILED {
@@ -322,6 +365,7 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
 /// until userspace attaches to it, so its own return does not reach here).
 #[uretprobe]
 pub fn fork_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
     let child: i64 = ctx.ret();
     if child > 0 && window_open() {
         emit(

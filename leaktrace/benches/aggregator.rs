@@ -15,7 +15,7 @@ use std::{
 use leaktrace::{
     kernel::{Event, Stack},
     ledger::Ledger,
-    stacks::CallSites,
+    stacks::{AllocFns, AllocatorFrames, CallSites},
 };
 use leaktrace_common::{AllocEvent, EventKind, FreeEvent};
 
@@ -124,7 +124,9 @@ fn take_in(records: &[Vec<u8>], ledger: &mut Ledger, sites: &mut CallSites) {
                 address,
                 timestamp_ns,
                 ..
-            }) => ledger.record_free(address, (timestamp_ns / 1_000_000) as u32),
+            }) => {
+                ledger.record_free(address, (timestamp_ns / 1_000_000) as u32);
+            }
             _ => {}
         }
     }
@@ -135,7 +137,7 @@ fn throughput() -> f64 {
     let mut rates: Vec<f64> = (0..RUNS)
         .map(|_| {
             let mut ledger = Ledger::default();
-            let mut sites = CallSites::new(Vec::new());
+            let mut sites = CallSites::new(AllocatorFrames::default(), AllocFns::default());
             let started = Instant::now();
             take_in(&records, &mut ledger, &mut sites);
             let elapsed = started.elapsed().as_secs_f64();

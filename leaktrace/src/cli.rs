@@ -3,13 +3,15 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use regex::Regex;
 
 use crate::{
     capture::{CaptureOptions, ImageOptions},
     kernel::ProbeSettings,
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
-    report::output::ReportFiles,
+    report::output::{Destination, Format, ReportFiles},
+    stacks::{AllocFns, labels::alloc_fn},
     target::TargetSpec,
 };
 
@@ -26,7 +28,7 @@ Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permi
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub watch: Option<Watch>,
+    pub subcommand: Option<Subcommand>,
 
     /// Attach to this running process.
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
@@ -45,16 +47,27 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 
-    /// Count only live blocks at least this old (e.g. 30s): long-lived, not churn.
-    #[arg(short = 'o', long, value_name = "DUR", value_parser = parse_duration)]
+    /// End the capture, with its report, when the estimated tracing cost stays above PCT
+    /// percent of the target's CPU time for 3 intervals in a row.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
+
+    /// Count only live blocks at least this old (e.g. 30s; a bare number is milliseconds, as
+    /// bcc memleak's -o): long-lived, not churn.
+    #[arg(short = 'o', long, value_name = "AGE", value_parser = parse_age)]
     pub min_age: Option<Duration>,
 
-    /// Count only live blocks of at least this many bytes.
-    #[arg(short = 'z', long, value_name = "BYTES")]
+    /// List each reported site's oldest live blocks, with their addresses, sizes and ages
+    /// (bcc memleak's -a; up to 10 a site).
+    #[arg(short = 'a', long = "show-blocks")]
+    pub show_blocks: bool,
+
+    /// Count only live blocks of at least this many bytes (units k, M, G: powers of 1024).
+    #[arg(short = 'z', long, value_name = "BYTES", value_parser = parse_bytes)]
     pub min_size: Option<u64>,
 
-    /// Count only live blocks of at most this many bytes.
-    #[arg(short = 'Z', long, value_name = "BYTES")]
+    /// Count only live blocks of at most this many bytes (units k, M, G).
+    #[arg(short = 'Z', long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_size: Option<u64>,
 
     /// Period of the live report [default: 5s; 1s for the demo].
@@ -87,7 +100,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub pprof: Option<PathBuf>,
 
-    /// Write the final report as JSON here.
+    /// Write the final report as JSON here. `-` (for one report at a time) is standard output;
+    /// the text report then goes to stderr.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
@@ -103,7 +117,7 @@ pub struct Cli {
 
     /// Size of the ring buffer that carries events to leaktrace: a power of two, at least a
     /// page. Too small for the event rate, events are lost (and counted).
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
     /// Record one allocation in N, at random, and scale the figures up by N (like bcc
@@ -116,7 +130,7 @@ pub struct Cli {
     /// average (as tcmalloc and jemalloc profile; e.g. 524288): large blocks are almost always
     /// recorded, small ones rarely, and every estimate is unbiased.
     #[arg(long, value_name = "BYTES",
-          value_parser = clap::value_parser!(u64).range(1..=leaktrace_common::sampling::MAX_MEAN_BYTES))]
+          value_parser = bytes_between(1, leaktrace_common::sampling::MAX_MEAN_BYTES))]
     pub sample_bytes: Option<u64>,
 
     /// Threads of the target the probes can follow at once: each takes, at its first allocator
@@ -134,9 +148,25 @@ pub struct Cli {
     pub sampled_blocks: u32,
 
     /// Bytes of stack copied for CFI unwinding (at most 16384).
-    #[arg(long, value_name = "BYTES", default_value_t = 16384,
-          value_parser = clap::value_parser!(u32).range(1024..=16384))]
-    pub stack_bytes: u32,
+    #[arg(long, value_name = "BYTES", default_value = "16k", value_parser = bytes_between(1024, 16384))]
+    pub stack_bytes: u64,
+
+    /// Count the functions this regular expression names as allocator wrappers: sites are
+    /// labelled by their caller (`createClient ← zmalloc`). Matched against the whole name,
+    /// with or without return type, arguments and template arguments (`my_alloc`,
+    /// `Pool::get`, `arena_.*`). May be repeated.
+    #[arg(long = "alloc-fn", value_name = "REGEX", value_parser = parse_alloc_fn)]
+    pub alloc_fn: Vec<Regex>,
+
+    /// Drop the built-in list of allocator wrappers (the malloc family, operator new,
+    /// std::allocator, Rust's alloc, PyMem, g_malloc, xmalloc, zmalloc, …).
+    #[arg(long)]
+    pub no_default_alloc_fns: bool,
+
+    /// Do not find allocator wrappers automatically (functions that only allocate, called
+    /// from several places).
+    #[arg(long)]
+    pub no_auto_alloc_fns: bool,
 
     /// Look for separate debug info under this directory too (like /usr/lib/debug: by
     /// build-id in .build-id/xx/yyyy.debug, and by .gnu_debuglink name). May be repeated.
@@ -149,8 +179,8 @@ pub struct Cli {
     pub mmap: bool,
 
     /// Probe the C allocator (malloc, free, …) in this library instead of where the target's
-    /// calls bind (a path or a file name as mapped).
-    #[arg(long, value_name = "PATH")]
+    /// calls bind (a path or a file name as mapped; -O as in bcc memleak).
+    #[arg(short = 'O', long, value_name = "PATH")]
     pub allocator: Option<PathBuf>,
 
     /// The C allocator's functions carry this prefix (e.g. `je_` for a prefixed jemalloc).
@@ -171,14 +201,30 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub demo_target: bool,
 
+    /// Start COMMAND (one string, split as a shell would, without running one) stopped, as
+    /// `-- CMD ARGS…` does: bcc memleak's -c.
+    #[arg(short = 'c', long = "command", value_name = "COMMAND", value_parser = parse_command_line,
+          conflicts_with_all = ["pid", "command"])]
+    pub command_line: Option<CommandLine>,
+
+    /// Report every INTERVAL seconds (as -i), as bcc memleak's trailing argument.
+    #[arg(value_name = "INTERVAL", conflicts_with = "interval",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval_seconds: Option<u64>,
+
+    /// End after COUNT intervals (as --count), as bcc memleak's trailing argument.
+    #[arg(value_name = "COUNT", requires = "interval_seconds", conflicts_with = "count",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count_intervals: Option<u32>,
+
     /// Start this command stopped, trace it from its first instruction, report at its exit.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
-/// The one subcommand.
+/// What leaktrace does besides a capture.
 #[derive(Debug, clap::Subcommand)]
-pub enum Watch {
+pub enum Subcommand {
     /// Watch a process's memory (RSS, PSS, anonymous, heap) with no probes, and say whether
     /// it grows: the first step of leak hunting, needing only read access to /proc.
     Watch {
@@ -192,6 +238,14 @@ pub enum Watch {
         #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Print a completion script for SHELL (e.g. `leaktrace completions bash >
+    /// /etc/bash_completion.d/leaktrace`).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (e.g. `leaktrace man > /usr/local/share/man/man1/leaktrace.1`).
+    Man,
 }
 
 /// How stacks are taken.
@@ -219,12 +273,16 @@ pub enum SortKey {
     Allocs,
 }
 
+/// Blocks `-a` lists per site.
+const BLOCKS_LISTED: usize = 10;
+
 impl Cli {
     pub fn target(&self) -> TargetSpec {
-        match self.pid {
-            Some(pid) => TargetSpec::Running(pid),
-            None if self.command.is_empty() => TargetSpec::Demo,
-            None => TargetSpec::Launch(self.command.clone()),
+        match (self.pid, &self.command_line) {
+            (Some(pid), _) => TargetSpec::Running(pid),
+            (None, Some(CommandLine(argv))) => TargetSpec::Launch(argv.clone()),
+            (None, None) if self.command.is_empty() => TargetSpec::Demo,
+            (None, None) => TargetSpec::Launch(self.command.clone()),
         }
     }
 
@@ -253,12 +311,15 @@ impl Cli {
         ProbeSettings {
             stack_bytes: match self.unwind {
                 UnwindMode::Fp => 0,
-                UnwindMode::Auto => self.stack_bytes,
+                // At most 16 KiB: the parser holds it there.
+                UnwindMode::Auto => self.stack_bytes as u32,
             },
             ring_bytes: self.ring_bytes,
             sampling: self.sampling(),
             max_threads: self.max_threads,
             sampled_blocks: self.sampled_blocks,
+            // Known once the target and its allocator are: see `capture`.
+            free_size_header: false,
         }
     }
 
@@ -268,7 +329,10 @@ impl Cli {
             TargetSpec::Demo => Duration::from_secs(1),
             _ => Duration::from_secs(5),
         };
-        let interval = self.interval.unwrap_or(default_interval);
+        let interval = self
+            .interval
+            .or(self.interval_seconds.map(Duration::from_secs))
+            .unwrap_or(default_interval);
         let windows = self.windows.map(|count| {
             let window_ms = interval.as_millis().try_into().unwrap_or(u32::MAX);
             (window_ms, count as usize)
@@ -291,32 +355,125 @@ impl Cli {
                     max_size: self.max_size.unwrap_or(u64::MAX),
                 },
                 windows,
+                list_blocks: self.show_blocks.then_some(BLOCKS_LISTED),
+                interval,
+                alloc_fns: self.alloc_fns(),
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,
-            count: self.count,
+            count: self.count.or(self.count_intervals),
+            text_to_stderr: self.report_files().takes_stdout(),
+            max_overhead: self.max_overhead,
         }
     }
 
-    /// The report files asked for.
+    /// Which functions are allocator wrappers.
+    pub fn alloc_fns(&self) -> AllocFns {
+        AllocFns::new(
+            !self.no_default_alloc_fns,
+            self.alloc_fn.clone(),
+            !self.no_auto_alloc_fns,
+        )
+    }
+
+    /// The report files asked for, in the order they are written.
     pub fn report_files(&self) -> ReportFiles {
+        let asked = [
+            (Format::Json, &self.json),
+            (Format::Folded, &self.folded),
+            (Format::Pprof, &self.pprof),
+            (Format::Flamegraph, &self.flamegraph),
+            (Format::Html, &self.html),
+        ];
         ReportFiles {
-            json: self.json.clone(),
-            folded: self.folded.clone(),
-            pprof: self.pprof.clone(),
-            flamegraph: self.flamegraph.clone(),
-            html: self.html.clone(),
+            outputs: asked
+                .into_iter()
+                .filter_map(|(format, path)| Some((format, Destination::from_arg(path.as_ref()?))))
+                .collect(),
             top: self.top as usize,
         }
     }
 }
 
+/// A byte size: a number with an optional unit, k, M or G (powers of 1024; `KiB`, `kb` and
+/// the like read the same).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is no size: write bytes like 4096, 64k or 16M"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit {unit:?}: use k, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+/// A parser of byte sizes from `least` to `most`.
+fn bytes_between(least: u64, most: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text| {
+        let bytes = parse_bytes(text)?;
+        if !(least..=most).contains(&bytes) {
+            return Err(format!("must be from {least} to {most} bytes"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// A block age: a duration, or a bare number of milliseconds (bcc memleak's -o).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be longer than zero".into()),
+        Ok(milliseconds) => Ok(Duration::from_millis(milliseconds)),
+        Err(_) => parse_duration(text),
+    }
+}
+
+/// `-c COMMAND`'s words: the program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<OsString>);
+
+/// `-c COMMAND`: its words, split as a shell would (quotes and backslashes), run by no shell.
+fn parse_command_line(text: &str) -> Result<CommandLine, String> {
+    let words = shlex::split(text).ok_or("unbalanced quotes")?;
+    if words.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(CommandLine(words.into_iter().map(OsString::from).collect()))
+}
+
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    let bytes: u32 = parse_bytes(text)?
+        .try_into()
+        .map_err(|_| "must be below 4G".to_owned())?;
     if bytes < 4096 || !bytes.is_power_of_two() {
         return Err("must be a power of two of at least 4096".into());
     }
     Ok(bytes)
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{e}; write a percentage like 5 or 0.5"))?;
+    if !(percent > 0.0 && percent <= 100.0) {
+        return Err("must be above 0 and at most 100".into());
+    }
+    Ok(percent)
+}
+
+fn parse_alloc_fn(text: &str) -> Result<Regex, String> {
+    alloc_fn(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -344,6 +501,69 @@ mod tests {
         let cli = Cli::try_parse_from(["leaktrace", "-d", "5m", "--", "./a.out", "-x"]).unwrap();
         assert_eq!(cli.command, ["./a.out", "-x"]);
         assert_eq!(cli.duration, Some(Duration::from_secs(300)));
+        for (text, percent) in [("5", 5.0), ("0.001", 0.001), ("12.5%", 12.5)] {
+            let cli = Cli::try_parse_from(["leaktrace", "--max-overhead", text]).unwrap();
+            assert_eq!(cli.max_overhead, Some(percent));
+        }
+    }
+
+    #[test]
+    fn takes_bcc_memleaks_habits() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "-p",
+            "42",
+            "-z",
+            "1k",
+            "-Z",
+            "2M",
+            "-o",
+            "500",
+            "-O",
+            "libjemalloc.so.2",
+            "--ring-bytes",
+            "16M",
+            "5",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((cli.min_size, cli.max_size), (Some(1024), Some(2 << 20)));
+        assert_eq!(cli.min_age, Some(Duration::from_millis(500)));
+        assert_eq!(cli.allocator, Some(PathBuf::from("libjemalloc.so.2")));
+        assert_eq!(cli.ring_bytes, 16 << 20);
+        let options = cli.capture_options();
+        assert_eq!(options.interval, Duration::from_secs(5));
+        assert_eq!(options.count, Some(3));
+        let cli = Cli::try_parse_from(["leaktrace", "-c", "ls -l '/tmp/a b'"]).unwrap();
+        assert_eq!(
+            cli.target(),
+            TargetSpec::Launch(vec!["ls".into(), "-l".into(), "/tmp/a b".into()])
+        );
+        assert_eq!(
+            Cli::try_parse_from(["leaktrace", "-o", "2s"])
+                .unwrap()
+                .min_age,
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn alloc_fn_flags_add_to_and_drop_the_wrappers() {
+        let frame = |function: &str| crate::stacks::Frame::of_function(function, None);
+        let fns = Cli::try_parse_from(["leaktrace"]).unwrap().alloc_fns();
+        assert!(fns.listed(&frame("zmalloc")) && !fns.listed(&frame("pool_get")));
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "--alloc-fn",
+            "pool_get",
+            "--alloc-fn",
+            "arena_.*",
+            "--no-default-alloc-fns",
+        ])
+        .unwrap();
+        let fns = cli.alloc_fns();
+        assert!(fns.listed(&frame("pool_get")) && fns.listed(&frame("arena_new")));
+        assert!(!fns.listed(&frame("zmalloc")));
     }
 
     #[test]
@@ -356,6 +576,17 @@ mod tests {
             &["leaktrace", "-p", "-5"],
             &["leaktrace", "--ring-bytes", "5000"],
             &["leaktrace", "--ring-bytes", "1024"],
+            &["leaktrace", "--ring-bytes", "8X"],
+            &["leaktrace", "-z", "12 parsecs"],
+            &["leaktrace", "-i", "1s", "5"],
+            &["leaktrace", "--count", "2", "5", "3"],
+            &["leaktrace", "-p", "1", "-c", "ls"],
+            &["leaktrace", "-c", "ls 'unbalanced"],
+            &["leaktrace", "-c", "ls", "--", "ls"],
+            &["leaktrace", "--max-overhead", "0"],
+            &["leaktrace", "--max-overhead", "101"],
+            &["leaktrace", "--max-overhead", "lots"],
+            &["leaktrace", "--alloc-fn", "pool_(get"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }

@@ -7,11 +7,8 @@ use std::{io, path::PathBuf};
 pub enum Failure {
     #[error("no process with pid {0}: check the pid with `ps -p {0}`")]
     NoSuchProcess(u32),
-    #[error("not permitted to {action}: run as root, or grant {capability}")]
-    NotPermitted {
-        action: String,
-        capability: &'static str,
-    },
+    #[error("not permitted to {action}: {remedy}")]
+    NotPermitted { action: String, remedy: String },
     #[error("no allocator found in pid {0}: it maps no library that defines malloc")]
     NoAllocator(u32),
     #[error("this kernel cannot run leaktrace: {0}")]
@@ -24,6 +21,72 @@ pub enum Failure {
     KernelThread(u32),
     #[error("pid {0} is a zombie: it has exited and waits for its parent to reap it")]
     Zombie(u32),
+}
+
+/// The capabilities leaktrace's work takes, by their numbers in linux/capability.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    SysPtrace = 19,
+    Perfmon = 38,
+    Bpf = 39,
+}
+
+impl Capability {
+    fn name(self) -> &'static str {
+        match self {
+            Capability::SysPtrace => "CAP_SYS_PTRACE",
+            Capability::Perfmon => "CAP_PERFMON",
+            Capability::Bpf => "CAP_BPF",
+        }
+    }
+}
+
+/// What a capture takes: loading BPF, attaching uprobes, reading another process's memory.
+pub const CAPTURE_CAPABILITIES: [Capability; 3] =
+    [Capability::Bpf, Capability::Perfmon, Capability::SysPtrace];
+
+/// What to do about a refusal of work that takes `needed`: each of them this process lacks,
+/// named; or, when it has them all, what else refuses.
+pub fn capability_remedy(needed: &[Capability]) -> String {
+    let effective = effective_capabilities();
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|c| effective & (1 << **c as u64) == 0)
+        .map(|c| c.name())
+        .collect();
+    let all: Vec<&str> = needed.iter().map(|c| c.name()).collect();
+    if missing.is_empty() {
+        return format!(
+            "refused although leaktrace has {}: a security module (SELinux, AppArmor, \
+             lockdown) or a kernel setting forbids it",
+            english_list(&all)
+        );
+    }
+    format!(
+        "leaktrace lacks {}: run it as root, or grant it {}",
+        english_list(&missing),
+        english_list(&all)
+    )
+}
+
+/// This process's effective capability set (CapEff in /proc/self/status).
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .unwrap_or(0)
+}
+
+/// "A, B and C".
+fn english_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// Exit code for failures that are not a [`Failure`].
@@ -72,13 +135,14 @@ pub fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_failure_has_its_own_exit_code() {
+    /// Every exit code leaktrace can give: each failure's, clap's 2 for bad flags and
+    /// arguments, any other error's, and success.
+    fn every_exit_code() -> Vec<i32> {
         let failures = [
             Failure::NoSuchProcess(1),
             Failure::NotPermitted {
                 action: "x".into(),
-                capability: "y",
+                remedy: "y".into(),
             },
             Failure::NoAllocator(1),
             Failure::KernelUnsupported("x".into()),
@@ -94,12 +158,57 @@ mod tests {
             Failure::Zombie(1),
         ];
         let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
-        // clap exits with 2 for bad flags and arguments.
         codes.extend([EXIT_OTHER, 2, 0]);
+        codes
+    }
+
+    #[test]
+    fn each_failure_has_its_own_exit_code() {
+        let mut codes = every_exit_code();
         let count = codes.len();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), count, "exit codes collide: {codes:?}");
+    }
+
+    /// The README's table and `--help` list exactly the codes leaktrace gives.
+    #[test]
+    fn every_exit_code_is_documented() {
+        let mut codes = every_exit_code();
+        codes.sort();
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Exit codes")
+            .nth(1)
+            .expect("the README has an exit code table");
+        let mut documented: Vec<i32> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| code"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        documented.sort();
+        assert_eq!(documented, codes, "the README's exit codes");
+        use clap::CommandFactory;
+        let help = crate::cli::Cli::command()
+            .get_after_help()
+            .expect("--help lists the exit codes")
+            .to_string();
+        let listed = help.split("Exit codes:").nth(1).expect("an exit code list");
+        let mut in_help: Vec<i32> = listed
+            .split(',')
+            .filter_map(|item| item.split_whitespace().next()?.parse().ok())
+            .collect();
+        in_help.sort();
+        assert_eq!(in_help, codes, "--help's exit codes: {listed}");
     }
 
     #[test]
@@ -107,5 +216,12 @@ mod tests {
         let error = anyhow::Error::new(Failure::NoAllocator(7)).context("attaching");
         assert_eq!(exit_code(&error), 5);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), EXIT_OTHER);
+    }
+
+    #[test]
+    fn a_list_reads_as_english() {
+        assert_eq!(english_list(&["A"]), "A");
+        assert_eq!(english_list(&["A", "B"]), "A and B");
+        assert_eq!(english_list(&["A", "B", "C"]), "A, B and C");
     }
 }

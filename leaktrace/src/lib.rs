@@ -8,8 +8,9 @@
 //! | [`plan`] | the process's mapped files | where each allocator function is probed |
 //! | [`kernel`] | the plan | the eBPF object attached; decoded events, drops, the window switch |
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
+//! | [`cost`] | hits per probe point, CPU time | what tracing costs the target, per interval |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
-//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames |
+//! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames, each labelled past its allocator wrappers |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
@@ -22,6 +23,7 @@
 
 mod capture;
 pub mod cli;
+pub mod cost;
 pub mod demo;
 pub mod error;
 pub mod kernel;
@@ -33,25 +35,37 @@ pub mod target;
 mod watch;
 
 use anyhow::Result;
+use clap::CommandFactory;
 
 use crate::{cli::Cli, report::Ending, target::Target};
 
-/// Runs one capture (or `watch`) as the command line asks.
+/// Runs one capture (or a subcommand: `watch`, `completions`, `man`) as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(cli::Watch::Watch {
-        pid,
-        interval,
-        duration,
-    }) = cli.watch
-    {
-        return watch::run(pid, interval, duration);
+    match cli.subcommand {
+        Some(cli::Subcommand::Watch {
+            pid,
+            interval,
+            duration,
+        }) => return watch::run(pid, interval, duration),
+        Some(cli::Subcommand::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "leaktrace", &mut script);
+            return print_document(&script);
+        }
+        Some(cli::Subcommand::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            return print_document(&page);
+        }
+        None => {}
     }
     let files = cli.report_files();
     files.check()?;
     let options = cli.capture_options();
     let (target, plan) = Target::open(&cli.target(), &options.choice)?;
     let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
-    print!("\n{}", report::render_final(&report, options.top));
+    let text = format!("\n{}", report::render_final(&report, options.top));
+    capture::print_text(options.text_to_stderr, &text);
     let written = files.write(&report);
     detach.wait();
     written?;
@@ -59,4 +73,13 @@ pub fn run(cli: Cli) -> Result<()> {
         anyhow::bail!("leaktrace failed while taking in events; the report above is partial");
     }
     Ok(())
+}
+
+/// A generated document on stdout; a reader that stops early (`| head`) is no error.
+fn print_document(document: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(document) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
+    }
 }

@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use crate::{
     ledger::trends::{Growth, fit},
     report::thousands,
-    target::Target,
     target::memory::MemorySample,
+    target::{Access, Target},
 };
 
 /// Growth this steady (R²) and this large over the watch counts as "growing": less is noise,
@@ -45,7 +45,7 @@ impl Verdict {
 
 /// Reads the target's memory every `interval` until `duration`, Ctrl-C or its exit.
 pub fn run(pid: u32, interval: Duration, duration: Option<Duration>) -> Result<()> {
-    let target = Target::existing(pid)?;
+    let target = Target::existing(pid, Access::ReadMemory)?;
     let started = Instant::now();
     let mut samples = Vec::new();
     let interrupted = interrupt_flag()?;

@@ -285,9 +285,22 @@ pub fn sites_of(report: &Value, function: &str) -> SiteSum {
 
 /// [`sites_of`] for the sites whose first frame's function passes `wanted`.
 pub fn sites_where(report: &Value, wanted: impl Fn(&str) -> bool) -> SiteSum {
+    sites_matching(report, |site| {
+        site["frames"][0]["function"].as_str().is_some_and(&wanted)
+    })
+}
+
+/// [`sites_of`] for the sites whose `label` (the function named past the allocator
+/// wrappers) is `label`.
+pub fn sites_labelled(report: &Value, label: &str) -> SiteSum {
+    sites_matching(report, |site| site["label"] == label)
+}
+
+/// [`sites_of`] for the sites that pass `wanted`.
+pub fn sites_matching(report: &Value, wanted: impl Fn(&Value) -> bool) -> SiteSum {
     let mut sum = SiteSum::default();
     for site in report["sites"].as_array().unwrap() {
-        if site["frames"][0]["function"].as_str().is_some_and(&wanted) {
+        if wanted(site) {
             sum.sites += 1;
             sum.live_bytes += site["live_bytes"].as_u64().unwrap();
             sum.live_allocations += site["live_allocations"].as_u64().unwrap();
@@ -350,6 +363,17 @@ pub fn launch_json(
     binary: &Path,
     args: &[&str],
 ) -> (Value, Vec<String>) {
+    launch_json_env(test, options, binary, args, &[])
+}
+
+/// [`launch_json`] with environment variables for leaktrace.
+pub fn launch_json_env(
+    test: &str,
+    options: &[&str],
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Value, Vec<String>) {
     let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -358,7 +382,8 @@ pub fn launch_json(
             .arg(&json)
             .arg("--")
             .arg(binary)
-            .args(args),
+            .args(args)
+            .envs(env.iter().copied()),
     );
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();
@@ -493,16 +518,98 @@ impl std::fmt::Display for TextReport {
     }
 }
 
-/// One ranked site of the text report: "#1 40,000 bytes in 40 blocks (allocs 40, frees 0)…"
-/// and its first frame, "leak_here at /…/fixture.c:52".
+/// One ranked site of the text report: "#1 leak_here: 40,000 bytes in 40 blocks (allocs 40,
+/// frees 0), leaking (floor …), growth …" and its first frame, "leak_here at /…/fixture.c:52".
 #[derive(Debug)]
 pub struct TextSite {
     pub rank: usize,
+    /// How the report names the site: "leak_here", "parse_config ← xmalloc".
+    pub label: String,
     pub live_bytes: u64,
     pub live_allocations: u64,
     pub allocs: u64,
     pub frees: u64,
+    /// One of [`VERDICTS`].
+    pub verdict: String,
     pub first_frame: String,
+}
+
+/// Every verdict, as the text, JSON, pprof and HTML reports spell it.
+pub const VERDICTS: [&str; 7] = [
+    "leaking",
+    "grew then flat",
+    "fluctuating",
+    "stable",
+    "shrinking",
+    "too early",
+    "replacing",
+];
+
+/// One live view, printed at the end of an interval: its first line ("[    3.0s] live …")
+/// and its rows.
+#[derive(Debug)]
+pub struct LiveView {
+    pub heading: String,
+    pub rows: Vec<LiveRow>,
+}
+
+/// A row of a live view: the verdict it shows (one of [`VERDICTS`]) and the whole line.
+#[derive(Debug)]
+pub struct LiveRow {
+    pub verdict: String,
+    pub line: String,
+}
+
+impl LiveView {
+    /// The row whose site is `function`'s: the row's last column is the site's label,
+    /// "FUNCTION", "FUNCTION ← WRAPPER", or with what tells it from another of its name.
+    pub fn row(&self, function: &str) -> Option<&LiveRow> {
+        self.rows.iter().find(|row| {
+            let site = row.line.split("  ").last().unwrap_or_default().trim();
+            site == function || site.starts_with(&format!("{function} "))
+        })
+    }
+}
+
+/// The live views in leaktrace's stdout (piped: one block per interval), in order. Each
+/// block is its heading, the column names, then a row per site, each row indented.
+pub fn live_views(stdout: &[String]) -> Vec<LiveView> {
+    let mut views: Vec<LiveView> = Vec::new();
+    let mut lines = stdout.iter().peekable();
+    while let Some(line) = lines.next() {
+        if !line.starts_with('[') {
+            continue;
+        }
+        let columns = lines.next().expect("the live view's column names");
+        assert!(columns.contains("verdict"), "{columns}");
+        let mut rows = Vec::new();
+        while let Some(row) = lines.next_if(|l| l.starts_with("  ")) {
+            let verdict = VERDICTS
+                .into_iter()
+                .find(|v| row.contains(&format!("  {v}  ")))
+                .unwrap_or_else(|| panic!("no verdict in the row {row:?}"));
+            rows.push(LiveRow {
+                verdict: verdict.to_owned(),
+                line: row.clone(),
+            });
+        }
+        views.push(LiveView {
+            heading: line.clone(),
+            rows,
+        });
+    }
+    views
+}
+
+/// The `verdict` of every JSON site whose first frame is `function`'s.
+pub fn verdicts_of(report: &Value, function: &str) -> Vec<String> {
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|site| site["frames"][0]["function"] == function)
+        .map(|site| site["verdict"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 const HEADER: &str = "leaktrace: pid ";
@@ -559,15 +666,19 @@ impl TextReport {
             .filter_map(|pair| {
                 let (rank, rest) = pair[0].strip_prefix('#')?.split_once(' ')?;
                 let (held, rest) = rest.split_once(" blocks (allocs ")?;
+                let (label, held) = held.rsplit_once(": ")?;
                 let (live_bytes, live_allocations) = bytes_in_blocks(held)?;
                 let (allocs, rest) = rest.split_once(", frees ")?;
-                let frees = rest.split(')').next()?;
+                let (frees, rest) = rest.split_once("), ")?;
+                let verdict = VERDICTS.into_iter().find(|v| rest.starts_with(v))?;
                 Some(TextSite {
                     rank: rank.parse().ok()?,
+                    label: label.to_owned(),
                     live_bytes,
                     live_allocations,
                     allocs: number(allocs)?,
                     frees: number(frees)?,
+                    verdict: verdict.to_owned(),
                     first_frame: pair[1].trim().to_owned(),
                 })
             })
@@ -638,6 +749,26 @@ pub fn assert_burst_reported(context: &str, stdout: &[String], json: &Value, end
             && first.first_frame.ends_with(&format!("fixture.c:{line}")),
         "{context}: leak_here leads at fixture.c:{line}: {text}"
     );
+}
+
+/// The CLOCK_MONOTONIC times a fixture that logs its leaks ("leak SEQ NS") logged inside the
+/// capture window of `report`. The fixture logs on: once a leak after the window shows, every
+/// one in it has been read.
+pub fn leaks_logged_in_window(fixture: &mut Running, report: &Value) -> Vec<u64> {
+    let start = report["window_start_ns"].as_u64().unwrap();
+    let end = report["window_end_ns"].as_u64().unwrap();
+    let logged_ns =
+        |line: &str| -> Option<u64> { line.strip_prefix("leak ")?.split(' ').nth(1)?.parse().ok() };
+    fixture
+        .stdout
+        .wait_for(|line| logged_ns(line).is_some_and(|ns| ns >= end), WAIT);
+    fixture
+        .stdout
+        .seen
+        .iter()
+        .filter_map(|line| logged_ns(line))
+        .filter(|&ns| (start..end).contains(&ns))
+        .collect()
 }
 
 /// Starts a fixture and waits until it prints "ready".

@@ -2,14 +2,16 @@
 //
 //   workload churn|mix|soak THREADS PAIRS_PER_THREAD
 //
-// Prints "ready", waits for a line on stdin (a tracer attaches meanwhile), runs, and prints
-// "ns_per_pair X": wall time times threads over all pairs, the time one thread spends on one
-// allocation and its free.
+// Prints "malloc PATH", the object its calls to malloc bind to (glibc's libc.so.6, or the
+// allocator it was linked with), and "ready"; waits for a line on stdin (a tracer attaches
+// meanwhile), runs, and prints "ns_per_pair X": wall time times threads over all pairs, the
+// time one thread spends on one allocation and its free.
 //   churn: malloc of a mixed size, freed at once.
 //   mix:   a working set of 64 blocks per thread; each step replaces one, made by malloc,
 //          calloc, realloc, new or new[], and frees the one it replaces.
 //   soak:  churn, plus a leak of 64 bytes every 10,000 pairs from its own call site; runs
 //          until killed, PAIRS_PER_THREAD ignored (cargo xtask soak).
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -111,6 +113,9 @@ int main(int argc, char **argv) {
     int threads = atoi(argv[2]);
     pairs = scenario == SOAK ? 10000 : atol(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    Dl_info where;
+    void *(*volatile bound)(size_t) = malloc;
+    printf("malloc %s\n", dladdr((void *)bound, &where) ? where.dli_fname : "?");
     printf("ready\n");
     char line[16];
     if (!fgets(line, sizeof line, stdin)) return 1;

@@ -20,7 +20,8 @@ tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
   test         install what the tests need, then run every test
-  bench        what tracing costs a target: leaktrace against untraced and bcc memleak
+  bench        what tracing costs a target (on four allocators, and redis): leaktrace against
+               untraced and bcc memleak; leaktrace's attach and detach times
   soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
@@ -29,8 +30,8 @@ tasks:
 /// binutils, launch mode is checked against valgrind, glibc's frames
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
-/// stays attached.
-const TEST_PACKAGES: [&str; 12] = [
+/// stays attached, and man renders the manual page.
+const TEST_PACKAGES: [&str; 13] = [
     "gcc",
     "g++",
     "binutils",
@@ -39,6 +40,7 @@ const TEST_PACKAGES: [&str; 12] = [
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
+    "man-db",
     "libc6-dbg",
     "golang-go",
     "libxml2-utils",
@@ -138,18 +140,25 @@ fn setup_ebpf() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .into_iter()
-        .filter(|package| !installed(package))
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    install_missing(&TEST_PACKAGES)?;
     run(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace())
             .arg("test"),
     )
+}
+
+/// Installs those of `packages` that are not installed yet (apt-get update only then).
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
 }
 
 fn installed(package: &str) -> bool {

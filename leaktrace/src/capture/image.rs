@@ -7,11 +7,16 @@ use anyhow::{Context, Result};
 use crate::{
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
-    ledger::{BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends},
-    plan::ProbePlan,
+    ledger::{
+        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends, Watermarks,
+        trends::Growth,
+        verdict::{Judgement, Verdict},
+    },
+    plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
     stacks::{
-        CallSites, DwarfUnwinder, Symbolizer,
+        AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
+        labels::simple_name,
         symbolize::FoundBy,
         unwind::{StackCopy, Unwound},
     },
@@ -32,6 +37,17 @@ fn describe(filter: &BlockFilter) -> String {
         parts.push(format!("of {} to {max} bytes", filter.min_size));
     }
     parts.join(", ")
+}
+
+/// Each site's live bytes now as both its watermarks.
+fn live_now(sites: &[(SiteId, SiteStats)]) -> Vec<Watermarks> {
+    sites
+        .iter()
+        .map(|(_, stats)| Watermarks {
+            low: stats.live_bytes,
+            high: stats.live_bytes,
+        })
+        .collect()
 }
 
 /// A stack the kernel walked by frame pointers: its first address is the exact ip.
@@ -68,8 +84,32 @@ impl Prepared {
     }
 }
 
+/// The frames of `plan`'s allocator: every frame in the modules of its C functions, and its
+/// seen-through C++ operators.
+fn allocator_frames(plan: &ProbePlan) -> AllocatorFrames {
+    let mut modules = Vec::new();
+    for point in &plan.points {
+        if point.function.family != Family::Cxx && !modules.contains(&point.module) {
+            modules.push(point.module.clone());
+        }
+    }
+    let operators = plan
+        .delegated
+        .iter()
+        .map(|operator| {
+            let name = addr2line::demangle_auto(operator.symbol.as_str().into(), None);
+            (operator.module.clone(), simple_name(&name))
+        })
+        .collect();
+    AllocatorFrames { modules, operators }
+}
+
+/// How long each live view may spend symbolizing sites beyond its rows, which the labels
+/// are named among: events wait meanwhile.
+const LABEL_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How every image is traced and counted.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ImageOptions {
     pub sampling: Sampling,
     /// The probes send stack copies to unwind (`--unwind auto`): see [`DwarfUnwinder::new`].
@@ -78,6 +118,12 @@ pub struct ImageOptions {
     pub filter: BlockFilter,
     /// `--windows`: the window length in ms, and how many.
     pub windows: Option<(u32, usize)>,
+    /// `-a`: list this many of each site's oldest live blocks.
+    pub list_blocks: Option<usize>,
+    /// The live view's period: an interval of the trends and verdicts.
+    pub interval: std::time::Duration,
+    /// Which functions are allocator wrappers, folded into the sites' labels.
+    pub alloc_fns: AllocFns,
 }
 
 /// What one process did while it ran one program.
@@ -98,6 +144,9 @@ pub struct TracedImage {
     /// Which live blocks the report counts.
     filter: BlockFilter,
     windows: Option<(u32, usize)>,
+    /// `-a`: how many of each site's oldest live blocks the report lists.
+    list_blocks: Option<usize>,
+    interval: std::time::Duration,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by key, waiting for their allocation event.
     unwound: HashMap<u64, Unwound>,
@@ -127,17 +176,23 @@ impl TracedImage {
                 .malloc_module()
                 .map_or_else(String::new, |m| m.display().to_string()),
             probed: plan.describe(),
-            ledger: Ledger::new(options.sampling),
-            call_sites: CallSites::new(
-                plan.allocator_modules()
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
+            // With a block filter the marks are of the filtered live bytes at each interval's
+            // end: the ledger's, by event time, count every block.
+            ledger: Ledger::with_intervals(
+                options.sampling,
+                if options.filter.is_active() {
+                    0
+                } else {
+                    options.interval.as_millis().try_into().unwrap_or(u32::MAX)
+                },
             ),
+            call_sites: CallSites::new(allocator_frames(plan), options.alloc_fns),
             symbolizer: prepared.symbolizer,
             trends: Trends::default(),
             filter: options.filter,
             windows: options.windows,
+            list_blocks: options.list_blocks,
+            interval: options.interval,
             unwinder: prepared.unwinder,
             unwound: HashMap::new(),
             last_copy: HashMap::new(),
@@ -228,34 +283,81 @@ impl TracedImage {
         monotonic_ns().saturating_sub(self.start_ns) as f64 / 1e9
     }
 
-    /// Live bytes and blocks, and the top `top` sites by `sort` with their change since the
-    /// last call; then a new trend sample.
+    /// A live view's moment: every site's live bytes go into the trends, and so do the
+    /// watermarks of each interval of the target's time that ended since the last (by the
+    /// events' timestamps, so however late this comes: [`Ledger::with_intervals`]). With a
+    /// block filter, the filtered live bytes now stand for both watermarks of an interval
+    /// that ends now.
+    fn end_interval(&mut self) -> Vec<(SiteId, SiteStats)> {
+        let now = self.now();
+        let now_ms = (now * 1000.0) as u32;
+        let sites = self.ledger.site_stats(&self.filter, now_ms);
+        self.trends.sample(&sites, now);
+        if self.filter.is_active() {
+            self.trends.end_interval(&live_now(&sites), now);
+        } else {
+            for closed in self.ledger.close_intervals(now_ms) {
+                let end = closed.end_ms as f64 / 1000.0;
+                self.trends.end_interval(&closed.watermarks, end);
+            }
+        }
+        sites
+    }
+
+    /// The interval that ends now: live bytes and blocks, and the top `top` sites by `sort`
+    /// with their change over the interval, growth and verdict over the live view's window.
+    /// Sorted by growth, `leaking` sites come first.
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
-        let now = self.now();
-        let mut sites = self.ledger.site_stats(&self.filter, (now * 1000.0) as u32);
-        sites.retain(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs);
-        match sort {
-            SortKey::Growth => sites.sort_by(|a, b| {
-                let growth = |site| self.trends.growth(site).bytes_per_s;
-                // Until there are samples to fit, live bytes decide.
-                (growth(b.0).total_cmp(&growth(a.0))).then(b.1.live_bytes.cmp(&a.1.live_bytes))
-            }),
-            SortKey::Live => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.live_bytes)),
-            SortKey::Allocs => sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.allocs)),
-        }
-        let rows = sites
+        let sites = self.end_interval();
+        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
+        let released_before_attach = if self.from_start {
+            0.0
+        } else {
+            self.ledger.totals().unmatched_free_bytes as f64 / self.now().max(1e-3)
+        };
+        let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
             .into_iter()
-            .take(top)
-            .map(|(site, stats): (_, SiteStats)| IntervalRow {
-                live_bytes: stats.live_bytes,
-                live_allocations: stats.live_allocations,
-                change: self.trends.change(site, stats.live_bytes),
-                growth: self.trends.growth(site),
-                site: self.call_sites.describe(site, &mut self.symbolizer),
+            .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
+            .map(|(site, stats)| {
+                let growth = self.trends.growth(site);
+                let judgement = self
+                    .trends
+                    .recent_verdict(site)
+                    .allowing_for_replacement(released_before_attach);
+                (site, stats, growth, judgement)
             })
             .collect();
-        self.trends.sample(&self.ledger, now);
+        match sort {
+            SortKey::Growth => judged.sort_by(|a, b| {
+                let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+                // Until there are samples to fit, live bytes decide.
+                (leaking(&b.3).cmp(&leaking(&a.3)))
+                    .then(b.2.bytes_per_s.total_cmp(&a.2.bytes_per_s))
+                    .then(b.1.live_bytes.cmp(&a.1.live_bytes))
+            }),
+            SortKey::Live => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.live_bytes)),
+            SortKey::Allocs => judged.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.allocs)),
+        }
+        // The rows first; then other sites, for the labels' context, as time allows.
+        let shown: Vec<SiteId> = judged.iter().take(top).map(|(site, ..)| *site).collect();
+        let labels = self
+            .call_sites
+            .labels(&shown, Some(LABEL_BUDGET), &mut self.symbolizer);
+        let rows = judged
+            .into_iter()
+            .take(top)
+            .map(|(site, stats, growth, judgement)| IntervalRow {
+                live_bytes: stats.live_bytes,
+                live_allocations: stats.live_allocations,
+                change: self.trends.change(site),
+                growth,
+                verdict: judgement.verdict,
+                site: labels
+                    .get(site.index())
+                    .map_or_else(String::new, |label| label.text.clone()),
+            })
+            .collect();
         let totals = self.ledger.totals();
         (totals.live_bytes, totals.live_allocations, rows)
     }
@@ -264,7 +366,20 @@ impl TracedImage {
     pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
         if self.ended.is_none() {
             let now = self.now();
-            self.trends.sample(&self.ledger, now);
+            let now_ms = (now * 1000.0) as u32;
+            let sites = self.ledger.site_stats(&self.filter, now_ms);
+            self.trends.sample(&sites, now);
+            let last = if self.filter.is_active() {
+                live_now(&sites)
+            } else {
+                for closed in self.ledger.close_intervals(now_ms) {
+                    let end = closed.end_ms as f64 / 1000.0;
+                    self.trends.end_interval(&closed.watermarks, end);
+                }
+                self.ledger.take_watermarks()
+            };
+            let interval_s = self.interval.as_secs_f64();
+            self.trends.end_capture(&last, now, interval_s);
         }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
         let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
@@ -281,7 +396,17 @@ impl TracedImage {
             live_filter: self.filter.is_active().then(|| describe(&self.filter)),
             sampling: self.ledger.sampling(),
         };
-        let sites = self.ledger.site_stats(&self.filter, self.ms(end_ns));
+        let now_ms = self.ms(end_ns);
+        let mut blocks = match self.list_blocks {
+            Some(most) => self.ledger.oldest_blocks(&self.filter, now_ms, most),
+            None => HashMap::new(),
+        };
+        let sites = self
+            .ledger
+            .site_stats(&self.filter, now_ms)
+            .into_iter()
+            .map(|(site, stats)| (site, stats, blocks.remove(&site).unwrap_or_default()))
+            .collect();
         let mut report = Report::build(
             header,
             &self.ledger,
@@ -300,6 +425,10 @@ impl TracedImage {
     fn window_reports(&mut self, window_ms: u32, count: usize) -> Vec<WindowReport> {
         let by_window = self.ledger.live_by_window(window_ms, count);
         let sites: Vec<SiteId> = self.ledger.sites().map(|(site, _, _)| site).collect();
+        let labels = self
+            .call_sites
+            .labels(&[], None, &mut self.symbolizer)
+            .to_vec();
         by_window
             .into_iter()
             .enumerate()
@@ -310,7 +439,9 @@ impl TracedImage {
                     .map(|&site| WindowSite {
                         live_bytes: live[site.index()].0,
                         live_allocations: live[site.index()].1,
-                        site: self.call_sites.describe(site, &mut self.symbolizer),
+                        site: labels
+                            .get(site.index())
+                            .map_or_else(String::new, |label| label.text.clone()),
                     })
                     .collect();
                 window_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes));

@@ -3,8 +3,9 @@
 //! In: attached probes ([`crate::kernel`]) and the [`CaptureOptions`] from the command line.
 //! Out: a [`Report`] of every traced image, and the probes' removal under way.
 //!
-//! The loop drains events into each image's ledger, prints the live view every interval, and
-//! stops at the window's end, a signal ([`signals`]) or the target's exit. A process that
+//! The loop drains events into each image's ledger, prints the live view every interval with
+//! what tracing costs the target ([`crate::cost`]), and stops at the window's end, a signal
+//! ([`signals`]), the target's exit, or a cost above `--max-overhead`. A process that
 //! execs or a child followed with `-f` starts a new [`TracedImage`] ([`image`]).
 
 mod image;
@@ -30,8 +31,9 @@ use tokio::{
 
 use crate::{
     cli::SortKey,
+    cost::{Calibration, CostMeter, IntervalCost, OverheadLimit},
     error::Failure,
-    kernel::{Detach, Event, ProbeSet, ProbeSettings},
+    kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report},
     stacks::{DwarfUnwinder, Symbolizer},
@@ -61,6 +63,11 @@ pub struct CaptureOptions {
     pub sort: SortKey,
     /// End after this many intervals.
     pub count: Option<u32>,
+    /// The live view goes to stderr: standard output carries a report file (`-`).
+    pub text_to_stderr: bool,
+    /// End when the tracing cost stays above this percent of the target's CPU
+    /// (`--max-overhead`).
+    pub max_overhead: Option<f64>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -74,6 +81,12 @@ struct Capture<'a> {
     current: HashMap<u32, usize>,
     /// The target's RSS and friends beside its traced heap.
     memory: MemoryTrend,
+    /// What tracing costs the traced processes, interval by interval.
+    cost: CostMeter,
+    /// The last interval's estimate.
+    last_cost: Option<IntervalCost>,
+    /// `--max-overhead`.
+    limit: Option<OverheadLimit>,
     target_pid: u32,
     /// Records taken in (debug builds: for [`Capture::injected_panic`]).
     #[cfg(debug_assertions)]
@@ -139,11 +152,15 @@ impl Capture<'_> {
             } => image.record_stack_sample(stack_hash, &copy, probes),
             Event::Free {
                 address,
+                size,
                 timestamp_ns,
                 ..
             } => {
                 let freed_ms = image.ms(timestamp_ns);
-                image.ledger_mut().record_free(address, freed_ms)
+                let ledger = image.ledger_mut();
+                if !ledger.record_free(address, freed_ms) {
+                    ledger.record_release_before_attach(size);
+                }
             }
             Event::ReallocFree {
                 tid,
@@ -205,7 +222,7 @@ impl Capture<'_> {
                 symbolizer,
                 unwinder,
             },
-            self.options.image,
+            self.options.image.clone(),
             from_start,
             start_ns,
         ));
@@ -232,17 +249,37 @@ impl Capture<'_> {
             .unwrap_or_default()
     }
 
+    /// The traced processes now, in pid order.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.current.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// True when the estimate has stayed above `--max-overhead` long enough to end.
+    fn over_limit(&mut self) -> bool {
+        let share = self.last_cost.and_then(|cost| cost.share());
+        self.limit
+            .as_mut()
+            .is_some_and(|limit| limit.exceeded(share))
+    }
+
     fn live_view(&mut self, probes: &ProbeSet, top: usize) -> String {
         let elapsed = self.started.elapsed();
         let mut out = String::new();
         let drops = probes.drops().unwrap_or_default();
+        let cost = self.cost.sample(probes, &self.pids());
+        self.last_cost = Some(cost);
+        let cost = format!("; {}", cost.describe());
         let mut running: Vec<usize> = self.current.values().copied().collect();
         running.sort_unstable();
         for index in running {
             let image = &mut self.images[index];
             let (live_bytes, live_allocations, rows) = image.live_view(top, self.options.sort);
             let mut memory = String::new();
+            let mut shown_cost = "";
             if image.pid == self.target_pid {
+                shown_cost = &cost;
                 self.memory
                     .record(image.pid, elapsed.as_secs_f64(), live_bytes);
                 if let Some((rss, growth)) = self.memory.rss() {
@@ -259,7 +296,7 @@ impl Capture<'_> {
                 elapsed.as_secs_f64(),
                 live_bytes,
                 live_allocations,
-                &memory,
+                (&memory, shown_cost),
                 &drops,
                 &rows,
             ));
@@ -290,8 +327,9 @@ pub fn run(
         prepared,
         interrupts,
         window_start_ns,
+        cost,
     } = attach(target, plan, settings, options, &runtime)?;
-    let mut capture = Capture::new(target, plan, prepared, options, window_start_ns);
+    let mut capture = Capture::new(target, plan, prepared, options, window_start_ns, cost);
     let ending = runtime.block_on(capture.record(target, &mut probes, interrupts))?;
     capture.finish(target, &mut probes, ending)
 }
@@ -304,6 +342,8 @@ struct Attached {
     interrupts: Interrupts,
     /// When the window opened (CLOCK_MONOTONIC ns).
     window_start_ns: u64,
+    /// Metering from the window's opening.
+    cost: CostMeter,
 }
 
 /// Attaches every probe with the window closed, reads what naming and unwinding the target
@@ -320,17 +360,45 @@ fn attach(
     for decision in plan.decisions() {
         log::debug!("{decision}");
     }
-    let mut probes = ProbeSet::attach(target.pid, plan, settings)?;
+    // Blocks from before an attach are freed unseen: where free is glibc's, its probe reads
+    // what each releases.
+    let settings = ProbeSettings {
+        free_size_header: !target.launched && plan.free_is_glibc(),
+        ..*settings
+    };
+    let mut probes = ProbeSet::attach(target.pid, plan, &settings)?;
     // Had the process gone while the probes went in, its pid could be another's by now.
     if !target.launched && !target.still_running() {
         return Err(Failure::NoSuchProcess(target.pid).into());
     }
+    let calibration = Calibration::measure(&mut probes)
+        .inspect(|c| {
+            log::debug!(
+                "a hit costs {:.0} ns on an emulated instruction, {:.0} ns on a single-stepped \
+                 one, {:.0} ns more for a return probe (timed in {:.1} ms)",
+                c.emulated_ns,
+                c.single_stepped_ns,
+                c.return_ns,
+                c.took_ms
+            )
+        })
+        .inspect_err(|error| {
+            log::warn!("cannot time a probe hit ({error:#}): the tracing cost is not estimated")
+        })
+        .ok();
     let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
     let interrupts = {
         let _inside = runtime.enter();
         Interrupts::catch()?
     };
+    // The programs' own run time, counted by the kernel through the first interval.
+    let statistics = time_programs()
+        .inspect_err(|error| {
+            log::debug!("no BPF run-time statistics ({error:#}): the cost covers the traps")
+        })
+        .ok();
     let window_start_ns = probes.open_window()?;
+    let cost = CostMeter::new(calibration, statistics, &probes, target.pid);
     target.resume()?;
     eprintln!(
         "leaktrace: attached to pid {} ({}); probing {}{}",
@@ -351,6 +419,7 @@ fn attach(
         prepared,
         interrupts,
         window_start_ns,
+        cost,
     })
 }
 
@@ -361,13 +430,14 @@ impl<'a> Capture<'a> {
         prepared: Prepared,
         options: &'a CaptureOptions,
         window_start_ns: u64,
+        cost: CostMeter,
     ) -> Capture<'a> {
         let first = TracedImage::new(
             target.pid,
             target.command.clone(),
             plan,
             prepared,
-            options.image,
+            options.image.clone(),
             target.launched,
             window_start_ns,
         );
@@ -377,6 +447,9 @@ impl<'a> Capture<'a> {
             images: vec![first],
             current: HashMap::from([(target.pid, 0)]),
             memory: MemoryTrend::default(),
+            cost,
+            last_cost: None,
+            limit: options.max_overhead.map(OverheadLimit::new),
             target_pid: target.pid,
             #[cfg(debug_assertions)]
             records: 0,
@@ -419,7 +492,11 @@ impl<'a> Capture<'a> {
         // to the end.
         let mut poll = interval(RING_POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let terminal = std::io::stdout().is_terminal();
+        let terminal = if options.text_to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
         let mut backlog = false;
         let mut intervals = 0;
         let ending = loop {
@@ -443,9 +520,18 @@ impl<'a> Capture<'a> {
                     let view = self.live_view(probes, options.top);
                     // On a terminal, redraw in place like top; piped, one block per interval.
                     let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
-                    print!("{redraw}{view}");
-                    let _ = std::io::stdout().flush();
+                    print_text(options.text_to_stderr, &format!("{redraw}{view}"));
                     intervals += 1;
+                    if self.over_limit() {
+                        break Ending::Overhead {
+                            percent: self
+                                .last_cost
+                                .and_then(|cost| cost.share())
+                                .unwrap_or_default()
+                                * 100.0,
+                            limit: options.max_overhead.unwrap_or_default(),
+                        };
+                    }
                     if options.count.is_some_and(|count| intervals >= count) {
                         break Ending::DurationElapsed;
                     }
@@ -470,6 +556,8 @@ impl<'a> Capture<'a> {
         // Close the window first: then the ring buffer holds a finite tail, all of it the
         // window's.
         let window_end_ns = probes.close_window()?;
+        // Before the programs go, and before a launched target is reaped.
+        let cost = self.cost.report(probes, &self.pids());
         let detach = probes.detach_in_background();
         // After a failure, what is left in the ring buffer is left alone: it may fail again.
         let tail_failed = ending != Ending::Failed && self.drain_to_end(probes).is_err();
@@ -490,6 +578,7 @@ impl<'a> Capture<'a> {
             .unwrap_or(0);
         let mut report = self.images[lead].report(ending, window_end_ns, drops);
         report.memory = std::mem::take(&mut self.memory.samples);
+        report.cost = Some(cost);
         for (index, image) in self.images.iter_mut().enumerate() {
             if index != lead {
                 let ending = if image.pid == target.pid || process_exists(image.pid) {
@@ -513,4 +602,21 @@ impl<'a> Capture<'a> {
 
 fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The text leaktrace shows the operator, on stdout unless a report file took it.
+pub fn print_text(to_stderr: bool, text: &str) {
+    let written = if to_stderr {
+        let mut stderr = std::io::stderr().lock();
+        stderr
+            .write_all(text.as_bytes())
+            .and_then(|()| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    // A closed pipe must not end the capture: the report files still get written.
+    let _ = written;
 }

@@ -38,6 +38,9 @@ pub enum Event {
     Free {
         pid: u32,
         address: u64,
+        /// What the allocator says the block held, where the probe reads it (glibc, `-p`);
+        /// else 0.
+        size: u64,
         timestamp_ns: u64,
     },
     /// realloc started: its old block is freed, unless the same thread's realloc then fails.
@@ -79,6 +82,7 @@ impl Event {
                 Event::Free {
                     pid: free.tgid,
                     address: free.address,
+                    size: free.size,
                     timestamp_ns: free.timestamp_ns,
                 },
             );
@@ -124,11 +128,8 @@ impl Event {
                     Stack::Inline(full.frames[..depth].to_vec())
                 }))
             }
-            EventKind::Free => Some(Event::Free {
-                pid: raw.tgid,
-                address: raw.address,
-                timestamp_ns: raw.timestamp_ns,
-            }),
+            // A free comes only in its own short record.
+            EventKind::Free => None,
             EventKind::ReallocFree => Some(Event::ReallocFree {
                 pid: raw.tgid,
                 tid: raw.tid,
@@ -248,11 +249,8 @@ mod tests {
         raw.kind = EventKind::Free as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
-            Some(Event::Free {
-                pid: 7,
-                address: 0x1000,
-                timestamp_ns: 5
-            })
+            None,
+            "a free is a FreeEvent"
         );
         raw.kind = EventKind::ReallocFree as u32;
         assert_eq!(
@@ -307,16 +305,18 @@ mod tests {
         let free = FreeEvent {
             timestamp_ns: 5,
             address: 0x1000,
+            size: 24,
             tgid: 7,
             kind: EventKind::Free as u32,
         };
         let bytes = bytes_of(&free);
-        assert_eq!(bytes.len(), 24, "half an AllocEvent");
+        assert_eq!(bytes.len(), 32, "shorter than an AllocEvent");
         assert_eq!(
             Event::decode(&bytes),
             Some(Event::Free {
                 pid: 7,
                 address: 0x1000,
+                size: 24,
                 timestamp_ns: 5
             })
         );

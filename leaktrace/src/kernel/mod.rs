@@ -9,12 +9,14 @@
 //! - [`multi`]: uprobe_multi links, one per program and binary, where the kernel has them;
 //! - [`events`]: decoding the ring buffer's records;
 //! - [`drops`]: what the probes could not deliver;
+//! - [`hits`]: how often each probe point was hit;
 //! - [`log`]: the probes' own log of rare events (`--verbose`);
 //! - [`clock`]: the clock of the events' timestamps.
 
 mod clock;
 mod drops;
 mod events;
+mod hits;
 mod log;
 mod multi;
 mod probes;
@@ -22,4 +24,5 @@ mod probes;
 pub use clock::monotonic_ns;
 pub use drops::DropCounts;
 pub use events::{Event, Stack};
-pub use probes::{Detach, ProbeSet, ProbeSettings};
+pub use hits::{HitKind, HitPoint};
+pub use probes::{Detach, ProbeSet, ProbeSettings, time_programs};

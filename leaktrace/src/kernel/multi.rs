@@ -26,7 +26,8 @@ use aya::{Ebpf, maps::Map};
 use aya_obj::{
     Object, ProgramSection,
     generated::{
-        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type,
+        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info,
+        bpf_prog_type,
     },
 };
 
@@ -146,6 +147,35 @@ impl MultiPrograms {
     }
 }
 
+impl MultiPrograms {
+    /// Each loaded program's name, runs and run time in ns, as the kernel counts them while
+    /// BPF statistics are on ([`super::ProbeSet::program_runs`]).
+    pub fn runs(&self) -> Vec<(String, u64, u64)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, program)| {
+                let (runs, ns) = run_stats(program.fd.as_ref()?).ok()?;
+                Some((name.clone(), runs, ns))
+            })
+            .collect()
+    }
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD of a program: its (runs, run time in ns).
+fn run_stats(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    // SAFETY: plain data; all zeroes is its empty value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `link`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // The info member of the union, which BPF_OBJ_GET_INFO_BY_FD reads; `info` outlives the
+    // call.
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &raw mut info as u64;
+    bpf_call(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info.run_cnt, info.run_time_ns))
+}
+
 /// Whether `error` says the kernel has no uprobe_multi links (before 6.6, or built without
 /// them): the program load or the link is refused as a whole.
 pub fn is_unsupported(error: &anyhow::Error) -> bool {
@@ -213,8 +243,15 @@ fn load_program(name: &str, instructions: &[bpf_insn], license: &CString) -> Res
 
 /// bpf(2) for the commands that return a new descriptor.
 fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    let fd = bpf_call(command, attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// bpf(2): what it returned, or its error.
+fn bpf_call(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid bpf_attr of its full size for the command's union member.
-    let fd = unsafe {
+    let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             command as libc::c_int,
@@ -222,9 +259,8 @@ fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
             std::mem::size_of::<bpf_attr>() as libc::c_uint,
         )
     };
-    if fd < 0 {
+    if result < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(result)
 }

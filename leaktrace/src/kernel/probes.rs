@@ -2,7 +2,7 @@
 //! reads and writes, and their removal.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     num::NonZeroU32,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -24,11 +24,12 @@ use leaktrace_common::{
 use super::{
     clock::monotonic_ns,
     drops::DropCounts,
+    hits::{HitCounter, HitPoint},
     log::ProbeLog,
     multi::{MultiPoint, MultiPrograms, is_unsupported},
 };
 use crate::{
-    error::{Failure, os_error},
+    error::{CAPTURE_CAPABILITIES, Failure, capability_remedy, os_error},
     ledger::Sampling,
     plan::{ProbePlan, ProbePoint},
 };
@@ -57,6 +58,9 @@ pub struct ProbeSettings {
     /// Entries of the map of sampled live blocks (`--sampled-blocks`); the default holds, at
     /// `--sample-bytes 524288`, a heap of 128 GiB in small blocks.
     pub sampled_blocks: u32,
+    /// free's probe reads glibc's chunk header, to tell what frees of blocks allocated before
+    /// the attach release.
+    pub free_size_header: bool,
 }
 
 /// The attached probes and the maps userspace reads. Dropping it (or
@@ -70,13 +74,15 @@ pub struct ProbeSet {
     links: Vec<OwnedFd>,
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
-    traced: HashMap<MapData, u32, u32>,
+    traced: aya::maps::HashMap<MapData, u32, u32>,
     return_offsets: Array<MapData, [u64; 2]>,
     /// What `return_offsets` holds, slot by slot.
     learned: Vec<[u64; 2]>,
     pub events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     drops: PerCpuArray<MapData, u64>,
+    /// Each attached point's number, and the probes' hit counts by number.
+    hits: HitCounter,
     control: Array<MapData, u32>,
     /// Kept to the end, after the probes are gone: their last words come then.
     _probe_log: Option<ProbeLog>,
@@ -98,25 +104,23 @@ impl ProbeSet {
         // The probes log their first drop of each kind only when it would be read: under
         // --verbose, which turns leaktrace's debug log on.
         let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
+        let free_size_header = u32::from(settings.free_size_header);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("STACK_BYTES", &settings.stack_bytes, true)
             .override_global("SAMPLE_MODE", &sample_mode, true)
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
             .override_global("LOG_DROPS", &log_drops, true)
+            .override_global("FREE_SIZE_HEADER", &free_size_header, true)
             .override_global("THREAD_SLOT_COUNT", &settings.max_threads, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads)
             .map_max_entries(maps::THREAD_SLOTS, settings.max_threads)
             .map_max_entries(maps::SLOT_OWNERS, settings.max_threads);
-        let mut ebpf = loader.load(OBJECT).map_err(|error| {
-            classify(
-                anyhow::Error::new(error),
-                "load BPF programs",
-                "CAP_BPF and CAP_PERFMON",
-            )
-        })?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
         let multi = if single_uprobes_forced() {
             None
         } else {
@@ -141,8 +145,9 @@ impl ProbeSet {
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, maps::STACKS)?)?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, maps::DROPS)?)?;
+        let hits = HitCounter::new(PerCpuArray::try_from(take(&mut ebpf, maps::HITS)?)?);
         let control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
-        let traced = HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
+        let traced = aya::maps::HashMap::try_from(take(&mut ebpf, maps::TRACED)?)?;
         let return_offsets = Array::try_from(take(&mut ebpf, maps::RETURN_OFFSETS)?)?;
         let probe_log = if log_drops != 0 {
             Some(ProbeLog::forward(&mut ebpf)?)
@@ -160,6 +165,7 @@ impl ProbeSet {
             events,
             stacks,
             drops,
+            hits,
             control,
             _probe_log: probe_log,
         };
@@ -183,7 +189,7 @@ impl ProbeSet {
             .collect();
         let all_attached_before = !plan.points.is_empty() && new.is_empty();
         if let Some(multi) = &mut self.multi {
-            match link_points(multi, &new, nonzero) {
+            match link_points(multi, &mut self.hits, &new, nonzero) {
                 Ok(links) => {
                     log::debug!(
                         "pid {pid}: {} points attached through {} uprobe_multi links",
@@ -205,11 +211,87 @@ impl ProbeSet {
         }
         for point in new {
             for program in point.function.entry.into_iter().chain(point.function.exit) {
-                attach_program(ebpf, program, point, nonzero)?;
+                let cookie = self.hits.cookie(point, program);
+                attach_program(
+                    ebpf,
+                    program,
+                    point.offset,
+                    &point.host_path,
+                    cookie,
+                    nonzero,
+                )
+                .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
             }
         }
         self.traced.insert(pid, 1, 0)?;
         Ok(all_attached_before)
+    }
+
+    /// Puts the calibration probes, which return at once, on functions of leaktrace's own
+    /// `binary` for leaktrace's own process, through the same kind of attachment as the
+    /// target's: an entry probe at each of `entries`, and a return probe at each of `returns`.
+    /// They stay until [`ProbeSet::detach_in_background`], with the rest.
+    pub fn attach_calibration(
+        &mut self,
+        binary: &Path,
+        entries: &[u64],
+        returns: &[u64],
+    ) -> Result<()> {
+        let ebpf = self.ebpf.as_mut().context("the probes are detached")?;
+        let pid = NonZeroU32::new(std::process::id()).context("leaktrace has no pid")?;
+        let sets = [
+            (programs::CALIBRATION_ENTER, entries),
+            (programs::CALIBRATION_EXIT, returns),
+        ];
+        for (program, offsets) in sets.into_iter().filter(|(_, o)| !o.is_empty()) {
+            if let Some(multi) = &mut self.multi {
+                let points: Vec<MultiPoint> = offsets
+                    .iter()
+                    .map(|&offset| MultiPoint { offset, cookie: 0 })
+                    .collect();
+                self.links
+                    .push(multi.link(program, binary, &points, pid.get())?);
+            } else {
+                for &offset in offsets {
+                    attach_program(ebpf, program, offset, binary, 0, pid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every point the probes count hits of, by number.
+    pub fn hit_points(&self) -> &[HitPoint] {
+        self.hits.points()
+    }
+
+    /// The hits of each of [`ProbeSet::hit_points`] so far, window open or not.
+    pub fn hits(&self) -> Result<Vec<u64>> {
+        self.hits.read()
+    }
+
+    /// Each uprobe program's runs and run time in ns, summed over its loads (through aya and
+    /// for uprobe_multi links), as the kernel counts them while BPF statistics are on
+    /// ([`time_programs`]); empty once detached.
+    pub fn program_runs(&self) -> HashMap<String, (u64, u64)> {
+        let mut runs: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut add = |name: &str, count: u64, ns: u64| {
+            let entry = runs.entry(name.to_owned()).or_default();
+            *entry = (entry.0 + count, entry.1 + ns);
+        };
+        if let Some(ebpf) = &self.ebpf {
+            for (name, program) in ebpf.programs() {
+                if let (aya::programs::Program::UProbe(_), Ok(info)) = (program, program.info()) {
+                    add(name, info.run_count(), info.run_time().as_nanos() as u64);
+                }
+            }
+        }
+        if let Some(multi) = &self.multi {
+            for (name, count, ns) in multi.runs() {
+                add(&name, count, ns);
+            }
+        }
+        runs
     }
 
     /// Starts recording, in every probe at once; returns the instant (CLOCK_MONOTONIC ns).
@@ -279,6 +361,13 @@ impl ProbeSet {
     }
 }
 
+/// Turns on the kernel's run-time statistics of every BPF program ([`ProbeSet::program_runs`])
+/// until the descriptor returned is closed. They cost every BPF program on the machine two
+/// clock reads a run while on.
+pub fn time_programs() -> Result<OwnedFd> {
+    Ok(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
+}
+
 /// Probes being removed; [`Detach::wait`] returns once none is left in the target.
 #[must_use = "leaktrace must not exit before its probes are gone"]
 pub struct Detach(std::thread::JoinHandle<()>);
@@ -303,6 +392,7 @@ fn single_uprobes_forced() -> bool {
 /// One uprobe_multi link per program and binary, for every point of `points` it serves.
 fn link_points(
     multi: &mut MultiPrograms,
+    hits: &mut HitCounter,
     points: &[&ProbePoint],
     pid: NonZeroU32,
 ) -> Result<Vec<OwnedFd>> {
@@ -314,7 +404,7 @@ fn link_points(
                 .or_default()
                 .push(MultiPoint {
                     offset: point.offset,
-                    cookie: point.entry.arguments.cookie(),
+                    cookie: hits.cookie(point, program),
                 });
         }
     }
@@ -323,22 +413,19 @@ fn link_points(
         .map(|((program, binary), points)| {
             multi
                 .link(program, binary, &points, pid.get())
-                .map_err(|error| {
-                    classify(
-                        error,
-                        &format!("attach uprobes to pid {pid}"),
-                        "CAP_PERFMON and CAP_SYS_PTRACE",
-                    )
-                })
+                .map_err(|error| classify(error, &format!("attach uprobes to pid {pid}")))
                 .with_context(|| format!("probe {program} in {}", binary.display()))
         })
         .collect()
 }
 
+/// One perf-event uprobe: `program` at `offset` of `binary`, for process `pid`.
 fn attach_program(
     ebpf: &mut Ebpf,
     program: &str,
-    point: &ProbePoint,
+    offset: u64,
+    binary: &Path,
+    cookie: u64,
     pid: NonZeroU32,
 ) -> Result<()> {
     let program: &mut UProbe = ebpf
@@ -346,40 +433,34 @@ fn attach_program(
         .with_context(|| format!("the eBPF object has no program {program}"))?
         .try_into()?;
     if program.fd().is_err() {
-        program.load().map_err(|error| {
-            classify(
-                anyhow::Error::new(error),
-                "load BPF programs",
-                "CAP_BPF and CAP_PERFMON",
-            )
-        })?;
+        program
+            .load()
+            .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
     }
     program
         .attach(
             UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(point.offset),
-                cookie: Some(point.entry.arguments.cookie()),
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie),
             },
-            &point.host_path,
+            binary,
             UProbeScope::OneProcess(pid),
         )
         .map_err(|error| {
             classify(
                 anyhow::Error::new(error),
                 &format!("attach uprobes to pid {pid}"),
-                "CAP_PERFMON and CAP_SYS_PTRACE",
             )
-        })
-        .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
+        })?;
     Ok(())
 }
 
 /// Turns a kernel refusal into the [`Failure`] the operator can act on.
-fn classify(error: anyhow::Error, action: &str, capability: &'static str) -> anyhow::Error {
+fn classify(error: anyhow::Error, action: &str) -> anyhow::Error {
     match os_error(error.as_ref()) {
         Some(libc::EPERM | libc::EACCES) => anyhow::Error::new(Failure::NotPermitted {
             action: action.to_owned(),
-            capability,
+            remedy: capability_remedy(&CAPTURE_CAPABILITIES),
         }),
         Some(libc::ENOSYS) => anyhow::Error::new(Failure::KernelUnsupported(
             "no bpf() system call (CONFIG_BPF_SYSCALL)".into(),
@@ -448,6 +529,12 @@ mod tests {
         for (program, tracepoint) in TRACEPOINTS {
             let found = section_of(program);
             assert_eq!(found, Some(format!("raw_tp/{tracepoint}")), "{program}");
+        }
+        for (program, section) in [
+            (programs::CALIBRATION_ENTER, "uprobe"),
+            (programs::CALIBRATION_EXIT, "uretprobe"),
+        ] {
+            assert_eq!(section_of(program).as_deref(), Some(section), "{program}");
         }
     }
 }

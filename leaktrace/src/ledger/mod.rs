@@ -1,13 +1,15 @@
 //! Ledger: the outstanding blocks and what each call site holds.
 //!
 //! In: decoded allocations and frees, each with a stack key from [`crate::stacks`]. Out: per
-//! call site its live bytes and blocks, allocations and frees, and over the capture its
-//! growth ([`trends`]); with sampling on, every figure scaled back up ([`sampling`]).
+//! call site its live bytes and blocks, allocations and frees, the least and most it held in
+//! each interval, and over the capture its growth ([`trends`]) and its verdict ([`verdict`]);
+//! with sampling on, every figure scaled back up ([`sampling`]).
 //!
 //! The [`Ledger`] itself lives here: address → outstanding block, and per site its totals.
 
 pub mod sampling;
 pub mod trends;
+pub mod verdict;
 
 pub use sampling::Sampling;
 pub use trends::Trends;
@@ -53,6 +55,31 @@ pub struct SiteStats {
     pub temporary: u64,
 }
 
+/// One outstanding block, as `-a` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveBlock {
+    pub address: u64,
+    pub size: u64,
+    /// Milliseconds since its allocation, at the report.
+    pub age_ms: u32,
+}
+
+/// The least and the most live bytes a site held since the interval began
+/// ([`Ledger::take_watermarks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: u64,
+    pub high: u64,
+}
+
+/// One interval of the target's own time, closed: every site's watermarks in it (by site
+/// index), and when it ended (ms since the capture started).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedInterval {
+    pub end_ms: u64,
+    pub watermarks: Vec<Watermarks>,
+}
+
 /// Totals over all sites, plus the events that matched no site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -63,6 +90,9 @@ pub struct Totals {
     pub alloc_bytes: u64,
     /// Frees of addresses never seen allocated: blocks from before the attach, mostly.
     pub unmatched_frees: u64,
+    /// What those frees released, where the allocator keeps the size by the block (glibc,
+    /// attached with `-p`); 0 elsewhere.
+    pub unmatched_free_bytes: u64,
     /// Allocations returned at an address we still held as live: its free was not seen
     /// (a lost event), so the old block is taken as freed.
     pub missed_frees: u64,
@@ -110,9 +140,19 @@ pub type StackKey = i64;
 pub struct Ledger {
     outstanding: HashMap<u64, Outstanding>,
     sites: Vec<SiteStats>,
+    /// Per site, its low and high-water marks in the current interval: kept on each of its
+    /// allocations and frees, so that a burst between two samples is seen.
+    watermarks: Vec<Watermarks>,
+    /// With intervals by event time ([`Ledger::with_intervals`]): their length in ms (0:
+    /// none, the caller ends intervals with [`Ledger::take_watermarks`]), the index of the
+    /// one under way, and those closed since [`Ledger::close_intervals`] last took them.
+    interval_ms: u32,
+    interval: u64,
+    closed: Vec<ClosedInterval>,
     stack_keys: Vec<StackKey>,
     site_of_stack: HashMap<StackKey, SiteId>,
     unmatched_frees: u64,
+    unmatched_free_bytes: u64,
     missed_frees: u64,
     /// Per thread, the block its realloc in flight freed, kept until the thread's next realloc
     /// in case this one fails: then the block is live again.
@@ -154,6 +194,49 @@ impl Ledger {
         }
     }
 
+    /// A ledger whose watermarks are kept per interval of `interval_ms` of the target's own
+    /// time: interval k is [k × interval_ms, (k + 1) × interval_ms) of the events'
+    /// timestamps, closed by the first allocation or free stamped after it (or by
+    /// [`Ledger::close_intervals`]). So the intervals are the target's, however late
+    /// leaktrace takes the events in: a leaktrace starved for seconds still sees each second
+    /// of a cache filling in its own interval. (Events whose timestamps come slightly out of
+    /// order, from two CPUs, count in the interval under way.)
+    pub fn with_intervals(sampling: Sampling, interval_ms: u32) -> Self {
+        Ledger {
+            interval_ms,
+            ..Ledger::new(sampling)
+        }
+    }
+
+    /// Closes every interval that ended by `ms`.
+    fn advance(&mut self, ms: u32) {
+        if self.interval_ms == 0 {
+            return;
+        }
+        let now = u64::from(ms / self.interval_ms);
+        while self.interval < now {
+            self.interval += 1;
+            let watermarks = self.take_watermarks();
+            self.closed.push(ClosedInterval {
+                end_ms: self.interval * u64::from(self.interval_ms),
+                watermarks,
+            });
+        }
+    }
+
+    /// With intervals by event time: closes every interval that ended by `now_ms` (all the
+    /// events stamped before it taken in), and hands over all those closed since the last
+    /// call, oldest first. None without.
+    pub fn close_intervals(&mut self, now_ms: u32) -> Vec<ClosedInterval> {
+        self.advance(now_ms);
+        std::mem::take(&mut self.closed)
+    }
+
+    /// When the interval under way began (ms since the capture started).
+    pub fn interval_start_ms(&self) -> u64 {
+        self.interval * u64::from(self.interval_ms)
+    }
+
     /// Records an allocation; returns the site and whether the site is new, so the caller can
     /// fetch the stack once.
     pub fn record_alloc(
@@ -163,22 +246,25 @@ impl Ledger {
         stack: StackKey,
         allocated_ms: u32,
     ) -> (SiteId, bool) {
+        self.advance(allocated_ms);
         let (site, is_new) = self.site_for(stack.max(Self::LOST_STACK));
+        let block = Outstanding {
+            size,
+            site,
+            allocated_ms,
+        };
+        // The block whose free was missed went first.
+        if let Some(stale) = self.outstanding.insert(address, block) {
+            self.missed_frees += 1;
+            self.release(stale, allocated_ms, true);
+        }
         let weight = self.sampling.weight(size);
         let stats = &mut self.sites[site.index()];
         stats.allocs += weight.blocks;
         stats.alloc_bytes += weight.bytes;
         stats.live_bytes += weight.bytes;
         stats.live_allocations += weight.blocks;
-        let block = Outstanding {
-            size,
-            site,
-            allocated_ms,
-        };
-        if let Some(stale) = self.outstanding.insert(address, block) {
-            self.missed_frees += 1;
-            self.release(stale, allocated_ms);
-        }
+        self.rose(site);
         (site, is_new)
     }
 
@@ -192,6 +278,7 @@ impl Ledger {
         stats.alloc_bytes += size;
         stats.live_bytes += size;
         stats.live_allocations += 1;
+        self.rose(site);
         let end = address.saturating_add(size);
         self.mappings.insert(address, Mapped { end, site });
         (site, is_new)
@@ -230,20 +317,30 @@ impl Ledger {
             if pieces.is_empty() {
                 stats.frees += 1;
             }
+            self.fell(mapped.site);
         }
     }
 
     /// A free at `freed_ms` (milliseconds since the capture started).
-    pub fn record_free(&mut self, address: u64, freed_ms: u32) {
-        self.free(address, freed_ms);
+    /// A free; false when its block was never seen allocated (allocated before the attach).
+    pub fn record_free(&mut self, address: u64, freed_ms: u32) -> bool {
+        self.advance(freed_ms);
+        self.free(address, freed_ms, true).is_some()
     }
 
-    fn free(&mut self, address: u64, freed_ms: u32) -> Option<Released> {
+    /// A free of a block never seen allocated released `bytes`, as the allocator told
+    /// ([`Totals::unmatched_free_bytes`]).
+    pub fn record_release_before_attach(&mut self, bytes: u64) {
+        self.unmatched_free_bytes += bytes;
+    }
+
+    /// Frees the block at `address`; `lowers_floor` unless the free is a realloc's.
+    fn free(&mut self, address: u64, freed_ms: u32, lowers_floor: bool) -> Option<Released> {
         let Some(block) = self.outstanding.remove(&address) else {
             self.unmatched_frees += 1;
             return None;
         };
-        let temporary = self.release(block, freed_ms);
+        let temporary = self.release(block, freed_ms, lowers_floor);
         Some(Released {
             address,
             block,
@@ -253,8 +350,15 @@ impl Ledger {
 
     /// realloc on thread `tid` started on `address`: freed now, restorable until the thread's
     /// next realloc.
+    ///
+    /// The free does not lower its site's low-water mark: the block moves rather than goes,
+    /// and its new copy follows in a moment. Else a buffer that grows by realloc would show a
+    /// floor without it in every interval it grew in. (The next interval's floor starts from
+    /// the live bytes as they are then, so a block realloc moved to another site leaves this
+    /// one's floor at the next interval.)
     pub fn record_realloc_free(&mut self, tid: u32, address: u64, freed_ms: u32) {
-        match self.free(address, freed_ms) {
+        self.advance(freed_ms);
+        match self.free(address, freed_ms, false) {
             Some(released) => self.realloc_freed.insert(tid, released),
             None => self.realloc_freed.remove(&tid),
         };
@@ -276,11 +380,13 @@ impl Ledger {
         stats.temporary -= if temporary { weight.blocks } else { 0 };
         stats.live_bytes += weight.bytes;
         stats.live_allocations += weight.blocks;
+        self.rose(block.site);
         self.outstanding.insert(address, block);
     }
 
-    /// Takes a freed block off its site; true when it counted as temporary.
-    fn release(&mut self, block: Outstanding, freed_ms: u32) -> bool {
+    /// Takes a freed block off its site; true when it counted as temporary. `lowers_floor`:
+    /// the site's low-water mark follows (see [`Ledger::record_realloc_free`] for when not).
+    fn release(&mut self, block: Outstanding, freed_ms: u32, lowers_floor: bool) -> bool {
         let temporary = freed_ms.saturating_sub(block.allocated_ms) < Self::TEMPORARY_MS;
         let weight = self.sampling.weight(block.size);
         let stats = &mut self.sites[block.site.index()];
@@ -288,7 +394,38 @@ impl Ledger {
         stats.temporary += if temporary { weight.blocks } else { 0 };
         stats.live_bytes -= weight.bytes;
         stats.live_allocations -= weight.blocks;
+        if lowers_floor {
+            self.fell(block.site);
+        }
         temporary
+    }
+
+    /// `site`'s live bytes went up: its high-water mark follows.
+    fn rose(&mut self, site: SiteId) {
+        let live = self.sites[site.index()].live_bytes;
+        let marks = &mut self.watermarks[site.index()];
+        marks.high = marks.high.max(live);
+    }
+
+    /// `site`'s live bytes went down: its low-water mark follows.
+    fn fell(&mut self, site: SiteId) {
+        let live = self.sites[site.index()].live_bytes;
+        let marks = &mut self.watermarks[site.index()];
+        marks.low = marks.low.min(live);
+    }
+
+    /// Every site's low and high-water marks since the last call (by site index; a site new
+    /// since then starts from 0, which it held before its first block); each then starts
+    /// again from the site's live bytes now. Without intervals by event time the caller
+    /// calls this at each interval's end; with them, at the capture's end, for the interval
+    /// under way.
+    pub fn take_watermarks(&mut self) -> Vec<Watermarks> {
+        let now = self.sites.iter().map(|stats| Watermarks {
+            low: stats.live_bytes,
+            high: stats.live_bytes,
+        });
+        let now: Vec<Watermarks> = now.collect();
+        std::mem::replace(&mut self.watermarks, now)
     }
 
     fn site_for(&mut self, stack: StackKey) -> (SiteId, bool) {
@@ -297,6 +434,7 @@ impl Ledger {
         }
         let site = SiteId(self.sites.len() as u32);
         self.sites.push(SiteStats::default());
+        self.watermarks.push(Watermarks::default());
         self.stack_keys.push(stack);
         self.site_of_stack.insert(stack, site);
         (site, true)
@@ -334,6 +472,31 @@ impl Ledger {
         sites
     }
 
+    /// Per site, its `most` oldest live blocks that `filter` keeps (bcc memleak's -a).
+    pub fn oldest_blocks(
+        &self,
+        filter: &BlockFilter,
+        now_ms: u32,
+        most: usize,
+    ) -> HashMap<SiteId, Vec<LiveBlock>> {
+        let mut by_site: HashMap<SiteId, Vec<LiveBlock>> = HashMap::new();
+        for (&address, block) in &self.outstanding {
+            if !filter.keeps(block, now_ms) {
+                continue;
+            }
+            by_site.entry(block.site).or_default().push(LiveBlock {
+                address,
+                size: block.size,
+                age_ms: now_ms.saturating_sub(block.allocated_ms),
+            });
+        }
+        for blocks in by_site.values_mut() {
+            blocks.sort_by_key(|b| (std::cmp::Reverse(b.age_ms), b.address));
+            blocks.truncate(most);
+        }
+        by_site
+    }
+
     /// For windows of `window_ms` from the start: per window, per site (by index), the live
     /// bytes and blocks allocated in it. Blocks past the last window go into the last.
     pub fn live_by_window(&self, window_ms: u32, windows: usize) -> Vec<Vec<(u64, u64)>> {
@@ -355,6 +518,7 @@ impl Ledger {
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             unmatched_frees: self.unmatched_frees,
+            unmatched_free_bytes: self.unmatched_free_bytes,
             missed_frees: self.missed_frees,
             ..Totals::default()
         };
@@ -572,6 +736,110 @@ mod tests {
         assert_eq!(
             (ledger.site(site).frees, ledger.site(site).temporary),
             (2, 1)
+        );
+    }
+
+    #[test]
+    fn watermarks_catch_what_happened_between_two_ticks() {
+        let mut ledger = Ledger::default();
+        let (held, _) = ledger.record_alloc(0x10, 1000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks { low: 0, high: 1000 },
+            "a new site held nothing before its first block"
+        );
+        // A burst on top, gone by the tick; and a dip below, refilled by the tick.
+        ledger.record_alloc(0x20, 5000, 1, 0);
+        ledger.record_free(0x20, 0);
+        ledger.record_free(0x10, 0);
+        ledger.record_alloc(0x30, 1000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks { low: 0, high: 6000 }
+        );
+        assert_eq!(
+            ledger.take_watermarks()[held.index()],
+            Watermarks {
+                low: 1000,
+                high: 1000
+            },
+            "a quiet interval: the live bytes throughout"
+        );
+    }
+
+    #[test]
+    fn intervals_follow_the_events_own_time_however_late_they_are_taken_in() {
+        let mut ledger = Ledger::with_intervals(Sampling::Exact, 1000);
+        // Four seconds of a cache filling, taken in all at once.
+        let mut site = None;
+        for second in 0..4u32 {
+            for i in 0..10 {
+                let address = u64::from(second * 10 + i + 1) * 0x100;
+                site = Some(
+                    ledger
+                        .record_alloc(address, 100, 1, second * 1000 + i * 50)
+                        .0,
+                );
+            }
+        }
+        let site = site.unwrap().index();
+        let closed = ledger.close_intervals(4500);
+        let marks: Vec<(u64, Watermarks)> = closed
+            .iter()
+            .map(|c| (c.end_ms, c.watermarks[site]))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                (1000, Watermarks { low: 0, high: 1000 }),
+                (
+                    2000,
+                    Watermarks {
+                        low: 1000,
+                        high: 2000
+                    }
+                ),
+                (
+                    3000,
+                    Watermarks {
+                        low: 2000,
+                        high: 3000
+                    }
+                ),
+                (
+                    4000,
+                    Watermarks {
+                        low: 3000,
+                        high: 4000
+                    }
+                ),
+            ]
+        );
+        assert_eq!(ledger.interval_start_ms(), 4000);
+        assert!(ledger.close_intervals(4900).is_empty(), "taken once");
+        // A quiet stretch: its intervals close at the next call, each with the live bytes.
+        let quiet = ledger.close_intervals(7000);
+        assert_eq!(quiet.len(), 3);
+        assert!(quiet.iter().all(|c| c.watermarks[site]
+            == Watermarks {
+                low: 4000,
+                high: 4000
+            }));
+    }
+
+    #[test]
+    fn a_realloc_moving_a_block_does_not_lower_the_floor() {
+        let mut ledger = Ledger::default();
+        let (site, _) = ledger.record_alloc(0x10, 1000, 1, 0);
+        ledger.take_watermarks();
+        ledger.record_realloc_free(7, 0x10, 0);
+        ledger.record_alloc(0x20, 2000, 1, 0);
+        assert_eq!(
+            ledger.take_watermarks()[site.index()],
+            Watermarks {
+                low: 1000,
+                high: 2000
+            }
         );
     }
 

@@ -86,6 +86,16 @@ impl ProbePlan {
             .map(|p| p.module.as_path())
     }
 
+    /// Whether free binds to glibc, which keeps each block's size in the word before it.
+    pub fn free_is_glibc(&self) -> bool {
+        self.points.iter().any(|p| {
+            p.function.symbol == "free"
+                && p.module
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("libc.so"))
+        })
+    }
+
     /// The modules whose frames are the allocator's, not its caller's: the probed ones, and
     /// those of operators seen through them.
     pub fn allocator_modules(&self) -> Vec<&Path> {

@@ -90,7 +90,9 @@ impl AllocatorSearch {
                 continue;
             };
             let entry = if self.choice.entry_probes {
-                EntryPoint::at_entry("at the entry, as --entry-probes asks".into())
+                // A point moved past the entry was moved off a single-stepped instruction.
+                let emulated = definition.entry.offset == 0 && definition.entry.emulated;
+                EntryPoint::at_entry("at the entry, as --entry-probes asks".into(), emulated)
             } else {
                 definition.entry.clone()
             };

@@ -40,17 +40,7 @@ mod tests {
     };
 
     fn frame(function: &str) -> Frame {
-        Frame {
-            address: "0x1".into(),
-            module: Some("/bin/x".into()),
-            build_id: None,
-            module_offset: None,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            inlined: false,
-            found_by: crate::stacks::symbolize::FoundBy::Ip,
-        }
+        Frame::of_function(function, Some("/bin/x"))
     }
 
     fn site(live_bytes: u64, innermost_first: &[&str]) -> SiteReport {
@@ -59,10 +49,20 @@ mod tests {
                 live_bytes,
                 ..SiteStats::default()
             },
+            verdict: crate::ledger::verdict::Verdict::TooEarly,
+            floor_growth_bytes_per_s: 0.0,
             growth_bytes_per_s: 0.0,
-            growth_steadiness: 0.0,
+            growth_steadiness: None,
             series: Vec::new(),
+            label: innermost_first
+                .first()
+                .map_or_else(String::new, |f| f.to_string()),
+            wrappers: Vec::new(),
+            site: innermost_first
+                .first()
+                .map_or_else(String::new, |f| f.to_string()),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
+            blocks: Vec::new(),
         }
     }
 
@@ -87,6 +87,7 @@ mod tests {
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),
+            cost: None,
         }
     }
 

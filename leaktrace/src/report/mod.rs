@@ -13,7 +13,6 @@ mod text;
 
 use std::{
     io::IsTerminal,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -21,13 +20,16 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use folded::folded_stacks;
+pub use output::Format;
 pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
 
 use crate::{
+    cost::CostReport,
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
-    ledger::{Ledger, SiteId, SiteStats, Totals},
+    ledger::verdict::{Judgement, Verdict},
+    ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
     target::memory::MemorySample,
@@ -38,18 +40,34 @@ use crate::{
 pub struct SiteReport {
     #[serde(flatten)]
     pub stats: SiteStats,
+    /// What the site's floor did over the whole capture ([`crate::ledger::verdict`]).
+    pub verdict: Verdict,
+    /// Theil–Sen slope of the site's floor (each interval's least live bytes), bytes per
+    /// second: over the rising part when `leaking`, else over the whole capture.
+    pub floor_growth_bytes_per_s: f64,
     /// Least-squares slope of live bytes over the last intervals ([`crate::ledger::trends`]).
     pub growth_bytes_per_s: f64,
-    /// R² of that fit: how steadily the site grows, 0 to 1.
-    pub growth_steadiness: f64,
+    /// R² of that fit: how steadily the site grows, 0 to 1; `None` (null) when fitted
+    /// through fewer than 3 samples.
+    pub growth_steadiness: Option<f64>,
     /// (seconds since the start, live bytes) at each interval and at the end.
     pub series: Vec<(f64, u64)>,
+    /// The function named past the allocator wrappers ([`crate::stacks::labels`]).
+    pub label: String,
+    /// The wrappers folded into the label, innermost first: the first frames of `frames`.
+    pub wrappers: Vec<String>,
+    /// The site as the text report and the live view name it: `createClient ← zmalloc`,
+    /// with what tells it apart from sites of the same label.
+    pub site: String,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
+    /// With `-a`: its oldest live blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<LiveBlock>,
 }
 
 /// How the capture ended, so the text can say "in use at exit" only when that is what it saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ending {
     /// The window (`-d`) closed.
@@ -63,6 +81,10 @@ pub enum Ending {
     /// leaktrace itself failed while taking in events (a bug): the report holds what it took
     /// in before.
     Failed,
+    /// The estimated tracing cost stayed above `--max-overhead` (`limit`, in percent of the
+    /// target's CPU) for [`crate::cost::limit::INTERVALS`] intervals in a row; `percent` is the
+    /// last interval's.
+    Overhead { percent: f64, limit: f64 },
 }
 
 /// The final state of a capture. Its JSON form is the contract in the README: fields may be
@@ -73,7 +95,8 @@ pub struct Report {
     pub header: ReportHeader,
     pub totals: Totals,
     pub drops: DropCounts,
-    /// Every site, by live bytes (most first).
+    /// Every site: the `leaking` ones first, fastest floor first; then the others by live
+    /// bytes (most first).
     pub sites: Vec<SiteReport>,
     /// The target's earlier program images (before an exec) and, with `-f`, its children:
     /// each reported on its own.
@@ -85,6 +108,10 @@ pub struct Report {
     /// The target's memory (RSS, PSS, anonymous, heap…) at each interval.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub memory: Vec<MemorySample>,
+    /// What tracing cost the traced processes: the capture's figures, and their inputs. In
+    /// the lead report only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostReport>,
 }
 
 impl Report {
@@ -93,32 +120,69 @@ impl Report {
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
-        mut sites: Vec<(SiteId, SiteStats)>,
+        sites: Vec<(SiteId, SiteStats, Vec<LiveBlock>)>,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
-        totals.live_bytes = sites.iter().map(|(_, s)| s.live_bytes).sum();
-        totals.live_allocations = sites.iter().map(|(_, s)| s.live_allocations).sum();
-        sites.sort_by_key(|(_, stats)| std::cmp::Reverse((stats.live_bytes, stats.allocs)));
+        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
+        let released_before_attach = if header.from_start {
+            0.0
+        } else {
+            totals.unmatched_free_bytes as f64 / header.duration_s.max(1e-3)
+        };
+        totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
+        totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
+        let mut sites: Vec<_> = sites
+            .into_iter()
+            .map(|(site, stats, blocks)| {
+                let judgement = trends
+                    .whole_verdict(site)
+                    .allowing_for_replacement(released_before_attach);
+                (site, stats, blocks, judgement)
+            })
+            .collect();
+        sites.sort_by(|(_, a, _, a_verdict), (_, b, _, b_verdict)| {
+            let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+            let leak_rate = |j: &Judgement| {
+                if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
+            };
+            (leaking(b_verdict).cmp(&leaking(a_verdict)))
+                .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
+                .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
+        });
         let mut progress = Progress::new("symbolizing", sites.len());
+        for (site, ..) in &sites {
+            progress.advance();
+            call_sites.frames(*site, symbolizer);
+        }
+        progress.finish();
+        let mut labels = call_sites.labels(&[], None, symbolizer).to_vec();
         let sites = sites
             .into_iter()
-            .map(|(site, stats)| {
-                progress.advance();
+            .map(|(site, stats, blocks, judgement)| {
                 let growth = trends.growth(site);
+                let label = labels
+                    .get_mut(site.index())
+                    .map(std::mem::take)
+                    .unwrap_or_default();
                 SiteReport {
                     stats,
+                    verdict: judgement.verdict,
+                    floor_growth_bytes_per_s: judgement.floor_bytes_per_s,
                     growth_bytes_per_s: growth.bytes_per_s,
-                    growth_steadiness: growth.steadiness,
+                    growth_steadiness: growth.shown_steadiness(),
                     series: trends.series(site).to_vec(),
+                    label: label.label,
+                    wrappers: label.wrappers,
+                    site: label.text,
                     frames: call_sites.frames(site, symbolizer).to_vec(),
+                    blocks,
                 }
             })
             .collect();
-        progress.finish();
         Report {
             header,
             totals,
@@ -127,27 +191,19 @@ impl Report {
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),
+            cost: None,
         }
     }
 
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)?;
-        write_report(path, (json + "\n").as_bytes())
-    }
-
-    pub fn write_folded(&self, path: &Path) -> Result<()> {
-        write_report(path, folded_stacks(self).as_bytes())
-    }
-
-    pub fn write_flamegraph(&self, path: &Path) -> Result<()> {
-        let svg = self.flamegraph()?;
-        write_report(path, svg.as_bytes())
-    }
-
-    /// The self-contained HTML report, with the top `top` sites.
-    pub fn write_html(&self, path: &Path, top: usize) -> Result<()> {
-        let page = html::html(self, top, &self.flamegraph()?);
-        write_report(path, page.as_bytes())
+    /// The report in `format`, as the file (or standard output) gets it.
+    pub fn render(&self, format: Format, top: usize) -> Result<Vec<u8>> {
+        Ok(match format {
+            Format::Json => (serde_json::to_string_pretty(self)? + "\n").into_bytes(),
+            Format::Folded => folded_stacks(self).into_bytes(),
+            Format::Flamegraph => self.flamegraph()?.into_bytes(),
+            Format::Html => html::html(self, top, &self.flamegraph()?).into_bytes(),
+            Format::Pprof => pprof::pprof(self)?,
+        })
     }
 
     /// An SVG flamegraph of live bytes, drawn by inferno from the folded stacks.
@@ -159,28 +215,42 @@ impl Report {
             self.header.pid, self.header.command
         );
         options.count_name = "bytes".to_owned();
-        let mut svg = Vec::new();
         if folded.is_empty() {
-            // inferno refuses an empty profile; say so in the picture instead.
-            options.title.push_str(": no live bytes");
-            inferno::flamegraph::from_lines(&mut options, ["[nothing live] 0"], &mut svg)
-        } else {
-            inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+            // inferno refuses a profile with nothing in it: a picture that says so instead.
+            return Ok(format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"60\">\
+                 <text x=\"600\" y=\"34\" text-anchor=\"middle\" font-family=\"Verdana\" \
+                 font-size=\"17\">{}: no live bytes</text></svg>\n",
+                html::escape(&options.title)
+            ));
         }
-        .context("draw the flamegraph")?;
-        Ok(String::from_utf8_lossy(&svg).into_owned())
-    }
-
-    pub fn write_pprof(&self, path: &Path) -> Result<()> {
-        let profile = pprof::pprof(self)?;
-        write_report(path, &profile)
+        let mut svg = Vec::new();
+        inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+            .context("draw the flamegraph")?;
+        let label = format!(
+            "all live bytes of pid {} ({}): {} bytes in {} blocks",
+            self.header.pid,
+            self.header.command,
+            thousands(self.totals.live_bytes),
+            thousands(self.totals.live_allocations)
+        );
+        Ok(label_root(&String::from_utf8_lossy(&svg), &label))
     }
 }
 
-/// Every report file goes out this way: atomically, never through a link, owned by the sudo
-/// user.
-fn write_report(path: &Path, contents: &[u8]) -> Result<()> {
-    output::write_atomically(path, contents, output::invoking_user())
+/// inferno leaves its root frame ("all") blank: write `label` in it. The root is the frame
+/// whose tooltip starts "all (": its text element follows its title and rectangle.
+fn label_root(svg: &str, label: &str) -> String {
+    const ROOT: &str = "<title>all (";
+    const EMPTY_TEXT: &str = "></text>";
+    let Some(root) = svg.find(ROOT) else {
+        return svg.to_owned();
+    };
+    let Some(text) = svg[root..].find(EMPTY_TEXT).map(|at| root + at + 1) else {
+        return svg.to_owned();
+    };
+    let label = html::escape(label);
+    format!("{}{label}{}", &svg[..text], &svg[text..])
 }
 
 /// One capture window (`--windows`): the blocks allocated in it and still live at the end,
@@ -199,7 +269,7 @@ pub struct WindowReport {
 pub struct WindowSite {
     pub live_bytes: u64,
     pub live_allocations: u64,
-    /// The site's first frame, as the text report shows it.
+    /// The site as the text report shows it ([`SiteReport::site`]).
     pub site: String,
 }
 
@@ -282,6 +352,21 @@ pub fn thousands(value: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flamegraph_root_is_labelled() {
+        let svg = "<g><title>leak (3 bytes, 75%)</title><rect/><text x=\"1\">leak</text></g>\
+                   <g><title>all (4 bytes, 100%)</title><rect/><text x=\"0\"></text></g>";
+        let labelled = label_root(svg, "all live bytes of pid 1 (a<b)");
+        assert!(
+            labelled.ends_with(
+                "<title>all (4 bytes, 100%)</title><rect/><text x=\"0\">all live bytes of pid 1 \
+                 (a&lt;b)</text></g>"
+            ),
+            "{labelled}"
+        );
+        assert_eq!(label_root("<svg/>", "x"), "<svg/>");
+    }
 
     #[test]
     fn thousands_groups_digits() {

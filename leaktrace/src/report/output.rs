@@ -20,69 +20,154 @@ use anyhow::{Context, Result};
 use super::Report;
 use crate::error::Failure;
 
+/// The formats a report is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Folded,
+    Flamegraph,
+    Html,
+    Pprof,
+}
+
+/// Where one report goes: a file, or standard output (`-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    File(PathBuf),
+    Stdout,
+}
+
+impl Destination {
+    /// `-` is standard output; anything else a file.
+    pub fn from_arg(path: &Path) -> Destination {
+        if path == Path::new("-") {
+            Destination::Stdout
+        } else {
+            Destination::File(path.to_path_buf())
+        }
+    }
+}
+
 /// The report files the command line asks for (`--json`, `--folded`, …).
 #[derive(Clone, Debug, Default)]
 pub struct ReportFiles {
-    pub json: Option<PathBuf>,
-    pub folded: Option<PathBuf>,
-    pub pprof: Option<PathBuf>,
-    pub flamegraph: Option<PathBuf>,
-    pub html: Option<PathBuf>,
+    pub outputs: Vec<(Format, Destination)>,
     /// Sites the HTML page shows.
     pub top: usize,
 }
 
 impl ReportFiles {
-    /// Fails before the capture, not after it, when a report could not be written.
+    /// Fails before the capture, not after it, when a report could not be written: a path
+    /// that cannot take a file, two reports to one path, two to standard output.
     pub fn check(&self) -> Result<()> {
-        let paths = [
-            &self.json,
-            &self.folded,
-            &self.pprof,
-            &self.flamegraph,
-            &self.html,
-        ];
-        paths.into_iter().flatten().try_for_each(|p| check_path(p))
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut to_stdout = 0;
+        for (_, destination) in &self.outputs {
+            match destination {
+                Destination::Stdout => to_stdout += 1,
+                Destination::File(path) => {
+                    check_path(path)?;
+                    let same = comparable(path);
+                    if files.contains(&same) {
+                        return Err(output_failure(path, "another report goes there too"));
+                    }
+                    files.push(same);
+                }
+            }
+        }
+        if to_stdout > 1 {
+            return Err(output_failure(
+                Path::new("-"),
+                "only one report can go to standard output",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a report goes to standard output: the text report then goes to stderr.
+    pub fn takes_stdout(&self) -> bool {
+        self.outputs
+            .iter()
+            .any(|(_, destination)| *destination == Destination::Stdout)
     }
 
     pub fn write(&self, report: &Report) -> Result<()> {
-        if let Some(path) = &self.json {
-            report.write_json(path)?;
-        }
-        if let Some(path) = &self.folded {
-            report.write_folded(path)?;
-        }
-        if let Some(path) = &self.pprof {
-            report.write_pprof(path)?;
-        }
-        if let Some(path) = &self.flamegraph {
-            report.write_flamegraph(path)?;
-        }
-        if let Some(path) = &self.html {
-            report.write_html(path, self.top)?;
+        for (format, destination) in &self.outputs {
+            let contents = report.render(*format, self.top)?;
+            match destination {
+                Destination::File(path) => write_atomically(path, &contents, invoking_user())?,
+                Destination::Stdout => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(&contents)
+                        .and_then(|()| stdout.flush())
+                        .context("write the report to standard output")?;
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Why `path` could not take a report, found before the capture.
+/// `path` as a file the system would open: its directory resolved, for telling two spellings
+/// of one path apart.
+fn comparable(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default();
+    fs::canonicalize(parent).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
+}
+
+fn output_failure(path: &Path, reason: &str) -> anyhow::Error {
+    Failure::OutputPath {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+    .into()
+}
+
+/// Why `path` could not take a report, found before the capture: the directory is missing
+/// or takes no new file, the path is a directory or a symbolic link.
 fn check_path(path: &Path) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let reason = if !parent.is_dir() {
-        format!("directory {} does not exist", parent.display())
-    } else if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        "it is a symbolic link, which leaktrace does not follow".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(Failure::OutputPath {
-        path: path.to_path_buf(),
-        reason,
+    let metadata = fs::symlink_metadata(path);
+    if !parent.is_dir() {
+        return Err(output_failure(
+            path,
+            &format!("directory {} does not exist", parent.display()),
+        ));
     }
-    .into())
+    if metadata.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(output_failure(
+            path,
+            "it is a symbolic link, which leaktrace does not follow",
+        ));
+    }
+    if metadata.as_ref().is_ok_and(|m| m.is_dir()) {
+        return Err(output_failure(path, "it is a directory"));
+    }
+    // The file is written beside itself first, then renamed: try that now.
+    let temporary = temporary_path(path);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+    {
+        Ok(_) => {
+            let _ = fs::remove_file(&temporary);
+            Ok(())
+        }
+        Err(error) => Err(output_failure(
+            path,
+            &format!("cannot create a file in {}: {error}", parent.display()),
+        )),
+    }
 }
 
 /// Who should own the files: the invoking user under sudo (SUDO_UID/SUDO_GID), else nobody

@@ -45,6 +45,22 @@ struct Sample {
     location_id: Vec<u64>,
     #[prost(int64, repeated, tag = "2")]
     value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    label: Vec<Label>,
+}
+
+/// A sample's tag: `key` and a string (`str`) or a number; `go tool pprof -tags` lists them,
+/// `-tagfocus=verdict=leaking` keeps the samples that carry one.
+#[derive(Clone, PartialEq, Message)]
+struct Label {
+    #[prost(int64, tag = "1")]
+    key: i64,
+    #[prost(int64, tag = "2")]
+    str: i64,
+    #[prost(int64, tag = "3")]
+    num: i64,
+    #[prost(int64, tag = "4")]
+    num_unit: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -202,7 +218,8 @@ fn parse_address(text: &str) -> u64 {
 }
 
 /// The report as a gzipped profile.proto with inuse_space, inuse_objects, alloc_space and
-/// alloc_objects; `go tool pprof` shows inuse_space first.
+/// alloc_objects; `go tool pprof` shows inuse_space first. Each sample (a site) carries its
+/// verdict as the tag `verdict` and its label as the tag `site` (its stack stays whole).
 pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
     let mut builder = Builder::default();
     builder.string("");
@@ -228,8 +245,23 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
             .map(|frames| builder.location(frames))
             .collect();
         let stats = &site.stats;
+        let label = vec![
+            Label {
+                key: builder.string("verdict"),
+                str: builder.string(site.verdict.as_str()),
+                num: 0,
+                num_unit: 0,
+            },
+            Label {
+                key: builder.string("site"),
+                str: builder.string(&site.site),
+                num: 0,
+                num_unit: 0,
+            },
+        ];
         builder.profile.sample.push(Sample {
             location_id,
+            label,
             value: [
                 stats.live_bytes,
                 stats.live_allocations,

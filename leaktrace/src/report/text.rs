@@ -3,13 +3,16 @@
 use std::fmt::Write;
 
 use super::{Ending, Report, thousands};
+use crate::cost::CostReport;
 use crate::kernel::DropCounts;
-use crate::ledger::trends::Growth;
+use crate::ledger::{trends::Growth, verdict::Verdict};
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
 
-/// The final report, top `top` sites by live bytes; then each other image or process.
+/// The final report, top `top` sites by live bytes, each headed by its label
+/// (`#1 createClient ← zmalloc: 4,096 bytes in 1 blocks …`) above its stack; then each other
+/// image or process.
 pub fn render_final(report: &Report, top: usize) -> String {
     let mut out = render_one(report, top);
     for other in &report.processes {
@@ -83,10 +86,39 @@ fn render_one(report: &Report, top: usize) -> String {
         let status = status.map_or("unknown".to_owned(), |s| s.to_string());
         let _ = writeln!(out, "target exited with status {status}");
     }
-    if totals.unmatched_frees > 0 {
+    if let Some(cost) = &report.cost {
+        out.push_str(&cost_line(cost));
+    }
+    if let Ending::Overhead { percent, limit } = header.ending {
         let _ = writeln!(
             out,
-            "frees of blocks not seen allocated (before attach, or inside the allocator): {}",
+            "ended: the tracing cost stayed above --max-overhead {}% for {} intervals in a row \
+             (≈ {} of the target's CPU in the last)",
+            limit,
+            crate::cost::limit::INTERVALS,
+            crate::cost::meter::percent(percent)
+        );
+    }
+    if totals.unmatched_frees > 0 && !header.from_start {
+        // New blocks that replace these look like growth: say how much was replaced.
+        let released = if totals.unmatched_free_bytes > 0 {
+            format!(
+                ", {} bytes, {}/s",
+                thousands(totals.unmatched_free_bytes),
+                human_bytes(totals.unmatched_free_bytes as f64 / header.duration_s.max(1e-3))
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "replacing blocks allocated before attach: {} blocks{released}",
+            thousands(totals.unmatched_frees)
+        );
+    } else if totals.unmatched_frees > 0 {
+        let _ = writeln!(
+            out,
+            "frees of blocks not seen allocated (inside the allocator): {}",
             thousands(totals.unmatched_frees)
         );
     }
@@ -101,16 +133,28 @@ fn render_one(report: &Report, top: usize) -> String {
     }
     for (rank, site) in live.iter().take(top).enumerate() {
         let stats = &site.stats;
+        // The floor's slope is the leak's rate; a site that grew then went flat has one
+        // too, from its growth, which would read as a rate.
+        let floor = match site.verdict {
+            Verdict::Leaking => {
+                format!(" (floor {}/s)", signed_bytes(site.floor_growth_bytes_per_s))
+            }
+            _ => String::new(),
+        };
+        let steadiness = site
+            .growth_steadiness
+            .map_or_else(String::new, |r2| format!(" (R² {r2:.2})"));
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks (allocs {}, frees {}), growth {}/s (R² {:.2})",
+            "\n#{} {}: {} bytes in {} blocks (allocs {}, frees {}), {}{floor}, growth {}/s{steadiness}",
             rank + 1,
+            site.site,
             thousands(stats.live_bytes),
             thousands(stats.live_allocations),
             thousands(stats.allocs),
             thousands(stats.frees),
+            site.verdict,
             signed_bytes(site.growth_bytes_per_s),
-            site.growth_steadiness
         );
         if site.frames.is_empty() {
             out.push_str("    [stack not recorded]\n");
@@ -124,6 +168,18 @@ fn render_one(report: &Report, top: usize) -> String {
                 out,
                 "    … {} more frames",
                 site.frames.len() - FRAMES_SHOWN
+            );
+        }
+        if !site.blocks.is_empty() {
+            let _ = writeln!(out, "    oldest live blocks:");
+        }
+        for block in &site.blocks {
+            let _ = writeln!(
+                out,
+                "      {:#x}  {} bytes, {:.1} s old",
+                block.address,
+                thousands(block.size),
+                f64::from(block.age_ms) / 1e3
             );
         }
     }
@@ -150,6 +206,33 @@ fn render_one(report: &Report, top: usize) -> String {
         }
     }
     out
+}
+
+/// "tracing cost: ≈ 12% of the target's CPU (1,234 ms of 10,280 ms; 345,678 hits)".
+fn cost_line(cost: &CostReport) -> String {
+    let hits = thousands(cost.hits);
+    match (cost.cost_ms, cost.percent_of_target_cpu) {
+        (Some(cost_ms), Some(percent)) => format!(
+            "tracing cost: ≈ {} of the target's CPU ({} of {}; {hits} hits)\n",
+            crate::cost::meter::percent(percent),
+            milliseconds(cost_ms),
+            milliseconds(cost.target_cpu_ms)
+        ),
+        (Some(cost_ms), None) => format!(
+            "tracing cost: ≈ {} of CPU ({hits} hits)\n",
+            milliseconds(cost_ms)
+        ),
+        (None, _) => format!("tracing cost: not measured ({hits} hits)\n"),
+    }
+}
+
+/// "1,234 ms", "0.4 ms".
+fn milliseconds(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{} ms", thousands(ms.round() as u64))
+    } else {
+        format!("{ms:.1} ms")
+    }
 }
 
 /// Drops are printed even when zero, so a reader knows they were checked.
@@ -180,22 +263,28 @@ fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
 pub struct IntervalRow {
     pub live_bytes: u64,
     pub live_allocations: u64,
+    /// Over the interval that just ended.
     pub change: i64,
+    /// Over the last intervals, the one that just ended included.
     pub growth: Growth,
+    /// Over the live view's window ([`crate::ledger::trends::LIVE_WINDOW`] intervals).
+    pub verdict: Verdict,
     pub site: String,
 }
 
-/// The live view each interval: totals, then the top sites with their change since the last.
+/// The live view each interval: totals, then the top sites with their change over the
+/// interval, growth, steadiness (`-` from fewer than 3 samples) and verdict.
+/// `memory` and `cost` are "; RSS …" and "; tracing cost …", or empty.
 pub fn render_interval(
     elapsed_s: f64,
     live_bytes: u64,
     live_allocations: u64,
-    memory: &str,
+    (memory, cost): (&str, &str),
     drops: &DropCounts,
     rows: &[IntervalRow],
 ) -> String {
     let mut out = format!(
-        "[{elapsed_s:7.1}s] live {} in {} blocks{memory}; lost events {}",
+        "[{elapsed_s:7.1}s] live {} in {} blocks{memory}{cost}; lost events {}",
         human_bytes(live_bytes as f64),
         thousands(live_allocations),
         thousands(drops.lost())
@@ -203,18 +292,22 @@ pub fn render_interval(
     out.push('\n');
     let _ = writeln!(
         out,
-        "  {:>11}  {:>11}  {:>9}  {:>12}  {:>6}  site",
-        "change", "live", "blocks", "growth", "R²"
+        "  {:>11}  {:>11}  {:>9}  {:>12}  {:>5}  {:<14}  site",
+        "change", "live", "blocks", "growth", "R²", "verdict"
     );
     for row in rows {
         let change = signed_bytes(row.change as f64);
         let growth = format!("{}/s", signed_bytes(row.growth.bytes_per_s));
+        let steadiness = row
+            .growth
+            .shown_steadiness()
+            .map_or_else(|| "-".to_owned(), |r2| format!("{r2:.2}"));
         let _ = writeln!(
             out,
-            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {:>6.2}  {}",
+            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {steadiness:>5}  {:<14}  {}",
             human_bytes(row.live_bytes as f64),
             thousands(row.live_allocations),
-            row.growth.steadiness,
+            row.verdict,
             row.site
         );
     }
@@ -241,6 +334,41 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cost_line_says_the_share_and_its_inputs() {
+        let cost = CostReport {
+            calibration: None,
+            covers: "traps",
+            hits: 345_678,
+            cost_ms: Some(1234.4),
+            target_cpu_ms: 10_280.0,
+            percent_of_target_cpu: Some(12.0),
+            points: Vec::new(),
+        };
+        assert_eq!(
+            cost_line(&cost),
+            "tracing cost: ≈ 12% of the target's CPU (1,234 ms of 10,280 ms; 345,678 hits)\n"
+        );
+        let idle = CostReport {
+            cost_ms: Some(0.42),
+            target_cpu_ms: 0.0,
+            percent_of_target_cpu: None,
+            ..cost.clone()
+        };
+        assert_eq!(
+            cost_line(&idle),
+            "tracing cost: ≈ 0.4 ms of CPU (345,678 hits)\n"
+        );
+        let unmeasured = CostReport {
+            cost_ms: None,
+            ..cost
+        };
+        assert_eq!(
+            cost_line(&unmeasured),
+            "tracing cost: not measured (345,678 hits)\n"
+        );
+    }
 
     #[test]
     fn byte_rates_are_human() {

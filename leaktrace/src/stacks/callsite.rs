@@ -1,12 +1,33 @@
-//! Call sites: the stack of each ledger site, and its symbolized frames.
+//! Call sites: the stack of each ledger site, its symbolized frames, and its label.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     kernel::Stack,
     ledger::{Ledger, SiteId, StackKey},
-    stacks::symbolize::{FoundBy, Frame, Symbolizer},
+    stacks::{
+        labels::{AllocFns, Names, PreparedStack, SiteLabel, label_prepared, simple_name},
+        symbolize::{FoundBy, Frame, Symbolizer},
+    },
 };
+
+/// The frames that are the allocator's own, cut from the top of every stack so that the first
+/// frame shown is the code that called it.
+#[derive(Clone, Debug, Default)]
+pub struct AllocatorFrames {
+    /// Modules of the C allocator (where malloc and its family are probed): every leading
+    /// frame inside them is cut (libc's strdup or fopen calling malloc).
+    pub modules: Vec<PathBuf>,
+    /// C++ operators left unprobed because their calls are seen in malloc or free (the plan's
+    /// delegated operators), by module and [`simple_name`]: their frames are cut, and only
+    /// theirs, as if they had been probed. Other frames of their module (libstdc++'s
+    /// `__cxa_allocate_exception`) stay.
+    pub operators: Vec<(PathBuf, String)>,
+}
 
 /// The raw stacks of the ledger's sites, and their frames once symbolized.
 ///
@@ -14,24 +35,38 @@ use crate::{
 /// the key of a copied stack, or the addresses themselves when sent inline),
 /// the same addresses make the same site. Frames are computed on first use and kept.
 pub struct CallSites {
-    allocators: Vec<PathBuf>,
+    allocator: AllocatorFrames,
+    alloc_fns: AllocFns,
     stacks: Vec<Vec<u64>>,
     found_by: Vec<Vec<FoundBy>>,
     frames: Vec<Option<Vec<Frame>>>,
+    /// Each symbolized site's frames as labelling needs them, by numbers of `names`.
+    prepared: Vec<Option<PreparedStack>>,
+    names: Names,
+    /// The last labels, with how many sites were prepared then: labels change only when
+    /// sites are added, which a steady program stops doing.
+    labelled: Option<(usize, Vec<SiteLabel>)>,
+    /// The frames of each return address symbolized so far: sites share most of theirs.
+    symbolized: HashMap<u64, Vec<Frame>>,
     by_addresses: HashMap<Vec<u64>, StackKey>,
     /// Stacks the kernel named (a stack id, or a copied stack's key).
     by_name: HashMap<Stack, StackKey>,
 }
 
 impl CallSites {
-    /// `allocators` are the probed modules (as the target sees them): their frames are cut from
-    /// the top of every stack, so the first frame shown is the code that called them.
-    pub fn new(allocators: Vec<PathBuf>) -> Self {
+    /// `allocator` says which leading frames are cut; `alloc_fns` which of the rest are
+    /// wrappers, folded into each site's label.
+    pub fn new(allocator: AllocatorFrames, alloc_fns: AllocFns) -> Self {
         CallSites {
-            allocators,
+            allocator,
+            alloc_fns,
             stacks: Vec::new(),
             found_by: Vec::new(),
             frames: Vec::new(),
+            prepared: Vec::new(),
+            names: Names::default(),
+            labelled: None,
+            symbolized: HashMap::new(),
             by_addresses: HashMap::new(),
             by_name: HashMap::new(),
         }
@@ -75,23 +110,70 @@ impl CallSites {
             self.stacks.resize_with(index + 1, Vec::new);
             self.found_by.resize_with(index + 1, Vec::new);
             self.frames.resize_with(index + 1, || None);
+            self.prepared.resize_with(index + 1, || None);
         }
         self.stacks[index] = addresses;
         self.found_by[index] = found_by;
     }
 
-    /// The site's first frame as the reports show it, or a note that its stack is missing.
-    pub fn describe(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> String {
-        self.frames(site, symbolizer)
-            .first()
-            .map_or_else(|| "[stack not recorded]".to_owned(), Frame::describe)
+    /// The label of every site, by [`SiteId::index`], each named among all the others
+    /// symbolized ([`label_prepared`]): which wrappers the automatic rule finds, and what
+    /// tells sites of one label apart, depend on them. The live view, the windows and the
+    /// final report name each site alike, its freed sites included.
+    ///
+    /// `first` are symbolized in any case. With a `budget`, the other sites not symbolized
+    /// yet are symbolized until it is spent (the rest wait for the next call, with an empty
+    /// label meanwhile): the live view must not hold up the events for long.
+    pub fn labels(
+        &mut self,
+        first: &[SiteId],
+        budget: Option<Duration>,
+        symbolizer: &mut Symbolizer,
+    ) -> &[SiteLabel] {
+        for &site in first {
+            self.frames(site, symbolizer);
+        }
+        let deadline = budget.map(|budget| Instant::now() + budget);
+        for index in 0..self.stacks.len() {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+            self.frames(SiteId(index as u32), symbolizer);
+        }
+        let known: Vec<usize> = (0..self.stacks.len())
+            .filter(|&index| self.prepared[index].is_some())
+            .collect();
+        let fresh = self.labelled.as_ref().is_some_and(|(count, labels)| {
+            *count == known.len() && labels.len() == self.stacks.len()
+        });
+        if fresh {
+            return self.labelled.as_ref().map_or(&[], |(_, labels)| labels);
+        }
+        let stacks: Vec<&[Frame]> = known
+            .iter()
+            .map(|&index| self.frames[index].as_deref().unwrap_or_default())
+            .collect();
+        let prepared: Vec<&PreparedStack> = known
+            .iter()
+            .filter_map(|&index| self.prepared[index].as_ref())
+            .collect();
+        let computed = label_prepared(&stacks, &prepared, &self.names, self.alloc_fns.auto());
+        let mut labels = vec![SiteLabel::default(); self.stacks.len()];
+        let count = known.len();
+        for (index, label) in known.into_iter().zip(computed) {
+            labels[index] = label;
+        }
+        self.labelled = Some((count, labels));
+        self.labelled.as_ref().map_or(&[], |(_, labels)| labels)
     }
 
-    /// The site's frames, innermost first, starting at the allocator's caller. When the stack
-    /// never leaves the allocator library (a frame-pointer walk that stopped inside a libc
-    /// function such as strdup), its frames are kept: a libc frame beats no frame. The stack
-    /// ends at the first address outside executable memory: past it, a frame-pointer walk
-    /// through code without frame pointers reads data, not return addresses.
+    /// The site's frames, innermost first, starting at the allocator's caller: past the
+    /// leading frames in the C allocator's modules, and past seen-through C++ operators
+    /// ([`AllocatorFrames`]). When the stack never leaves the allocator (a frame-pointer walk
+    /// that stopped inside a libc function such as strdup), its frames are kept: a libc
+    /// frame beats no frame. The stack ends at the first address outside executable memory:
+    /// past it, a frame-pointer walk through code without frame pointers reads data, not
+    /// return addresses.
     pub fn frames(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> &[Frame] {
         let index = site.index();
         if self.frames.len() <= index {
@@ -112,21 +194,54 @@ impl CallSites {
                 .position(|&a| {
                     symbolizer
                         .module_of(a)
-                        .is_none_or(|m| !self.allocators.iter().any(|x| x == m))
+                        .is_none_or(|m| !self.allocator.modules.iter().any(|x| x == m))
                 })
                 .unwrap_or(0);
             let found_by = &self.found_by[index];
-            let frames = (first_caller..addresses.len())
-                .flat_map(|i| {
+            let symbolized = &mut self.symbolized;
+            let mut by_address: Vec<Vec<Frame>> = (first_caller..addresses.len())
+                .map(|i| {
                     let how = found_by.get(i).copied().unwrap_or(FoundBy::FramePointers);
-                    let mut frames = symbolizer.symbolize(addresses[i]);
+                    let mut frames = symbolized
+                        .entry(addresses[i])
+                        .or_insert_with(|| symbolizer.symbolize(addresses[i]))
+                        .clone();
                     frames.iter_mut().for_each(|f| f.found_by = how);
                     frames
                 })
                 .collect();
+            let operators = by_address
+                .iter()
+                .take_while(|frames| self.is_operator(frames))
+                .count();
+            if operators < by_address.len() {
+                by_address.drain(..operators);
+            }
+            let frames: Vec<Frame> = by_address.into_iter().flatten().collect();
+            self.prepared[index] = Some(PreparedStack::new(
+                &frames,
+                &self.alloc_fns,
+                &mut self.names,
+            ));
             self.frames[index] = Some(frames);
         }
         self.frames[index].as_deref().unwrap_or_default()
+    }
+
+    /// True when the frames of one address are a seen-through operator's: the function the
+    /// address is in (the last, not inlined, frame) is one of them, in its module.
+    fn is_operator(&self, frames: &[Frame]) -> bool {
+        let Some(frame) = frames.last() else {
+            return false;
+        };
+        let (Some(module), Some(function)) = (&frame.module, &frame.function) else {
+            return false;
+        };
+        let simple = simple_name(function);
+        self.allocator
+            .operators
+            .iter()
+            .any(|(m, operator)| m.as_os_str() == module.as_str() && *operator == simple)
     }
 }
 
@@ -147,7 +262,13 @@ mod tests {
 ",
         );
         (
-            CallSites::new(vec!["/usr/lib/libc.so.6".into()]),
+            CallSites::new(
+                AllocatorFrames {
+                    modules: vec!["/usr/lib/libc.so.6".into()],
+                    operators: Vec::new(),
+                },
+                AllocFns::default(),
+            ),
             Symbolizer::from_maps(maps),
         )
     }
@@ -192,6 +313,22 @@ mod tests {
             addresses(sites.frames(site, &mut symbolizer)),
             [format!("{:#x}", LIBC + 5)]
         );
+    }
+
+    #[test]
+    fn only_the_seen_through_operators_of_a_module_are_its_allocator_frames() {
+        let libstdcxx = "/usr/lib/libstdc++.so.6";
+        let sites = CallSites::new(
+            AllocatorFrames {
+                modules: Vec::new(),
+                operators: vec![(libstdcxx.into(), "operator new".into())],
+            },
+            AllocFns::default(),
+        );
+        let frame = |function: &str, module: &str| Frame::of_function(function, Some(module));
+        assert!(sites.is_operator(&[frame("operator new(unsigned long)", libstdcxx)]));
+        assert!(!sites.is_operator(&[frame("__cxa_allocate_exception", libstdcxx)]));
+        assert!(!sites.is_operator(&[frame("operator new(unsigned long)", "/usr/bin/app")]));
     }
 
     #[test]

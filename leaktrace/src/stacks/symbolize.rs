@@ -11,7 +11,10 @@ use std::{
 use object::{Object, ObjectSegment};
 use serde::Serialize;
 
-use super::debuginfo::{DebugDirs, hex};
+use super::{
+    debuginfo::{DebugDirs, hex},
+    demangle::demangle,
+};
 use crate::target::maps::{Mapping, ProcessMaps, host_path};
 
 /// How a frame's address was found.
@@ -64,6 +67,25 @@ impl Frame {
         match (&self.file, self.line) {
             (Some(file), Some(line)) => format!("{} at {file}:{line}", self.name()),
             _ => self.name().into_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Frame {
+    /// A frame of `function` in `module`, at 0x1, with no file or line: for tests of what is
+    /// done with names.
+    pub fn of_function(function: &str, module: Option<&str>) -> Frame {
+        Frame {
+            address: "0x1".into(),
+            module: module.map(Into::into),
+            build_id: None,
+            module_offset: None,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            inlined: false,
+            found_by: FoundBy::Ip,
         }
     }
 }
@@ -152,11 +174,10 @@ impl Module {
         let mut frames = Vec::new();
         if let Ok(mut iter) = self.debug.find_frames(elf_address) {
             while let Ok(Some(frame)) = iter.next() {
-                let function = frame
-                    .function
-                    .as_ref()
-                    .and_then(|f| f.demangle().ok())
-                    .map(Cow::into_owned);
+                let function = frame.function.as_ref().and_then(|f| {
+                    let name = f.raw_name().ok()?;
+                    Some(demangle(&name, f.language))
+                });
                 let (file, line) = frame
                     .location
                     .map_or((None, None), |l| (l.file.map(tidy_path), l.line));
@@ -167,7 +188,7 @@ impl Module {
             let symbol = self
                 .debug
                 .find_symbol(elf_address)
-                .map(|name| addr2line::demangle_auto(Cow::Borrowed(name), None).into_owned());
+                .map(|name| demangle(name, None));
             let (file, line) = frames.pop().map_or((None, None), |f| (f.1, f.2));
             frames = vec![(symbol, file, line)];
         }
@@ -213,10 +234,16 @@ impl Symbolizer {
         Ok(symbolizer)
     }
 
-    /// Makes sure every address can be resolved later: when one lies outside the known
+    /// Makes sure every address can be resolved later: when one lies outside the known code
     /// mappings (a library loaded since), the maps are read again and new files opened.
+    ///
+    /// The innermost address is always code: when it lies in a known mapping that is not, the
+    /// snapshot is stale too. A launched program is first read while its loader still has
+    /// /etc/ld.so.cache mapped, and a library dlopen'ed later may be mapped where that file
+    /// was. (Deeper addresses of a frame-pointer walk may be data, and are not held to that.)
     pub fn observe(&mut self, addresses: &[u64]) {
-        if addresses.iter().any(|&a| self.maps.find(a).is_none()) {
+        let stale_innermost = addresses.first().is_some_and(|&a| !self.is_code(a));
+        if stale_innermost || addresses.iter().any(|&a| self.maps.find(a).is_none()) {
             // The target may be gone; then the snapshot is all there is.
             let _ = self.refresh();
         }

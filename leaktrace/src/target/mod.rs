@@ -2,9 +2,10 @@
 //!
 //! In: a pid (`-p`) or a command to start stopped. Out: a [`Target`] leaktrace holds by a
 //! pidfd, so that a recycled pid is never taken for it, with its mappings ([`maps`]) and the
-//! files behind them as leaktrace can open them, and its memory as the kernel counts it
-//! ([`memory`]: RSS, PSS, heap), which needs no probes.
+//! files behind them as leaktrace can open them, its memory as the kernel counts it
+//! ([`memory`]: RSS, PSS, heap), which needs no probes, and its CPU time ([`cpu`]).
 
+pub mod cpu;
 pub mod maps;
 pub mod memory;
 
@@ -31,7 +32,7 @@ use nix::{
 
 use self::maps::ProcessMaps;
 use crate::{
-    error::Failure,
+    error::{CAPTURE_CAPABILITIES, Capability, Failure, capability_remedy},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
 };
 
@@ -49,6 +50,15 @@ pub enum TargetSpec {
     Launch(Vec<OsString>),
     /// Neither: leaktrace's own demo, started like a command.
     Demo,
+}
+
+/// What leaktrace will do with an existing process, and so what it must be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Probe it: a capture.
+    Trace,
+    /// Read its memory figures alone (`leaktrace watch`).
+    ReadMemory,
 }
 
 /// The process being traced.
@@ -70,7 +80,7 @@ impl Target {
     pub fn open(spec: &TargetSpec, choice: &AllocatorChoice) -> Result<(Target, ProbePlan)> {
         match spec {
             TargetSpec::Running(pid) => {
-                let target = Target::existing(*pid)?;
+                let target = Target::existing(*pid, Access::Trace)?;
                 let plan = target.probe_plan(choice.clone())?;
                 Ok((target, plan))
             }
@@ -79,8 +89,8 @@ impl Target {
         }
     }
 
-    /// An existing process, checked to exist and to be signalable by us.
-    pub fn existing(pid: u32) -> Result<Target> {
+    /// An existing process, checked to exist and to be ours to `access`.
+    pub fn existing(pid: u32, access: Access) -> Result<Target> {
         let nix_pid = i32::try_from(pid)
             .ok()
             .filter(|&p| p > 0)
@@ -96,17 +106,34 @@ impl Target {
         if state == 'Z' {
             return Err(Failure::Zombie(pid).into());
         }
-        match kill(Pid::from_raw(nix_pid), None) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => return Err(Failure::NoSuchProcess(pid).into()),
-            Err(Errno::EPERM) => {
-                return Err(Failure::NotPermitted {
-                    action: format!("trace pid {pid}"),
-                    capability: "CAP_SYS_PTRACE",
+        match access {
+            Access::Trace => match kill(Pid::from_raw(nix_pid), None) {
+                Ok(()) => {}
+                Err(Errno::ESRCH) => return Err(Failure::NoSuchProcess(pid).into()),
+                Err(Errno::EPERM) => {
+                    return Err(Failure::NotPermitted {
+                        action: format!("trace pid {pid}"),
+                        remedy: capability_remedy(&CAPTURE_CAPABILITIES),
+                    }
+                    .into());
                 }
-                .into());
+                Err(errno) => return Err(errno).context(format!("check pid {pid}")),
+            },
+            Access::ReadMemory => {
+                let rollup = format!("/proc/{pid}/smaps_rollup");
+                if let Err(error) = fs::File::open(&rollup)
+                    && error.kind() == std::io::ErrorKind::PermissionDenied
+                {
+                    return Err(Failure::NotPermitted {
+                        action: format!("read {rollup}"),
+                        remedy: format!(
+                            "pid {pid} belongs to another user: run as root or as its owner; {}",
+                            capability_remedy(&[Capability::SysPtrace])
+                        ),
+                    }
+                    .into());
+                }
             }
-            Err(errno) => return Err(errno).context(format!("check pid {pid}")),
         }
         if !target.still_running() {
             return Err(Failure::NoSuchProcess(pid).into());

@@ -1,0 +1,173 @@
+//! What tracing costs the target: hits counted per probe point, the estimate in the live
+//! view's header and the report, and `--max-overhead`.
+
+mod support;
+
+use leaktrace::report::thousands;
+use serde_json::Value;
+use support::*;
+
+/// The hits of the point where `program` reads `symbol`, from the JSON report.
+fn hits(report: &Value, symbol: &str, program: &str) -> u64 {
+    let points = report["cost"]["points"].as_array().unwrap();
+    let found: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["symbol"] == symbol && p["program"] == program)
+        .collect();
+    assert_eq!(found.len(), 1, "{symbol} {program}: {points:#?}");
+    found[0]["hits"].as_u64().unwrap()
+}
+
+/// Traced from its first instruction, a program that makes PAIRS malloc/free pairs and
+/// nothing else hits malloc's entry and return and free's probe exactly PAIRS times each,
+/// through uprobe_multi links and through perf-event uprobes alike.
+#[test]
+fn each_point_counts_exactly_the_calls_the_target_made() {
+    let Some(_bpf) = require_bpf() else { return };
+    let fixture = build_fixture("pairs");
+    let pairs = fixture_define("pairs", "PAIRS");
+    for (attachment, env) in [
+        ("uprobe_multi", &[][..]),
+        ("perf-event", &[("LEAKTRACE_SINGLE_UPROBES", "1")]),
+    ] {
+        let test = format!("cost_exact_{attachment}");
+        let (report, stdout) = launch_json_env(&test, &[], &fixture, &["exact"], env);
+        let text = TextReport::from_stdout(&stdout);
+
+        // The ledger saw the pairs and nothing else...
+        assert_eq!(report["totals"]["allocs"], pairs, "{attachment}");
+        assert_eq!(report["totals"]["frees"], pairs, "{attachment}");
+        let seen = format!("seen: {0} allocations (", thousands(pairs));
+        assert!(
+            text.lines.iter().any(|l| l.starts_with(&seen)),
+            "{attachment}: {text}"
+        );
+        // ...and each point was hit once a call: malloc at its entry and its return.
+        assert_eq!(
+            hits(&report, "malloc", "alloc_enter"),
+            pairs,
+            "{attachment}"
+        );
+        assert_eq!(hits(&report, "malloc", "alloc_exit"), pairs, "{attachment}");
+        assert_eq!(hits(&report, "free", "free_enter"), pairs, "{attachment}");
+        let cost = &report["cost"];
+        assert_eq!(
+            cost["hits"],
+            3 * pairs,
+            "{attachment}: no other point was hit"
+        );
+        let kinds: Vec<&str> = ["alloc_enter", "alloc_exit"]
+            .iter()
+            .map(|program| {
+                let points = cost["points"].as_array().unwrap();
+                let point = points
+                    .iter()
+                    .find(|p| p["symbol"] == "malloc" && p["program"] == *program)
+                    .unwrap();
+                point["kind"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["emulated", "return"],
+            "{attachment}: glibc's malloc starts with push"
+        );
+        for figure in ["emulated_ns", "single_stepped_ns", "return_ns"] {
+            assert!(
+                cost["calibration"][figure].is_number(),
+                "{attachment}: {figure} in {cost:#}"
+            );
+        }
+        // The text report says the same hits.
+        let line = format!("; {} hits)", thousands(3 * pairs));
+        assert!(
+            text.lines
+                .iter()
+                .any(|l| l.starts_with("tracing cost: ≈ ") && l.ends_with(&line)),
+            "{attachment}: {text}"
+        );
+    }
+}
+
+/// "[    0.3s] live …; tracing cost ≈ 12% of the target's CPU (41 ms CPU/s, 3,400 hits/s);
+/// lost events 0" → (12.0, 3400).
+fn header_cost(line: &str) -> Option<(f64, u64)> {
+    let rest = &line[line.find("; tracing cost ≈ ")? + "; tracing cost ≈ ".len()..];
+    let (percent, rest) = rest.split_once("% of the target's CPU (")?;
+    let hits = rest.split(", ").nth(1)?.split(" hits/s)").next()?;
+    Some((percent.parse().ok()?, hits.replace(',', "").parse().ok()?))
+}
+
+/// A target busy with malloc and free: each interval's header estimates the cost, with the
+/// hits per second it comes from, and the JSON carries the estimate and its inputs.
+#[test]
+fn a_busy_targets_header_shows_its_hits_and_their_cost() {
+    let Some(_bpf) = require_bpf() else { return };
+    let fixture = build_fixture("pairs");
+    let target = start_ready(&fixture, &["busy"]);
+    let json = output_path("cost_busy", "json");
+    let mut leaktrace = attach_with_json(target.pid(), &json, &["-i", "300ms", "--count", "3"]);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    let headers: Vec<&String> = stdout.iter().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(headers.len(), 3, "{stdout:#?}");
+    // Every interval the target is scheduled in, it calls malloc and free.
+    let busy: Vec<(f64, u64)> = headers
+        .iter()
+        .filter_map(|l| header_cost(l))
+        .filter(|(_, hits)| *hits > 0)
+        .collect();
+    assert!(!busy.is_empty(), "no interval with hits: {headers:#?}");
+    assert!(busy.iter().all(|(percent, _)| *percent > 0.0), "{busy:?}");
+
+    let cost = &read_json(&json)["cost"];
+    assert!(cost["hits"].as_u64().unwrap() > 0, "{cost:#}");
+    assert!(cost["cost_ms"].as_f64().unwrap() > 0.0, "{cost:#}");
+    assert!(cost["target_cpu_ms"].as_f64().unwrap() > 0.0, "{cost:#}");
+    assert!(
+        cost["percent_of_target_cpu"].as_f64().unwrap() > 0.0,
+        "{cost:#}"
+    );
+    let malloc = hits(&read_json(&json), "malloc", "alloc_enter");
+    assert!(malloc > 0);
+}
+
+/// `--max-overhead` with a limit any busy target passes: the capture ends, with its report,
+/// once three intervals in a row were above it, and both reports say why.
+#[test]
+fn a_cost_above_max_overhead_for_three_intervals_ends_the_capture() {
+    let Some(_bpf) = require_bpf() else { return };
+    let fixture = build_fixture("pairs");
+    let target = start_ready(&fixture, &["busy"]);
+    let json = output_path("cost_max_overhead", "json");
+    // Nothing else would end this capture.
+    let mut leaktrace = attach_with_json(
+        target.pid(),
+        &json,
+        &["-i", "200ms", "--max-overhead", "0.001"],
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let stdout = leaktrace.stdout.rest();
+    let report = read_json(&json);
+    let ending = &report["ending"]["overhead"];
+    assert_eq!(ending["limit"], 0.001, "{report:#}");
+    assert!(ending["percent"].as_f64().unwrap() > 0.001, "{ending}");
+
+    // The last three intervals were all above the limit.
+    let headers: Vec<&String> = stdout.iter().filter(|l| l.starts_with('[')).collect();
+    assert!(headers.len() >= 3, "{stdout:#?}");
+    for header in &headers[headers.len() - 3..] {
+        let (percent, _) = header_cost(header).unwrap_or_else(|| panic!("{header}"));
+        assert!(percent > 0.001, "{header}");
+    }
+    let text = TextReport::from_stdout(&stdout);
+    let said =
+        "ended: the tracing cost stayed above --max-overhead 0.001% for 3 intervals in a row";
+    assert!(
+        text.lines.iter().any(|l| l.starts_with(said)),
+        "{said}: {text}"
+    );
+    // The report is whole: the target's churn is all it saw, balanced.
+    let totals = &report["totals"];
+    assert!(totals["allocs"].as_u64().unwrap() > 0, "{totals}");
+}
