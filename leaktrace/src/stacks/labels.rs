@@ -334,9 +334,10 @@ struct PreparedFrame {
     identity: u32,
     /// Its [`shown_name`].
     shown: u32,
-    /// Its [`short_describe`], and its whole [`Frame::describe`].
+    /// Its [`short_describe`], its whole [`Frame::describe`], and its [`placed_describe`].
     short: u32,
     full: u32,
+    placed: u32,
     /// In the list or named by `--alloc-fn`.
     listed: bool,
     /// Has a function name.
@@ -363,6 +364,7 @@ impl PreparedStack {
                 PreparedFrame {
                     identity: names.id(identity(frame).into_owned()),
                     short: names.id(short_describe(frame, &shown)),
+                    placed: names.id(placed_describe(frame, &shown)),
                     shown: names.id(shown),
                     full: names.id(frame.describe()),
                     listed,
@@ -480,6 +482,16 @@ fn short_describe(frame: &Frame, shown: &str) -> String {
     }
 }
 
+/// `createClient at redis-server+0xd0181` where a frame has no line to tell it from another
+/// call in the same function (a binary without debug info): its place in its module. Where
+/// it has a line, its [`Frame::describe`].
+fn placed_describe(frame: &Frame, shown: &str) -> String {
+    match (&frame.line, &frame.function, &frame.module_offset) {
+        (None, Some(_), Some(_)) => format!("{shown} at {}", frame.name_in_module()),
+        _ => frame.describe(),
+    }
+}
+
 /// The label of each of `stacks` (innermost frame first), named among each other: what tells
 /// sites of one label apart is taken from the others in `stacks`.
 pub fn label_sites(stacks: &[&[Frame]], fns: &AllocFns) -> Vec<SiteLabel> {
@@ -593,7 +605,7 @@ fn location(stacks: &[&[Frame]], at: &[Option<usize>], site: usize) -> Option<St
 /// For each of `members` (sites named alike), the frame past the label that tells its stack
 /// from all the others': the first where it parts from the last of them (the stacks are split
 /// frame by frame, outwards, until each is alone). Frames are compared as shown, then, for
-/// stacks alike that way, by their whole names. A stack alike to another to its end, or that
+/// stacks alike that way, by their whole names, then by their places in their modules. A stack alike to another to its end, or that
 /// ends where another goes on, gets none.
 fn vias(
     stacks: &[&PreparedStack],
@@ -606,7 +618,8 @@ fn vias(
     let mut alike = vec![members.to_vec()];
     let by_short: fn(&PreparedFrame) -> u32 = |frame| frame.short;
     let by_full: fn(&PreparedFrame) -> u32 = |frame| frame.full;
-    for describe in [by_short, by_full] {
+    let by_place: fn(&PreparedFrame) -> u32 = |frame| frame.placed;
+    for describe in [by_short, by_full, by_place] {
         let mut work: Vec<(Vec<usize>, usize)> = alike.drain(..).map(|m| (m, 0)).collect();
         while let Some((members, depth)) = work.pop() {
             if members.iter().all(|&site| outer(site).len() <= depth) {
@@ -869,6 +882,22 @@ mod tests {
                 "leak (via a at x.c:1)",
                 "leak (via b at x.c:1)",
                 "leak (via helper at x.c:3)",
+            ]
+        );
+        // Without lines (no debug info), two calls in one function part by their addresses.
+        let unlined = |function: &str, offset: u64| Frame {
+            module_offset: Some(format!("0x{offset:x}")),
+            ..Frame::of_function(function, Some("/usr/bin/redis-server"))
+        };
+        let stacks = [
+            vec![unlined("dictCreate", 0x10), unlined("createClient", 0x181)],
+            vec![unlined("dictCreate", 0x10), unlined("createClient", 0x1cc)],
+        ];
+        assert_eq!(
+            texts(&stacks, &AllocFns::default()),
+            [
+                "dictCreate (via createClient at redis-server+0x181)",
+                "dictCreate (via createClient at redis-server+0x1cc)",
             ]
         );
     }
