@@ -50,6 +50,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Totals;
+
 /// One-sided significance level of the Mann–Kendall test for `leaking`.
 pub const ALPHA: f64 = 0.001;
 
@@ -141,12 +143,51 @@ pub struct Judgement {
     pub trend: MannKendall,
 }
 
+/// Blocks allocated before the attach, freed while tracing: the ledger never saw them
+/// allocated, so a site that makes the blocks replacing them looks like growth.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Replacement {
+    /// Frees of such blocks per second.
+    pub blocks_per_s: f64,
+    /// Bytes they released per second, where the allocator tells (glibc's chunk header); 0
+    /// where only the blocks are counted.
+    pub bytes_per_s: f64,
+}
+
+impl Replacement {
+    /// From a capture's totals over `duration_s`; none when the target was traced from its
+    /// start (every block was seen allocated, and an unmatched free is the allocator's own).
+    pub fn of(totals: &Totals, duration_s: f64, from_start: bool) -> Replacement {
+        if from_start {
+            return Replacement::default();
+        }
+        let per_s = |count: u64| count as f64 / duration_s.max(1e-3);
+        Replacement {
+            blocks_per_s: per_s(totals.unmatched_frees),
+            bytes_per_s: per_s(totals.unmatched_free_bytes),
+        }
+    }
+
+    /// Whether replacing old blocks can explain a floor that rises `floor_bytes_per_s` at a
+    /// site whose blocks average `block_bytes`: in bytes where their size is known, else in
+    /// blocks.
+    fn explains(&self, floor_bytes_per_s: f64, block_bytes: f64) -> bool {
+        if self.bytes_per_s > 0.0 {
+            floor_bytes_per_s <= self.bytes_per_s
+        } else {
+            block_bytes > 0.0 && floor_bytes_per_s / block_bytes <= self.blocks_per_s
+        }
+    }
+}
+
 impl Judgement {
-    /// This judgement once blocks allocated before the attach, released at
-    /// `released_bytes_per_s`, are allowed for: a floor that rises no faster than they go is
+    /// This judgement once `replacement` is allowed for, at a site whose live blocks average
+    /// `block_bytes`: a floor that rises no faster than old blocks go is
     /// [`Verdict::Replacing`] them, not leaking.
-    pub fn allowing_for_replacement(self, released_bytes_per_s: f64) -> Judgement {
-        if self.verdict == Verdict::Leaking && self.floor_bytes_per_s <= released_bytes_per_s {
+    pub fn allowing_for(self, replacement: &Replacement, block_bytes: f64) -> Judgement {
+        if self.verdict == Verdict::Leaking
+            && replacement.explains(self.floor_bytes_per_s, block_bytes)
+        {
             Judgement {
                 verdict: Verdict::Replacing,
                 ..self
@@ -631,21 +672,32 @@ mod tests {
             floor_bytes_per_s: 1000.0,
             ..Judgement::default()
         };
+        let totals = |blocks: u64, bytes: u64| Totals {
+            unmatched_frees: blocks,
+            unmatched_free_bytes: bytes,
+            ..Totals::default()
+        };
+        let verdict = |blocks, bytes, block_bytes| {
+            let replacement = Replacement::of(&totals(blocks, bytes), 10.0, false);
+            leaking.allowing_for(&replacement, block_bytes).verdict
+        };
+        // Sizes known (glibc): bytes decide, whatever the blocks.
+        assert_eq!(verdict(10, 15_000, 1e6), Verdict::Replacing);
+        assert_eq!(verdict(1_000_000, 5_000, 1.0), Verdict::Leaking);
+        // Sizes unknown (jemalloc): 1000 B/s of 24-byte blocks is 42 blocks/s.
+        assert_eq!(verdict(500, 0, 24.0), Verdict::Replacing);
+        assert_eq!(verdict(400, 0, 24.0), Verdict::Leaking);
+        // Traced from the start, an unmatched free is the allocator's own: nothing replaced.
+        let from_start = Replacement::of(&totals(1_000_000, 1 << 40), 10.0, true);
         assert_eq!(
-            leaking.allowing_for_replacement(1500.0).verdict,
-            Verdict::Replacing
-        );
-        assert_eq!(
-            leaking.allowing_for_replacement(500.0).verdict,
+            leaking.allowing_for(&from_start, 24.0).verdict,
             Verdict::Leaking
         );
         let stable = Judgement {
             verdict: Verdict::Stable,
             ..leaking
         };
-        assert_eq!(
-            stable.allowing_for_replacement(1e9).verdict,
-            Verdict::Stable
-        );
+        let all = Replacement::of(&totals(1 << 40, 1 << 40), 1.0, false);
+        assert_eq!(stable.allowing_for(&all, 1.0).verdict, Verdict::Stable);
     }
 }
