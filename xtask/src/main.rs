@@ -31,7 +31,7 @@ tasks:
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
 /// stays attached, and man renders the manual page.
-const TEST_PACKAGES: [&str; 13] = [
+const TEST_PACKAGES: [&str; 15] = [
     "gcc",
     "g++",
     "binutils",
@@ -45,6 +45,9 @@ const TEST_PACKAGES: [&str; 13] = [
     "golang-go",
     "libxml2-utils",
     "chromium",
+    // tests/servers.rs: real programs (redis-server brings redis-cli and redis-benchmark).
+    "redis-server",
+    "python3",
 ];
 
 fn main() -> Result<()> {

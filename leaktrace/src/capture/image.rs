@@ -310,7 +310,7 @@ impl TracedImage {
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let sites = self.end_interval();
-        let replacement = Replacement::of(&self.ledger.totals(), self.now(), self.from_start);
+        let replacement = Replacement::of(&self.ledger.totals(), self.from_start);
         let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
             .into_iter()
             .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
@@ -319,7 +319,7 @@ impl TracedImage {
                 let judgement = self
                     .trends
                     .recent_verdict(site)
-                    .allowing_for(&replacement, stats.mean_block_bytes());
+                    .allowing_for(&replacement, &stats);
                 (site, stats, growth, judgement)
             })
             .collect();

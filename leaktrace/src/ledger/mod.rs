@@ -55,17 +55,6 @@ pub struct SiteStats {
     pub temporary: u64,
 }
 
-impl SiteStats {
-    /// The average size of the site's live blocks; 0 when it holds none.
-    pub fn mean_block_bytes(&self) -> f64 {
-        if self.live_allocations == 0 {
-            0.0
-        } else {
-            self.live_bytes as f64 / self.live_allocations as f64
-        }
-    }
-}
-
 /// One outstanding block, as `-a` lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct LiveBlock {

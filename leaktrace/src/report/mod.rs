@@ -127,7 +127,7 @@ impl Report {
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
-        let replacement = Replacement::of(&totals, header.duration_s, header.from_start);
+        let replacement = Replacement::of(&totals, header.from_start);
         totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
         let mut sites: Vec<_> = sites
@@ -135,7 +135,7 @@ impl Report {
             .map(|(site, stats, blocks)| {
                 let judgement = trends
                     .whole_verdict(site)
-                    .allowing_for(&replacement, stats.mean_block_bytes());
+                    .allowing_for(&replacement, &stats);
                 (site, stats, blocks, judgement)
             })
             .collect();

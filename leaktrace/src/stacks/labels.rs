@@ -342,6 +342,8 @@ struct PreparedFrame {
     listed: bool,
     /// Has a function name.
     named: bool,
+    /// Its module's path ([`Names`]; "" when not known).
+    module: u32,
 }
 
 /// What labelling needs of one stack, worked out once: matching names against the list
@@ -369,6 +371,7 @@ impl PreparedStack {
                     full: names.id(frame.describe()),
                     listed,
                     named: frame.function.is_some(),
+                    module: names.id(frame.module.clone().unwrap_or_default()),
                 }
             })
             .collect();
@@ -404,7 +407,13 @@ fn wrapper_counts(stacks: &[&PreparedStack], names: &Names, auto: bool) -> Vec<u
     }
 }
 
-/// The length of the leading run of wrappers (and of unnamed frames before one).
+/// The length of the leading run of wrappers (and of unnamed frames before one). With no
+/// wrapper, unnamed frames that call the allocator itself are passed over to the named
+/// function of their module that calls them (Debian's python3: `PyByteArray_Resize ←
+/// python3.11+0x4fb51c`, where the unnamed frame is CPython's static `_PyObject_Malloc`): a
+/// label should name a function, and the allocator's callers in a stripped module are most
+/// often its own allocator layer. Not into another module: a program stripped whole would
+/// be labelled by libc's `__libc_start_call_main`.
 fn leading_wrappers(stack: &PreparedStack, is_wrapper: impl Fn(&PreparedFrame) -> bool) -> usize {
     let mut count = 0;
     for (index, frame) in stack.frames.iter().enumerate() {
@@ -412,6 +421,15 @@ fn leading_wrappers(stack: &PreparedStack, is_wrapper: impl Fn(&PreparedFrame) -
             count = index + 1;
         } else if frame.named {
             break;
+        }
+    }
+    if count == 0 {
+        let unnamed = stack.frames.iter().take_while(|f| !f.named).count();
+        if let (Some(first), Some(caller)) = (stack.frames.first(), stack.frames.get(unnamed))
+            && unnamed > 0
+            && caller.module == first.module
+        {
+            count = unnamed;
         }
     }
     count
@@ -983,6 +1001,25 @@ mod tests {
         let found = labels(&stacks, &AllocFns::default());
         assert_eq!(found[0].label, "PyByteArray_Resize");
         assert_eq!(found[0].text, "PyByteArray_Resize ← python3.11+0x4fb51c");
+        // From one caller alone (attached to a process that makes few sites) too: unnamed
+        // frames that call the allocator are passed to the named function of their module.
+        let in_python = |function: &str| Frame {
+            module: Some("/usr/bin/python3.11".into()),
+            ..frame(function, "x.c", 1)
+        };
+        let stack = vec![
+            unnamed("0x4fb51c"),
+            in_python("PyByteArray_Resize"),
+            frame("main", "x.c", 2),
+        ];
+        let label = &labels(&[stack], &AllocFns::default())[0];
+        assert_eq!(label.text, "PyByteArray_Resize ← python3.11+0x4fb51c");
+        // But not into another module: a program stripped whole keeps its frame's address.
+        let stack = vec![unnamed("0x10"), unnamed("0x20"), frame("main", "x.c", 2)];
+        assert_eq!(
+            labels(&[stack], &AllocFns::default())[0].label,
+            "python3.11+0x10"
+        );
         // Unnamed frames past the wrappers are the caller's.
         let stack = vec![
             frame("xmalloc", "x.c", 1),
