@@ -91,6 +91,7 @@ fn churn() -> Vec<Vec<u8>> {
             records.push(bytes_of(&FreeEvent {
                 timestamp_ns: timestamp,
                 address,
+                size: 0,
                 tgid: 1,
                 kind: EventKind::Free as u32,
             }));
