@@ -391,7 +391,7 @@ fn attach(
         let _inside = runtime.enter();
         Interrupts::catch()?
     };
-    // The programs' own run time, counted by the kernel through the first interval.
+    // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
         .inspect_err(|error| {
             log::debug!("no BPF run-time statistics ({error:#}): the cost covers the traps")
