@@ -9,6 +9,7 @@ mod folded;
 mod html;
 pub mod output;
 mod pprof;
+pub mod screen;
 mod text;
 
 use std::{
