@@ -177,6 +177,38 @@ fn a_zombie_exits_10() {
     assert_one_line_error(&output, 10, "zombie");
 }
 
+/// `--help` on a terminal of 80 columns wraps within them (clap's wrap_help): every line
+/// of it, escapes for bold and underline aside.
+#[test]
+fn help_wraps_to_the_terminal() {
+    let command = format!("stty cols 80 rows 40; {LEAKTRACE} --help");
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut visible = String::new();
+    let mut escape = false;
+    for c in help.chars() {
+        match c {
+            '\x1b' => escape = true,
+            'm' if escape => escape = false,
+            _ if escape => {}
+            '\r' => {}
+            _ => visible.push(c),
+        }
+    }
+    assert!(visible.contains("--max-threads"), "{visible}");
+    for line in visible.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+}
+
 /// `leaktrace man` is a manual page `man` renders, with every flag.
 #[test]
 fn the_manual_page_renders_with_man() {

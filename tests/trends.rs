@@ -319,12 +319,15 @@ fn a_leak_in_the_second_of_three_windows_is_attributed_to_it() {
 
 /// On a terminal the live view redraws in place, like top.
 #[test]
-fn on_a_terminal_the_live_view_redraws_in_place() {
+fn on_a_terminal_the_live_view_redraws_in_place_within_80_columns_under_its_attach_line() {
     let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("trends");
     let target = start_ready(&binary, &[]);
-    // script(1) gives leaktrace a pseudo-terminal for its stdout.
-    let command = format!("{LEAKTRACE} -p {} -i 500ms --count 3", target.pid());
+    // script(1) gives leaktrace a pseudo-terminal for its stdout, 80 columns wide.
+    let command = format!(
+        "stty cols 80 rows 40; {LEAKTRACE} -p {} -i 500ms --count 3",
+        target.pid()
+    );
     let output = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .output()
@@ -335,6 +338,26 @@ fn on_a_terminal_the_live_view_redraws_in_place() {
         String::from_utf8_lossy(&output.stderr)
     );
     let screen = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(screen.matches("\x1b[H\x1b[2J").count(), 3, "{screen}");
-    assert!(screen.contains("steady_leak"), "{screen}");
+    let redraws: Vec<&str> = screen.split("\x1b[H\x1b[2J").skip(1).collect();
+    assert_eq!(redraws.len(), 3, "{screen}");
+    for redraw in &redraws {
+        // The final report, after the last view, is not redrawn and may be wider.
+        let view = redraw.split("\r\n\r\n").next().unwrap();
+        let lines: Vec<&str> = view.split("\r\n").collect();
+        assert!(
+            lines[0].starts_with("leaktrace: attached to pid"),
+            "{redraw}"
+        );
+        for line in &lines {
+            assert!(
+                line.chars().count() <= 80,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(
+            lines.iter().any(|l| l.trim_end().ends_with("steady_leak")),
+            "{redraw}"
+        );
+    }
 }

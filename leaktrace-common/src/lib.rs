@@ -10,10 +10,11 @@ pub mod cookie;
 pub mod return_offsets;
 pub mod sampling;
 
-/// One allocator event, as the ring buffer carries it.
+/// One allocator event, as the ring buffer carries it (a free comes as a shorter
+/// [`FreeEvent`]).
 ///
-/// Allocations and frees share one record so that the ring buffer keeps them in the order the
-/// target performed them: a free that overtook its allocation would look like a leak.
+/// Allocations and frees share one ring buffer so that it keeps them in the order the target
+/// performed them: a free that overtook its allocation would look like a leak.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocEvent {
@@ -22,7 +23,7 @@ pub struct AllocEvent {
     pub timestamp_ns: u64,
     /// The block's address: the returned pointer for an allocation, the argument for a free.
     pub address: u64,
-    /// Requested bytes for an allocation; 0 for a free.
+    /// Requested bytes for an allocation.
     pub size: u64,
     /// With stack copies (DWARF unwinding): the stack's key, a hash of the return address and
     /// of the callers' return addresses found through offsets userspace learned from earlier
@@ -42,6 +43,29 @@ pub struct AllocEvent {
     pub kind: u32,
 }
 
+/// A free: the commonest record, in two thirds of an [`AllocEvent`]'s bytes. A reservation in the ring
+/// buffer costs the same whatever its size, but each byte less is one the ring buffer holds
+/// for other records, and userspace copies.
+///
+/// Records are told apart by their length first: a record of this size is a `FreeEvent`, any
+/// other starts with an [`AllocEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// As [`AllocEvent::timestamp_ns`].
+    pub timestamp_ns: u64,
+    /// The pointer freed.
+    pub address: u64,
+    /// The bytes glibc's chunk header gives for the block, when free's probe reads it
+    /// (`FREE_SIZE_HEADER`), else 0: what a free of a block allocated before the attach
+    /// releases.
+    pub size: u64,
+    /// Process id (thread group id) of the caller.
+    pub tgid: u32,
+    /// [`EventKind::Free`], as a `u32`.
+    pub kind: u32,
+}
+
 /// What an [`AllocEvent`] tells of, in [`AllocEvent::kind`].
 ///
 /// The wire carries a `u32`, not this enum: bytes from the kernel are decoded with
@@ -52,7 +76,7 @@ pub struct AllocEvent {
 pub enum EventKind {
     /// A successful allocation.
     Alloc = 1,
-    /// A free of a non-NULL pointer.
+    /// A free of a non-NULL pointer. Sent as a [`FreeEvent`].
     Free = 2,
     /// An allocation whose stack came inline ([`AllocEventWithStack`]).
     AllocWithStack = 3,
@@ -237,6 +261,8 @@ pub mod maps {
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
     pub const PENDING: &str = "PENDING";
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
     pub const HITS: &str = "HITS";
 }
 

@@ -17,6 +17,10 @@ static SAMPLE_MODE: Global<u32> = Global::new(sampling::MODE_EXACT);
 #[unsafe(no_mangle)]
 static SAMPLE_PARAMETER: Global<u64> = Global::new(0);
 
+/// Slots of the `THREAD_SLOTS` table (`--max-threads`): a thread's slot is its id modulo this.
+#[unsafe(no_mangle)]
+static THREAD_SLOT_COUNT: Global<u32> = Global::new(16384);
+
 /// Nonzero when free's probe reads the size glibc keeps in the word before each block (its
 /// chunk header), so that a free of a block allocated before the attach says what it
 /// releases. Set only when attaching to a process whose free is glibc's.
@@ -48,6 +52,11 @@ pub(crate) fn sampling() -> (u32, u64) {
 #[inline(always)]
 pub(crate) fn exact() -> bool {
     SAMPLE_MODE.load() == sampling::MODE_EXACT
+}
+
+#[inline(always)]
+pub(crate) fn thread_slots() -> u32 {
+    THREAD_SLOT_COUNT.load()
 }
 
 #[inline(always)]

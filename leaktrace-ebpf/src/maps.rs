@@ -2,12 +2,17 @@
 //! ([`leaktrace_common::maps`]) and sizes some at load; aya-log adds its own, `AYA_LOGS`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS};
 
-use crate::{events::Tick, pending::PendingCall, stacks::RECENTLY_COPIED_SLOTS};
+use crate::{
+    events::Tick,
+    pending::{PendingCall, ThreadSlot},
+    stacks::RECENTLY_COPIED_SLOTS,
+};
 
 /// Every record for userspace. Userspace sizes it with `--ring-bytes` (8 MiB by default).
 #[map]
@@ -17,10 +22,24 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-/// The outermost in-flight traced call of each thread, keyed by pid_tgid. A thread's entry is
-/// made by its first call and then updated in place (an idle thread's has `entry_sp` 0): a
-/// lookup costs a fraction of an insert and a delete, which take the bucket's lock. The entry
-/// goes when the thread exits (`thread_exit`). Userspace sizes it with `--max-threads`.
+/// The outermost in-flight traced call of each thread, in the thread's slot: the one its thread
+/// id picks ([`crate::pending`]), which the thread takes at its first call unless another
+/// thread of the same slot holds it. A slot is read by an array index, which the verifier
+/// inlines; a hash map lookup costs each probe ~40 ns here. Updated in place (an idle
+/// thread's has `entry_sp` 0); the slot is given up when the thread exits (`thread_exit`).
+/// Userspace sizes it with `--max-threads`.
+#[map]
+pub(crate) static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(16384, 0);
+
+/// Which thread took each slot of `THREAD_SLOTS`, by slot: an insert succeeds for one thread
+/// only, so two threads cannot both take a slot. Only taking and giving up a slot touch it.
+#[map]
+pub(crate) static SLOT_OWNERS: HashMap<u32, u64> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// The outermost in-flight traced call of each thread that found its slot taken, keyed by
+/// pid_tgid: made by its first call and then updated in place, like a slot. The entry goes
+/// when the thread exits. Userspace sizes it with `--max-threads`.
 #[map]
 pub(crate) static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
@@ -69,6 +88,11 @@ pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETU
 /// records are stamped with the time their tick started here ([`crate::events::now`]).
 #[map]
 pub(crate) static CLOCK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, records sent: the ring buffer's fill is looked at every
+/// [`FILL_CHECK_EVERY`](crate::events::FILL_CHECK_EVERY)th ([`crate::events::wake_flags`]).
+#[map]
+pub(crate) static RECORDS_SENT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU, stack keys lately found in (or put into) `COPIED_STACKS`, each in the slot its top
 /// bits pick: a key found here skips that map's lookup. `COPIED_STACKS` never loses a key, so

@@ -1,17 +1,25 @@
-//! Calls in flight: what an entry probe leaves for its return probe, one entry per thread in
-//! `PENDING`, and which calls count at all. Only a thread's outermost traced call does, and
-//! only while the capture window is open.
+//! Calls in flight: what an entry probe leaves for its return probe, one entry per thread, and
+//! which calls count at all. Only a thread's outermost traced call does, and only while the
+//! capture window is open.
+//!
+//! A thread's entry is its slot of `THREAD_SLOTS`, the one its thread id picks (the id modulo
+//! the number of slots), taken at the thread's first call: every probe after that finds it by
+//! an array index. A thread whose slot another thread holds (their ids are equal modulo the
+//! number of slots) keeps its entry in the `PENDING` hash map instead, for as long as it lives.
+//! A slot is taken through `SLOT_OWNERS`, whose insert only one thread can win, and given up
+//! when its thread exits.
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::bpf_get_current_pid_tgid,
     programs::{ProbeContext, RetProbeContext},
 };
 use leaktrace_common::{CONTROL_ENABLED, DropCounter};
 
 use crate::{
+    config,
     drops::count_drop,
-    maps::{CONTROL, PENDING},
+    maps::{CONTROL, PENDING, SLOT_OWNERS, THREAD_SLOTS},
     sampled::chosen,
 };
 
@@ -36,6 +44,73 @@ pub(crate) struct PendingCall {
     pub(crate) record: u64,
 }
 
+/// A slot of `THREAD_SLOTS`.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct ThreadSlot {
+    /// The pid_tgid of the thread that holds the slot; 0 while none does.
+    owner: u64,
+    call: PendingCall,
+}
+
+#[inline(always)]
+fn slot_index(pid_tgid: u64) -> u32 {
+    // At least 1, so that the compiler leaves out the panic of a division by zero.
+    (pid_tgid as u32) % config::thread_slots().max(1)
+}
+
+/// The thread's slot, if the thread holds it.
+#[inline(always)]
+fn own_slot(pid_tgid: u64) -> Option<*mut ThreadSlot> {
+    let slot = THREAD_SLOTS.get_ptr_mut(slot_index(pid_tgid))?;
+    // SAFETY: the pointer is a slot of an array map value, valid while the program runs. The
+    // owner is written by the thread taking or giving up the slot, in one aligned store.
+    (unsafe { (*slot).owner } == pid_tgid).then_some(slot)
+}
+
+/// The thread's entry: its slot, or else its `PENDING` entry; None before its first call.
+#[inline(always)]
+fn entry(pid_tgid: u64) -> Option<*mut PendingCall> {
+    match own_slot(pid_tgid) {
+        // SAFETY: the pointer is this thread's slot, as above.
+        Some(slot) => Some(unsafe { core::ptr::addr_of_mut!((*slot).call) }),
+        None => PENDING.get_ptr_mut(pid_tgid),
+    }
+}
+
+/// Takes the thread's slot for its first call, unless another thread holds it.
+#[inline(always)]
+fn take_slot(pid_tgid: u64) -> Option<*mut PendingCall> {
+    let index = slot_index(pid_tgid);
+    let slot = THREAD_SLOTS.get_ptr_mut(index)?;
+    // SAFETY: the pointer is a slot of an array map value, valid while the program runs.
+    if unsafe { (*slot).owner } != 0 {
+        return None;
+    }
+    // Two threads that found the slot free may both get here: one insert wins.
+    SLOT_OWNERS
+        .insert(index, pid_tgid, u64::from(BPF_NOEXIST))
+        .ok()?;
+    // SAFETY: as above; the slot is this thread's now, and only it writes the slot.
+    unsafe {
+        (*slot).owner = pid_tgid;
+        Some(core::ptr::addr_of_mut!((*slot).call))
+    }
+}
+
+/// The thread is exiting: its slot or its `PENDING` entry goes.
+#[inline(always)]
+pub(crate) fn forget_thread(pid_tgid: u64) {
+    let Some(slot) = own_slot(pid_tgid) else {
+        let _ = PENDING.remove(pid_tgid);
+        return;
+    };
+    // SAFETY: the pointer is this thread's slot, as in `own_slot`. The slot is marked free
+    // before its owner entry goes: a thread that takes it after that owns it for good.
+    unsafe { (*slot).owner = 0 };
+    let _ = SLOT_OWNERS.remove(slot_index(pid_tgid));
+}
+
 /// Whether the capture window is open. Attaching and detaching uprobes takes tens of
 /// milliseconds per probe; the switch makes them all start and stop at one instant.
 #[inline(always)]
@@ -55,18 +130,17 @@ pub(crate) fn stack_pointer(regs: *mut pt_regs) -> u64 {
 /// True when this thread is inside a traced call that started at or above `sp`.
 #[inline(always)]
 pub(crate) fn inside_traced_call(pid_tgid: u64, sp: u64) -> bool {
-    // SAFETY: only this thread and its exit write its entry, so it does not change or go
-    // while it is read here.
-    let outer = unsafe { PENDING.get(pid_tgid) };
     // An idle thread's entry_sp is 0, below every sp.
-    outer.is_some_and(|outer| outer.entry_sp >= sp)
+    // SAFETY: the pointer is this thread's entry: only this thread and its exit write it, so
+    // it does not change or go while it is read here.
+    entry(pid_tgid).is_some_and(|outer| unsafe { (*outer).entry_sp } >= sp)
 }
 
 /// An outermost traced call, at its entry: where it is to be remembered.
 pub(crate) struct Outermost {
     pid_tgid: u64,
     pub(crate) entry_sp: u64,
-    /// The thread's [`PENDING`] entry, unless this is its first traced call.
+    /// The thread's entry, unless this is its first traced call.
     slot: Option<*mut PendingCall>,
 }
 
@@ -78,7 +152,7 @@ pub(crate) fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<Outermost> 
         return None;
     }
     let entry_sp = stack_pointer(ctx.regs);
-    let slot = PENDING.get_ptr_mut(pid_tgid);
+    let slot = entry(pid_tgid);
     // An entry found below our sp is stale (its return was never seen): it is replaced.
     // SAFETY: the pointer is this thread's entry, which only this thread and its exit touch.
     if slot.is_some_and(|outer| unsafe { (*outer).entry_sp } >= entry_sp) {
@@ -95,7 +169,7 @@ impl Outermost {
     /// Keeps the call for its return probe; false (and counted) when there is no room.
     #[inline(always)]
     pub(crate) fn remember(&self, call: &PendingCall) -> bool {
-        if let Some(slot) = self.slot {
+        if let Some(slot) = self.slot.or_else(|| take_slot(self.pid_tgid)) {
             // SAFETY: the pointer is this thread's entry, which only this thread and its exit
             // touch, and the thread is here.
             unsafe { *slot = *call };
@@ -145,7 +219,7 @@ pub(crate) fn take_pending(ctx: &RetProbeContext) -> Option<(u64, PendingCall)> 
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let slot = PENDING.get_ptr_mut(pid_tgid)?;
+    let slot = entry(pid_tgid)?;
     // SAFETY: the pointer is this thread's entry, which only this thread and its exit touch,
     // and the thread is here.
     let call = unsafe { *slot };

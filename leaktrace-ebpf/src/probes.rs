@@ -19,11 +19,11 @@ use leaktrace_common::{
 use crate::{
     config::free_size_header,
     cost::count_hit,
-    events::emit,
-    maps::{PENDING, TRACED},
+    events::{emit, emit_free},
+    maps::TRACED,
     pending::{
-        PendingCall, enter_alloc, enter_call, inside_traced_call, outermost, stack_pointer,
-        take_pending, take_recorded, window_open,
+        PendingCall, enter_alloc, enter_call, forget_thread, inside_traced_call, outermost,
+        stack_pointer, take_pending, take_recorded, window_open,
     },
     sampled::{chosen, forget_block, remember_block},
     stacks::emit_with_stack,
@@ -228,14 +228,21 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     // realloc(p, 0) and operator delete free through free(): the outer call reports it (and
     // has forgotten the block already).
     if forget_block(address) && !inside_traced_call(pid_tgid, stack_pointer(ctx.regs)) {
-        let size = if free_size_header() {
-            glibc_usable_size(address)
-        } else {
-            0
-        };
-        emit(pid_tgid, EventKind::Free, address, size, 0);
+        emit_free(pid_tgid, address, freed_size(address));
     }
     0
+}
+
+/// What the block at `address`, being freed, holds: known only where free is glibc's (see
+/// `FREE_SIZE_HEADER`), else 0. The ledger needs it only for blocks allocated before the
+/// attach, whose allocation it never saw.
+#[inline(always)]
+fn freed_size(address: u64) -> u64 {
+    if free_size_header() {
+        glibc_usable_size(address)
+    } else {
+        0
+    }
 }
 
 /// The bytes glibc's block at `address` holds, from its chunk header (the word before it:
@@ -274,7 +281,7 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
         record: 0,
     };
     if outer.remember(&call) && forget_block(address) {
-        emit(pid_tgid, EventKind::Free, address, 0, 0);
+        emit_free(pid_tgid, address, freed_size(address));
     }
     0
 }
@@ -384,14 +391,14 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// sched_process_exit(task), in the context of the exiting thread: its [`PENDING`] entry goes.
+/// sched_process_exit(task), in the context of the exiting thread: its entry goes.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn thread_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: the value is only tested for presence, never read.
     if unsafe { TRACED.get(tgid) }.is_some() {
-        let _ = PENDING.remove(pid_tgid);
+        forget_thread(pid_tgid);
     }
     0
 }

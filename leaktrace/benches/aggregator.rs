@@ -17,7 +17,7 @@ use leaktrace::{
     ledger::Ledger,
     stacks::{AllocFns, AllocatorFrames, CallSites},
 };
-use leaktrace_common::{AllocEvent, EventKind};
+use leaktrace_common::{AllocEvent, EventKind, FreeEvent};
 
 /// The system allocator, counting the bytes in use.
 struct Counting;
@@ -56,26 +56,14 @@ impl Random {
     }
 }
 
-fn record(kind: u32, address: u64, size: u64, stack_hash: u64, timestamp_ns: u64) -> AllocEvent {
-    AllocEvent {
-        timestamp_ns,
-        address,
-        size,
-        stack_hash,
-        tgid: 1,
-        tid: 1,
-        stack_id: 0,
-        kind,
-    }
-}
-
-fn bytes_of(event: &AllocEvent) -> [u8; size_of::<AllocEvent>()] {
-    unsafe { std::mem::transmute_copy(event) }
+fn bytes_of<T>(record: &T) -> Vec<u8> {
+    let ptr = (record as *const T).cast::<u8>();
+    unsafe { std::slice::from_raw_parts(ptr, size_of::<T>()) }.to_vec()
 }
 
 /// Records as the ring buffer carries them: allocations from `SITES` stacks, each freed at
 /// random some time later, around 50,000 blocks live at any time.
-fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
+fn churn() -> Vec<Vec<u8>> {
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
     let mut live: Vec<u64> = Vec::new();
     let mut next_address = 0x10_0000u64;
@@ -85,25 +73,28 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
         if live.len() < 50_000 && random.next().is_multiple_of(2) || live.is_empty() {
             let site = random.next() % SITES + 1;
             let size = 16 + random.next() % 512;
-            records.push(bytes_of(&record(
-                EventKind::Alloc as u32,
-                next_address,
+            records.push(bytes_of(&AllocEvent {
+                timestamp_ns: timestamp,
+                address: next_address,
                 size,
-                site,
-                timestamp,
-            )));
+                stack_hash: site,
+                tgid: 1,
+                tid: 1,
+                stack_id: 0,
+                kind: EventKind::Alloc as u32,
+            }));
             live.push(next_address);
             next_address += 16 + size.div_ceil(16) * 16;
         } else {
             let index = (random.next() % live.len() as u64) as usize;
             let address = live.swap_remove(index);
-            records.push(bytes_of(&record(
-                EventKind::Free as u32,
+            records.push(bytes_of(&FreeEvent {
+                timestamp_ns: timestamp,
                 address,
-                0,
-                0,
-                timestamp,
-            )));
+                size: 0,
+                tgid: 1,
+                kind: EventKind::Free as u32,
+            }));
         }
     }
     records
@@ -111,7 +102,7 @@ fn churn() -> Vec<[u8; size_of::<AllocEvent>()]> {
 
 /// What capture does with each record for a known stack: decode it, find the stack's key,
 /// and book it in the ledger.
-fn take_in(records: &[[u8; size_of::<AllocEvent>()]], ledger: &mut Ledger, sites: &mut CallSites) {
+fn take_in(records: &[Vec<u8>], ledger: &mut Ledger, sites: &mut CallSites) {
     for bytes in records {
         match Event::decode(bytes) {
             Some(Event::Alloc {

@@ -133,8 +133,10 @@ pub struct Cli {
           value_parser = bytes_between(1, leaktrace_common::sampling::MAX_MEAN_BYTES))]
     pub sample_bytes: Option<u64>,
 
-    /// Threads of the target the probes can follow at once: each has an entry, made by its
-    /// first allocator call, for the call in flight. Past that, calls are lost (and counted).
+    /// Threads of the target the probes can follow at once: each takes, at its first allocator
+    /// call, the slot its thread id picks among N, or, when another thread holds that slot,
+    /// one of N entries of a map, for the call in flight. Past that, calls are lost (and
+    /// counted).
     #[arg(long, value_name = "N", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
     pub max_threads: u32,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     ledger::trends::{Growth, fit},
-    report::thousands,
+    report::{human_bytes, signed_bytes},
     target::memory::MemorySample,
     target::{Access, Target},
 };
@@ -61,14 +61,15 @@ pub fn run(pid: u32, interval: Duration, duration: Option<Duration>) -> Result<(
             println!("pid {pid} is gone");
             break;
         };
+        let size = |bytes: u64| human_bytes(bytes as f64);
         println!(
-            "[{t:7.1}s] RSS {} B  HWM {} B  PSS {} B  anon {} B  heap {} B  mapped-anon {} B",
-            thousands(sample.vm_rss),
-            thousands(sample.vm_hwm),
-            thousands(sample.pss),
-            thousands(sample.rss_anon),
-            thousands(sample.heap),
-            thousands(sample.anonymous)
+            "[{t:7.1}s] RSS {}  HWM {}  PSS {}  anon {}  heap {}  mapped-anon {}",
+            size(sample.vm_rss),
+            size(sample.vm_hwm),
+            size(sample.pss),
+            size(sample.rss_anon),
+            size(sample.heap),
+            size(sample.anonymous)
         );
         samples.push(sample);
         let done = duration.is_some_and(|d| started.elapsed() + interval > d);
@@ -79,11 +80,11 @@ pub fn run(pid: u32, interval: Duration, duration: Option<Duration>) -> Result<(
     }
     let verdict = Verdict::of(&samples);
     println!(
-        "pid {} ({}): RSS {} at {} B/s (R² {:.2}) over {:.1} s",
+        "pid {} ({}): RSS {} at {}/s (R² {:.2}) over {:.1} s",
         pid,
         target.command,
         if verdict.growing { "growing" } else { "stable" },
-        verdict.growth.bytes_per_s.round() as i64,
+        signed_bytes(verdict.growth.bytes_per_s),
         verdict.growth.steadiness,
         verdict.seconds
     );

@@ -19,7 +19,8 @@ use serde_json::Value;
 
 pub const LEAKTRACE: &str = env!("CARGO_BIN_EXE_leaktrace");
 
-fn fixtures_dir() -> PathBuf {
+/// Where the fixtures' sources are.
+pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 

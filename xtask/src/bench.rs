@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     install_missing,
-    process::{TRACER_WAIT, Traced, Usage, expect_line, which},
+    process::{TRACER_WAIT, Traced, Usage, expect_line},
     run, workspace,
 };
 
@@ -398,10 +398,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         .into_iter()
         .map(|allocator| build_workload(&out, allocator))
         .collect::<Result<Vec<_>>>()?;
-    let bcc = which("memleak-bpfcc");
-    if bcc.is_none() {
-        println!("bcc memleak: not installed, left out (../shared/peers/setup-bcc.sh installs it)");
-    }
+    let bcc = match crate::peers::setup_bcc() {
+        Ok(memleak) => Some(memleak),
+        Err(error) => {
+            println!("bcc memleak: could not be installed ({error:#}), left out");
+            None
+        }
+    };
     let tracers = Tracers {
         leaktrace,
         bcc,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod peers;
 mod process;
 mod soak;
 mod stamp;
@@ -19,6 +20,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf   build the eBPF object (nightly + rust-src + bpf-linker) and its source stamp
   setup-ebpf   install what build-ebpf needs (LLVM 22, bpf-linker, rust-src)
+  setup-peers  install the tools bench compares with (bcc memleak, with kernel headers)
   test         install what the tests need, then run every test
   bench        what tracing costs a target (on four allocators, and redis): leaktrace against
                untraced and bcc memleak; leaktrace's attach and detach times
@@ -31,7 +33,7 @@ tasks:
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
 /// stays attached, and man renders the manual page.
-const TEST_PACKAGES: [&str; 13] = [
+const TEST_PACKAGES: [&str; 15] = [
     "gcc",
     "g++",
     "binutils",
@@ -45,6 +47,9 @@ const TEST_PACKAGES: [&str; 13] = [
     "golang-go",
     "libxml2-utils",
     "chromium",
+    // tests/servers.rs: real programs (redis-server brings redis-cli and redis-benchmark).
+    "redis-server",
+    "python3",
 ];
 
 fn main() -> Result<()> {
@@ -52,6 +57,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "build-ebpf" => build_ebpf(),
         "setup-ebpf" => setup_ebpf(),
+        "setup-peers" => peers::setup_bcc().map(|memleak| println!("{}", memleak.display())),
         "test" => test(),
         "bench" => bench::bench(&env::args().skip(2).collect::<Vec<_>>()),
         "soak" => soak::soak(&env::args().skip(2).collect::<Vec<_>>()),

@@ -10,7 +10,7 @@ use crate::{
     ledger::{
         BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends, Watermarks,
         trends::Growth,
-        verdict::{Judgement, Verdict},
+        verdict::{Judgement, Replacement, Verdict},
     },
     plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
@@ -310,12 +310,7 @@ impl TracedImage {
     pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let sites = self.end_interval();
-        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
-        let released_before_attach = if self.from_start {
-            0.0
-        } else {
-            self.ledger.totals().unmatched_free_bytes as f64 / self.now().max(1e-3)
-        };
+        let replacement = Replacement::of(&self.ledger.totals(), self.from_start);
         let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
             .into_iter()
             .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
@@ -324,7 +319,7 @@ impl TracedImage {
                 let judgement = self
                     .trends
                     .recent_verdict(site)
-                    .allowing_for_replacement(released_before_attach);
+                    .allowing_for(&replacement, &stats);
                 (site, stats, growth, judgement)
             })
             .collect();

@@ -17,7 +17,7 @@ pub use signals::Interrupts;
 use std::{
     collections::HashMap,
     future::pending,
-    io::{IsTerminal, Write},
+    io::Write,
     os::fd::{AsRawFd, RawFd},
     path::PathBuf,
     time::{Duration, Instant},
@@ -35,7 +35,7 @@ use crate::{
     error::Failure,
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
-    report::{self, Ending, Report},
+    report::{self, Ending, Report, screen::Screen},
     stacks::{DwarfUnwinder, Symbolizer},
     target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name},
 };
@@ -88,6 +88,8 @@ struct Capture<'a> {
     /// `--max-overhead`.
     limit: Option<OverheadLimit>,
     target_pid: u32,
+    /// Where the live view goes: a terminal's width, and the line redrawn above it.
+    screen: Screen,
     /// Records taken in (debug builds: for [`Capture::injected_panic`]).
     #[cfg(debug_assertions)]
     records: u64,
@@ -299,6 +301,7 @@ impl Capture<'_> {
                 (&memory, shown_cost),
                 &drops,
                 &rows,
+                self.screen.width,
             ));
             if image.pid == self.target_pid
                 && let Some(warning) = self.memory.divergence()
@@ -328,8 +331,17 @@ pub fn run(
         interrupts,
         window_start_ns,
         cost,
+        attached,
     } = attach(target, plan, settings, options, &runtime)?;
-    let mut capture = Capture::new(target, plan, prepared, options, window_start_ns, cost);
+    let screen = Screen::of_output(options.text_to_stderr, attached);
+    let mut capture = Capture::new(
+        target,
+        plan,
+        prepared,
+        options,
+        (window_start_ns, cost),
+        screen,
+    );
     let ending = runtime.block_on(capture.record(target, &mut probes, interrupts))?;
     capture.finish(target, &mut probes, ending)
 }
@@ -337,6 +349,8 @@ pub fn run(
 /// What [`attach`] hands the loop.
 struct Attached {
     probes: ProbeSet,
+    /// The line that says what is attached, as printed.
+    attached: String,
     /// Made while the target surely lived: before a launched target is resumed.
     prepared: Prepared,
     interrupts: Interrupts,
@@ -391,7 +405,7 @@ fn attach(
         let _inside = runtime.enter();
         Interrupts::catch()?
     };
-    // The programs' own run time, counted by the kernel through the first interval.
+    // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
         .inspect_err(|error| {
             log::debug!("no BPF run-time statistics ({error:#}): the cost covers the traps")
@@ -400,7 +414,7 @@ fn attach(
     let window_start_ns = probes.open_window()?;
     let cost = CostMeter::new(calibration, statistics, &probes, target.pid);
     target.resume()?;
-    eprintln!(
+    let attached = format!(
         "leaktrace: attached to pid {} ({}); probing {}{}",
         target.pid,
         target.command,
@@ -414,8 +428,10 @@ fn attach(
             .describe()
             .map_or_else(String::new, |s| format!("; sampling {s}"))
     );
+    eprintln!("{attached}");
     Ok(Attached {
         probes,
+        attached,
         prepared,
         interrupts,
         window_start_ns,
@@ -429,8 +445,8 @@ impl<'a> Capture<'a> {
         plan: &ProbePlan,
         prepared: Prepared,
         options: &'a CaptureOptions,
-        window_start_ns: u64,
-        cost: CostMeter,
+        (window_start_ns, cost): (u64, CostMeter),
+        screen: Screen,
     ) -> Capture<'a> {
         let first = TracedImage::new(
             target.pid,
@@ -451,6 +467,7 @@ impl<'a> Capture<'a> {
             last_cost: None,
             limit: options.max_overhead.map(OverheadLimit::new),
             target_pid: target.pid,
+            screen,
             #[cfg(debug_assertions)]
             records: 0,
         }
@@ -492,11 +509,6 @@ impl<'a> Capture<'a> {
         // to the end.
         let mut poll = interval(RING_POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let terminal = if options.text_to_stderr {
-            std::io::stderr().is_terminal()
-        } else {
-            std::io::stdout().is_terminal()
-        };
         let mut backlog = false;
         let mut intervals = 0;
         let ending = loop {
@@ -518,9 +530,7 @@ impl<'a> Capture<'a> {
                         break Ending::Failed;
                     }
                     let view = self.live_view(probes, options.top);
-                    // On a terminal, redraw in place like top; piped, one block per interval.
-                    let redraw = if terminal { "\x1b[H\x1b[2J" } else { "" };
-                    print_text(options.text_to_stderr, &format!("{redraw}{view}"));
+                    print_text(options.text_to_stderr, &self.screen.frame(&view));
                     intervals += 1;
                     if self.over_limit() {
                         break Ending::Overhead {

@@ -11,8 +11,8 @@
 //! - [`limit`]: `--max-overhead`, which ends the capture.
 //!
 //! The estimate covers the kernel's traps (entry, single step, return trampoline) and, when
-//! the kernel's BPF statistics could be turned on for the first interval, the programs' own
-//! run time. It leaves out what a probe does to the target's caches and branch predictors,
+//! the kernel's BPF statistics could be turned on (until the programs ran 100,000 times), the
+//! programs' own run time. It leaves out what a probe does to the target's caches and branch predictors,
 //! and leaktrace's own CPU time, which is not the target's.
 
 pub mod calibration;

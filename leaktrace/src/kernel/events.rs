@@ -1,7 +1,7 @@
 //! Decoding the ring buffer's records.
 
 use leaktrace_common::{
-    AllocEvent, AllocEventWithStack, EventKind, STACK_ID_OWN_COPY, StackSample,
+    AllocEvent, AllocEventWithStack, EventKind, FreeEvent, STACK_ID_OWN_COPY, StackSample,
 };
 
 use crate::stacks::unwind::StackCopy;
@@ -75,6 +75,18 @@ impl Event {
     /// Decodes one ring buffer record; `None` for a record of the wrong size or kind, which
     /// would mean the object and this binary disagree on the format.
     pub fn decode(bytes: &[u8]) -> Option<Event> {
+        if bytes.len() == size_of::<FreeEvent>() {
+            // SAFETY: the length was checked; the read is unaligned, as below.
+            let free = unsafe { bytes.as_ptr().cast::<FreeEvent>().read_unaligned() };
+            return (EventKind::try_from(free.kind) == Ok(EventKind::Free)).then_some(
+                Event::Free {
+                    pid: free.tgid,
+                    address: free.address,
+                    size: free.size,
+                    timestamp_ns: free.timestamp_ns,
+                },
+            );
+        }
         if bytes.len() < size_of::<AllocEvent>() {
             return None;
         }
@@ -116,12 +128,8 @@ impl Event {
                     Stack::Inline(full.frames[..depth].to_vec())
                 }))
             }
-            EventKind::Free => Some(Event::Free {
-                pid: raw.tgid,
-                address: raw.address,
-                size: raw.size,
-                timestamp_ns: raw.timestamp_ns,
-            }),
+            // A free comes only in its own short record.
+            EventKind::Free => None,
             EventKind::ReallocFree => Some(Event::ReallocFree {
                 pid: raw.tgid,
                 tid: raw.tid,
@@ -241,12 +249,8 @@ mod tests {
         raw.kind = EventKind::Free as u32;
         assert_eq!(
             Event::decode(&bytes_of(&raw)),
-            Some(Event::Free {
-                pid: 7,
-                address: 0x1000,
-                size: 24,
-                timestamp_ns: 5
-            })
+            None,
+            "a free is a FreeEvent"
         );
         raw.kind = EventKind::ReallocFree as u32;
         assert_eq!(
@@ -294,6 +298,35 @@ mod tests {
                 timestamp_ns: 5
             })
         );
+    }
+
+    #[test]
+    fn decodes_a_free_from_its_short_record() {
+        let free = FreeEvent {
+            timestamp_ns: 5,
+            address: 0x1000,
+            size: 24,
+            tgid: 7,
+            kind: EventKind::Free as u32,
+        };
+        let bytes = bytes_of(&free);
+        assert_eq!(bytes.len(), 32, "shorter than an AllocEvent");
+        assert_eq!(
+            Event::decode(&bytes),
+            Some(Event::Free {
+                pid: 7,
+                address: 0x1000,
+                size: 24,
+                timestamp_ns: 5
+            })
+        );
+        // A short record of another kind, or cut short, is not one this binary knows.
+        for kind in [EventKind::Alloc as u32, 0, 99] {
+            let other = bytes_of(&FreeEvent { kind, ..free });
+            assert_eq!(Event::decode(&other), None, "kind {kind}");
+        }
+        assert_eq!(Event::decode(&bytes[..16]), None);
+        assert_eq!(Event::decode(&[bytes.clone(), vec![0; 8]].concat()), None);
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct ProbeSettings {
     /// The ring buffer's size.
     pub ring_bytes: u32,
     pub sampling: Sampling,
-    /// Entries of the per-thread map of calls in flight (`--max-threads`).
+    /// Slots of the per-thread table of calls in flight, and entries of the map for threads
+    /// whose slot another thread holds (`--max-threads`).
     pub max_threads: u32,
     /// Entries of the map of sampled live blocks (`--sampled-blocks`); the default holds, at
     /// `--sample-bytes 524288`, a heap of 128 GiB in small blocks.
@@ -111,9 +112,12 @@ impl ProbeSet {
             .override_global("SAMPLE_PARAMETER", &sample_parameter, true)
             .override_global("LOG_DROPS", &log_drops, true)
             .override_global("FREE_SIZE_HEADER", &free_size_header, true)
+            .override_global("THREAD_SLOT_COUNT", &settings.max_threads, true)
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
-            .map_max_entries(maps::PENDING, settings.max_threads);
+            .map_max_entries(maps::PENDING, settings.max_threads)
+            .map_max_entries(maps::THREAD_SLOTS, settings.max_threads)
+            .map_max_entries(maps::SLOT_OWNERS, settings.max_threads);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;

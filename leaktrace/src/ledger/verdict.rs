@@ -50,6 +50,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::{SiteStats, Totals};
+
 /// One-sided significance level of the Mann–Kendall test for `leaking`.
 pub const ALPHA: f64 = 0.001;
 
@@ -141,12 +143,48 @@ pub struct Judgement {
     pub trend: MannKendall,
 }
 
+/// Blocks allocated before the attach, freed while tracing: the ledger never saw them
+/// allocated, so a site that makes the blocks replacing them looks like growth.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Replacement {
+    /// How many such blocks were freed.
+    pub blocks: u64,
+    /// The bytes they released, where the allocator tells (glibc's chunk header); 0 where
+    /// only the blocks are counted.
+    pub bytes: u64,
+}
+
+impl Replacement {
+    /// From a capture's totals; none when the target was traced from its start (every block
+    /// was seen allocated, and an unmatched free is the allocator's own).
+    pub fn of(totals: &Totals, from_start: bool) -> Replacement {
+        if from_start {
+            return Replacement::default();
+        }
+        Replacement {
+            blocks: totals.unmatched_frees,
+            bytes: totals.unmatched_free_bytes,
+        }
+    }
+
+    /// Whether replacing old blocks can explain all that a site holds: everything a site
+    /// holds was allocated since the attach, so that is its growth. Compared in bytes where
+    /// the old blocks' sizes are known, else in blocks.
+    fn explains(&self, site: &SiteStats) -> bool {
+        if self.bytes > 0 {
+            site.live_bytes <= self.bytes
+        } else {
+            site.live_allocations <= self.blocks
+        }
+    }
+}
+
 impl Judgement {
-    /// This judgement once blocks allocated before the attach, released at
-    /// `released_bytes_per_s`, are allowed for: a floor that rises no faster than they go is
-    /// [`Verdict::Replacing`] them, not leaking.
-    pub fn allowing_for_replacement(self, released_bytes_per_s: f64) -> Judgement {
-        if self.verdict == Verdict::Leaking && self.floor_bytes_per_s <= released_bytes_per_s {
+    /// This judgement once `replacement` is allowed for, at a site holding `site`: a site
+    /// that rises, but holds no more than old blocks freed unseen, is [`Verdict::Replacing`]
+    /// them, not leaking.
+    pub fn allowing_for(self, replacement: &Replacement, site: &SiteStats) -> Judgement {
+        if self.verdict == Verdict::Leaking && replacement.explains(site) {
             Judgement {
                 verdict: Verdict::Replacing,
                 ..self
@@ -625,26 +663,48 @@ mod tests {
     }
 
     #[test]
-    fn a_floor_that_rises_no_faster_than_old_blocks_go_is_replacing() {
+    fn a_rising_site_that_holds_no_more_than_old_blocks_freed_is_replacing() {
         let leaking = Judgement {
             verdict: Verdict::Leaking,
             floor_bytes_per_s: 1000.0,
             ..Judgement::default()
         };
+        let totals = |blocks: u64, bytes: u64| Totals {
+            unmatched_frees: blocks,
+            unmatched_free_bytes: bytes,
+            ..Totals::default()
+        };
+        let holding = |live_allocations: u64, live_bytes: u64| SiteStats {
+            live_allocations,
+            live_bytes,
+            ..SiteStats::default()
+        };
+        let verdict = |blocks, bytes, site: SiteStats| {
+            let replacement = Replacement::of(&totals(blocks, bytes), false);
+            leaking.allowing_for(&replacement, &site).verdict
+        };
+        // Sizes known (glibc): bytes decide, whatever the blocks.
         assert_eq!(
-            leaking.allowing_for_replacement(1500.0).verdict,
+            verdict(10, 15_000, holding(100, 15_000)),
             Verdict::Replacing
         );
+        assert_eq!(verdict(1000, 5_000, holding(10, 5_001)), Verdict::Leaking);
+        // Sizes unknown (jemalloc): blocks decide.
+        assert_eq!(verdict(500, 0, holding(500, 1 << 20)), Verdict::Replacing);
+        assert_eq!(verdict(499, 0, holding(500, 500)), Verdict::Leaking);
+        // Traced from the start, an unmatched free is the allocator's own: nothing replaced.
+        let from_start = Replacement::of(&totals(1_000_000, 1 << 40), true);
         assert_eq!(
-            leaking.allowing_for_replacement(500.0).verdict,
+            leaking.allowing_for(&from_start, &holding(1, 1)).verdict,
             Verdict::Leaking
         );
         let stable = Judgement {
             verdict: Verdict::Stable,
             ..leaking
         };
+        let all = Replacement::of(&totals(1 << 40, 1 << 40), false);
         assert_eq!(
-            stable.allowing_for_replacement(1e9).verdict,
+            stable.allowing_for(&all, &holding(1, 1)).verdict,
             Verdict::Stable
         );
     }

@@ -9,6 +9,7 @@ mod folded;
 mod html;
 pub mod output;
 mod pprof;
+pub mod screen;
 mod text;
 
 use std::{
@@ -28,7 +29,7 @@ use crate::{
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
-    ledger::verdict::{Judgement, Verdict},
+    ledger::verdict::{Judgement, Replacement, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
@@ -127,12 +128,7 @@ impl Report {
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
-        // Blocks from before an attach, freed unseen: growth as fast as that is replacement.
-        let released_before_attach = if header.from_start {
-            0.0
-        } else {
-            totals.unmatched_free_bytes as f64 / header.duration_s.max(1e-3)
-        };
+        let replacement = Replacement::of(&totals, header.from_start);
         totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
         let mut sites: Vec<_> = sites
@@ -140,7 +136,7 @@ impl Report {
             .map(|(site, stats, blocks)| {
                 let judgement = trends
                     .whole_verdict(site)
-                    .allowing_for_replacement(released_before_attach);
+                    .allowing_for(&replacement, &stats);
                 (site, stats, blocks, judgement)
             })
             .collect();

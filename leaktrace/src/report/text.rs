@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{Ending, Report, thousands};
+use super::{Ending, Report, screen, thousands};
 use crate::cost::CostReport;
 use crate::kernel::DropCounts;
 use crate::ledger::{trends::Growth, verdict::Verdict};
@@ -274,7 +274,9 @@ pub struct IntervalRow {
 
 /// The live view each interval: totals, then the top sites with their change over the
 /// interval, growth, steadiness (`-` from fewer than 3 samples) and verdict.
-/// `memory` and `cost` are "; RSS …" and "; tracing cost …", or empty.
+/// `memory` and `cost` are "; RSS …" and "; tracing cost …", or empty. With a terminal's
+/// `width`, the totals wrap within it, and a terminal narrower than [`WIDE_ENOUGH`] gets the
+/// rows in narrow columns, the site label cut to what is left.
 pub fn render_interval(
     elapsed_s: f64,
     live_bytes: u64,
@@ -282,14 +284,38 @@ pub fn render_interval(
     (memory, cost): (&str, &str),
     drops: &DropCounts,
     rows: &[IntervalRow],
+    width: Option<usize>,
 ) -> String {
-    let mut out = format!(
+    let totals = format!(
         "[{elapsed_s:7.1}s] live {} in {} blocks{memory}{cost}; lost events {}",
         human_bytes(live_bytes as f64),
         thousands(live_allocations),
         thousands(drops.lost())
     );
+    let mut out = match width {
+        Some(width) => screen::wrap_parts(totals.split("; "), width),
+        None => totals,
+    };
     out.push('\n');
+    match width {
+        Some(width) if width < WIDE_ENOUGH => narrow_rows(&mut out, rows, width),
+        _ => wide_rows(&mut out, rows),
+    }
+    out
+}
+
+/// A terminal at least this wide gets the rows' wide columns (76 characters) and most of a
+/// site label.
+pub const WIDE_ENOUGH: usize = 120;
+
+/// Each row's steadiness as shown: `-` from fewer than 3 samples.
+fn shown_steadiness(row: &IntervalRow) -> String {
+    row.growth
+        .shown_steadiness()
+        .map_or_else(|| "-".to_owned(), |r2| format!("{r2:.2}"))
+}
+
+fn wide_rows(out: &mut String, rows: &[IntervalRow]) {
     let _ = writeln!(
         out,
         "  {:>11}  {:>11}  {:>9}  {:>12}  {:>5}  {:<14}  site",
@@ -298,20 +324,67 @@ pub fn render_interval(
     for row in rows {
         let change = signed_bytes(row.change as f64);
         let growth = format!("{}/s", signed_bytes(row.growth.bytes_per_s));
-        let steadiness = row
-            .growth
-            .shown_steadiness()
-            .map_or_else(|| "-".to_owned(), |r2| format!("{r2:.2}"));
         let _ = writeln!(
             out,
-            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {steadiness:>5}  {:<14}  {}",
+            "  {change:>11}  {:>11}  {:>9}  {growth:>12}  {:>5}  {:<14}  {}",
             human_bytes(row.live_bytes as f64),
             thousands(row.live_allocations),
+            shown_steadiness(row),
             row.verdict,
             row.site
         );
     }
-    out
+}
+
+/// Columns of 60 characters: 20 are left for the site at 80.
+fn narrow_rows(out: &mut String, rows: &[IntervalRow], width: usize) {
+    let _ = writeln!(
+        out,
+        "{:>9} {:>9} {:>7} {:>11} {:>4} {:<14} site",
+        "change", "live", "blocks", "growth", "R²", "verdict"
+    );
+    for row in rows {
+        let columns = format!(
+            "{:>9} {:>9} {:>7} {:>11} {:>4} {:<14} ",
+            short_signed_bytes(row.change as f64),
+            short_bytes(row.live_bytes as f64),
+            short_count(row.live_allocations),
+            format!("{}/s", short_signed_bytes(row.growth.bytes_per_s)),
+            shown_steadiness(row),
+            row.verdict.as_str(),
+        );
+        let room = width.saturating_sub(columns.chars().count());
+        let _ = writeln!(out, "{columns}{}", screen::fit(&row.site, room));
+    }
+}
+
+/// Bytes in at most 3 significant digits, for narrow columns: "68.6 KiB", "132 KiB", "9 B".
+fn short_bytes(bytes: f64) -> String {
+    let (value, unit) = match bytes {
+        b if b >= 1024.0 * 1024.0 * 1024.0 => (b / (1024.0 * 1024.0 * 1024.0), "GiB"),
+        b if b >= 1024.0 * 1024.0 => (b / (1024.0 * 1024.0), "MiB"),
+        b if b >= 1024.0 => (b / 1024.0, "KiB"),
+        b => return format!("{b:.0} B"),
+    };
+    if value >= 100.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+fn short_signed_bytes(bytes: f64) -> String {
+    let sign = if bytes < 0.0 { '-' } else { '+' };
+    format!("{sign}{}", short_bytes(bytes.abs()))
+}
+
+/// A count in at most 7 characters: "999,999", then "1.2M", "3.4G".
+fn short_count(count: u64) -> String {
+    match count {
+        c if c < 1_000_000 => thousands(c),
+        c if c < 1_000_000_000 => format!("{:.1}M", c as f64 / 1e6),
+        c => format!("{:.1}G", c as f64 / 1e9),
+    }
 }
 
 /// A change or rate in bytes for people: "+1.2 KiB", "-300 B".

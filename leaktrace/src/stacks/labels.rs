@@ -334,13 +334,16 @@ struct PreparedFrame {
     identity: u32,
     /// Its [`shown_name`].
     shown: u32,
-    /// Its [`short_describe`], and its whole [`Frame::describe`].
+    /// Its [`short_describe`], its whole [`Frame::describe`], and its [`placed_describe`].
     short: u32,
     full: u32,
+    placed: u32,
     /// In the list or named by `--alloc-fn`.
     listed: bool,
     /// Has a function name.
     named: bool,
+    /// Its module's path ([`Names`]; "" when not known).
+    module: u32,
 }
 
 /// What labelling needs of one stack, worked out once: matching names against the list
@@ -363,10 +366,12 @@ impl PreparedStack {
                 PreparedFrame {
                     identity: names.id(identity(frame).into_owned()),
                     short: names.id(short_describe(frame, &shown)),
+                    placed: names.id(placed_describe(frame, &shown)),
                     shown: names.id(shown),
                     full: names.id(frame.describe()),
                     listed,
                     named: frame.function.is_some(),
+                    module: names.id(frame.module.clone().unwrap_or_default()),
                 }
             })
             .collect();
@@ -402,7 +407,13 @@ fn wrapper_counts(stacks: &[&PreparedStack], names: &Names, auto: bool) -> Vec<u
     }
 }
 
-/// The length of the leading run of wrappers (and of unnamed frames before one).
+/// The length of the leading run of wrappers (and of unnamed frames before one). With no
+/// wrapper, unnamed frames that call the allocator itself are passed over to the named
+/// function of their module that calls them (Debian's python3: `PyByteArray_Resize ←
+/// python3.11+0x4fb51c`, where the unnamed frame is CPython's static `_PyObject_Malloc`): a
+/// label should name a function, and the allocator's callers in a stripped module are most
+/// often its own allocator layer. Not into another module: a program stripped whole would
+/// be labelled by libc's `__libc_start_call_main`.
 fn leading_wrappers(stack: &PreparedStack, is_wrapper: impl Fn(&PreparedFrame) -> bool) -> usize {
     let mut count = 0;
     for (index, frame) in stack.frames.iter().enumerate() {
@@ -410,6 +421,15 @@ fn leading_wrappers(stack: &PreparedStack, is_wrapper: impl Fn(&PreparedFrame) -
             count = index + 1;
         } else if frame.named {
             break;
+        }
+    }
+    if count == 0 {
+        let unnamed = stack.frames.iter().take_while(|f| !f.named).count();
+        if let (Some(first), Some(caller)) = (stack.frames.first(), stack.frames.get(unnamed))
+            && unnamed > 0
+            && caller.module == first.module
+        {
+            count = unnamed;
         }
     }
     count
@@ -477,6 +497,16 @@ fn short_describe(frame: &Frame, shown: &str) -> String {
     match short_location(frame) {
         Some(location) => format!("{shown} at {location}"),
         None => shown.to_owned(),
+    }
+}
+
+/// `createClient at redis-server+0xd0181` where a frame has no line to tell it from another
+/// call in the same function (a binary without debug info): its place in its module. Where
+/// it has a line, its [`Frame::describe`].
+fn placed_describe(frame: &Frame, shown: &str) -> String {
+    match (&frame.line, &frame.function, &frame.module_offset) {
+        (None, Some(_), Some(_)) => format!("{shown} at {}", frame.name_in_module()),
+        _ => frame.describe(),
     }
 }
 
@@ -593,7 +623,7 @@ fn location(stacks: &[&[Frame]], at: &[Option<usize>], site: usize) -> Option<St
 /// For each of `members` (sites named alike), the frame past the label that tells its stack
 /// from all the others': the first where it parts from the last of them (the stacks are split
 /// frame by frame, outwards, until each is alone). Frames are compared as shown, then, for
-/// stacks alike that way, by their whole names. A stack alike to another to its end, or that
+/// stacks alike that way, by their whole names, then by their places in their modules. A stack alike to another to its end, or that
 /// ends where another goes on, gets none.
 fn vias(
     stacks: &[&PreparedStack],
@@ -606,7 +636,8 @@ fn vias(
     let mut alike = vec![members.to_vec()];
     let by_short: fn(&PreparedFrame) -> u32 = |frame| frame.short;
     let by_full: fn(&PreparedFrame) -> u32 = |frame| frame.full;
-    for describe in [by_short, by_full] {
+    let by_place: fn(&PreparedFrame) -> u32 = |frame| frame.placed;
+    for describe in [by_short, by_full, by_place] {
         let mut work: Vec<(Vec<usize>, usize)> = alike.drain(..).map(|m| (m, 0)).collect();
         while let Some((members, depth)) = work.pop() {
             if members.iter().all(|&site| outer(site).len() <= depth) {
@@ -871,6 +902,22 @@ mod tests {
                 "leak (via helper at x.c:3)",
             ]
         );
+        // Without lines (no debug info), two calls in one function part by their addresses.
+        let unlined = |function: &str, offset: u64| Frame {
+            module_offset: Some(format!("0x{offset:x}")),
+            ..Frame::of_function(function, Some("/usr/bin/redis-server"))
+        };
+        let stacks = [
+            vec![unlined("dictCreate", 0x10), unlined("createClient", 0x181)],
+            vec![unlined("dictCreate", 0x10), unlined("createClient", 0x1cc)],
+        ];
+        assert_eq!(
+            texts(&stacks, &AllocFns::default()),
+            [
+                "dictCreate (via createClient at redis-server+0x181)",
+                "dictCreate (via createClient at redis-server+0x1cc)",
+            ]
+        );
     }
 
     #[test]
@@ -954,6 +1001,25 @@ mod tests {
         let found = labels(&stacks, &AllocFns::default());
         assert_eq!(found[0].label, "PyByteArray_Resize");
         assert_eq!(found[0].text, "PyByteArray_Resize ← python3.11+0x4fb51c");
+        // From one caller alone (attached to a process that makes few sites) too: unnamed
+        // frames that call the allocator are passed to the named function of their module.
+        let in_python = |function: &str| Frame {
+            module: Some("/usr/bin/python3.11".into()),
+            ..frame(function, "x.c", 1)
+        };
+        let stack = vec![
+            unnamed("0x4fb51c"),
+            in_python("PyByteArray_Resize"),
+            frame("main", "x.c", 2),
+        ];
+        let label = &labels(&[stack], &AllocFns::default())[0];
+        assert_eq!(label.text, "PyByteArray_Resize ← python3.11+0x4fb51c");
+        // But not into another module: a program stripped whole keeps its frame's address.
+        let stack = vec![unnamed("0x10"), unnamed("0x20"), frame("main", "x.c", 2)];
+        assert_eq!(
+            labels(&[stack], &AllocFns::default())[0].label,
+            "python3.11+0x10"
+        );
         // Unnamed frames past the wrappers are the caller's.
         let stack = vec![
             frame("xmalloc", "x.c", 1),

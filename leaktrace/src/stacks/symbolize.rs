@@ -52,9 +52,17 @@ pub struct Frame {
 impl Frame {
     /// `function`, or `module+0xoffset` when nothing better is known: never blank.
     pub fn name(&self) -> Cow<'_, str> {
-        match (&self.function, &self.module, &self.module_offset) {
-            (Some(function), _, _) => Cow::Borrowed(function),
-            (None, Some(module), Some(offset)) => {
+        match &self.function {
+            Some(function) => Cow::Borrowed(function),
+            None => self.name_in_module(),
+        }
+    }
+
+    /// `module+0xoffset` (the module's file name), or the runtime address where the module is
+    /// not known.
+    pub fn name_in_module(&self) -> Cow<'_, str> {
+        match (&self.module, &self.module_offset) {
+            (Some(module), Some(offset)) => {
                 let file = module.rsplit('/').next().unwrap_or(module);
                 Cow::Owned(format!("{file}+{offset}"))
             }

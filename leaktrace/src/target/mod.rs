@@ -158,13 +158,19 @@ impl Target {
     /// Whether the process is still the one we opened: not exited (its pidfd says so), and
     /// its pid not taken by another process since (its start time says so).
     pub fn still_running(&self) -> bool {
+        !self.exits_within(0)
+            && Stat::read(self.pid).is_some_and(|stat| stat.start_time == self.start_time)
+    }
+
+    /// Whether the process has exited, or does within `timeout_ms`.
+    fn exits_within(&self, timeout_ms: i32) -> bool {
         let mut poll = libc::pollfd {
             fd: self.exit_fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let exited = unsafe { libc::poll(&mut poll, 1, 0) } != 0;
-        !exited && Stat::read(self.pid).is_some_and(|stat| stat.start_time == self.start_time)
+        // SAFETY: one pollfd, which lives across the call.
+        unsafe { libc::poll(&mut poll, 1, timeout_ms) != 0 }
     }
 
     /// What to probe in a running process.
@@ -241,6 +247,26 @@ impl Target {
         }
     }
 }
+
+/// A command leaktrace started does not outlive it: when the capture ends first (Ctrl-C sent
+/// to leaktrace alone, `-d`, `--count`, an error), the command gets SIGTERM, as `timeout`
+/// gives it, and SIGKILL if it is still there [`LAUNCHED_GRACE_MS`] later. Then it is reaped.
+impl Drop for Target {
+    fn drop(&mut self) {
+        if !self.launched || self.exits_within(0) {
+            return;
+        }
+        let pid = Pid::from_raw(self.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        if !self.exits_within(LAUNCHED_GRACE_MS) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        let _ = waitpid(pid, None);
+    }
+}
+
+/// How long a started command has to end on SIGTERM once the capture is over.
+const LAUNCHED_GRACE_MS: i32 = 500;
 
 /// The kernel's flag for kernel threads, in /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
