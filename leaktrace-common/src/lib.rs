@@ -171,7 +171,8 @@ pub struct AllocEventWithStack {
 }
 
 /// Slots of the per-CPU `DROPS` array: each counts events the kernel side could not deliver
-/// whole, so that reports can say their numbers are a lower bound instead of hiding the loss.
+/// whole, so that reports can say which way their numbers may be off instead of hiding the
+/// loss.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropCounter {
@@ -193,17 +194,22 @@ pub enum DropCounter {
     /// Sampling only: the map of sampled live blocks was full. The allocation is not recorded
     /// (its free could not be recognised), so the estimates miss it.
     SampledMapFull = 5,
+    /// An allocation not sent because the ring buffer was more than three quarters full: the
+    /// last quarter is kept for frees, whose loss would leave blocks live that are not. The
+    /// allocation is lost, and its free later matches nothing.
+    AllocationSkipped = 6,
 }
 
 impl DropCounter {
     /// Every counter, in slot order.
-    pub const ALL: [DropCounter; 6] = [
+    pub const ALL: [DropCounter; 7] = [
         DropCounter::RingBufferFull,
         DropCounter::StackMapFull,
         DropCounter::StackUnreadable,
         DropCounter::PendingMapFull,
         DropCounter::StackSampleSkipped,
         DropCounter::SampledMapFull,
+        DropCounter::AllocationSkipped,
     ];
 }
 

@@ -69,5 +69,9 @@ fn log_first(counter: DropCounter) {
             ctx,
             "the map of sampled blocks is full: sampled allocations are lost (sampled_map_full; see --sampled-blocks)"
         ),
+        DropCounter::AllocationSkipped => warn!(
+            ctx,
+            "the ring buffer is nearly full: allocations are lost, to leave room for frees (allocations_skipped; see --ring-bytes)"
+        ),
     }
 }

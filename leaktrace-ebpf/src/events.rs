@@ -8,7 +8,7 @@ use leaktrace_common::{AllocEvent, DropCounter, EventKind, FreeEvent};
 
 use crate::{
     drops::count_drop,
-    maps::{CLOCK, EVENTS, RECORDS_SENT},
+    maps::{CLOCK, EVENTS, RING_LOOK},
 };
 
 /// A CPU's clock tick and the time at its first record in it (the [`CLOCK`] map's value).
@@ -102,32 +102,74 @@ pub(crate) fn emit_free(pid_tgid: u64, address: u64, size: u64) {
 /// Records a CPU sends between two looks at how full the ring buffer is.
 pub(crate) const FILL_CHECK_EVERY: u32 = 8;
 
+/// What a CPU last saw of the ring buffer (the [`RING_LOOK`] map's value).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct RingLook {
+    /// Records this CPU sent, or skipped for room, wrapping: it looks at the fill at every
+    /// [`FILL_CHECK_EVERY`]th.
+    records: u32,
+    /// Nonzero while the last look found the ring buffer more than three quarters full.
+    nearly_full: u32,
+}
+
 /// Wakes the reader only once the ring buffer is a quarter full; until then userspace finds
 /// the records on its next poll (every few milliseconds). By default the kernel wakes the
 /// reader for the first record after each drain, through an irq_work: a self-interrupt that
 /// under virtualization costs the traced thread several microseconds, on every other event.
-///
-/// Each CPU looks at the fill only at every [`FILL_CHECK_EVERY`]th record it sends: the two
-/// questions to the ring buffer cost ~15 ns a record here, and a wake-up a few records late
-/// is still early, with three quarters of the ring buffer free.
 #[inline(always)]
 pub(crate) fn wake_flags() -> u64 {
-    if let Some(sent) = RECORDS_SENT.get_ptr_mut(0) {
-        // SAFETY: `sent` is this CPU's slot of a map value, valid while the program runs. A
+    match look_at_ring() {
+        Some((pending, size)) if pending >= size / 4 => BPF_RB_FORCE_WAKEUP as u64,
+        _ => BPF_RB_NO_WAKEUP as u64,
+    }
+}
+
+/// Whether an allocation's records (its event, its stack copy) may go: not while this CPU last
+/// saw the ring buffer more than three quarters full. The last quarter is kept for frees: an
+/// allocation lost makes the live figures a lower bound, but a free lost leaves its block live
+/// for good, and the live figures too high. A skipped allocation is counted
+/// ([`DropCounter::AllocationSkipped`]) and counts as a record for the looks, so that a CPU
+/// that only allocates still looks again.
+#[inline(always)]
+pub(crate) fn room_for_allocation() -> bool {
+    let Some(look) = RING_LOOK.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: `look` is this CPU's slot of a map value, valid while the program runs.
+    if unsafe { (*look).nearly_full } == 0 {
+        return true;
+    }
+    count_drop(DropCounter::AllocationSkipped);
+    look_at_ring();
+    false
+}
+
+/// Counts a record of this CPU's and, at every [`FILL_CHECK_EVERY`]th, looks at how full the
+/// ring buffer is: the bytes in it and its size, and notes whether it is nearly full for
+/// [`room_for_allocation`]. The two questions to the ring buffer cost ~15 ns a record here,
+/// and a look a few records late is still early enough: a wake-up with three quarters of the
+/// ring buffer free, allocations held back with a quarter.
+#[inline(always)]
+fn look_at_ring() -> Option<(u64, u64)> {
+    let look = RING_LOOK.get_ptr_mut(0);
+    if let Some(look) = look {
+        // SAFETY: `look` is this CPU's slot of a map value, valid while the program runs. A
         // probe that preempts this one between the load and the store costs a count, which
         // only moves the next look by a record.
         let count = unsafe {
-            *sent = (*sent).wrapping_add(1);
-            *sent
+            (*look).records = (*look).records.wrapping_add(1);
+            (*look).records
         };
         if !count.is_multiple_of(FILL_CHECK_EVERY) {
-            return BPF_RB_NO_WAKEUP as u64;
+            return None;
         }
     }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if pending >= EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if let Some(look) = look {
+        // SAFETY: as above.
+        unsafe { (*look).nearly_full = u32::from(pending > size - size / 4) };
     }
+    Some((pending, size))
 }

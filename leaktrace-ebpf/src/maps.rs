@@ -9,7 +9,7 @@ use aya_ebpf::{
 use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS};
 
 use crate::{
-    events::Tick,
+    events::{RingLook, Tick},
     pending::{PendingCall, ThreadSlot},
     stacks::RECENTLY_COPIED_SLOTS,
 };
@@ -89,10 +89,11 @@ pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETU
 #[map]
 pub(crate) static CLOCK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU, records sent: the ring buffer's fill is looked at every
-/// [`FILL_CHECK_EVERY`](crate::events::FILL_CHECK_EVERY)th ([`crate::events::wake_flags`]).
+/// Per CPU, records sent and what the last look at the ring buffer's fill found: it is looked
+/// at every [`FILL_CHECK_EVERY`](crate::events::FILL_CHECK_EVERY)th record, to wake the reader
+/// and to hold allocations back when it is nearly full ([`crate::events::room_for_allocation`]).
 #[map]
-pub(crate) static RECORDS_SENT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static RING_LOOK: PerCpuArray<RingLook> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU, stack keys lately found in (or put into) `COPIED_STACKS`, each in the slot its top
 /// bits pick: a key found here skips that map's lookup. `COPIED_STACKS` never loses a key, so

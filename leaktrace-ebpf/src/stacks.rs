@@ -18,7 +18,7 @@ use leaktrace_common::{
 use crate::{
     config,
     drops::count_drop,
-    events::{emit, event, send, wake_flags},
+    events::{emit, event, room_for_allocation, send, wake_flags},
     maps::{COPIED_STACKS, EVENTS, RECENTLY_COPIED, RETURN_OFFSETS, SCRATCH, STACKS},
 };
 
@@ -35,7 +35,8 @@ const EEXIST: i32 = 17;
 
 /// An allocation-like event ([`EventKind::Alloc`] or [`EventKind::Mmap`]) with the caller's
 /// stack: by its key and, the first time, a copy for userspace to unwind; or by frame
-/// pointers, when copies are off or this one could not be sent.
+/// pointers, when copies are off or this one could not be sent. Nothing, while the ring
+/// buffer's last quarter is kept for frees.
 #[inline(always)]
 pub(crate) fn emit_with_stack(
     ctx: &RetProbeContext,
@@ -44,6 +45,9 @@ pub(crate) fn emit_with_stack(
     address: u64,
     size: u64,
 ) {
+    if !room_for_allocation() {
+        return;
+    }
     if config::copies_on() {
         let (hash, complete, _) = learned_stack_hash(ctx, pid_tgid, None);
         // An incomplete key may stand for several stacks: each allocation gets its own copy

@@ -90,6 +90,7 @@ pub fn soak(args: &[String]) -> Result<()> {
         "stack_unreadable",
         "pending_map_full",
         "sampled_map_full",
+        "allocations_skipped",
     ]
     .iter()
     .map(|name| drops[name].as_u64().unwrap_or(0))

@@ -20,6 +20,9 @@ pub struct DropCounts {
     pub stack_samples_skipped: u64,
     /// Sampled allocations not recorded: no room to keep their address for their free.
     pub sampled_map_full: u64,
+    /// Allocations not sent because the ring buffer was nearly full: its last quarter is
+    /// kept for frees. Their frees match nothing later.
+    pub allocations_skipped: u64,
 }
 
 impl DropCounts {
@@ -30,5 +33,6 @@ impl DropCounts {
             + self.stack_unreadable
             + self.pending_map_full
             + self.sampled_map_full
+            + self.allocations_skipped
     }
 }

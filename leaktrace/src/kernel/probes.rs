@@ -357,6 +357,7 @@ impl ProbeSet {
             pending_map_full: count(DropCounter::PendingMapFull)?,
             stack_samples_skipped: count(DropCounter::StackSampleSkipped)?,
             sampled_map_full: count(DropCounter::SampledMapFull)?,
+            allocations_skipped: count(DropCounter::AllocationSkipped)?,
         })
     }
 }

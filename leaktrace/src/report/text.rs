@@ -249,9 +249,11 @@ fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
         return format!("drops: none{inline}\n");
     }
     format!(
-        "drops: ring buffer full {}, stack unreadable {}, pending map full {}, sampled map \
-         full {}, frees missed {}: the numbers above are a lower bound{inline}\n",
+        "drops: ring buffer full {}, allocations skipped {}, stack unreadable {}, pending map \
+         full {}, sampled map full {}, frees missed {}: the numbers above are a lower \
+         bound{inline}\n",
         thousands(drops.ring_buffer_full),
+        thousands(drops.allocations_skipped),
         thousands(drops.stack_unreadable),
         thousands(drops.pending_map_full),
         thousands(drops.sampled_map_full),
