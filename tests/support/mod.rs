@@ -422,6 +422,22 @@ pub fn assert_nothing_lost(report: &Value) {
     }
 }
 
+/// What the final report's drops line says of the live figures: by how many blocks at most
+/// they may be too high ("up to N frees lost") and too low ("up to N allocations lost"); None
+/// for a way it does not say they may be off.
+pub fn live_bounds_said(stdout: &[String]) -> (Option<u64>, Option<u64>) {
+    let line = stdout
+        .iter()
+        .find(|l| l.starts_with("drops: "))
+        .unwrap_or_else(|| panic!("no drops line: {stdout:#?}"));
+    let up_to = |lost: &str| {
+        let end = line.find(&format!(" {lost} lost)"))?;
+        let start = line[..end].rfind("up to ")? + "up to ".len();
+        number(&line[start..end])
+    };
+    (up_to("frees"), up_to("allocations"))
+}
+
 /// Lets a `fixture burst|busy|crash` run its burst and waits until it is done.
 pub fn run_burst(fixture: &mut Running) {
     fixture.signal(libc::SIGUSR1);

@@ -26,6 +26,23 @@ pub struct DropCounts {
 }
 
 impl DropCounts {
+    /// Records lost that may have been frees (or realloc's free of its old block): each may
+    /// have left a block live in the ledger that the target has freed, and the live figures
+    /// too high by it. A block whose address is allocated again, and seen, is taken as freed
+    /// then ([`Totals::missed_frees`](crate::ledger::Totals::missed_frees)).
+    pub fn frees_maybe_lost(&self) -> u64 {
+        self.ring_buffer_full + self.pending_map_full
+    }
+
+    /// Allocations that may have been lost: each may be a block the target holds that the
+    /// ledger never saw, and the live figures too low by it.
+    pub fn allocations_maybe_lost(&self) -> u64 {
+        self.ring_buffer_full
+            + self.pending_map_full
+            + self.allocations_skipped
+            + self.sampled_map_full
+    }
+
     /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
     /// [`DropCounts::stack_samples_skipped`] are not among them.
     pub fn lost(&self) -> u64 {

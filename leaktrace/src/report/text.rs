@@ -116,9 +116,16 @@ fn render_one(report: &Report, top: usize) -> String {
             thousands(totals.unmatched_frees)
         );
     } else if totals.unmatched_frees > 0 {
+        // Traced from the start, a block not seen allocated is the allocator's own, unless
+        // its allocation was lost.
+        let whose = if report.drops.allocations_maybe_lost() > 0 {
+            "inside the allocator, or allocations lost"
+        } else {
+            "inside the allocator"
+        };
         let _ = writeln!(
             out,
-            "frees of blocks not seen allocated (inside the allocator): {}",
+            "frees of blocks not seen allocated ({whose}): {}",
             thousands(totals.unmatched_frees)
         );
     }
@@ -235,7 +242,9 @@ fn milliseconds(ms: f64) -> String {
     }
 }
 
-/// Drops are printed even when zero, so a reader knows they were checked.
+/// Drops are printed even when zero, so a reader knows they were checked. When something was
+/// lost the line says which way the live figures may be off, and by how many blocks at most:
+/// a lost free leaves its block live, a lost allocation leaves its block out.
 fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
     let inline = if drops.stack_map_full > 0 {
         format!(
@@ -250,15 +259,40 @@ fn drops_line(drops: &DropCounts, missed_frees: u64) -> String {
     }
     format!(
         "drops: ring buffer full {}, allocations skipped {}, stack unreadable {}, pending map \
-         full {}, sampled map full {}, frees missed {}: the numbers above are a lower \
-         bound{inline}\n",
+         full {}, sampled map full {}, frees missed {}: {}{inline}\n",
         thousands(drops.ring_buffer_full),
         thousands(drops.allocations_skipped),
         thousands(drops.stack_unreadable),
         thousands(drops.pending_map_full),
         thousands(drops.sampled_map_full),
-        thousands(missed_frees)
+        thousands(missed_frees),
+        live_bias(drops, missed_frees)
     )
+}
+
+/// Which way the drops may have moved the live figures. Frees found missing were taken as
+/// freed; frees lost without a count (none is known to be) would be found only that way.
+fn live_bias(drops: &DropCounts, missed_frees: u64) -> String {
+    let too_high = match drops.frees_maybe_lost() {
+        0 if missed_frees == 0 => None,
+        0 => Some("too high (frees went unseen)".to_owned()),
+        frees => Some(format!("too high (up to {} frees lost)", thousands(frees))),
+    };
+    let too_low = match drops.allocations_maybe_lost() {
+        0 => None,
+        allocations => Some(format!(
+            "too low (up to {} allocations lost)",
+            thousands(allocations)
+        )),
+    };
+    match (too_high, too_low) {
+        (Some(high), Some(low)) => format!("live figures may be {high} and {low}"),
+        (Some(high), None) => format!("live figures may be {high}"),
+        (None, Some(low)) => format!("live figures may be {low}: a lower bound"),
+        (None, None) => "the totals are whole, but the allocations whose stack was unreadable \
+                         count under no site"
+            .to_owned(),
+    }
 }
 
 /// One row of the live view.
@@ -443,6 +477,35 @@ mod tests {
             cost_line(&unmeasured),
             "tracing cost: not measured (345,678 hits)\n"
         );
+    }
+
+    #[test]
+    fn the_drops_line_says_which_way_the_live_figures_may_be_off() {
+        let none = DropCounts::default();
+        assert_eq!(drops_line(&none, 0), "drops: none\n");
+        let skipped = DropCounts {
+            allocations_skipped: 5,
+            ..none
+        };
+        assert!(drops_line(&skipped, 0).ends_with(
+            ": live figures may be too low (up to 5 allocations lost): a lower bound\n"
+        ));
+        let full = DropCounts {
+            ring_buffer_full: 1_000,
+            ..skipped
+        };
+        assert!(drops_line(&full, 20).ends_with(
+            ": live figures may be too high (up to 1,000 frees lost) and too low (up to 1,005 \
+             allocations lost)\n"
+        ));
+        assert!(
+            drops_line(&none, 3).ends_with(": live figures may be too high (frees went unseen)\n")
+        );
+        let unreadable = DropCounts {
+            stack_unreadable: 2,
+            ..none
+        };
+        assert!(drops_line(&unreadable, 0).ends_with("count under no site\n"));
     }
 
     #[test]
