@@ -557,7 +557,7 @@ pub struct TextSite {
 }
 
 /// Every verdict, as the text, JSON, pprof and HTML reports spell it.
-pub const VERDICTS: [&str; 7] = [
+pub const VERDICTS: [&str; 8] = [
     "leaking",
     "grew then flat",
     "fluctuating",
@@ -565,6 +565,7 @@ pub const VERDICTS: [&str; 7] = [
     "shrinking",
     "too early",
     "replacing",
+    "frees lost",
 ];
 
 /// One live view, printed at the end of an interval: its first line ("[    3.0s] live …")

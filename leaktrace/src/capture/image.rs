@@ -10,7 +10,7 @@ use crate::{
     ledger::{
         BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends, Watermarks,
         trends::Growth,
-        verdict::{Judgement, Replacement, Verdict},
+        verdict::{Judgement, Unseen, Verdict},
     },
     plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
@@ -306,11 +306,22 @@ impl TracedImage {
 
     /// The interval that ends now: live bytes and blocks, and the top `top` sites by `sort`
     /// with their change over the interval, growth and verdict over the live view's window.
-    /// Sorted by growth, `leaking` sites come first.
-    pub fn live_view(&mut self, top: usize, sort: SortKey) -> (u64, u64, Vec<IntervalRow>) {
+    /// Sorted by growth, `leaking` sites come first. `frees_lost`: events lost so far that may
+    /// have been frees ([`DropCounts::frees_maybe_lost`]).
+    pub fn live_view(
+        &mut self,
+        top: usize,
+        sort: SortKey,
+        frees_lost: u64,
+    ) -> (u64, u64, Vec<IntervalRow>) {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let sites = self.end_interval();
-        let replacement = Replacement::of(&self.ledger.totals(), self.from_start);
+        let unseen = Unseen::of(
+            &self.ledger.totals(),
+            self.from_start,
+            frees_lost,
+            self.ledger.sampling(),
+        );
         let mut judged: Vec<(SiteId, SiteStats, Growth, Judgement)> = sites
             .into_iter()
             .filter(|(_, stats)| stats.live_bytes > 0 || sort == SortKey::Allocs)
@@ -319,7 +330,7 @@ impl TracedImage {
                 let judgement = self
                     .trends
                     .recent_verdict(site)
-                    .allowing_for(&replacement, &stats);
+                    .allowing_for(&unseen, &stats);
                 (site, stats, growth, judgement)
             })
             .collect();

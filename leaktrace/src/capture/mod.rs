@@ -277,7 +277,8 @@ impl Capture<'_> {
         running.sort_unstable();
         for index in running {
             let image = &mut self.images[index];
-            let (live_bytes, live_allocations, rows) = image.live_view(top, self.options.sort);
+            let (live_bytes, live_allocations, rows) =
+                image.live_view(top, self.options.sort, drops.frees_maybe_lost());
             let mut memory = String::new();
             let mut shown_cost = "";
             if image.pid == self.target_pid {

@@ -34,6 +34,10 @@
 //! | `fluctuating` | none of those, and the site fell from one interval's high to a later interval's low by at least [`SWING_SHARE`] of its highest mark: bursts that come and go over a flat floor |
 //! | `stable` | none of those |
 //!
+//! A `leaking` site may rise for what the ledger did not see, not a leak ([`Unseen`]): it is
+//! `frees lost` when it holds no more blocks than lost frees may have left live, `replacing`
+//! when it holds no more than blocks allocated before the attach and freed since.
+//!
 //! `leaking` is the verdict acted on, so it takes the stronger evidence: 8 is the fewest
 //! intervals in which a floor that rises in every one of them reaches Z ≥ 3.09 (S = 28 of 28
 //! pairs: Z = 3.34; 7 intervals give 3.00). Growth that stopped, or a fall, is told at
@@ -50,7 +54,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::{SiteStats, Totals};
+use super::{Sampling, SiteStats, Totals};
 
 /// One-sided significance level of the Mann–Kendall test for `leaking`.
 pub const ALPHA: f64 = 0.001;
@@ -109,6 +113,10 @@ pub enum Verdict {
     /// blocks replacing old ones, which the ledger never saw, not a leak.
     #[serde(rename = "replacing")]
     Replacing,
+    /// The floor rises, but the site holds no more blocks than lost frees may have left live
+    /// in the ledger: its figures may be nothing but those blocks.
+    #[serde(rename = "frees lost")]
+    FreesLost,
 }
 
 impl Verdict {
@@ -122,6 +130,7 @@ impl Verdict {
             Verdict::Shrinking => "shrinking",
             Verdict::TooEarly => "too early",
             Verdict::Replacing => "replacing",
+            Verdict::FreesLost => "frees lost",
         }
     }
 }
@@ -179,19 +188,44 @@ impl Replacement {
     }
 }
 
-impl Judgement {
-    /// This judgement once `replacement` is allowed for, at a site holding `site`: a site
-    /// that rises, but holds no more than old blocks freed unseen, is [`Verdict::Replacing`]
-    /// them, not leaking.
-    pub fn allowing_for(self, replacement: &Replacement, site: &SiteStats) -> Judgement {
-        if self.verdict == Verdict::Leaking && replacement.explains(site) {
-            Judgement {
-                verdict: Verdict::Replacing,
-                ..self
-            }
-        } else {
-            self
+/// What the ledger did not see, of which a site can rise with no leak at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Unseen {
+    pub replacement: Replacement,
+    /// The most blocks that lost frees may have left live in the ledger: each event lost that
+    /// may have been a free ([`DropCounts::frees_maybe_lost`]), as many blocks as a recorded
+    /// block stands for at most (one, unless sampling).
+    ///
+    /// [`DropCounts::frees_maybe_lost`]: crate::kernel::DropCounts::frees_maybe_lost
+    pub unfreed_blocks: u64,
+}
+
+impl Unseen {
+    /// From a capture's totals, the events lost that may have been frees, and how blocks were
+    /// sampled.
+    pub fn of(totals: &Totals, from_start: bool, frees_lost: u64, sampling: Sampling) -> Unseen {
+        Unseen {
+            replacement: Replacement::of(totals, from_start),
+            // The smallest block stands for the most blocks.
+            unfreed_blocks: frees_lost.saturating_mul(sampling.weight(1).blocks),
         }
+    }
+}
+
+impl Judgement {
+    /// This judgement once what the ledger did not see is allowed for, at a site holding
+    /// `site`. A site that rises is not leaking when it holds no more blocks than lost frees
+    /// may have left live ([`Verdict::FreesLost`]: its figures may be nothing else), or no
+    /// more than old blocks freed unseen ([`Verdict::Replacing`] them).
+    pub fn allowing_for(self, unseen: &Unseen, site: &SiteStats) -> Judgement {
+        let verdict = match self.verdict {
+            Verdict::Leaking if site.live_allocations <= unseen.unfreed_blocks => {
+                Verdict::FreesLost
+            }
+            Verdict::Leaking if unseen.replacement.explains(site) => Verdict::Replacing,
+            verdict => verdict,
+        };
+        Judgement { verdict, ..self }
     }
 }
 
@@ -653,6 +687,8 @@ mod tests {
             Verdict::Stable,
             Verdict::Shrinking,
             Verdict::TooEarly,
+            Verdict::Replacing,
+            Verdict::FreesLost,
         ];
         for verdict in all {
             assert_eq!(
@@ -662,13 +698,19 @@ mod tests {
         }
     }
 
+    /// A site found leaking, before what the ledger did not see is allowed for.
+    const LEAKING: Judgement = Judgement {
+        verdict: Verdict::Leaking,
+        floor_bytes_per_s: 1000.0,
+        trend: MannKendall {
+            s: 0,
+            variance: 0.0,
+            z: 0.0,
+        },
+    };
+
     #[test]
     fn a_rising_site_that_holds_no_more_than_old_blocks_freed_is_replacing() {
-        let leaking = Judgement {
-            verdict: Verdict::Leaking,
-            floor_bytes_per_s: 1000.0,
-            ..Judgement::default()
-        };
         let totals = |blocks: u64, bytes: u64| Totals {
             unmatched_frees: blocks,
             unmatched_free_bytes: bytes,
@@ -680,8 +722,8 @@ mod tests {
             ..SiteStats::default()
         };
         let verdict = |blocks, bytes, site: SiteStats| {
-            let replacement = Replacement::of(&totals(blocks, bytes), false);
-            leaking.allowing_for(&replacement, &site).verdict
+            let unseen = Unseen::of(&totals(blocks, bytes), false, 0, Sampling::Exact);
+            LEAKING.allowing_for(&unseen, &site).verdict
         };
         // Sizes known (glibc): bytes decide, whatever the blocks.
         assert_eq!(
@@ -693,19 +735,59 @@ mod tests {
         assert_eq!(verdict(500, 0, holding(500, 1 << 20)), Verdict::Replacing);
         assert_eq!(verdict(499, 0, holding(500, 500)), Verdict::Leaking);
         // Traced from the start, an unmatched free is the allocator's own: nothing replaced.
-        let from_start = Replacement::of(&totals(1_000_000, 1 << 40), true);
+        let from_start = Unseen::of(&totals(1_000_000, 1 << 40), true, 0, Sampling::Exact);
         assert_eq!(
-            leaking.allowing_for(&from_start, &holding(1, 1)).verdict,
+            LEAKING.allowing_for(&from_start, &holding(1, 1)).verdict,
             Verdict::Leaking
         );
         let stable = Judgement {
             verdict: Verdict::Stable,
-            ..leaking
+            ..LEAKING
         };
-        let all = Replacement::of(&totals(1 << 40, 1 << 40), false);
+        let all = Unseen::of(&totals(1 << 40, 1 << 40), false, 0, Sampling::Exact);
         assert_eq!(
             stable.allowing_for(&all, &holding(1, 1)).verdict,
             Verdict::Stable
+        );
+    }
+
+    #[test]
+    fn a_rising_site_that_lost_frees_may_have_made_is_not_leaking() {
+        let holding = |live_allocations: u64| SiteStats {
+            live_allocations,
+            live_bytes: live_allocations * 100,
+            ..SiteStats::default()
+        };
+        let verdict = |frees_lost, sampling, site| {
+            let unseen = Unseen::of(&Totals::default(), true, frees_lost, sampling);
+            LEAKING.allowing_for(&unseen, &site).verdict
+        };
+        assert_eq!(verdict(0, Sampling::Exact, holding(1)), Verdict::Leaking);
+        assert_eq!(
+            verdict(500, Sampling::Exact, holding(500)),
+            Verdict::FreesLost
+        );
+        assert_eq!(
+            verdict(500, Sampling::Exact, holding(501)),
+            Verdict::Leaking
+        );
+        // Sampled, a lost free may be of a block that stood for a hundred.
+        let sampled = Sampling::EveryNth { n: 100 };
+        assert_eq!(verdict(5, sampled, holding(500)), Verdict::FreesLost);
+        assert_eq!(verdict(5, sampled, holding(501)), Verdict::Leaking);
+        // Lost frees come before replaced blocks: the figures themselves are in doubt.
+        let both = Unseen::of(
+            &Totals {
+                unmatched_frees: 1000,
+                ..Totals::default()
+            },
+            false,
+            1000,
+            Sampling::Exact,
+        );
+        assert_eq!(
+            LEAKING.allowing_for(&both, &holding(10)).verdict,
+            Verdict::FreesLost
         );
     }
 }

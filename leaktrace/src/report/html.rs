@@ -158,7 +158,8 @@ const VERDICTS: &str = "<p class=\"legend\">Verdicts, from each interval's least
 still; <b>grew then flat</b> it rose, and rises no more; <b>fluctuating</b> bursts over a \
 flat floor; <b>stable</b> flat; <b>shrinking</b> the floor falls; <b>too early</b> fewer \
 than 8 intervals; <b>replacing</b> the floor rises no faster than blocks allocated before the \
-attach are freed. Floor growth is a leaking floor's Theil–Sen slope; growth the \
+attach are freed; <b>frees lost</b> the floor rises, but lost frees may have left as many blocks \
+live as the site holds. Floor growth is a leaking floor's Theil–Sen slope; growth the \
 least-squares slope of live bytes over the last intervals.</p>\n";
 
 fn verdict_class(verdict: Verdict) -> &'static str {
@@ -170,6 +171,7 @@ fn verdict_class(verdict: Verdict) -> &'static str {
         Verdict::Shrinking => "shrinking",
         Verdict::TooEarly => "early",
         Verdict::Replacing => "replacing",
+        Verdict::FreesLost => "frees-lost",
     }
 }
 

@@ -29,7 +29,7 @@ use crate::{
     kernel::DropCounts,
     ledger::sampling::Sampling,
     ledger::trends::Trends,
-    ledger::verdict::{Judgement, Replacement, Verdict},
+    ledger::verdict::{Judgement, Unseen, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
@@ -128,15 +128,18 @@ impl Report {
         drops: DropCounts,
     ) -> Report {
         let mut totals = ledger.totals();
-        let replacement = Replacement::of(&totals, header.from_start);
+        let unseen = Unseen::of(
+            &totals,
+            header.from_start,
+            drops.frees_maybe_lost(),
+            ledger.sampling(),
+        );
         totals.live_bytes = sites.iter().map(|(_, s, _)| s.live_bytes).sum();
         totals.live_allocations = sites.iter().map(|(_, s, _)| s.live_allocations).sum();
         let mut sites: Vec<_> = sites
             .into_iter()
             .map(|(site, stats, blocks)| {
-                let judgement = trends
-                    .whole_verdict(site)
-                    .allowing_for(&replacement, &stats);
+                let judgement = trends.whole_verdict(site).allowing_for(&unseen, &stats);
                 (site, stats, blocks, judgement)
             })
             .collect();
