@@ -177,6 +177,42 @@ fn a_zombie_exits_10() {
     assert_one_line_error(&output, 10, "zombie");
 }
 
+/// The target exits while leaktrace attaches to it: leaktrace, stopped once it says what it
+/// is about to probe, goes on when the target has been killed and reaped, and says that the
+/// target exited, with exit code 3, through either kind of attachment. (Debug builds take
+/// `LEAKTRACE_SINGLE_UPROBES` to attach one perf-event uprobe per point.)
+#[test]
+fn a_target_that_exits_while_leaktrace_attaches_exits_3() {
+    let Some(_bpf) = require_bpf() else { return };
+    for (attachment, env) in [
+        ("uprobe_multi", &[][..]),
+        ("perf-event", &[("LEAKTRACE_SINGLE_UPROBES", "1")][..]),
+    ] {
+        let mut target = start_ready(&build_fixture("fixture"), &["burst"]);
+        let pid = target.pid();
+        let mut leaktrace = Running::start(
+            Command::new(LEAKTRACE)
+                .args(["-v", "-p", &pid.to_string()])
+                .envs(env.iter().copied()),
+        );
+        leaktrace.stderr.wait_for(|l| l.contains(" probing "), WAIT);
+        leaktrace.signal(libc::SIGSTOP);
+        target.child.kill().unwrap();
+        target.child.wait().unwrap();
+        leaktrace.signal(libc::SIGCONT);
+        let code = leaktrace.wait(WAIT);
+        let stderr = leaktrace.stderr.rest();
+        assert_eq!(code, 3, "{attachment}: {stderr:#?}");
+        let said = stderr.last().unwrap();
+        assert!(
+            said.starts_with(&format!(
+                "leaktrace: pid {pid} exited while leaktrace attached to it"
+            )),
+            "{attachment}: {said}"
+        );
+    }
+}
+
 /// `--help` on a terminal of 80 columns wraps within them (clap's wrap_help): every line
 /// of it, escapes for bold and underline aside.
 #[test]

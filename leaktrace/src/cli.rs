@@ -21,7 +21,7 @@ use crate::{
     name = "leaktrace",
     version,
     after_help = "With neither -p nor a command, leaktrace runs its built-in leaking demo.\n\n\
-Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permitted,\n\
+Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process (or it exited), 4 not permitted,\n\
 5 no allocator found, 6 kernel lacks BPF/uprobes, 7 command could not start,\n\
 8 output path unusable, 9 a kernel thread, 10 a zombie."
 )]

@@ -7,6 +7,11 @@ use std::{io, path::PathBuf};
 pub enum Failure {
     #[error("no process with pid {0}: check the pid with `ps -p {0}`")]
     NoSuchProcess(u32),
+    /// The target was there when leaktrace opened it, and exited while leaktrace attached to
+    /// it: the failure that made leaktrace notice (a probe it could not put in a process that
+    /// is gone) follows as the cause.
+    #[error("pid {0} exited while leaktrace attached to it")]
+    ExitedDuringAttach(u32),
     #[error("not permitted to {action}: {remedy}")]
     NotPermitted { action: String, remedy: String },
     #[error("no allocator found in pid {0}: it maps no library that defines malloc")]
@@ -96,7 +101,7 @@ impl Failure {
     /// The process exit code; the README lists them.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Failure::NoSuchProcess(_) => 3,
+            Failure::NoSuchProcess(_) | Failure::ExitedDuringAttach(_) => 3,
             Failure::NotPermitted { .. } => 4,
             Failure::NoAllocator(_) => 5,
             Failure::KernelUnsupported(_) => 6,
@@ -108,11 +113,12 @@ impl Failure {
     }
 }
 
-/// The exit code for an error chain: the first [`Failure`] in it decides.
+/// The exit code for an error chain: the first [`Failure`] in it decides, whether it is the
+/// error or context given to it (anyhow looks through contexts, outermost first; the
+/// chain's causes, as plain errors, do not show a context's type).
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<Failure>())
+        .downcast_ref::<Failure>()
         .map_or(EXIT_OTHER, Failure::exit_code)
 }
 
@@ -136,7 +142,8 @@ mod tests {
     use super::*;
 
     /// Every exit code leaktrace can give: each failure's, clap's 2 for bad flags and
-    /// arguments, any other error's, and success.
+    /// arguments, any other error's, and success. (A target that exited during the attach is
+    /// not there, as a pid that names no process is not: both give 3.)
     fn every_exit_code() -> Vec<i32> {
         let failures = [
             Failure::NoSuchProcess(1),
@@ -209,6 +216,17 @@ mod tests {
             .collect();
         in_help.sort();
         assert_eq!(in_help, codes, "--help's exit codes: {listed}");
+    }
+
+    #[test]
+    fn exit_code_finds_a_failure_given_as_context() {
+        let error = anyhow::anyhow!("probe malloc: No such process")
+            .context(Failure::ExitedDuringAttach(7));
+        assert_eq!(exit_code(&error), 3);
+        assert_eq!(
+            format!("{error:#}"),
+            "pid 7 exited while leaktrace attached to it: probe malloc: No such process"
+        );
     }
 
     #[test]

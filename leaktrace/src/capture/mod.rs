@@ -32,7 +32,6 @@ use tokio::{
 use crate::{
     cli::SortKey,
     cost::{Calibration, CostMeter, IntervalCost, OverheadLimit},
-    error::Failure,
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
@@ -333,7 +332,7 @@ pub fn run(
         window_start_ns,
         cost,
         attached,
-    } = attach(target, plan, settings, options, &runtime)?;
+    } = attach(target, plan, settings, options, &runtime).map_err(|e| target.unless_exited(e))?;
     let screen = Screen::of_output(options.text_to_stderr, attached);
     let mut capture = Capture::new(
         target,
@@ -382,9 +381,10 @@ fn attach(
         ..*settings
     };
     let mut probes = ProbeSet::attach(target.pid, plan, &settings)?;
-    // Had the process gone while the probes went in, its pid could be another's by now.
+    // Had the process gone while the probes went in, its pid could be another's by now: they
+    // come out again ([`Target::unless_exited`] then says the process exited).
     if !target.launched && !target.still_running() {
-        return Err(Failure::NoSuchProcess(target.pid).into());
+        anyhow::bail!("the probes went in by its pid, which another process may hold now");
     }
     let calibration = Calibration::measure(&mut probes)
         .inspect(|c| {

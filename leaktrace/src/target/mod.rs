@@ -162,6 +162,17 @@ impl Target {
             && Stat::read(self.pid).is_some_and(|stat| stat.start_time == self.start_time)
     }
 
+    /// `error`, from work on the process, or, when the process has exited meanwhile, that it
+    /// did (exit 3), with `error` as its cause: a probe that could not go into a process that
+    /// is gone says little by itself.
+    pub fn unless_exited(&self, error: anyhow::Error) -> anyhow::Error {
+        if self.still_running() {
+            error
+        } else {
+            error.context(Failure::ExitedDuringAttach(self.pid))
+        }
+    }
+
     /// Whether the process has exited, or does within `timeout_ms`.
     fn exits_within(&self, timeout_ms: i32) -> bool {
         let mut poll = libc::pollfd {
