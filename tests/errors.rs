@@ -213,6 +213,45 @@ fn a_target_that_exits_while_leaktrace_attaches_exits_3() {
     }
 }
 
+/// The disk fills up during the capture: the paths could take a file when leaktrace checked
+/// them, and no report fits when it writes them. Every report is tried, each one that could
+/// not be written is named with why, and leaktrace exits 8. (The full disk is a tmpfs of one
+/// page, filled, mounted where only leaktrace's own mount namespace sees it.)
+#[test]
+fn a_full_disk_names_every_report_it_could_not_write_and_exits_8() {
+    let Some(_bpf) = require_bpf() else { return };
+    let dir = output_path("full-disk", "d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().unwrap();
+    let reports =
+        ["json", "flamegraph", "html"].map(|format| (format, format!("{dir}/r.{format}")));
+    let flags: Vec<String> = reports
+        .iter()
+        .map(|(format, path)| format!("--{format} {path}"))
+        .collect();
+    let script = format!(
+        "mount -t tmpfs -o size=4k leaktrace-full {dir} && \
+         (head -c 1M /dev/zero > {dir}/filler 2>/dev/null || true) && \
+         exec {LEAKTRACE} {} -- {} exact",
+        flags.join(" "),
+        build_fixture("pairs").display()
+    );
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(8), "{stderr}");
+    let said = stderr.lines().last().unwrap_or_default();
+    for (_, path) in reports {
+        assert!(
+            said.contains(&format!("cannot write {path}: ")),
+            "{path}: {said}"
+        );
+    }
+    assert!(said.contains("No space left on device"), "{said}");
+}
+
 /// `--help` on a terminal of 80 columns wraps within them (clap's wrap_help): every line
 /// of it, escapes for bold and underline aside.
 #[test]

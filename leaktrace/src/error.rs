@@ -20,12 +20,27 @@ pub enum Failure {
     KernelUnsupported(String),
     #[error("could not start `{command}`: {source}")]
     LaunchFailed { command: String, source: io::Error },
-    #[error("cannot write {}: {reason}", path.display())]
-    OutputPath { path: PathBuf, reason: String },
+    /// Report paths that cannot take their report, every one of them: found before the
+    /// capture, or when the reports were written (a full disk).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    OutputPaths(Vec<OutputPath>),
     #[error("pid {0} is a kernel thread: it has no user-space allocator to trace")]
     KernelThread(u32),
     #[error("pid {0} is a zombie: it has exited and waits for its parent to reap it")]
     Zombie(u32),
+}
+
+/// A report path that cannot take its report, and why.
+#[derive(Debug)]
+pub struct OutputPath {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for OutputPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "cannot write {}: {}", self.path.display(), self.reason)
+    }
 }
 
 /// The capabilities leaktrace's work takes, by their numbers in linux/capability.h.
@@ -106,7 +121,7 @@ impl Failure {
             Failure::NoAllocator(_) => 5,
             Failure::KernelUnsupported(_) => 6,
             Failure::LaunchFailed { .. } => 7,
-            Failure::OutputPath { .. } => 8,
+            Failure::OutputPaths(_) => 8,
             Failure::KernelThread(_) => 9,
             Failure::Zombie(_) => 10,
         }
@@ -157,10 +172,7 @@ mod tests {
                 command: "x".into(),
                 source: io::Error::from_raw_os_error(2),
             },
-            Failure::OutputPath {
-                path: "x".into(),
-                reason: "y".into(),
-            },
+            Failure::OutputPaths(Vec::new()),
             Failure::KernelThread(1),
             Failure::Zombie(1),
         ];

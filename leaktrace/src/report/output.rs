@@ -15,10 +15,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Report;
-use crate::error::Failure;
+use crate::error::{Failure, OutputPath};
 
 /// The formats a report is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,30 +58,33 @@ pub struct ReportFiles {
 
 impl ReportFiles {
     /// Fails before the capture, not after it, when a report could not be written: a path
-    /// that cannot take a file, two reports to one path, two to standard output.
+    /// that cannot take a file, two reports to one path, two to standard output. Every such
+    /// path is named.
     pub fn check(&self) -> Result<()> {
+        let mut refused = Vec::new();
         let mut files: Vec<PathBuf> = Vec::new();
         let mut to_stdout = 0;
         for (_, destination) in &self.outputs {
             match destination {
                 Destination::Stdout => to_stdout += 1,
                 Destination::File(path) => {
-                    check_path(path)?;
                     let same = comparable(path);
                     if files.contains(&same) {
-                        return Err(output_failure(path, "another report goes there too"));
+                        refused.push(output_path(path, "another report goes there too"));
+                    } else if let Err(why) = check_path(path) {
+                        refused.push(why);
                     }
                     files.push(same);
                 }
             }
         }
         if to_stdout > 1 {
-            return Err(output_failure(
+            refused.push(output_path(
                 Path::new("-"),
                 "only one report can go to standard output",
             ));
         }
-        Ok(())
+        refusal(refused)
     }
 
     /// Whether a report goes to standard output: the text report then goes to stderr.
@@ -91,21 +94,44 @@ impl ReportFiles {
             .any(|(_, destination)| *destination == Destination::Stdout)
     }
 
+    /// Writes every report, whether or not the others could be; names every one that could
+    /// not (a full disk fails them all, and each is a capture's worth of work lost).
     pub fn write(&self, report: &Report) -> Result<()> {
+        let mut failed = Vec::new();
         for (format, destination) in &self.outputs {
-            let contents = report.render(*format, self.top)?;
-            match destination {
-                Destination::File(path) => write_atomically(path, &contents, invoking_user())?,
+            let path = match destination {
+                Destination::File(path) => path.as_path(),
+                Destination::Stdout => Path::new("-"),
+            };
+            let contents = match report.render(*format, self.top) {
+                Ok(contents) => contents,
+                Err(error) => {
+                    failed.push(output_path(path, &format!("{error:#}")));
+                    continue;
+                }
+            };
+            let written = match destination {
+                Destination::File(path) => write_atomically(path, &contents, invoking_user()),
                 Destination::Stdout => {
                     let mut stdout = std::io::stdout().lock();
                     stdout
                         .write_all(&contents)
                         .and_then(|()| stdout.flush())
-                        .context("write the report to standard output")?;
+                        .map_err(|error| output_path(path, &format!("standard output: {error}")))
                 }
-            }
+            };
+            failed.extend(written.err());
         }
+        refusal(failed)
+    }
+}
+
+/// Ok when no path was refused; else the failure that names them all.
+fn refusal(refused: Vec<OutputPath>) -> Result<()> {
+    if refused.is_empty() {
         Ok(())
+    } else {
+        Err(Failure::OutputPaths(refused).into())
     }
 }
 
@@ -120,36 +146,35 @@ fn comparable(path: &Path) -> PathBuf {
     fs::canonicalize(parent).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
 }
 
-fn output_failure(path: &Path, reason: &str) -> anyhow::Error {
-    Failure::OutputPath {
+fn output_path(path: &Path, reason: &str) -> OutputPath {
+    OutputPath {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     }
-    .into()
 }
 
 /// Why `path` could not take a report, found before the capture: the directory is missing
 /// or takes no new file, the path is a directory or a symbolic link.
-fn check_path(path: &Path) -> Result<()> {
+fn check_path(path: &Path) -> Result<(), OutputPath> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let metadata = fs::symlink_metadata(path);
     if !parent.is_dir() {
-        return Err(output_failure(
+        return Err(output_path(
             path,
             &format!("directory {} does not exist", parent.display()),
         ));
     }
     if metadata.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(output_failure(
+        return Err(output_path(
             path,
             "it is a symbolic link, which leaktrace does not follow",
         ));
     }
     if metadata.as_ref().is_ok_and(|m| m.is_dir()) {
-        return Err(output_failure(path, "it is a directory"));
+        return Err(output_path(path, "it is a directory"));
     }
     // The file is written beside itself first, then renamed: try that now.
     let temporary = temporary_path(path);
@@ -163,7 +188,7 @@ fn check_path(path: &Path) -> Result<()> {
             let _ = fs::remove_file(&temporary);
             Ok(())
         }
-        Err(error) => Err(output_failure(
+        Err(error) => Err(output_path(
             path,
             &format!("cannot create a file in {}: {error}", parent.display()),
         )),
@@ -178,13 +203,16 @@ pub fn invoking_user() -> Option<(u32, u32)> {
 }
 
 /// Writes `contents` to `path` atomically, mode 0644, owned by `owner` when given.
-pub fn write_atomically(path: &Path, contents: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
+pub fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), OutputPath> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(Failure::OutputPath {
-            path: path.to_path_buf(),
-            reason: "it is a symbolic link, which leaktrace does not follow".into(),
-        }
-        .into());
+        return Err(output_path(
+            path,
+            "it is a symbolic link, which leaktrace does not follow",
+        ));
     }
     let temporary = temporary_path(path);
     let mut file = OpenOptions::new()
@@ -193,8 +221,13 @@ pub fn write_atomically(path: &Path, contents: &[u8], owner: Option<(u32, u32)>)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&temporary)
-        .with_context(|| format!("create {}", temporary.display()))?;
-    let written = (|| -> Result<()> {
+        .map_err(|error| {
+            output_path(
+                path,
+                &format!("cannot create {}: {error}", temporary.display()),
+            )
+        })?;
+    let written = (|| -> std::io::Result<()> {
         file.write_all(contents)?;
         // The umask may have taken bits away: 0644 is what readers expect.
         file.set_permissions(fs::Permissions::from_mode(0o644))?;
@@ -202,13 +235,12 @@ pub fn write_atomically(path: &Path, contents: &[u8], owner: Option<(u32, u32)>)
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
         file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        Ok(())
+        fs::rename(&temporary, path)
     })();
     if written.is_err() {
         let _ = fs::remove_file(&temporary);
     }
-    written.with_context(|| format!("write {}", path.display()))
+    written.map_err(|error| output_path(path, &error.to_string()))
 }
 
 /// `dir/.name.leaktrace-PID.tmp`: beside the target, so that the rename stays on one file
