@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::process::Command;
+use std::{cell::Cell, process::Command};
 
 use leaktrace::{demo, report::thousands};
 use support::*;
@@ -234,11 +234,17 @@ fn a_full_ring_buffer_gives_live_bounds_that_hold_what_the_target_holds() {
     // The fixture's output comes on leaktrace's, among the live views.
     leaktrace.stdout.wait_for(|l| l == "ready", WAIT);
     signal(libc::SIGUSR1);
-    // Enough intervals for a verdict, and enough churn to overflow the ring many times over.
-    for _ in 0..12 {
-        leaktrace.stdout.wait_for(|l| l.starts_with('['), WAIT);
-    }
-    leaktrace.stdout.wait_for(|l| l == "round 10", WAIT);
+    // Enough intervals for a verdict, and enough churn to overflow the ring many times over,
+    // in whichever order the two streams interleave.
+    let (views, churned) = (Cell::new(0), Cell::new(false));
+    leaktrace.stdout.wait_for(
+        |l| {
+            views.set(views.get() + usize::from(l.starts_with('[')));
+            churned.set(churned.get() || l == "round 10");
+            views.get() >= 12 && churned.get()
+        },
+        WAIT,
+    );
     signal(libc::SIGUSR2);
     let held = leaktrace
         .stdout
