@@ -21,6 +21,11 @@ pub enum Failure {
     KernelThread(u32),
     #[error("pid {0} is a zombie: it has exited and waits for its parent to reap it")]
     Zombie(u32),
+    #[error(
+        "pid {pid} is traced by pid {tracer} (a debugger?): the reachability scan must stop it \
+         itself; detach the tracer, or capture without --scan"
+    )]
+    Traced { pid: u32, tracer: u32 },
 }
 
 /// The capabilities leaktrace's work takes, by their numbers in linux/capability.h.
@@ -104,6 +109,7 @@ impl Failure {
             Failure::OutputPath { .. } => 8,
             Failure::KernelThread(_) => 9,
             Failure::Zombie(_) => 10,
+            Failure::Traced { .. } => 11,
         }
     }
 }
@@ -156,6 +162,7 @@ mod tests {
             },
             Failure::KernelThread(1),
             Failure::Zombie(1),
+            Failure::Traced { pid: 1, tracer: 2 },
         ];
         let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
         codes.extend([EXIT_OTHER, 2, 0]);

@@ -10,6 +10,7 @@
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
 //! | [`cost`] | hits per probe point, CPU time | what tracing costs the target, per interval |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
+//! | [`scan`] | the ledger's live blocks, the frozen target's memory | each block's leak kind, as valgrind tells them |
 //! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames, each labelled past its allocator wrappers |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
 //!
@@ -30,6 +31,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod plan;
 pub mod report;
+pub mod scan;
 pub mod stacks;
 pub mod target;
 mod watch;

@@ -12,7 +12,7 @@ mod image;
 mod signals;
 
 pub use image::{ImageOptions, Prepared, TracedImage};
-pub use signals::Interrupts;
+pub use signals::{Interrupts, ScanRequests};
 
 use std::{
     collections::HashMap,
@@ -36,6 +36,7 @@ use crate::{
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
+    scan::{self, freeze::Freeze, roots::Policy, snapshot::Snapshot},
     stacks::{DwarfUnwinder, Symbolizer},
     target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name},
 };
@@ -68,6 +69,16 @@ pub struct CaptureOptions {
     /// End when the tracing cost stays above this percent of the target's CPU
     /// (`--max-overhead`).
     pub max_overhead: Option<f64>,
+    pub scan: ScanOptions,
+}
+
+/// When the reachability scan runs, besides on SIGUSR1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// At the end of the capture (a launched command: at its exit).
+    pub at_end: bool,
+    /// Every so often (`--scan-every`).
+    pub every: Option<Duration>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -329,6 +340,7 @@ pub fn run(
         mut probes,
         prepared,
         interrupts,
+        scan_requests,
         window_start_ns,
         cost,
         attached,
@@ -342,7 +354,12 @@ pub fn run(
         (window_start_ns, cost),
         screen,
     );
-    let ending = runtime.block_on(capture.record(target, &mut probes, interrupts))?;
+    let ending = runtime.block_on(capture.record(
+        target,
+        &mut probes,
+        interrupts,
+        scan_requests,
+    ))?;
     capture.finish(target, &mut probes, ending)
 }
 
@@ -354,6 +371,7 @@ struct Attached {
     /// Made while the target surely lived: before a launched target is resumed.
     prepared: Prepared,
     interrupts: Interrupts,
+    scan_requests: ScanRequests,
     /// When the window opened (CLOCK_MONOTONIC ns).
     window_start_ns: u64,
     /// Metering from the window's opening.
@@ -401,9 +419,9 @@ fn attach(
         })
         .ok();
     let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
-    let interrupts = {
+    let (interrupts, scan_requests) = {
         let _inside = runtime.enter();
-        Interrupts::catch()?
+        (Interrupts::catch()?, ScanRequests::catch()?)
     };
     // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
@@ -434,6 +452,7 @@ fn attach(
         attached,
         prepared,
         interrupts,
+        scan_requests,
         window_start_ns,
         cost,
     })
@@ -480,6 +499,7 @@ impl<'a> Capture<'a> {
         target: &Target,
         probes: &mut ProbeSet,
         mut interrupts: Interrupts,
+        mut scan_requests: ScanRequests,
     ) -> Result<Ending> {
         let options = self.options;
         // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this
@@ -495,6 +515,9 @@ impl<'a> Capture<'a> {
         let mut ticker = interval_at(start + options.interval, options.interval);
         // A late tick is skipped, not caught up: two samples close together make a wild slope.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let scan_every = options.scan.every.unwrap_or(Duration::MAX / 4);
+        let mut scans = interval_at(start + scan_every, scan_every);
+        scans.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let window = async {
             match options.duration {
                 Some(duration) => sleep(duration).await,
@@ -548,6 +571,10 @@ impl<'a> Capture<'a> {
                 }
                 _ = &mut window => break Ending::DurationElapsed,
                 _ = interrupts.next() => break Ending::Interrupted,
+                _ = scan_requests.next() => self.scan_now(target, probes)?,
+                _ = scans.tick(), if options.scan.every.is_some() => {
+                    self.scan_now(target, probes)?;
+                }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
             }
         };
@@ -563,6 +590,10 @@ impl<'a> Capture<'a> {
         probes: &mut ProbeSet,
         ending: Ending,
     ) -> Result<(Report, Detach)> {
+        // While the target still runs, and before the window closes.
+        if self.options.scan.at_end && ending != Ending::Failed && target.still_running() {
+            self.scan_now(target, probes)?;
+        }
         // Close the window first: then the ring buffer holds a finite tail, all of it the
         // window's.
         let window_end_ns = probes.close_window()?;
@@ -602,6 +633,52 @@ impl<'a> Capture<'a> {
             }
         }
         Ok((report, detach))
+    }
+
+    /// A reachability scan of the target's current image, now; its result replaces the
+    /// last. A scan that fails is said and skipped, unless another tracer holds the target.
+    fn scan_now(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<()> {
+        match self.scan(target, probes) {
+            Ok(line) => print_text(self.options.text_to_stderr, &line),
+            Err(error)
+                if error
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(Failure::Traced { .. }))) =>
+            {
+                return Err(error);
+            }
+            Err(error) => eprintln!("leaktrace: the scan failed: {error:#}"),
+        }
+        Ok(())
+    }
+
+    /// Freezes the target, takes in every event up to the freeze, copies its memory and
+    /// lets it go; then classifies. The line that says what it found.
+    fn scan(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<String> {
+        let index = *self
+            .current
+            .get(&target.pid)
+            .context("the target has no current image")?;
+        let freeze = Freeze::new(target.pid)?;
+        // The target's threads are stopped: every allocation and free it made is in the
+        // ring buffer, and the ledger matches its memory once they are in.
+        self.drain_to_end(probes)
+            .map_err(|()| anyhow::anyhow!("take in the events before the scan"))?;
+        let blocks = self.images[index].live_blocks();
+        let snapshot = Snapshot::take(target.pid)?;
+        let pause_ms = freeze.held_ms();
+        let registers = freeze.registers.clone();
+        drop(freeze);
+        let policy = if self.images[index].from_start {
+            Policy::EveryBlockTracked
+        } else {
+            Policy::SomeBlocksUnknown
+        };
+        let mut scan = scan::classify(&snapshot, &registers, blocks, policy, pause_ms);
+        scan.at_s = self.started.elapsed().as_secs_f64();
+        let line = format!("{}\n", report::describe_scan(&scan));
+        self.images[index].scan = Some(scan);
+        Ok(line)
     }
 
     fn drain_to_end(&mut self, probes: &mut ProbeSet) -> Result<(), ()> {

@@ -30,3 +30,19 @@ impl Interrupts {
         }
     }
 }
+
+/// SIGUSR1: scan now. Caught from before leaktrace says it is attached too, since the
+/// signal's default action would kill leaktrace.
+pub struct ScanRequests(Signal);
+
+impl ScanRequests {
+    /// Must be called inside the runtime that will run the capture.
+    pub fn catch() -> Result<ScanRequests> {
+        Ok(ScanRequests(signal(SignalKind::user_defined1())?))
+    }
+
+    /// Returns when the next request arrives.
+    pub async fn next(&mut self) {
+        self.0.recv().await;
+    }
+}
