@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 use crate::{
-    scan::{LeakScan, TrackedBlock},
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
     ledger::{
@@ -15,6 +14,7 @@ use crate::{
     },
     plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
+    scan::{LeakScan, TrackedBlock},
     stacks::{
         AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
         labels::simple_name,

@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
@@ -38,8 +39,16 @@ use crate::{
     report::{self, Ending, Report, screen::Screen},
     scan::{self, freeze::Freeze, roots::Policy, snapshot::Snapshot},
     stacks::{DwarfUnwinder, Symbolizer},
-    target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name},
+    target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name, tracee::Seen},
 };
+
+/// Whether a scan must stop the target itself, or finds it held already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    NotYet,
+    /// A traced command stopped at its exit.
+    AtItsExit,
+}
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
 const DRAIN_BATCH: usize = 1 << 16;
@@ -354,12 +363,8 @@ pub fn run(
         (window_start_ns, cost),
         screen,
     );
-    let ending = runtime.block_on(capture.record(
-        target,
-        &mut probes,
-        interrupts,
-        scan_requests,
-    ))?;
+    let ending =
+        runtime.block_on(capture.record(target, &mut probes, interrupts, scan_requests))?;
     capture.finish(target, &mut probes, ending)
 }
 
@@ -431,7 +436,8 @@ fn attach(
         .ok();
     let window_start_ns = probes.open_window()?;
     let cost = CostMeter::new(calibration, statistics, &probes, target.pid);
-    target.resume()?;
+    // A launched command to scan at its exit stays traced, to be stopped there.
+    target.resume(options.scan.at_end)?;
     let attached = format!(
         "leaktrace: attached to pid {} ({}); probing {}{}",
         target.pid,
@@ -511,6 +517,8 @@ impl<'a> Capture<'a> {
         let exited = unsafe { AsyncFd::register(target.exit_fd.as_raw_fd()) }
             .map_err(|e| e.into_parts().1)
             .context("watch the target")?;
+        // A traced command's stops (signals to pass on, its exit) are told by SIGCHLD.
+        let mut child_stops = signal(SignalKind::child()).context("catch SIGCHLD")?;
         let start = tokio::time::Instant::now();
         let mut ticker = interval_at(start + options.interval, options.interval);
         // A late tick is skipped, not caught up: two samples close together make a wild slope.
@@ -571,9 +579,12 @@ impl<'a> Capture<'a> {
                 }
                 _ = &mut window => break Ending::DurationElapsed,
                 _ = interrupts.next() => break Ending::Interrupted,
-                _ = scan_requests.next() => self.scan_now(target, probes)?,
+                _ = scan_requests.next() => self.scan_now(target, probes, Held::NotYet)?,
                 _ = scans.tick(), if options.scan.every.is_some() => {
-                    self.scan_now(target, probes)?;
+                    self.scan_now(target, probes, Held::NotYet)?;
+                }
+                _ = child_stops.recv(), if target.tracee().is_some() => {
+                    self.answer_stops(target, probes)?;
                 }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
             }
@@ -592,7 +603,7 @@ impl<'a> Capture<'a> {
     ) -> Result<(Report, Detach)> {
         // While the target still runs, and before the window closes.
         if self.options.scan.at_end && ending != Ending::Failed && target.still_running() {
-            self.scan_now(target, probes)?;
+            self.scan_now(target, probes, Held::NotYet)?;
         }
         // Close the window first: then the ring buffer holds a finite tail, all of it the
         // window's.
@@ -635,10 +646,23 @@ impl<'a> Capture<'a> {
         Ok((report, detach))
     }
 
+    /// Answers the traced command's stops; at its exit, scans it before it goes on.
+    fn answer_stops(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<()> {
+        let Some(tracee) = target.tracee() else {
+            return Ok(());
+        };
+        if tracee.pending() == Seen::Exiting {
+            let scanned = self.scan_now(target, probes, Held::AtItsExit);
+            tracee.let_exit();
+            scanned?;
+        }
+        Ok(())
+    }
+
     /// A reachability scan of the target's current image, now; its result replaces the
     /// last. A scan that fails is said and skipped, unless another tracer holds the target.
-    fn scan_now(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<()> {
-        match self.scan(target, probes) {
+    fn scan_now(&mut self, target: &Target, probes: &mut ProbeSet, held: Held) -> Result<()> {
+        match self.scan(target, probes, held) {
             Ok(line) => print_text(self.options.text_to_stderr, &line),
             Err(error)
                 if error
@@ -654,12 +678,15 @@ impl<'a> Capture<'a> {
 
     /// Freezes the target, takes in every event up to the freeze, copies its memory and
     /// lets it go; then classifies. The line that says what it found.
-    fn scan(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<String> {
+    fn scan(&mut self, target: &Target, probes: &mut ProbeSet, held: Held) -> Result<String> {
         let index = *self
             .current
             .get(&target.pid)
             .context("the target has no current image")?;
-        let freeze = Freeze::new(target.pid)?;
+        let freeze = match held {
+            Held::NotYet => Freeze::new(target.pid)?,
+            Held::AtItsExit => Freeze::at_exit(target.pid)?,
+        };
         // The target's threads are stopped: every allocation and free it made is in the
         // ring buffer, and the ledger matches its memory once they are in.
         self.drain_to_end(probes)

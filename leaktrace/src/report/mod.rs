@@ -33,9 +33,9 @@ use crate::{
     ledger::trends::Trends,
     ledger::verdict::{Judgement, Replacement, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
+    scan::{KindAmounts, LeakScan},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
-    scan::{KindAmounts, LeakScan},
     target::memory::MemorySample,
 };
 
@@ -155,17 +155,19 @@ impl Report {
                 (site, stats, blocks, judgement, kinds)
             })
             .collect();
-        sites.sort_by(|(_, a, _, a_verdict, a_kinds), (_, b, _, b_verdict, b_kinds)| {
-            let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
-            let leak_rate = |j: &Judgement| {
-                if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
-            };
-            let lost = |k: &Option<KindAmounts>| k.map_or(0, |k| k.definitely_lost.bytes);
-            (lost(b_kinds).cmp(&lost(a_kinds)))
-                .then(leaking(b_verdict).cmp(&leaking(a_verdict)))
-                .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
-                .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
-        });
+        sites.sort_by(
+            |(_, a, _, a_verdict, a_kinds), (_, b, _, b_verdict, b_kinds)| {
+                let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+                let leak_rate = |j: &Judgement| {
+                    if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
+                };
+                let lost = |k: &Option<KindAmounts>| k.map_or(0, |k| k.definitely_lost.bytes);
+                (lost(b_kinds).cmp(&lost(a_kinds)))
+                    .then(leaking(b_verdict).cmp(&leaking(a_verdict)))
+                    .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
+                    .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
+            },
+        );
         let mut progress = Progress::new("symbolizing", sites.len());
         for (site, ..) in &sites {
             progress.advance();

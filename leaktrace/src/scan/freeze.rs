@@ -65,6 +65,19 @@ impl Freeze {
         Ok(freeze)
     }
 
+    /// A command leaktrace traces, stopped at its exit: its main thread is held already (and
+    /// is let go by its tracer, not here); the others are gone or going.
+    pub fn at_exit(pid: u32) -> Result<Freeze> {
+        let registers = ptrace::getregs(Pid::from_raw(pid as i32))
+            .context("read the exiting command's registers")?;
+        Ok(Freeze {
+            pid,
+            threads: BTreeMap::new(),
+            registers: vec![registers],
+            started: Instant::now(),
+        })
+    }
+
     /// Seizes and stops one thread; a thread gone already is skipped.
     fn stop(&mut self, tid: u32) -> Result<()> {
         let thread = Pid::from_raw(tid as i32);
@@ -122,8 +135,8 @@ impl Drop for Freeze {
 
 /// The target's thread ids, from `/proc/PID/task`.
 fn threads_of(pid: u32) -> Result<Vec<u32>> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|_| Failure::NoSuchProcess(pid))?;
+    let tasks =
+        fs::read_dir(format!("/proc/{pid}/task")).map_err(|_| Failure::NoSuchProcess(pid))?;
     Ok(tasks
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .collect())

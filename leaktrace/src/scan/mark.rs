@@ -168,16 +168,19 @@ impl<'a> Marker<'a> {
         let offset = pointer - block.start;
         let std_string = offset == 24
             && word(8).is_some_and(|capacity| 24u64.saturating_add(capacity) + 1 == block.size)
-            && word(0).zip(word(8)).is_some_and(|(length, capacity)| length <= capacity);
-        let length64 = offset == 8
-            && word(0).is_some_and(|length| length > 0 && block.size - 8 == length);
+            && word(0)
+                .zip(word(8))
+                .is_some_and(|(length, capacity)| length <= capacity);
+        let length64 =
+            offset == 8 && word(0).is_some_and(|length| length > 0 && block.size - 8 == length);
         let new_array = offset == 8
-            && word(0).is_some_and(|count| count > 0 && (block.size - 8) % count == 0);
+            && word(0).is_some_and(|count| count > 0 && (block.size - 8).is_multiple_of(count));
         let vtable = |address: Option<u64>| {
-            address.is_some_and(|a| a % 8 == 0 && a >= 4096 && self.vtables.may_be_vtable(a))
+            address
+                .is_some_and(|a| a.is_multiple_of(8) && a >= 4096 && self.vtables.may_be_vtable(a))
         };
         let multiple_inheritance =
-            offset % 8 == 0 && vtable(self.memory.word(pointer)) && vtable(word(0));
+            offset.is_multiple_of(8) && vtable(self.memory.word(pointer)) && vtable(word(0));
         std_string || length64 || new_array || multiple_inheritance
     }
 }

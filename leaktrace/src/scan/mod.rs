@@ -129,7 +129,10 @@ pub fn classify(
     let mut per_site: HashMap<SiteId, KindAmounts> = HashMap::new();
     for (block, kind) in blocks.iter().zip(kinds) {
         totals.add(kind, block.size);
-        per_site.entry(block.site).or_default().add(kind, block.size);
+        per_site
+            .entry(block.site)
+            .or_default()
+            .add(kind, block.size);
     }
     LeakScan {
         totals,

@@ -67,7 +67,9 @@ impl Snapshot {
     /// The aligned words in `start..end` that were copied, with their addresses; pages not
     /// copied held none but zeros.
     pub fn words(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let first = self.runs.partition_point(|r| r.start + r.bytes.len() as u64 <= start);
+        let first = self
+            .runs
+            .partition_point(|r| r.start + r.bytes.len() as u64 <= start);
         self.runs[first..]
             .iter()
             .take_while(move |run| run.start < end)
@@ -84,7 +86,9 @@ impl Snapshot {
 
     /// The word at `address` (aligned), if it was copied.
     pub fn word(&self, address: u64) -> Option<u64> {
-        self.words(address, address + 8).next().map(|(_, word)| word)
+        self.words(address, address + 8)
+            .next()
+            .map(|(_, word)| word)
     }
 }
 
@@ -139,8 +143,12 @@ fn read_memory(pid: u32, start: u64, end: u64) -> Vec<u8> {
             base: start as usize + index * PAGE as usize,
             len: page.len(),
         }];
-        if process_vm_readv(Pid::from_raw(pid as i32), &mut [IoSliceMut::new(page)], &remote)
-            .is_err()
+        if process_vm_readv(
+            Pid::from_raw(pid as i32),
+            &mut [IoSliceMut::new(page)],
+            &remote,
+        )
+        .is_err()
         {
             page.fill(0);
         }
@@ -167,7 +175,13 @@ mod tests {
         let all: Vec<(u64, u64)> = snapshot.words(0, 0x3000).collect();
         assert_eq!(
             all,
-            [(0x1000, 1), (0x1008, 2), (0x1010, 3), (0x2000, 4), (0x2008, 5)]
+            [
+                (0x1000, 1),
+                (0x1008, 2),
+                (0x1010, 3),
+                (0x2000, 4),
+                (0x2008, 5)
+            ]
         );
         // Unaligned starts round up; the range's end is exclusive.
         let some: Vec<u64> = snapshot.words(0x1001, 0x1010).map(|(_, w)| w).collect();

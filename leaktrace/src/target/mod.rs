@@ -8,8 +8,10 @@
 pub mod cpu;
 pub mod maps;
 pub mod memory;
+pub mod tracee;
 
 use std::{
+    cell::OnceCell,
     ffi::OsString,
     fs,
     os::{
@@ -30,7 +32,10 @@ use nix::{
     unistd::Pid,
 };
 
-use self::maps::ProcessMaps;
+use self::{
+    maps::ProcessMaps,
+    tracee::{Seen, Tracee},
+};
 use crate::{
     error::{CAPTURE_CAPABILITIES, Capability, Failure, capability_remedy},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
@@ -73,6 +78,8 @@ pub struct Target {
     /// When the process started (clock ticks after boot, /proc/PID/stat): with the pid, its
     /// identity. A pid is reused once its process is gone; a start time is not.
     pub start_time: u64,
+    /// A launched command kept traced to its exit ([`Target::resume`]).
+    tracee: OnceCell<Tracee>,
 }
 
 impl Target {
@@ -152,6 +159,7 @@ impl Target {
             launched,
             exit_fd,
             start_time,
+            tracee: OnceCell::new(),
         })
     }
 
@@ -226,12 +234,23 @@ impl Target {
     }
 
     /// Lets a launched target run (probes attached); nothing to do for an existing process.
-    pub fn resume(&self) -> Result<()> {
-        if self.launched {
+    /// With `to_its_exit`, it stays traced, to be stopped at its exit ([`tracee`]).
+    pub fn resume(&self, to_its_exit: bool) -> Result<()> {
+        if !self.launched {
+            return Ok(());
+        }
+        if to_its_exit {
+            let _ = self.tracee.set(Tracee::follow(self.pid)?);
+        } else {
             ptrace::detach(Pid::from_raw(self.pid as i32), None)
                 .context("resume the started command")?;
         }
         Ok(())
+    }
+
+    /// The launched command, when it is kept traced to its exit.
+    pub fn tracee(&self) -> Option<&Tracee> {
+        self.tracee.get()
     }
 
     /// The exit status of a launched target that has exited (exit code, or 128 + signal).
@@ -239,6 +258,18 @@ impl Target {
     pub fn reap(&self) -> Option<i32> {
         if !self.launched {
             return None;
+        }
+        // Called once the process has exited: its last stops are answered, then it is gone.
+        if let Some(tracee) = self.tracee() {
+            loop {
+                match tracee.pending() {
+                    Seen::Exiting => tracee.let_exit(),
+                    Seen::Exited(status) => return status,
+                    Seen::Running => {
+                        self.exits_within(100);
+                    }
+                }
+            }
         }
         match waitpid(Pid::from_raw(self.pid as i32), None).ok()? {
             WaitStatus::Exited(_, code) => Some(code),
@@ -254,6 +285,10 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if !self.launched || self.exits_within(0) {
+            return;
+        }
+        if let Some(tracee) = self.tracee() {
+            tracee.end(LAUNCHED_GRACE_MS as u64);
             return;
         }
         let pid = Pid::from_raw(self.pid as i32);
