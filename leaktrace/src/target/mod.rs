@@ -34,7 +34,7 @@ use nix::{
 
 use self::{
     maps::ProcessMaps,
-    tracee::{Seen, Tracee},
+    tracee::Tracee,
 };
 use crate::{
     error::{CAPTURE_CAPABILITIES, Capability, Failure, capability_remedy},
@@ -259,17 +259,9 @@ impl Target {
         if !self.launched {
             return None;
         }
-        // Called once the process has exited: its last stops are answered, then it is gone.
+        // Called once the process is ending: a traced one's last stops are answered first.
         if let Some(tracee) = self.tracee() {
-            loop {
-                match tracee.pending() {
-                    Seen::Exiting => tracee.let_exit(),
-                    Seen::Exited(status) => return status,
-                    Seen::Running => {
-                        self.exits_within(100);
-                    }
-                }
-            }
+            tracee.until_gone(|| self.exits_within(0));
         }
         match waitpid(Pid::from_raw(self.pid as i32), None).ok()? {
             WaitStatus::Exited(_, code) => Some(code),
@@ -287,14 +279,23 @@ impl Drop for Target {
         if !self.launched || self.exits_within(0) {
             return;
         }
-        if let Some(tracee) = self.tracee() {
-            tracee.end(LAUNCHED_GRACE_MS as u64);
-            return;
-        }
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
-        if !self.exits_within(LAUNCHED_GRACE_MS) {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(LAUNCHED_GRACE_MS as u64);
+        // A traced command's stops (the signal itself, its exit) are answered meanwhile.
+        let ended = || self.exits_within(0) || std::time::Instant::now() >= deadline;
+        match self.tracee() {
+            Some(tracee) => tracee.until_gone(ended),
+            None => {
+                self.exits_within(LAUNCHED_GRACE_MS);
+            }
+        }
+        if !self.exits_within(0) {
             let _ = kill(pid, Signal::SIGKILL);
+            if let Some(tracee) = self.tracee() {
+                tracee.until_gone(|| self.exits_within(0));
+            }
         }
         let _ = waitpid(pid, None);
     }

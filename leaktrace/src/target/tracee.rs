@@ -8,15 +8,13 @@
 //! never lost. A stop signal's group-stop is left standing, as without a tracer. Only the
 //! main thread is traced: its exit is the process's.
 
-use std::cell::Cell;
-
 use anyhow::{Context, Result};
 use nix::{
     errno::Errno,
     sys::{
         ptrace,
-        signal::{Signal, kill},
-        wait::{WaitPidFlag, WaitStatus, waitpid},
+        signal::Signal,
+        wait::{Id, WaitPidFlag, WaitStatus, waitid},
     },
     unistd::Pid,
 };
@@ -24,19 +22,15 @@ use nix::{
 /// What the launched command did since last asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// Running (its stops, if any, were answered).
+    /// Running, or gone (its stops, if any, were answered).
     Running,
     /// Stopped at its exit, memory intact: [`Tracee::let_exit`] when done with it.
     Exiting,
-    /// Gone, with this status (exit code, or 128 + signal) when it was seen here.
-    Exited(Option<i32>),
 }
 
 /// The launched command, traced.
 pub struct Tracee {
     pid: Pid,
-    /// Its status once the exit was seen here (it is reaped then).
-    status: Cell<Option<i32>>,
 }
 
 impl Tracee {
@@ -50,42 +44,30 @@ impl Tracee {
         )
         .context("trace the started command's exit")?;
         ptrace::cont(pid, None).context("resume the started command")?;
-        Ok(Tracee {
-            pid,
-            status: Cell::new(None),
-        })
+        Ok(Tracee { pid })
     }
 
-    /// Answers every stop reported since the last call; what the command is doing now.
+    /// Answers every stop reported since the last call; whether the command now waits at its
+    /// exit. Its end is left for its reaper: waitid without WEXITED reports stops alone.
     pub fn pending(&self) -> Seen {
-        if let Some(status) = self.status.get() {
-            return Seen::Exited(Some(status));
-        }
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::StillAlive) => return Seen::Running,
-                // Reaped already: nothing of it is left to wait for.
-                Err(Errno::ECHILD) => return Seen::Exited(None),
+            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+            match waitid(Id::Pid(self.pid), flags) {
                 Ok(WaitStatus::PtraceEvent(_, _, event))
                     if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 =>
                 {
                     return Seen::Exiting;
                 }
+                // A signal on its way to the command (waitid tells it as an event of 0).
+                Ok(WaitStatus::PtraceEvent(_, signal, 0)) => self.pass_on(signal),
                 Ok(WaitStatus::PtraceEvent(..)) => {
                     let _ = ptrace::cont(self.pid, None);
                 }
                 Ok(WaitStatus::Stopped(_, signal)) => self.pass_on(signal),
-                Ok(WaitStatus::Exited(_, code)) => return self.exited(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return self.exited(128 + signal as i32),
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return Seen::Running,
+                Err(Errno::EINTR) => {}
+                Ok(_) | Err(_) => return Seen::Running,
             }
         }
-    }
-
-    fn exited(&self, status: i32) -> Seen {
-        self.status.set(Some(status));
-        Seen::Exited(Some(status))
     }
 
     /// A signal-delivery stop: the signal goes on to the command. A group stop (the command
@@ -102,22 +84,13 @@ impl Tracee {
         let _ = ptrace::cont(self.pid, None);
     }
 
-    /// Ends the command, still running after the capture: SIGTERM, answering its stops for
-    /// `grace_ms`, then SIGKILL; reaped.
-    pub fn end(&self, grace_ms: u64) {
-        let _ = kill(self.pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(grace_ms);
-        let mut killed = false;
-        loop {
-            match self.pending() {
-                Seen::Exited(_) => return,
-                Seen::Exiting => self.let_exit(),
-                Seen::Running => std::thread::sleep(std::time::Duration::from_millis(5)),
+    /// Answers the command's stops until `exited` says it is gone.
+    pub fn until_gone(&self, exited: impl Fn() -> bool) {
+        while !exited() {
+            if self.pending() == Seen::Exiting {
+                self.let_exit();
             }
-            if !killed && std::time::Instant::now() >= deadline {
-                let _ = kill(self.pid, Signal::SIGKILL);
-                killed = true;
-            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
