@@ -257,6 +257,15 @@ pub fn is_attached_line(line: &str) -> bool {
     line.starts_with("leaktrace: attached to pid")
 }
 
+/// The target's pid in leaktrace's attached line.
+pub fn attached_pid(line: &str) -> i32 {
+    line.trim_start_matches("leaktrace: attached to pid ")
+        .split(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
 /// A temporary output path for this test.
 pub fn output_path(test: &str, extension: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
@@ -389,6 +398,35 @@ pub fn launch_json_env(
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();
     (read_json(&json), stdout)
+}
+
+/// `leaktrace -i 100ms --json … -- BINARY ARGS…` on a target that waits for SIGUSR1 before it
+/// exits, let go once the live view names `site`: then leaktrace has read the site's stack and
+/// knows the library the target dlopen'ed, which it may not if the target exits first. The
+/// report and leaktrace's stdout.
+pub fn launch_until_named(
+    test: &str,
+    binary: &Path,
+    args: &[&str],
+    site: &str,
+) -> (Value, Vec<String>) {
+    let json = output_path(test, "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-i", "100ms", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(binary)
+            .args(args),
+    );
+    let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    leaktrace.stdout.wait_for(|l| l.contains(site), WAIT);
+    assert_eq!(
+        unsafe { libc::kill(attached_pid(&attached), libc::SIGUSR1) },
+        0
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    (read_json(&json), leaktrace.stdout.rest())
 }
 
 /// `leaktrace -p PID --json JSON ARGS…`, once its probes are in.
