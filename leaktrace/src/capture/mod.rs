@@ -12,7 +12,7 @@ mod image;
 mod signals;
 
 pub use image::{ImageOptions, Prepared, TracedImage};
-pub use signals::{Interrupts, ScanRequests};
+pub use signals::Signals;
 
 use std::{
     collections::HashMap,
@@ -26,7 +26,6 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
@@ -348,8 +347,7 @@ pub fn run(
     let Attached {
         mut probes,
         prepared,
-        interrupts,
-        scan_requests,
+        signals,
         window_start_ns,
         cost,
         attached,
@@ -363,8 +361,7 @@ pub fn run(
         (window_start_ns, cost),
         screen,
     );
-    let ending =
-        runtime.block_on(capture.record(target, &mut probes, interrupts, scan_requests))?;
+    let ending = runtime.block_on(capture.record(target, &mut probes, signals))?;
     capture.finish(target, &mut probes, ending)
 }
 
@@ -375,8 +372,7 @@ struct Attached {
     attached: String,
     /// Made while the target surely lived: before a launched target is resumed.
     prepared: Prepared,
-    interrupts: Interrupts,
-    scan_requests: ScanRequests,
+    signals: Signals,
     /// When the window opened (CLOCK_MONOTONIC ns).
     window_start_ns: u64,
     /// Metering from the window's opening.
@@ -424,9 +420,9 @@ fn attach(
         })
         .ok();
     let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
-    let (interrupts, scan_requests) = {
+    let signals = {
         let _inside = runtime.enter();
-        (Interrupts::catch()?, ScanRequests::catch()?)
+        Signals::catch()?
     };
     // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
@@ -457,8 +453,7 @@ fn attach(
         probes,
         attached,
         prepared,
-        interrupts,
-        scan_requests,
+        signals,
         window_start_ns,
         cost,
     })
@@ -504,9 +499,13 @@ impl<'a> Capture<'a> {
         &mut self,
         target: &Target,
         probes: &mut ProbeSet,
-        mut interrupts: Interrupts,
-        mut scan_requests: ScanRequests,
+        signals: Signals,
     ) -> Result<Ending> {
+        let Signals {
+            mut interrupts,
+            mut scan_requests,
+            mut child_stops,
+        } = signals;
         let options = self.options;
         // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this
         // function and so these registrations.
@@ -517,8 +516,8 @@ impl<'a> Capture<'a> {
         let exited = unsafe { AsyncFd::register(target.exit_fd.as_raw_fd()) }
             .map_err(|e| e.into_parts().1)
             .context("watch the target")?;
-        // A traced command's stops (signals to pass on, its exit) are told by SIGCHLD.
-        let mut child_stops = signal(SignalKind::child()).context("catch SIGCHLD")?;
+        // A command that stopped before the loop began has its SIGCHLD behind it.
+        self.answer_stops(target, probes)?;
         let start = tokio::time::Instant::now();
         let mut ticker = interval_at(start + options.interval, options.interval);
         // A late tick is skipped, not caught up: two samples close together make a wild slope.
@@ -583,7 +582,7 @@ impl<'a> Capture<'a> {
                 _ = scans.tick(), if options.scan.every.is_some() => {
                     self.scan_now(target, probes, Held::NotYet)?;
                 }
-                _ = child_stops.recv(), if target.tracee().is_some() => {
+                _ = child_stops.next(), if target.tracee().is_some() => {
                     self.answer_stops(target, probes)?;
                 }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
@@ -701,7 +700,7 @@ impl<'a> Capture<'a> {
         } else {
             Policy::SomeBlocksUnknown
         };
-        let mut scan = scan::classify(&snapshot, &registers, blocks, policy, pause_ms);
+        let mut scan = scan::classify(target.pid, &snapshot, &registers, blocks, policy, pause_ms);
         scan.at_s = self.started.elapsed().as_secs_f64();
         let line = format!("{}\n", report::describe_scan(&scan));
         self.images[index].scan = Some(scan);

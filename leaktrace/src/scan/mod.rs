@@ -96,9 +96,10 @@ pub struct LeakScan {
     pub per_site: HashMap<SiteId, KindAmounts>,
 }
 
-/// Classifies `blocks` from a `snapshot` and the threads' `registers`, taken while the
-/// target was frozen for `pause_ms`.
+/// Classifies `blocks` of process `pid` from a `snapshot` and the threads' `registers`,
+/// taken while the target was frozen for `pause_ms`.
 pub fn classify(
+    pid: u32,
     snapshot: &Snapshot,
     registers: &[libc::user_regs_struct],
     mut blocks: Vec<TrackedBlock>,
@@ -115,7 +116,9 @@ pub fn classify(
         })
         .collect();
     let stack_pointers: Vec<u64> = registers.iter().map(|r| r.rsp).collect();
-    let (root_ranges, roots) = roots::root_ranges(snapshot, &stack_pointers, &ranges, policy);
+    let main_arena = roots::main_arena(pid, &snapshot.maps);
+    let (root_ranges, roots) =
+        roots::root_ranges(snapshot, &stack_pointers, &ranges, policy, main_arena);
     let layout = Layout(snapshot.maps.clone());
     let mut marker = Marker::new(&ranges, snapshot, &layout);
     marker.mark_from(registers.iter().flat_map(register_words));

@@ -7,7 +7,11 @@
 //! - Every other readable and writable mapping: the modules' data and bss, TLS, anonymous
 //!   memory, shared memory.
 //!
-//! Never the tracked blocks themselves: a block counts only if something reaches it. And
+//! Never the tracked blocks themselves: a block counts only if something reaches it. Never
+//! glibc's `main_arena` either (in libc's data, found by its symbol in libc's separate debug
+//! info, libc6-dbg on Debian): its bins and its top pointer hold the addresses of free chunks,
+//! whose headers lie inside the last bytes of the live blocks before them, and would make a
+//! lost block possibly lost. Without libc's symbols it cannot be found, and is scanned. And
 //! the allocator's own mappings (those holding tracked blocks) differ by [`Policy`]:
 //! - [`Policy::EveryBlockTracked`] (a command traced from its first instruction): their bytes
 //!   outside the blocks are the allocator's, free chunks and chunk headers, whose stale
@@ -20,8 +24,13 @@
 
 use serde::Serialize;
 
+use object::{Object, ObjectSegment, ObjectSymbol};
+
 use super::{mark::Block, snapshot::Snapshot};
-use crate::target::maps::{Mapping, ProcessMaps};
+use crate::{
+    stacks::debuginfo::DebugDirs,
+    target::maps::{Mapping, ProcessMaps, module_file},
+};
 
 /// How much of the allocator's memory is known (module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +49,8 @@ pub struct RootStats {
     pub other_bytes: u64,
     /// Bytes of allocator mappings left out ([`Policy::EveryBlockTracked`]).
     pub allocator_bytes_excluded: u64,
+    /// Whether glibc's `main_arena` was found, and left out.
+    pub main_arena_excluded: bool,
 }
 
 /// The ranges to scan as roots, sorted, with what they were.
@@ -48,12 +59,20 @@ pub fn root_ranges(
     stack_pointers: &[u64],
     blocks: &[Block],
     policy: Policy,
+    main_arena: Option<Block>,
 ) -> (Vec<(u64, u64)>, RootStats) {
     const RED_ZONE: u64 = 128;
     let mut stats = RootStats {
         threads: stack_pointers.len(),
+        main_arena_excluded: main_arena.is_some(),
         ..RootStats::default()
     };
+    // What is never a root, sorted: the blocks, and glibc's arena.
+    let mut left_out = blocks.to_vec();
+    if let Some(arena) = main_arena {
+        let at = left_out.partition_point(|b| b.start < arena.start);
+        left_out.insert(at, arena);
+    }
     let mut ranges = Vec::new();
     for mapping in &snapshot.mappings {
         let stack_from = stack_pointers
@@ -72,7 +91,7 @@ pub fn root_ranges(
             }
             None => (mapping.start, mapping.end),
         };
-        for piece in outside_blocks(range, blocks) {
+        for piece in outside_blocks(range, &left_out) {
             if stack_from.is_none() {
                 stats.other_bytes += piece.1 - piece.0;
             }
@@ -103,6 +122,39 @@ fn outside_blocks((start, end): (u64, u64), blocks: &[Block]) -> Vec<(u64, u64)>
         pieces.push((from, end));
     }
     pieces
+}
+
+/// glibc's `main_arena` in the target, from the symbol table of libc's debug info (module
+/// doc); `None` where libc or its symbols are not found.
+pub fn main_arena(pid: u32, maps: &ProcessMaps) -> Option<Block> {
+    let libc = maps.mappings().iter().find(|m| {
+        m.offset == 0
+            && m.path
+                .as_deref()
+                .and_then(|p| p.file_name())
+                .is_some_and(|name| name == "libc.so.6")
+    })?;
+    let path = libc.path.as_deref()?;
+    let readable = module_file(pid, maps, path);
+    let module = std::fs::read(&readable).ok()?;
+    let module = object::File::parse(&*module).ok()?;
+    // Shared objects are linked at 0 or at their first segment's address: the bias is
+    // where that segment landed less where it was linked.
+    let linked = module.segments().map(|s| s.address()).min()? & !0xfff;
+    let bias = libc.start.checked_sub(linked)?;
+    let dirs = DebugDirs {
+        extra: Vec::new(),
+        target_root: Some(format!("/proc/{pid}/root").into()),
+    };
+    let debug = std::fs::read(dirs.find(&readable, path).main).ok()?;
+    let debug = object::File::parse(&*debug).ok()?;
+    let symbol = debug
+        .symbols()
+        .find(|s| s.name() == Ok("main_arena") && s.size() > 0)?;
+    Some(Block {
+        start: bias + symbol.address(),
+        size: symbol.size(),
+    })
 }
 
 /// What the multipleinheritance heuristic asks of an address: does it lie in read-only data

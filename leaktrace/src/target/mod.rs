@@ -32,10 +32,7 @@ use nix::{
     unistd::Pid,
 };
 
-use self::{
-    maps::ProcessMaps,
-    tracee::Tracee,
-};
+use self::{maps::ProcessMaps, tracee::Tracee};
 use crate::{
     error::{CAPTURE_CAPABILITIES, Capability, Failure, capability_remedy},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
@@ -281,8 +278,8 @@ impl Drop for Target {
         }
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_millis(LAUNCHED_GRACE_MS as u64);
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(LAUNCHED_GRACE_MS as u64);
         // A traced command's stops (the signal itself, its exit) are answered meanwhile.
         let ended = || self.exits_within(0) || std::time::Instant::now() >= deadline;
         match self.tracee() {
