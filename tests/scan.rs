@@ -416,3 +416,56 @@ fn attached_a_block_kept_anywhere_is_reachable_and_a_dropped_one_lost() {
         assert_eq!(of_site(&sites, site), *kinds, "{site}, of {sites:#?}");
     }
 }
+
+/// `leaktrace ARGS -- leak_kinds SCENARIO`, to its end: its exit code and stderr.
+fn gate(args: &[&str], scenario: &str) -> (i32, Vec<String>) {
+    let binary = build_fixture("leak_kinds");
+    let mut leaktrace = Running::start(
+        std::process::Command::new(LEAKTRACE)
+            .args(args)
+            .arg("--")
+            .arg(&binary)
+            .arg(scenario),
+    );
+    let code = leaktrace.wait(WAIT);
+    (code, leaktrace.stderr.rest())
+}
+
+/// As valgrind's --error-exitcode: leaked bytes of the kinds asked for (definite and
+/// possible by default) make the run exit with the code asked for, unless a suppression in
+/// LeakSanitizer's format names their site; a bad suppressions file is exit 12.
+#[test]
+fn error_exitcode_gates_a_run_on_its_leaks_and_suppressions_lift_it() {
+    let Some(_bpf) = require_bpf() else { return };
+    // The lost cycle: definitely and indirectly lost, at cycle_node.
+    let (code, stderr) = gate(&["--error-exitcode", "42"], "cycle");
+    assert_eq!(code, 42, "{stderr:#?}");
+    let bytes = thousands(define("CYCLE_NODE_BYTES"));
+    assert!(
+        stderr
+            .last()
+            .is_some_and(|l| l.contains(&format!("{bytes} bytes in 1 blocks leaked"))),
+        "the definitely lost node alone counts by default: {stderr:#?}"
+    );
+    // Only still reachable blocks: nothing of the default kinds.
+    assert_eq!(gate(&["--error-exitcode", "42"], "tls").0, 0);
+    let reachable = [
+        "--error-exitcode",
+        "42",
+        "--errors-for-leak-kinds",
+        "reachable",
+    ];
+    assert_eq!(gate(&reachable, "tls").0, 42);
+
+    let suppressions = output_path("cycle", "supp");
+    std::fs::write(&suppressions, "# the fixture's own\nleak:^cycle_node$\n").unwrap();
+    let path = suppressions.to_str().unwrap();
+    let with = ["--error-exitcode", "42", "--suppressions", path];
+    assert_eq!(gate(&with, "cycle").0, 0);
+
+    std::fs::write(&suppressions, "race:cycle_node\n").unwrap();
+    let (code, stderr) = gate(&with, "cycle");
+    assert_eq!(code, 12, "{stderr:#?}");
+    assert_eq!(stderr.len(), 1, "one line: {stderr:#?}");
+    assert!(stderr[0].contains("leak:PATTERN"), "{stderr:#?}");
+}

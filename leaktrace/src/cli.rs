@@ -7,6 +7,7 @@ use regex::Regex;
 
 use crate::{
     capture::{CaptureOptions, ImageOptions, ScanOptions},
+    gate::{Gate, LeakKind, Suppressions},
     kernel::ProbeSettings,
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
@@ -23,7 +24,8 @@ use crate::{
     after_help = "With neither -p nor a command, leaktrace runs its built-in leaking demo.\n\n\
 Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process, 4 not permitted,\n\
 5 no allocator found, 6 kernel lacks BPF/uprobes, 7 command could not start,\n\
-8 output path unusable, 9 a kernel thread, 10 a zombie, 11 traced by a debugger."
+8 output path unusable, 9 a kernel thread, 10 a zombie, 11 traced by a debugger,\n\
+12 bad suppressions; with --error-exitcode N, N when leaks are found."
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -66,6 +68,22 @@ pub struct Cli {
     /// Do not scan a launched command at its exit.
     #[arg(long, conflicts_with_all = ["scan", "scan_every"])]
     pub no_scan: bool,
+
+    /// Exit with this code when the scan finds leaked bytes of the kinds
+    /// --errors-for-leak-kinds names, at sites no suppression names (as valgrind's option).
+    #[arg(long, value_name = "N", conflicts_with = "no_scan",
+          value_parser = clap::value_parser!(i32).range(1..=255))]
+    pub error_exitcode: Option<i32>,
+
+    /// The leak kinds --error-exitcode counts (default: definite,possible, as valgrind).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_enum,
+          default_values_t = [LeakKind::Definite, LeakKind::Possible])]
+    pub errors_for_leak_kinds: Vec<LeakKind>,
+
+    /// Suppressions in LeakSanitizer's format (`leak:PATTERN` a line): sites whose stack
+    /// PATTERN names do not count for --error-exitcode. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
 
     /// Count only live blocks at least this old (e.g. 30s; a bare number is milliseconds, as
     /// bcc memleak's -o): long-lived, not churn.
@@ -381,6 +399,7 @@ impl Cli {
             max_overhead: self.max_overhead,
             scan: ScanOptions {
                 at_end: self.scan
+                    || self.error_exitcode.is_some()
                     || (!self.no_scan && matches!(self.target(), TargetSpec::Launch(_))),
                 every: self.scan_every,
             },
@@ -394,6 +413,19 @@ impl Cli {
             self.alloc_fn.clone(),
             !self.no_auto_alloc_fns,
         )
+    }
+
+    /// The test-suite gate (`--error-exitcode`), its suppressions read.
+    pub fn gate(&self) -> anyhow::Result<Gate> {
+        let mut patterns = Suppressions::default();
+        for path in &self.suppressions {
+            patterns.extend(Suppressions::load(path)?);
+        }
+        Ok(Gate {
+            code: self.error_exitcode,
+            kinds: self.errors_for_leak_kinds.clone(),
+            suppressions: patterns,
+        })
     }
 
     /// The report files asked for, in the order they are written.

@@ -38,7 +38,13 @@ use crate::{
     report::{self, Ending, Report, screen::Screen},
     scan::{self, freeze::Freeze, roots::Policy, snapshot::Snapshot},
     stacks::{DwarfUnwinder, Symbolizer},
-    target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name, tracee::Seen},
+    target::{
+        Target,
+        maps::ProcessMaps,
+        memory::MemoryTrend,
+        process_name,
+        tracee::{Seen, Tracee},
+    },
 };
 
 /// Whether a scan must stop the target itself, or finds it held already.
@@ -92,6 +98,9 @@ pub struct ScanOptions {
 /// Everything the capture accumulates: every image of every traced process.
 struct Capture<'a> {
     options: &'a CaptureOptions,
+    /// The launched command leaktrace traces, if so: its exec stop is answered before its
+    /// new image is planned, since its loader must run for that.
+    tracee: Option<&'a Tracee>,
     /// When the window opened, for the live view's clock.
     started: Instant,
     /// In the order they started; the first is the target's first image.
@@ -214,6 +223,9 @@ impl Capture<'_> {
     /// where they are missing; an image whose allocator was fully probed before its first
     /// instruction is traced from its start.
     fn start_image(&mut self, pid: u32, forked: bool, start_ns: u64, probes: &mut ProbeSet) {
+        if let Some(tracee) = self.tracee.filter(|t| t.pid() == pid) {
+            tracee.pending();
+        }
         let plan = self.plan_for(pid);
         let all_probed_before = match probes.attach_process(pid, &plan) {
             Ok(all_probed_before) => all_probed_before,
@@ -461,7 +473,7 @@ fn attach(
 
 impl<'a> Capture<'a> {
     fn new(
-        target: &Target,
+        target: &'a Target,
         plan: &ProbePlan,
         prepared: Prepared,
         options: &'a CaptureOptions,
@@ -479,6 +491,7 @@ impl<'a> Capture<'a> {
         );
         Capture {
             options,
+            tracee: target.tracee(),
             started: Instant::now(),
             images: vec![first],
             current: HashMap::from([(target.pid, 0)]),
@@ -600,8 +613,11 @@ impl<'a> Capture<'a> {
         probes: &mut ProbeSet,
         ending: Ending,
     ) -> Result<(Report, Detach)> {
-        // While the target still runs, and before the window closes.
-        if self.options.scan.at_end && ending != Ending::Failed && target.still_running() {
+        // While the target still runs, and before the window closes. A traced command may
+        // be waiting at its exit already: then that is where it is scanned.
+        let exiting = self.answer_stops(target, probes)?;
+        let gone = matches!(ending, Ending::Failed | Ending::TargetExited { .. });
+        if self.options.scan.at_end && !gone && !exiting && target.still_running() {
             self.scan_now(target, probes, Held::NotYet)?;
         }
         // Close the window first: then the ring buffer holds a finite tail, all of it the
@@ -645,17 +661,18 @@ impl<'a> Capture<'a> {
         Ok((report, detach))
     }
 
-    /// Answers the traced command's stops; at its exit, scans it before it goes on.
-    fn answer_stops(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<()> {
+    /// Answers the traced command's stops; at its exit, scans it before it goes on. True
+    /// when it was at its exit.
+    fn answer_stops(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<bool> {
         let Some(tracee) = target.tracee() else {
-            return Ok(());
+            return Ok(false);
         };
-        if tracee.pending() == Seen::Exiting {
-            let scanned = self.scan_now(target, probes, Held::AtItsExit);
-            tracee.let_exit();
-            scanned?;
+        if tracee.pending() != Seen::Exiting {
+            return Ok(false);
         }
-        Ok(())
+        let scanned = self.scan_now(target, probes, Held::AtItsExit);
+        tracee.let_exit();
+        scanned.map(|()| true)
     }
 
     /// A reachability scan of the target's current image, now; its result replaces the
@@ -683,7 +700,7 @@ impl<'a> Capture<'a> {
             .get(&target.pid)
             .context("the target has no current image")?;
         let freeze = match held {
-            Held::NotYet => Freeze::new(target.pid)?,
+            Held::NotYet => Freeze::new(target.pid, target.tracee())?,
             Held::AtItsExit => Freeze::at_exit(target.pid)?,
         };
         // The target's threads are stopped: every allocation and free it made is in the

@@ -168,11 +168,6 @@ fn render_one(report: &Report, top: usize) -> String {
             site.verdict,
             signed_bytes(site.growth_bytes_per_s),
         );
-        if let Some(kinds) = site.scan.as_ref().map(|k| kinds_text(k, false))
-            && !kinds.is_empty()
-        {
-            let _ = writeln!(out, "    {kinds}");
-        }
         if site.frames.is_empty() {
             out.push_str("    [stack not recorded]\n");
         }
@@ -186,6 +181,11 @@ fn render_one(report: &Report, top: usize) -> String {
                 "    … {} more frames",
                 site.frames.len() - FRAMES_SHOWN
             );
+        }
+        if let Some(kinds) = site.scan.as_ref().map(|k| kinds_text(k, false))
+            && !kinds.is_empty()
+        {
+            let _ = writeln!(out, "    leak kinds: {kinds}");
         }
         if !site.blocks.is_empty() {
             let _ = writeln!(out, "    oldest live blocks:");

@@ -20,11 +20,14 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::error::Failure;
+use crate::{error::Failure, target::tracee::Tracee};
 
 /// The target, stopped; its threads' registers as found.
-pub struct Freeze {
+pub struct Freeze<'a> {
     pid: u32,
+    /// A launched command leaktrace traces already: its main thread is held and let go
+    /// through it ([`Tracee::hold`]), not seized.
+    ours: Option<&'a Tracee>,
     /// Each stopped thread, with a signal that arrived as it stopped: given back at the thaw.
     threads: BTreeMap<u32, Option<Signal>>,
     /// Each thread's general registers: pointers held only there are roots.
@@ -32,11 +35,12 @@ pub struct Freeze {
     pub started: Instant,
 }
 
-impl Freeze {
-    /// Stops every thread of `pid`.
-    pub fn new(pid: u32) -> Result<Freeze> {
+impl<'a> Freeze<'a> {
+    /// Stops every thread of `pid`; `ours` is the command leaktrace traces already, if so.
+    pub fn new(pid: u32, ours: Option<&'a Tracee>) -> Result<Freeze<'a>> {
         let mut freeze = Freeze {
             pid,
+            ours,
             threads: BTreeMap::new(),
             registers: Vec::new(),
             started: Instant::now(),
@@ -67,11 +71,12 @@ impl Freeze {
 
     /// A command leaktrace traces, stopped at its exit: its main thread is held already (and
     /// is let go by its tracer, not here); the others are gone or going.
-    pub fn at_exit(pid: u32) -> Result<Freeze> {
+    pub fn at_exit(pid: u32) -> Result<Freeze<'a>> {
         let registers = ptrace::getregs(Pid::from_raw(pid as i32))
             .context("read the exiting command's registers")?;
         Ok(Freeze {
             pid,
+            ours: None,
             threads: BTreeMap::new(),
             registers: vec![registers],
             started: Instant::now(),
@@ -81,6 +86,11 @@ impl Freeze {
     /// Seizes and stops one thread; a thread gone already is skipped.
     fn stop(&mut self, tid: u32) -> Result<()> {
         let thread = Pid::from_raw(tid as i32);
+        if let Some(tracee) = self.ours.filter(|t| t.pid() == tid) {
+            let signal = tracee.hold()?;
+            self.threads.insert(tid, signal);
+            return Ok(());
+        }
         match ptrace::seize(thread, ptrace::Options::empty()) {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Ok(()),
@@ -125,10 +135,15 @@ impl Freeze {
     }
 }
 
-impl Drop for Freeze {
+impl Drop for Freeze<'_> {
     fn drop(&mut self) {
         for (&tid, &signal) in &self.threads {
-            let _ = ptrace::detach(Pid::from_raw(tid as i32), signal);
+            match self.ours.filter(|t| t.pid() == tid) {
+                Some(tracee) => tracee.release(signal),
+                None => {
+                    let _ = ptrace::detach(Pid::from_raw(tid as i32), signal);
+                }
+            }
         }
     }
 }
