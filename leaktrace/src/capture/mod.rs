@@ -36,7 +36,12 @@ use crate::{
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
-    scan::{self, freeze::Freeze, roots::Policy, snapshot::Snapshot},
+    scan::{
+        self,
+        freeze::Freeze,
+        roots::Policy,
+        snapshot::{Buffer, Snapshot},
+    },
     stacks::{DwarfUnwinder, Symbolizer},
     target::{
         Target,
@@ -699,6 +704,7 @@ impl<'a> Capture<'a> {
             .current
             .get(&target.pid)
             .context("the target has no current image")?;
+        let buffer = Buffer::ready_for(target.pid);
         let freeze = match held {
             Held::NotYet => Freeze::new(target.pid, target.tracee())?,
             Held::AtItsExit => Freeze::at_exit(target.pid)?,
@@ -708,7 +714,7 @@ impl<'a> Capture<'a> {
         self.drain_to_end(probes)
             .map_err(|()| anyhow::anyhow!("take in the events before the scan"))?;
         let blocks = self.images[index].live_blocks();
-        let snapshot = Snapshot::take(target.pid)?;
+        let snapshot = Snapshot::take(target.pid, buffer)?;
         let pause_ms = freeze.held_ms();
         let registers = freeze.registers.clone();
         drop(freeze);
