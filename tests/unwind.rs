@@ -297,29 +297,8 @@ fn code_dlopened_after_launch_has_full_stacks() {
     let Some(_bpf) = require_bpf() else { return };
     let plugin = build_fixture_with("plugin", &["-shared", "-fPIC"]);
     let host = build_fixture_with("dlopen_host", &["-ldl"]);
-    let json = output_path("dlopen", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-i", "100ms", "--json"])
-            .arg(&json)
-            .arg("--")
-            .arg(&host)
-            .arg(&plugin),
-    );
-    let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
-    // The live view names the plugin's site once its stack is read: only then may it exit.
-    leaktrace
-        .stdout
-        .wait_for(|l| l.contains("plugin_leak"), WAIT);
-    let pid: i32 = attached
-        .trim_start_matches("leaktrace: attached to pid ")
-        .split(' ')
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .unwrap();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    let report = read_json(&json);
+    let (report, _) =
+        launch_until_named("dlopen", &host, &[plugin.to_str().unwrap()], "plugin_leak");
     let leaks = fixture_define("plugin", "PLUGIN_LEAKS");
     let site = sites_of(&report, "plugin_leak");
     assert_eq!(

@@ -6,7 +6,8 @@ use clap::Parser;
 use regex::Regex;
 
 use crate::{
-    capture::{CaptureOptions, ImageOptions},
+    capture::{CaptureOptions, ImageOptions, ScanOptions},
+    gate::{Gate, LeakKind, Suppressions},
     kernel::ProbeSettings,
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
@@ -23,7 +24,8 @@ use crate::{
     after_help = "With neither -p nor a command, leaktrace runs its built-in leaking demo.\n\n\
 Exit codes: 0 ok, 1 other error, 2 bad arguments, 3 no such process (or it exited), 4 not permitted,\n\
 5 no allocator found, 6 kernel lacks BPF/uprobes, 7 command could not start,\n\
-8 output path unusable, 9 a kernel thread, 10 a zombie."
+8 output path unusable, 9 a kernel thread, 10 a zombie, 11 traced by a debugger,\n\
+12 bad suppressions; with --error-exitcode N, N when leaks are found."
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -51,6 +53,37 @@ pub struct Cli {
     /// percent of the target's CPU time for 3 intervals in a row.
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
+
+    /// Tell leaked blocks from reachable ones, as valgrind does (definitely, indirectly and
+    /// possibly lost, still reachable): scan the target's memory at the end of the capture,
+    /// holding it still for the copy (milliseconds). A launched command is scanned at its
+    /// exit without asking. SIGUSR1 to leaktrace scans at once.
+    #[arg(long)]
+    pub scan: bool,
+
+    /// Scan every DUR too (e.g. 30s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub scan_every: Option<Duration>,
+
+    /// Do not scan a launched command at its exit.
+    #[arg(long, conflicts_with_all = ["scan", "scan_every"])]
+    pub no_scan: bool,
+
+    /// Exit with this code when the scan finds leaked bytes of the kinds
+    /// --errors-for-leak-kinds names, at sites no suppression names (as valgrind's option).
+    #[arg(long, value_name = "N", conflicts_with = "no_scan",
+          value_parser = clap::value_parser!(i32).range(1..=255))]
+    pub error_exitcode: Option<i32>,
+
+    /// The leak kinds --error-exitcode counts (default: definite,possible, as valgrind).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_enum,
+          default_values_t = [LeakKind::Definite, LeakKind::Possible])]
+    pub errors_for_leak_kinds: Vec<LeakKind>,
+
+    /// Suppressions in LeakSanitizer's format (`leak:PATTERN` a line): sites whose stack
+    /// PATTERN names do not count for --error-exitcode. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
 
     /// Count only live blocks at least this old (e.g. 30s; a bare number is milliseconds, as
     /// bcc memleak's -o): long-lived, not churn.
@@ -364,6 +397,12 @@ impl Cli {
             count: self.count.or(self.count_intervals),
             text_to_stderr: self.report_files().takes_stdout(),
             max_overhead: self.max_overhead,
+            scan: ScanOptions {
+                at_end: self.scan
+                    || self.error_exitcode.is_some()
+                    || (!self.no_scan && matches!(self.target(), TargetSpec::Launch(_))),
+                every: self.scan_every,
+            },
         }
     }
 
@@ -374,6 +413,19 @@ impl Cli {
             self.alloc_fn.clone(),
             !self.no_auto_alloc_fns,
         )
+    }
+
+    /// The test-suite gate (`--error-exitcode`), its suppressions read.
+    pub fn gate(&self) -> anyhow::Result<Gate> {
+        let mut patterns = Suppressions::default();
+        for path in &self.suppressions {
+            patterns.extend(Suppressions::load(path)?);
+        }
+        Ok(Gate {
+            code: self.error_exitcode,
+            kinds: self.errors_for_leak_kinds.clone(),
+            suppressions: patterns,
+        })
     }
 
     /// The report files asked for, in the order they are written.

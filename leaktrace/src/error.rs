@@ -28,6 +28,18 @@ pub enum Failure {
     KernelThread(u32),
     #[error("pid {0} is a zombie: it has exited and waits for its parent to reap it")]
     Zombie(u32),
+    #[error(
+        "pid {pid} is traced by pid {tracer} (a debugger?): the reachability scan must stop it \
+         itself; detach the tracer, or capture without --scan"
+    )]
+    Traced { pid: u32, tracer: u32 },
+    #[error("cannot use the suppressions in {}: {reason}", path.display())]
+    Suppressions { path: PathBuf, reason: String },
+    #[error(
+        "{bytes} bytes in {blocks} blocks leaked (--errors-for-leak-kinds), unsuppressed: \
+         exit {code} as --error-exitcode asks"
+    )]
+    Leaked { bytes: u64, blocks: u64, code: i32 },
 }
 
 /// A report path that cannot take its report, and why.
@@ -124,6 +136,10 @@ impl Failure {
             Failure::OutputPaths(_) => 8,
             Failure::KernelThread(_) => 9,
             Failure::Zombie(_) => 10,
+            Failure::Traced { .. } => 11,
+            Failure::Suppressions { .. } => 12,
+            // The test suite's own choice, not one of leaktrace's.
+            Failure::Leaked { code, .. } => *code,
         }
     }
 }
@@ -175,6 +191,11 @@ mod tests {
             Failure::OutputPaths(Vec::new()),
             Failure::KernelThread(1),
             Failure::Zombie(1),
+            Failure::Traced { pid: 1, tracer: 2 },
+            Failure::Suppressions {
+                path: "x".into(),
+                reason: "y".into(),
+            },
         ];
         let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
         codes.extend([EXIT_OTHER, 2, 0]);

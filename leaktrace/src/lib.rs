@@ -10,8 +10,10 @@
 //! | [`capture`] | events | the loop: each traced image fed, the live view, the ending |
 //! | [`cost`] | hits per probe point, CPU time | what tracing costs the target, per interval |
 //! | [`ledger`] | allocations and frees | outstanding blocks and per-site totals, growth |
+//! | [`scan`] | the ledger's live blocks, the frozen target's memory | each block's leak kind, as valgrind tells them |
 //! | [`stacks`] | kernel stacks and stack copies | call sites with symbolized frames, each labelled past its allocator wrappers |
 //! | [`report`] | the ledger and its sites | text, JSON, folded stacks, SVG, HTML, pprof |
+//! | [`gate`] | the report's scan | the exit code a test suite acts on (`--error-exitcode`) |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
 //! failures an operator acts on (each with an exit code), [`watch`] is `leaktrace watch`
@@ -26,10 +28,12 @@ pub mod cli;
 pub mod cost;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod kernel;
 pub mod ledger;
 pub mod plan;
 pub mod report;
+pub mod scan;
 pub mod stacks;
 pub mod target;
 mod watch;
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let files = cli.report_files();
     files.check()?;
+    let gate = cli.gate()?;
     let options = cli.capture_options();
     let (target, plan) = Target::open(&cli.target(), &options.choice)?;
     let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
@@ -71,6 +76,9 @@ pub fn run(cli: Cli) -> Result<()> {
     written?;
     if report.header.ending == Ending::Failed {
         anyhow::bail!("leaktrace failed while taking in events; the report above is partial");
+    }
+    if let Some(leaked) = gate.judge(&report) {
+        return Err(leaked.into());
     }
     Ok(())
 }

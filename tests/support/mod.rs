@@ -257,6 +257,15 @@ pub fn is_attached_line(line: &str) -> bool {
     line.starts_with("leaktrace: attached to pid")
 }
 
+/// The target's pid in leaktrace's attached line.
+pub fn attached_pid(line: &str) -> i32 {
+    line.trim_start_matches("leaktrace: attached to pid ")
+        .split(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
 /// A temporary output path for this test.
 pub fn output_path(test: &str, extension: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
@@ -337,9 +346,16 @@ pub fn assert_same_as_valgrind(stdout: &[String], binary: &Path, args: &[&str], 
     assert_eq!(traced, valgrind_in_use_at_exit(binary, args, options));
 }
 
-/// valgrind's "in use at exit" for `binary args`. valgrind frees glibc's and libstdc++'s own
-/// buffers at exit unless told not to; leaktrace sees the program as it really ends.
+/// valgrind's "in use at exit" for `binary args`.
 fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u64, u64) {
+    let lines = valgrind(binary, args, options);
+    in_use_at_exit(&lines).unwrap_or_else(|| panic!("no heap summary from valgrind: {lines:#?}"))
+}
+
+/// What valgrind (memcheck) says of `binary args` on stderr, each line without its "==PID== ".
+/// valgrind frees glibc's and libstdc++'s own buffers at exit unless told not to; leaktrace
+/// sees the program as it really ends.
+fn valgrind(binary: &Path, args: &[&str], options: &[&str]) -> Vec<String> {
     let output = Command::new("valgrind")
         .args(["--run-libc-freeres=no", "--run-cxx-freeres=no"])
         .args(options)
@@ -347,11 +363,230 @@ fn valgrind_in_use_at_exit(binary: &Path, args: &[&str], options: &[&str]) -> (u
         .args(args)
         .output()
         .expect("run valgrind (`cargo xtask test` installs it)");
-    let lines: Vec<String> = String::from_utf8_lossy(&output.stderr)
+    String::from_utf8_lossy(&output.stderr)
         .lines()
-        .map(str::to_owned)
-        .collect();
-    in_use_at_exit(&lines).unwrap_or_else(|| panic!("no heap summary from valgrind: {lines:#?}"))
+        .map(|line| {
+            let unprefixed = line
+                .strip_prefix("==")
+                .and_then(|rest| rest.split_once("== "))
+                .map(|(_, rest)| rest);
+            unprefixed.unwrap_or(line).to_owned()
+        })
+        .collect()
+}
+
+/// Valgrind's leak kinds, in the order its LEAK SUMMARY lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakKind {
+    DefinitelyLost,
+    IndirectlyLost,
+    PossiblyLost,
+    StillReachable,
+}
+
+impl LeakKind {
+    pub const ALL: [LeakKind; 4] = [
+        LeakKind::DefinitelyLost,
+        LeakKind::IndirectlyLost,
+        LeakKind::PossiblyLost,
+        LeakKind::StillReachable,
+    ];
+
+    /// The kind as valgrind's report and leaktrace's text report write it.
+    pub fn words(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely lost",
+            LeakKind::IndirectlyLost => "indirectly lost",
+            LeakKind::PossiblyLost => "possibly lost",
+            LeakKind::StillReachable => "still reachable",
+        }
+    }
+
+    /// The kind's key in leaktrace's JSON `scan` objects.
+    pub fn key(self) -> &'static str {
+        match self {
+            LeakKind::DefinitelyLost => "definitely_lost",
+            LeakKind::IndirectlyLost => "indirectly_lost",
+            LeakKind::PossiblyLost => "possibly_lost",
+            LeakKind::StillReachable => "still_reachable",
+        }
+    }
+}
+
+/// Bytes and blocks of each leak kind, the sizes as the program asked for them.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeakKinds {
+    /// (bytes, blocks), indexed as [`LeakKind::ALL`].
+    amounts: [(u64, u64); 4],
+}
+
+impl LeakKinds {
+    /// `bytes` in `blocks` of `kind` added.
+    pub fn with(mut self, kind: LeakKind, bytes: u64, blocks: u64) -> LeakKinds {
+        let amount = &mut self.amounts[kind as usize];
+        *amount = (amount.0 + bytes, amount.1 + blocks);
+        self
+    }
+
+    /// (bytes, blocks) of `kind`.
+    pub fn of(&self, kind: LeakKind) -> (u64, u64) {
+        self.amounts[kind as usize]
+    }
+
+    /// (bytes, blocks) of every kind.
+    pub fn total(&self) -> (u64, u64) {
+        let sum = |(bytes, blocks), (b, n)| (bytes + b, blocks + n);
+        self.amounts.into_iter().fold((0, 0), sum)
+    }
+
+    /// The sum of both.
+    pub fn plus(self, other: LeakKinds) -> LeakKinds {
+        LeakKind::ALL.into_iter().fold(self, |sum, kind| {
+            let (bytes, blocks) = other.of(kind);
+            sum.with(kind, bytes, blocks)
+        })
+    }
+
+    /// A JSON `scan` object: `{"definitely_lost": {"bytes": B, "blocks": N}, …}`.
+    pub fn from_json(scan: &Value) -> LeakKinds {
+        LeakKind::ALL
+            .into_iter()
+            .fold(LeakKinds::default(), |kinds, kind| {
+                let amount = &scan[kind.key()];
+                let field = |name: &str| {
+                    amount[name]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no {}.{name} in the scan {scan}", kind.key()))
+                };
+                kinds.with(kind, field("bytes"), field("blocks"))
+            })
+    }
+}
+
+impl std::fmt::Debug for LeakKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let kinds: Vec<String> = LeakKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let (bytes, blocks) = self.of(kind);
+                format!("{} {bytes} bytes in {blocks} blocks", kind.words())
+            })
+            .collect();
+        f.write_str(&kinds.join(", "))
+    }
+}
+
+/// What valgrind's exit-time leak check said: its LEAK SUMMARY and its loss records.
+#[derive(Debug)]
+pub struct ValgrindLeaks {
+    pub summary: LeakKinds,
+    /// (bytes, blocks) that suppressions hid: in no kind above.
+    pub suppressed: (u64, u64),
+    pub records: Vec<LossRecord>,
+}
+
+/// One loss record: blocks of one kind allocated by one stack.
+#[derive(Debug)]
+pub struct LossRecord {
+    pub kind: LeakKind,
+    /// The blocks' own bytes: a definitely lost record's "(N direct, M indirect)" counts the
+    /// indirect ones again, in records of their own.
+    pub bytes: u64,
+    pub blocks: u64,
+    /// The allocation's stack, innermost first, inlined frames included: (function, the
+    /// source file's name where valgrind knows it).
+    pub frames: Vec<(String, Option<String>)>,
+}
+
+/// valgrind's exit-time leak check of `binary args` with `options` on top of
+/// `--leak-check=full --show-leak-kinds=all`: a leak check run before (a client request)
+/// is not taken.
+pub fn valgrind_leaks(binary: &Path, args: &[&str], options: &[&str]) -> ValgrindLeaks {
+    let full = ["--leak-check=full", "--show-leak-kinds=all"];
+    let lines = valgrind(binary, args, &[&full[..], options].concat());
+    let lines: Vec<&str> = lines.iter().map(|line| line.trim()).collect();
+    let start = lines
+        .iter()
+        .rposition(|&line| line == "HEAP SUMMARY:")
+        .unwrap_or_else(|| panic!("no heap summary from valgrind: {lines:#?}"));
+    let lines = &lines[start..];
+    let mut leaks = ValgrindLeaks {
+        summary: LeakKinds::default(),
+        suppressed: (0, 0),
+        records: Vec::new(),
+    };
+    if lines
+        .iter()
+        .any(|line| line.starts_with("All heap blocks were freed"))
+    {
+        return leaks;
+    }
+    let summary = lines
+        .iter()
+        .position(|&line| line == "LEAK SUMMARY:")
+        .unwrap_or_else(|| panic!("no leak summary from valgrind: {lines:#?}"));
+    let amount = |words: &str| -> (u64, u64) {
+        lines[summary..]
+            .iter()
+            .find_map(|line| {
+                let rest = line.strip_prefix(words)?.strip_prefix(": ")?;
+                bytes_in_blocks(rest.strip_suffix(" blocks")?)
+            })
+            .unwrap_or_else(|| panic!("no {words:?} in valgrind's {lines:#?}"))
+    };
+    for kind in LeakKind::ALL {
+        let (bytes, blocks) = amount(kind.words());
+        leaks.summary = leaks.summary.with(kind, bytes, blocks);
+    }
+    leaks.suppressed = amount("suppressed");
+    let mut lines = lines[..summary].iter().peekable();
+    while let Some(line) = lines.next() {
+        let Some(mut record) = loss_record(line) else {
+            continue;
+        };
+        while let Some(frame) = lines.next_if(|l| l.starts_with("at 0x") || l.starts_with("by 0x"))
+        {
+            record.frames.push(valgrind_frame(frame));
+        }
+        leaks.records.push(record);
+    }
+    leaks
+}
+
+/// "96 (48 direct, 48 indirect) bytes in 1 blocks are definitely lost in loss record 2 of 2"
+/// or "48 bytes in 1 blocks are still reachable in loss record 1 of 2", without its frames.
+fn loss_record(line: &str) -> Option<LossRecord> {
+    let (amount, rest) = line.split_once(" blocks are ")?;
+    let (words, _) = rest.split_once(" in loss record ")?;
+    let kind = LeakKind::ALL.into_iter().find(|k| k.words() == words)?;
+    let (bytes, blocks) = amount.split_once(" bytes in ")?;
+    let bytes = match bytes.split_once(" (") {
+        Some((_, direct)) => direct.split_once(" direct")?.0,
+        None => bytes,
+    };
+    Some(LossRecord {
+        kind,
+        bytes: number(bytes)?,
+        blocks: number(blocks)?,
+        frames: Vec::new(),
+    })
+}
+
+/// "by 0x109225: keep_array() (leak_kinds_cxx.cc:48)" → ("keep_array()", "leak_kinds_cxx.cc");
+/// "at 0x48417B4: malloc (in /usr/libexec/…)" → ("malloc", None).
+fn valgrind_frame(line: &str) -> (String, Option<String>) {
+    let (_, frame) = line.split_once(": ").unwrap_or(("", line));
+    let Some((function, place)) = frame.rsplit_once(" (") else {
+        return (frame.to_owned(), None);
+    };
+    let place = place.trim_end_matches(')');
+    let file = (!place.starts_with("in ")).then(|| {
+        place
+            .rsplit_once(':')
+            .map_or(place, |(file, _)| file)
+            .to_owned()
+    });
+    (function.to_owned(), file)
 }
 
 /// How long a test waits for leaktrace or a fixture.
@@ -389,6 +624,35 @@ pub fn launch_json_env(
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let stdout = leaktrace.stdout.rest();
     (read_json(&json), stdout)
+}
+
+/// `leaktrace -i 100ms --json … -- BINARY ARGS…` on a target that waits for SIGUSR1 before it
+/// exits, let go once the live view names `site`: then leaktrace has read the site's stack and
+/// knows the library the target dlopen'ed, which it may not if the target exits first. The
+/// report and leaktrace's stdout.
+pub fn launch_until_named(
+    test: &str,
+    binary: &Path,
+    args: &[&str],
+    site: &str,
+) -> (Value, Vec<String>) {
+    let json = output_path(test, "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-i", "100ms", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(binary)
+            .args(args),
+    );
+    let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
+    leaktrace.stdout.wait_for(|l| l.contains(site), WAIT);
+    assert_eq!(
+        unsafe { libc::kill(attached_pid(&attached), libc::SIGUSR1) },
+        0
+    );
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    (read_json(&json), leaktrace.stdout.rest())
 }
 
 /// `leaktrace -p PID --json JSON ARGS…`, once its probes are in.

@@ -29,8 +29,8 @@ use crate::{
     run, workspace,
 };
 
-const USAGE: &str =
-    "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH]";
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH] \
+     [--only workload|redis|attach|scan]";
 
 /// Debian packages the bench needs: g++ for the workload, the allocators it is linked with
 /// (their run-time libraries: the workload links each by its soname), and redis.
@@ -273,6 +273,7 @@ struct Results {
     workload: Vec<Row<Scenario, Run>>,
     redis: Vec<Row<RedisSetting, RedisRun>>,
     attach: Vec<Row<AttachSetting, Timing>>,
+    scan: Vec<crate::scan_bench::ScanRow>,
 }
 
 struct Options {
@@ -281,6 +282,8 @@ struct Options {
     requests: u64,
     quick: bool,
     json: Option<PathBuf>,
+    /// One table alone.
+    only: Option<String>,
 }
 
 impl Options {
@@ -291,6 +294,7 @@ impl Options {
             requests: 200_000,
             quick: false,
             json: None,
+            only: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -304,6 +308,7 @@ impl Options {
                 "--requests" => options.requests = value()?.parse().context("--requests")?,
                 "--json" => options.json = Some(value()?.into()),
                 "--quick" => options.quick = true,
+                "--only" => options.only = Some(value()?.clone()),
                 _ => bail!("unknown argument {arg}\n{USAGE}"),
             }
         }
@@ -312,6 +317,11 @@ impl Options {
             options.requests /= 10;
         }
         Ok(options)
+    }
+
+    /// Whether the table `name` is measured.
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == name)
     }
 
     fn pairs(&self, tracer: Tracer) -> u64 {
@@ -410,17 +420,39 @@ pub fn bench(args: &[String]) -> Result<()> {
         bcc,
         out,
     };
-    let workload = bench_workloads(&tracers, &workloads, &options);
-    let redis = bench_redis(&tracers, &options).unwrap_or_else(|error| {
-        println!("\nredis: failed: {error:#}");
+    let workload = if options.wants("workload") {
+        bench_workloads(&tracers, &workloads, &options)
+    } else {
         Vec::new()
-    });
-    let attach = bench_attach(&tracers, &workloads, &redis, &options);
+    };
+    let redis = if options.wants("redis") || options.wants("attach") {
+        bench_redis(&tracers, &options).unwrap_or_else(|error| {
+            println!("\nredis: failed: {error:#}");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    let attach = if options.wants("attach") {
+        bench_attach(&tracers, &workloads, &redis, &options)
+    } else {
+        Vec::new()
+    };
+    let scan = if options.wants("scan") {
+        crate::scan_bench::bench_scan(&tracers.leaktrace, &tracers.out, options.runs)
+            .unwrap_or_else(|error| {
+                println!("\nscan: failed: {error:#}");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     if let Some(path) = options.json {
         let results = Results {
             workload,
             redis,
             attach,
+            scan,
         };
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

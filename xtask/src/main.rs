@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod peers;
 mod process;
+mod scan_bench;
 mod soak;
 mod stamp;
 
@@ -23,7 +24,8 @@ tasks:
   setup-peers  install the tools bench compares with (bcc memleak, with kernel headers)
   test         install what the tests need, then run every test
   bench        what tracing costs a target (on four allocators, and redis): leaktrace against
-               untraced and bcc memleak; leaktrace's attach and detach times
+               untraced and bcc memleak; leaktrace's attach and detach times; the pause
+               of a reachability scan
   soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 

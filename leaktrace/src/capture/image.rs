@@ -14,6 +14,7 @@ use crate::{
     },
     plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
+    scan::{LeakScan, TrackedBlock},
     stacks::{
         AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
         labels::simple_name,
@@ -156,6 +157,8 @@ pub struct TracedImage {
     start_ns: u64,
     /// Set when the image ended before the capture did (exec).
     pub ended: Option<(Ending, u64)>,
+    /// The latest reachability scan: each live block's leak kind, by site.
+    pub scan: Option<LeakScan>,
 }
 
 impl TracedImage {
@@ -198,7 +201,13 @@ impl TracedImage {
             last_copy: HashMap::new(),
             start_ns,
             ended: None,
+            scan: None,
         }
+    }
+
+    /// Every live heap block, for a scan.
+    pub fn live_blocks(&self) -> Vec<TrackedBlock> {
+        self.ledger.live_blocks()
     }
 
     /// A heap block, or with `mapping` an anonymous mapping.
@@ -421,6 +430,7 @@ impl TracedImage {
             &mut self.call_sites,
             &mut self.symbolizer,
             drops,
+            self.scan.as_ref(),
         );
         if let Some((window_ms, count)) = self.windows {
             report.windows = self.window_reports(window_ms, count);

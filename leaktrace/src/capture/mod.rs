@@ -12,7 +12,7 @@ mod image;
 mod signals;
 
 pub use image::{ImageOptions, Prepared, TracedImage};
-pub use signals::Interrupts;
+pub use signals::Signals;
 
 use std::{
     collections::HashMap,
@@ -32,12 +32,33 @@ use tokio::{
 use crate::{
     cli::SortKey,
     cost::{Calibration, CostMeter, IntervalCost, OverheadLimit},
+    error::Failure,
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
+    scan::{
+        self,
+        freeze::Freeze,
+        roots::Policy,
+        snapshot::{Buffer, Snapshot},
+    },
     stacks::{DwarfUnwinder, Symbolizer},
-    target::{Target, maps::ProcessMaps, memory::MemoryTrend, process_name},
+    target::{
+        Target,
+        maps::ProcessMaps,
+        memory::MemoryTrend,
+        process_name,
+        tracee::{Seen, Tracee},
+    },
 };
+
+/// Whether a scan must stop the target itself, or finds it held already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    NotYet,
+    /// A traced command stopped at its exit.
+    AtItsExit,
+}
 
 /// Records drained per wake-up before the loop looks at its timers and signals again.
 const DRAIN_BATCH: usize = 1 << 16;
@@ -67,11 +88,24 @@ pub struct CaptureOptions {
     /// End when the tracing cost stays above this percent of the target's CPU
     /// (`--max-overhead`).
     pub max_overhead: Option<f64>,
+    pub scan: ScanOptions,
+}
+
+/// When the reachability scan runs, besides on SIGUSR1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// At the end of the capture (a launched command: at its exit).
+    pub at_end: bool,
+    /// Every so often (`--scan-every`).
+    pub every: Option<Duration>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
 struct Capture<'a> {
     options: &'a CaptureOptions,
+    /// The launched command leaktrace traces, if so: its exec stop is answered before its
+    /// new image is planned, since its loader must run for that.
+    tracee: Option<&'a Tracee>,
     /// When the window opened, for the live view's clock.
     started: Instant,
     /// In the order they started; the first is the target's first image.
@@ -194,6 +228,9 @@ impl Capture<'_> {
     /// where they are missing; an image whose allocator was fully probed before its first
     /// instruction is traced from its start.
     fn start_image(&mut self, pid: u32, forked: bool, start_ns: u64, probes: &mut ProbeSet) {
+        if let Some(tracee) = self.tracee.filter(|t| t.pid() == pid) {
+            tracee.pending();
+        }
         let plan = self.plan_for(pid);
         let all_probed_before = match probes.attach_process(pid, &plan) {
             Ok(all_probed_before) => all_probed_before,
@@ -328,7 +365,7 @@ pub fn run(
     let Attached {
         mut probes,
         prepared,
-        interrupts,
+        signals,
         window_start_ns,
         cost,
         attached,
@@ -342,7 +379,7 @@ pub fn run(
         (window_start_ns, cost),
         screen,
     );
-    let ending = runtime.block_on(capture.record(target, &mut probes, interrupts))?;
+    let ending = runtime.block_on(capture.record(target, &mut probes, signals))?;
     capture.finish(target, &mut probes, ending)
 }
 
@@ -353,7 +390,7 @@ struct Attached {
     attached: String,
     /// Made while the target surely lived: before a launched target is resumed.
     prepared: Prepared,
-    interrupts: Interrupts,
+    signals: Signals,
     /// When the window opened (CLOCK_MONOTONIC ns).
     window_start_ns: u64,
     /// Metering from the window's opening.
@@ -402,9 +439,9 @@ fn attach(
         })
         .ok();
     let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
-    let interrupts = {
+    let signals = {
         let _inside = runtime.enter();
-        Interrupts::catch()?
+        Signals::catch()?
     };
     // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
@@ -414,7 +451,8 @@ fn attach(
         .ok();
     let window_start_ns = probes.open_window()?;
     let cost = CostMeter::new(calibration, statistics, &probes, target.pid);
-    target.resume()?;
+    // A launched command to scan at its exit stays traced, to be stopped there.
+    target.resume(options.scan.at_end)?;
     let attached = format!(
         "leaktrace: attached to pid {} ({}); probing {}{}",
         target.pid,
@@ -434,7 +472,7 @@ fn attach(
         probes,
         attached,
         prepared,
-        interrupts,
+        signals,
         window_start_ns,
         cost,
     })
@@ -442,7 +480,7 @@ fn attach(
 
 impl<'a> Capture<'a> {
     fn new(
-        target: &Target,
+        target: &'a Target,
         plan: &ProbePlan,
         prepared: Prepared,
         options: &'a CaptureOptions,
@@ -460,6 +498,7 @@ impl<'a> Capture<'a> {
         );
         Capture {
             options,
+            tracee: target.tracee(),
             started: Instant::now(),
             images: vec![first],
             current: HashMap::from([(target.pid, 0)]),
@@ -480,8 +519,13 @@ impl<'a> Capture<'a> {
         &mut self,
         target: &Target,
         probes: &mut ProbeSet,
-        mut interrupts: Interrupts,
+        signals: Signals,
     ) -> Result<Ending> {
+        let Signals {
+            mut interrupts,
+            mut scan_requests,
+            mut child_stops,
+        } = signals;
         let options = self.options;
         // SAFETY: both descriptors are owned by `probes` and `target`, which outlive this
         // function and so these registrations.
@@ -492,10 +536,15 @@ impl<'a> Capture<'a> {
         let exited = unsafe { AsyncFd::register(target.exit_fd.as_raw_fd()) }
             .map_err(|e| e.into_parts().1)
             .context("watch the target")?;
+        // A command that stopped before the loop began has its SIGCHLD behind it.
+        self.answer_stops(target, probes)?;
         let start = tokio::time::Instant::now();
         let mut ticker = interval_at(start + options.interval, options.interval);
         // A late tick is skipped, not caught up: two samples close together make a wild slope.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let scan_every = options.scan.every.unwrap_or(Duration::MAX / 4);
+        let mut scans = interval_at(start + scan_every, scan_every);
+        scans.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let window = async {
             match options.duration {
                 Some(duration) => sleep(duration).await,
@@ -549,6 +598,13 @@ impl<'a> Capture<'a> {
                 }
                 _ = &mut window => break Ending::DurationElapsed,
                 _ = interrupts.next() => break Ending::Interrupted,
+                _ = scan_requests.next() => self.scan_now(target, probes, Held::NotYet)?,
+                _ = scans.tick(), if options.scan.every.is_some() => {
+                    self.scan_now(target, probes, Held::NotYet)?;
+                }
+                _ = child_stops.next(), if target.tracee().is_some() => {
+                    self.answer_stops(target, probes)?;
+                }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
             }
         };
@@ -564,6 +620,13 @@ impl<'a> Capture<'a> {
         probes: &mut ProbeSet,
         ending: Ending,
     ) -> Result<(Report, Detach)> {
+        // While the target still runs, and before the window closes. A traced command may
+        // be waiting at its exit already: then that is where it is scanned.
+        let exiting = self.answer_stops(target, probes)?;
+        let gone = matches!(ending, Ending::Failed | Ending::TargetExited { .. });
+        if self.options.scan.at_end && !gone && !exiting && target.still_running() {
+            self.scan_now(target, probes, Held::NotYet)?;
+        }
         // Close the window first: then the ring buffer holds a finite tail, all of it the
         // window's.
         let window_end_ns = probes.close_window()?;
@@ -603,6 +666,70 @@ impl<'a> Capture<'a> {
             }
         }
         Ok((report, detach))
+    }
+
+    /// Answers the traced command's stops; at its exit, scans it before it goes on. True
+    /// when it was at its exit.
+    fn answer_stops(&mut self, target: &Target, probes: &mut ProbeSet) -> Result<bool> {
+        let Some(tracee) = target.tracee() else {
+            return Ok(false);
+        };
+        if tracee.pending() != Seen::Exiting {
+            return Ok(false);
+        }
+        let scanned = self.scan_now(target, probes, Held::AtItsExit);
+        tracee.let_exit();
+        scanned.map(|()| true)
+    }
+
+    /// A reachability scan of the target's current image, now; its result replaces the
+    /// last. A scan that fails is said and skipped, unless another tracer holds the target.
+    fn scan_now(&mut self, target: &Target, probes: &mut ProbeSet, held: Held) -> Result<()> {
+        match self.scan(target, probes, held) {
+            Ok(line) => print_text(self.options.text_to_stderr, &line),
+            Err(error)
+                if error
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(Failure::Traced { .. }))) =>
+            {
+                return Err(error);
+            }
+            Err(error) => eprintln!("leaktrace: the scan failed: {error:#}"),
+        }
+        Ok(())
+    }
+
+    /// Freezes the target, takes in every event up to the freeze, copies its memory and
+    /// lets it go; then classifies. The line that says what it found.
+    fn scan(&mut self, target: &Target, probes: &mut ProbeSet, held: Held) -> Result<String> {
+        let index = *self
+            .current
+            .get(&target.pid)
+            .context("the target has no current image")?;
+        let buffer = Buffer::ready_for(target.pid);
+        let freeze = match held {
+            Held::NotYet => Freeze::new(target.pid, target.tracee())?,
+            Held::AtItsExit => Freeze::at_exit(target.pid)?,
+        };
+        // The target's threads are stopped: every allocation and free it made is in the
+        // ring buffer, and the ledger matches its memory once they are in.
+        self.drain_to_end(probes)
+            .map_err(|()| anyhow::anyhow!("take in the events before the scan"))?;
+        let blocks = self.images[index].live_blocks();
+        let snapshot = Snapshot::take(target.pid, buffer)?;
+        let pause_ms = freeze.held_ms();
+        let registers = freeze.registers.clone();
+        drop(freeze);
+        let policy = if self.images[index].from_start {
+            Policy::EveryBlockTracked
+        } else {
+            Policy::SomeBlocksUnknown
+        };
+        let mut scan = scan::classify(target.pid, &snapshot, &registers, blocks, policy, pause_ms);
+        scan.at_s = self.started.elapsed().as_secs_f64();
+        let line = format!("{}\n", report::describe_scan(&scan));
+        self.images[index].scan = Some(scan);
+        Ok(line)
     }
 
     fn drain_to_end(&mut self, probes: &mut ProbeSet) -> Result<(), ()> {

@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::scan::TrackedBlock;
+
 /// Index of a call site in the [`Ledger`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteId(pub(crate) u32);
@@ -470,6 +472,19 @@ impl Ledger {
             }
         }
         sites
+    }
+
+    /// Every live heap block (not the `--mmap` mappings): what a reachability scan
+    /// classifies.
+    pub fn live_blocks(&self) -> Vec<TrackedBlock> {
+        self.outstanding
+            .iter()
+            .map(|(&address, block)| TrackedBlock {
+                address,
+                size: block.size,
+                site: block.site,
+            })
+            .collect()
     }
 
     /// Per site, its `most` oldest live blocks that `filter` keeps (bcc memleak's -a).

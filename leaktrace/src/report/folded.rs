@@ -63,6 +63,7 @@ mod tests {
                 .map_or_else(String::new, |f| f.to_string()),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
             blocks: Vec::new(),
+            scan: None,
         }
     }
 
@@ -88,6 +89,7 @@ mod tests {
             windows: Vec::new(),
             memory: Vec::new(),
             cost: None,
+            scan: None,
         }
     }
 

@@ -22,7 +22,9 @@ use serde::Serialize;
 
 pub use folded::folded_stacks;
 pub use output::Format;
-pub use text::{IntervalRow, human_bytes, render_final, render_interval, signed_bytes};
+pub use text::{
+    IntervalRow, describe_scan, human_bytes, render_final, render_interval, signed_bytes,
+};
 
 use crate::{
     cost::CostReport,
@@ -31,6 +33,7 @@ use crate::{
     ledger::trends::Trends,
     ledger::verdict::{Judgement, Unseen, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
+    scan::{KindAmounts, LeakScan},
     stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
     target::memory::MemorySample,
@@ -65,6 +68,9 @@ pub struct SiteReport {
     /// With `-a`: its oldest live blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<LiveBlock>,
+    /// Its blocks by leak kind, when a reachability scan ran ([`crate::scan`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<KindAmounts>,
 }
 
 /// How the capture ended, so the text can say "in use at exit" only when that is what it saw.
@@ -113,11 +119,16 @@ pub struct Report {
     /// the lead report only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostReport>,
+    /// The last reachability scan ([`crate::scan`]): the live blocks by leak kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<LeakScan>,
 }
 
 impl Report {
     /// `sites` are the ledger's sites with their stats as the report counts them
-    /// ([`Ledger::site_stats`]).
+    /// ([`Ledger::site_stats`]). With a `scan`, sites that hold definitely lost bytes come
+    /// first, and lost bytes rule out `replacing`: what is lost replaces nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
@@ -126,6 +137,7 @@ impl Report {
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
         drops: DropCounts,
+        scan: Option<&LeakScan>,
     ) -> Report {
         let mut totals = ledger.totals();
         let unseen = Unseen::of(
@@ -139,19 +151,29 @@ impl Report {
         let mut sites: Vec<_> = sites
             .into_iter()
             .map(|(site, stats, blocks)| {
-                let judgement = trends.whole_verdict(site).allowing_for(&unseen, &stats);
-                (site, stats, blocks, judgement)
+                let kinds = scan.map(|scan| scan.per_site.get(&site).copied().unwrap_or_default());
+                let whole = trends.whole_verdict(site);
+                // What a scan found lost is lost: no unseen free explains it.
+                let judgement = match kinds {
+                    Some(kinds) if kinds.lost_bytes() > 0 => whole,
+                    _ => whole.allowing_for(&unseen, &stats),
+                };
+                (site, stats, blocks, judgement, kinds)
             })
             .collect();
-        sites.sort_by(|(_, a, _, a_verdict), (_, b, _, b_verdict)| {
-            let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
-            let leak_rate = |j: &Judgement| {
-                if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
-            };
-            (leaking(b_verdict).cmp(&leaking(a_verdict)))
-                .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
-                .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
-        });
+        sites.sort_by(
+            |(_, a, _, a_verdict, a_kinds), (_, b, _, b_verdict, b_kinds)| {
+                let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
+                let leak_rate = |j: &Judgement| {
+                    if leaking(j) { j.floor_bytes_per_s } else { 0.0 }
+                };
+                let lost = |k: &Option<KindAmounts>| k.map_or(0, |k| k.definitely_lost.bytes);
+                (lost(b_kinds).cmp(&lost(a_kinds)))
+                    .then(leaking(b_verdict).cmp(&leaking(a_verdict)))
+                    .then(leak_rate(b_verdict).total_cmp(&leak_rate(a_verdict)))
+                    .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
+            },
+        );
         let mut progress = Progress::new("symbolizing", sites.len());
         for (site, ..) in &sites {
             progress.advance();
@@ -161,7 +183,7 @@ impl Report {
         let mut labels = call_sites.labels(&[], None, symbolizer).to_vec();
         let sites = sites
             .into_iter()
-            .map(|(site, stats, blocks, judgement)| {
+            .map(|(site, stats, blocks, judgement, kinds)| {
                 let growth = trends.growth(site);
                 let label = labels
                     .get_mut(site.index())
@@ -179,6 +201,7 @@ impl Report {
                     site: label.text,
                     frames: call_sites.frames(site, symbolizer).to_vec(),
                     blocks,
+                    scan: kinds,
                 }
             })
             .collect();
@@ -191,6 +214,7 @@ impl Report {
             windows: Vec::new(),
             memory: Vec::new(),
             cost: None,
+            scan: scan.cloned(),
         }
     }
 

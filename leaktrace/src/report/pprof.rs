@@ -217,18 +217,40 @@ fn parse_address(text: &str) -> u64 {
     u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap_or(0)
 }
 
+/// The leak kinds' sample types, after the four others when a scan ran.
+const KIND_TYPES: [(&str, &str); 8] = [
+    ("definitely_lost_space", "bytes"),
+    ("definitely_lost_objects", "count"),
+    ("indirectly_lost_space", "bytes"),
+    ("indirectly_lost_objects", "count"),
+    ("possibly_lost_space", "bytes"),
+    ("possibly_lost_objects", "count"),
+    ("still_reachable_space", "bytes"),
+    ("still_reachable_objects", "count"),
+];
+
 /// The report as a gzipped profile.proto with inuse_space, inuse_objects, alloc_space and
-/// alloc_objects; `go tool pprof` shows inuse_space first. Each sample (a site) carries its
-/// verdict as the tag `verdict` and its label as the tag `site` (its stack stays whole).
+/// alloc_objects, and after a scan a space and an objects type per leak kind
+/// (`-sample_index=definitely_lost_space`); `go tool pprof` shows inuse_space first. Each
+/// sample (a site) carries its verdict as the tag `verdict` and its label as the tag `site`
+/// (its stack stays whole).
 pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
     let mut builder = Builder::default();
     builder.string("");
-    for (kind, unit) in [
+    let kinds = if report.scan.is_some() {
+        &KIND_TYPES[..]
+    } else {
+        &[]
+    };
+    for &(kind, unit) in [
         ("inuse_space", "bytes"),
         ("inuse_objects", "count"),
         ("alloc_space", "bytes"),
         ("alloc_objects", "count"),
-    ] {
+    ]
+    .iter()
+    .chain(kinds)
+    {
         let value_type = ValueType {
             r#type: builder.string(kind),
             unit: builder.string(unit),
@@ -259,17 +281,24 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
                 num_unit: 0,
             },
         ];
+        let mut value: Vec<i64> = [
+            stats.live_bytes,
+            stats.live_allocations,
+            stats.alloc_bytes,
+            stats.allocs,
+        ]
+        .map(|v| v as i64)
+        .to_vec();
+        if report.scan.is_some() {
+            let amounts = site.scan.unwrap_or_default();
+            for (_, amount) in amounts.named() {
+                value.extend([amount.bytes as i64, amount.blocks as i64]);
+            }
+        }
         builder.profile.sample.push(Sample {
             location_id,
             label,
-            value: [
-                stats.live_bytes,
-                stats.live_allocations,
-                stats.alloc_bytes,
-                stats.allocs,
-            ]
-            .map(|v| v as i64)
-            .to_vec(),
+            value,
         });
     }
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());

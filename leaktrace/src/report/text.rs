@@ -6,6 +6,7 @@ use super::{Ending, Report, screen, thousands};
 use crate::cost::CostReport;
 use crate::kernel::DropCounts;
 use crate::ledger::{trends::Growth, verdict::Verdict};
+use crate::scan::{KindAmounts, LeakScan};
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
 const FRAMES_SHOWN: usize = 12;
@@ -130,6 +131,17 @@ fn render_one(report: &Report, top: usize) -> String {
         );
     }
     out.push_str(&drops_line(&report.drops, totals.missed_frees));
+    if let Some(scan) = &report.scan {
+        let _ = writeln!(
+            out,
+            "leak kinds: {}\n  (scanned at {:.1} s: the target was held {:.1} ms, {} of its \
+             memory copied)",
+            kinds_text(&scan.totals, true),
+            scan.at_s,
+            scan.pause_ms,
+            human_bytes(scan.scanned_bytes as f64)
+        );
+    }
     let live: Vec<_> = report
         .sites
         .iter()
@@ -176,6 +188,11 @@ fn render_one(report: &Report, top: usize) -> String {
                 "    … {} more frames",
                 site.frames.len() - FRAMES_SHOWN
             );
+        }
+        if let Some(kinds) = site.scan.as_ref().map(|k| kinds_text(k, false))
+            && !kinds.is_empty()
+        {
+            let _ = writeln!(out, "    leak kinds: {kinds}");
         }
         if !site.blocks.is_empty() {
             let _ = writeln!(out, "    oldest live blocks:");
@@ -306,6 +323,35 @@ pub struct IntervalRow {
     /// Over the live view's window ([`crate::ledger::trends::LIVE_WINDOW`] intervals).
     pub verdict: Verdict,
     pub site: String,
+}
+
+/// One scan's line as the capture prints it: when, what, and what it cost the target.
+pub fn describe_scan(scan: &LeakScan) -> String {
+    format!(
+        "[{:7.1}s] scan: {}; the target was held {:.1} ms, {} copied",
+        scan.at_s,
+        kinds_text(&scan.totals, true),
+        scan.pause_ms,
+        human_bytes(scan.scanned_bytes as f64)
+    )
+}
+
+/// "definitely lost 1,024 bytes in 2 blocks, indirectly lost …": valgrind's four kinds, in
+/// its order; those of no block only with `all`.
+fn kinds_text(kinds: &KindAmounts, all: bool) -> String {
+    kinds
+        .named()
+        .iter()
+        .filter(|(_, amount)| all || amount.blocks > 0)
+        .map(|(name, amount)| {
+            format!(
+                "{name} {} bytes in {} blocks",
+                thousands(amount.bytes),
+                thousands(amount.blocks)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The live view each interval: totals, then the top sites with their change over the

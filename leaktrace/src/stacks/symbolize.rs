@@ -395,7 +395,10 @@ mod tests {
             start,
             end: start + 0x10000,
             offset,
+            readable: true,
+            writable: false,
             executable: true,
+            pseudo: None,
             path: Some("/lib/x.so".into()),
             deleted: false,
         }

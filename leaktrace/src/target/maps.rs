@@ -13,7 +13,11 @@ pub struct Mapping {
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
+    pub readable: bool,
+    pub writable: bool,
     pub executable: bool,
+    /// `[heap]`, `[stack]`, `[vvar]` and the like: the kernel's names for mappings of no file.
+    pub pseudo: Option<String>,
     /// The backing file as the target sees it; `None` for anonymous, heap, stack and the like.
     pub path: Option<PathBuf>,
     /// The file was deleted or replaced since it was mapped: only `/proc/PID/map_files`
@@ -90,7 +94,10 @@ fn parse_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        readable: perms.as_bytes().first() == Some(&b'r'),
+        writable: perms.as_bytes().get(1) == Some(&b'w'),
         executable: perms.as_bytes().get(2) == Some(&b'x'),
+        pseudo: path.starts_with('[').then(|| path.to_owned()),
         path: path.starts_with('/').then(|| PathBuf::from(path)),
         deleted,
     })

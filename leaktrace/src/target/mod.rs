@@ -8,8 +8,10 @@
 pub mod cpu;
 pub mod maps;
 pub mod memory;
+pub mod tracee;
 
 use std::{
+    cell::OnceCell,
     ffi::OsString,
     fs,
     os::{
@@ -30,7 +32,7 @@ use nix::{
     unistd::Pid,
 };
 
-use self::maps::ProcessMaps;
+use self::{maps::ProcessMaps, tracee::Tracee};
 use crate::{
     error::{CAPTURE_CAPABILITIES, Capability, Failure, capability_remedy},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
@@ -73,6 +75,8 @@ pub struct Target {
     /// When the process started (clock ticks after boot, /proc/PID/stat): with the pid, its
     /// identity. A pid is reused once its process is gone; a start time is not.
     pub start_time: u64,
+    /// A launched command kept traced to its exit ([`Target::resume`]).
+    tracee: OnceCell<Tracee>,
 }
 
 impl Target {
@@ -152,6 +156,7 @@ impl Target {
             launched,
             exit_fd,
             start_time,
+            tracee: OnceCell::new(),
         })
     }
 
@@ -237,12 +242,23 @@ impl Target {
     }
 
     /// Lets a launched target run (probes attached); nothing to do for an existing process.
-    pub fn resume(&self) -> Result<()> {
-        if self.launched {
+    /// With `to_its_exit`, it stays traced, to be stopped at its exit ([`tracee`]).
+    pub fn resume(&self, to_its_exit: bool) -> Result<()> {
+        if !self.launched {
+            return Ok(());
+        }
+        if to_its_exit {
+            let _ = self.tracee.set(Tracee::follow(self.pid)?);
+        } else {
             ptrace::detach(Pid::from_raw(self.pid as i32), None)
                 .context("resume the started command")?;
         }
         Ok(())
+    }
+
+    /// The launched command, when it is kept traced to its exit.
+    pub fn tracee(&self) -> Option<&Tracee> {
+        self.tracee.get()
     }
 
     /// The exit status of a launched target that has exited (exit code, or 128 + signal).
@@ -250,6 +266,10 @@ impl Target {
     pub fn reap(&self) -> Option<i32> {
         if !self.launched {
             return None;
+        }
+        // Called once the process is ending: a traced one's last stops are answered first.
+        if let Some(tracee) = self.tracee() {
+            tracee.until_gone(|| self.exits_within(0));
         }
         match waitpid(Pid::from_raw(self.pid as i32), None).ok()? {
             WaitStatus::Exited(_, code) => Some(code),
@@ -269,8 +289,21 @@ impl Drop for Target {
         }
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
-        if !self.exits_within(LAUNCHED_GRACE_MS) {
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(LAUNCHED_GRACE_MS as u64);
+        // A traced command's stops (the signal itself, its exit) are answered meanwhile.
+        let ended = || self.exits_within(0) || std::time::Instant::now() >= deadline;
+        match self.tracee() {
+            Some(tracee) => tracee.until_gone(ended),
+            None => {
+                self.exits_within(LAUNCHED_GRACE_MS);
+            }
+        }
+        if !self.exits_within(0) {
             let _ = kill(pid, Signal::SIGKILL);
+            if let Some(tracee) = self.tracee() {
+                tracee.until_gone(|| self.exits_within(0));
+            }
         }
         let _ = waitpid(pid, None);
     }

@@ -504,7 +504,10 @@ fn vaddr_at(offset: u64, segments: &[LoadSegment]) -> Option<u64> {
         start: 0x5555_5555_0000 + offset,
         end: 0x5555_5560_0000 + offset,
         offset,
+        readable: true,
+        writable: false,
         executable: true,
+        pseudo: None,
         path: None,
         deleted: false,
     };
