@@ -40,7 +40,7 @@ use crate::{
         self,
         freeze::Freeze,
         roots::Policy,
-        snapshot::{Buffer, Snapshot},
+        snapshot::{Precopy, Snapshot},
     },
     stacks::{DwarfUnwinder, Symbolizer},
     target::{
@@ -706,7 +706,7 @@ impl<'a> Capture<'a> {
             .current
             .get(&target.pid)
             .context("the target has no current image")?;
-        let buffer = Buffer::ready_for(target.pid);
+        let precopy = Precopy::take(target.pid);
         let freeze = match held {
             Held::NotYet => Freeze::new(target.pid, target.tracee())?,
             Held::AtItsExit => Freeze::at_exit(target.pid)?,
@@ -716,7 +716,7 @@ impl<'a> Capture<'a> {
         self.drain_to_end(probes)
             .map_err(|()| anyhow::anyhow!("take in the events before the scan"))?;
         let blocks = self.images[index].live_blocks();
-        let snapshot = Snapshot::take(target.pid, buffer)?;
+        let snapshot = Snapshot::take(target.pid, precopy)?;
         let pause_ms = freeze.held_ms();
         let registers = freeze.registers.clone();
         drop(freeze);

@@ -3,18 +3,17 @@
 //! pointer, so it is neither read nor copied: reading it would make the kernel map it in the
 //! target, and a thread's 8 MiB stack is mostly such pages.
 //!
-//! The pause is the copy, so what can be done before it is: [`Buffer::ready_for`] sizes and
-//! touches the memory the copy goes to while the target still runs (a page fault per 4 KiB
-//! written would otherwise be paid in the pause), and the copy reads up to 1,024 runs of pages
-//! per process_vm_readv.
+//! The pause is the copy, so most of it is done before: [`Precopy::take`] clears the
+//! target's soft-dirty bits (`/proc/PID/clear_refs`, as CRIU's pre-dump does) and copies its
+//! memory while it runs. In the pause, [`Snapshot::take`] copies again only the pages the
+//! pagemap says were written since (soft-dirty) or are new, up to 1,024 runs of pages per
+//! process_vm_readv. Clearing the bits costs the target a minor fault at its first write to
+//! each page afterwards. Where the bits cannot be cleared (a kernel without soft-dirty
+//! tracking), every page is copied again in the pause.
 
-use std::{fs::File, io::IoSliceMut, os::unix::fs::FileExt};
+use std::{fs::File, os::unix::fs::FileExt};
 
 use anyhow::{Context, Result};
-use nix::{
-    sys::uio::{RemoteIoVec, process_vm_readv},
-    unistd::Pid,
-};
 
 use crate::target::maps::{Mapping, ProcessMaps};
 
@@ -22,25 +21,68 @@ const PAGE: u64 = 4096;
 /// /proc/PID/pagemap: bit 63 says the page is in memory, bit 62 that it is swapped out.
 const PRESENT_OR_SWAPPED: u64 = 3 << 62;
 
+/// /proc/PID/pagemap: bit 55, the page was written since the soft-dirty bits were cleared.
+const SOFT_DIRTY: u64 = 1 << 55;
+
 /// A run of copied pages: `len` bytes from `start` in the target, at `at` in the copy.
+#[derive(Clone, Copy)]
 struct Run {
     start: u64,
     at: usize,
     len: usize,
 }
 
-/// Where a snapshot's bytes go, made ready before the target is frozen.
-#[derive(Default)]
-pub struct Buffer(Vec<u8>);
+/// The target's writable memory, copied while it still runs (module doc).
+pub struct Precopy {
+    runs: Vec<Run>,
+    bytes: Vec<u8>,
+    /// Whether the soft-dirty bits were cleared before the copy: else no page is known clean.
+    tracked: bool,
+}
 
-impl Buffer {
-    /// Sized for `pid`'s touched writable pages as they are now, with room to spare, and
-    /// written once so that its pages are in memory.
-    pub fn ready_for(pid: u32) -> Buffer {
-        let bytes = touched(pid).map_or(0, |runs| runs.iter().map(|(s, e)| e - s).sum::<u64>());
-        // A running target may touch more before the freeze.
-        Buffer(vec![1u8; (bytes + bytes / 8) as usize])
+impl Precopy {
+    /// Clears `pid`'s soft-dirty bits, then copies its touched writable pages.
+    pub fn take(pid: u32) -> Precopy {
+        // A kernel built without CONFIG_MEM_SOFT_DIRTY takes the clearing and never sets a
+        // bit: every page would look clean.
+        let tracked =
+            soft_dirty_works() && std::fs::write(format!("/proc/{pid}/clear_refs"), "4").is_ok();
+        let mut runs = Vec::new();
+        let mut at = 0;
+        for (start, end) in touched(pid).unwrap_or_default() {
+            let len = (end - start) as usize;
+            runs.push(Run { start, at, len });
+            at += len;
+        }
+        let mut bytes = vec![0u8; at];
+        read_runs(pid, &runs, &mut bytes);
+        Precopy {
+            runs,
+            bytes,
+            tracked,
+        }
     }
+}
+
+/// Whether the kernel keeps soft-dirty bits: a page leaktrace has just written shows one.
+fn soft_dirty_works() -> bool {
+    let mut page = vec![0u8; 2 * PAGE as usize];
+    let address = (page.as_mut_ptr() as u64).next_multiple_of(PAGE);
+    // SAFETY: the address is inside `page`, one page from its start at most.
+    unsafe { std::ptr::write_volatile(address as *mut u8, 1) };
+    let Ok(pagemap) = File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let entry = pagemap_entries(&pagemap, address, address + PAGE);
+    drop(page);
+    entry.is_ok_and(|entries| entries.first().is_some_and(|(_, e)| e & SOFT_DIRTY != 0))
+}
+
+/// Where, among `runs`, the copy of the page at `page` is, if it was copied.
+fn offset_of(runs: &[Run], page: u64) -> Option<usize> {
+    let index = runs.partition_point(|r| r.start <= page).checked_sub(1)?;
+    let run = runs[index];
+    (page < run.start + run.len as u64).then(|| run.at + (page - run.start) as usize)
 }
 
 /// Copies of the target's writable memory, and the mappings they came from.
@@ -56,30 +98,63 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies `pid`'s writable memory into `buffer`; the target must be frozen.
-    pub fn take(pid: u32, buffer: Buffer) -> Result<Snapshot> {
+    /// `pid`'s writable memory as it is now: the `precopy`, with the pages written since
+    /// and the new ones copied again. The target must be frozen.
+    pub fn take(pid: u32, precopy: Precopy) -> Result<Snapshot> {
         let maps = ProcessMaps::read(pid).with_context(|| format!("read /proc/{pid}/maps"))?;
         let mappings = copied_mappings(&maps);
         let pagemap = File::open(format!("/proc/{pid}/pagemap"))
             .with_context(|| format!("open /proc/{pid}/pagemap"))?;
-        let mut runs = Vec::new();
-        let mut at = 0;
+        let Precopy {
+            runs: copied,
+            mut bytes,
+            tracked,
+        } = precopy;
+        // Every page as it is now (target address, offset in the copy), and those to copy.
+        let mut pages: Vec<(u64, usize)> = Vec::new();
+        let mut stale: Vec<Run> = Vec::new();
         for mapping in &mappings {
-            for (start, end) in touched_runs(&pagemap, mapping.start, mapping.end)? {
-                let len = (end - start) as usize;
-                runs.push(Run { start, at, len });
-                at += len;
+            for (page, entry) in pagemap_entries(&pagemap, mapping.start, mapping.end)? {
+                if entry & PRESENT_OR_SWAPPED == 0 {
+                    continue;
+                }
+                let clean = tracked && entry & SOFT_DIRTY == 0;
+                let at = match offset_of(&copied, page) {
+                    Some(at) if clean => {
+                        pages.push((page, at));
+                        continue;
+                    }
+                    Some(at) => at,
+                    None => {
+                        bytes.resize(bytes.len() + PAGE as usize, 0);
+                        bytes.len() - PAGE as usize
+                    }
+                };
+                pages.push((page, at));
+                stale.push(Run {
+                    start: page,
+                    at,
+                    len: PAGE as usize,
+                });
             }
         }
-        let mut bytes = buffer.0;
-        bytes.resize(at, 0);
-        read_runs(pid, &runs, &mut bytes);
+        read_runs(pid, &coalesce(stale), &mut bytes);
+        let runs = coalesce(
+            pages
+                .into_iter()
+                .map(|(start, at)| Run {
+                    start,
+                    at,
+                    len: PAGE as usize,
+                })
+                .collect(),
+        );
         Ok(Snapshot {
+            copied_bytes: runs.iter().map(|r| r.len as u64).sum(),
             runs,
             bytes,
             mappings,
             maps,
-            copied_bytes: at as u64,
         })
     }
 
@@ -139,20 +214,30 @@ fn is_kernel_page(mapping: &Mapping) -> bool {
     )
 }
 
-/// The runs of pages of `start..end` that are in memory or swapped out.
-fn touched_runs(pagemap: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+/// Each page of `start..end` with its pagemap entry.
+fn pagemap_entries(pagemap: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
     let pages = ((end - start) / PAGE) as usize;
     let mut entries = vec![0u8; pages * 8];
     pagemap
         .read_exact_at(&mut entries, start / PAGE * 8)
         .context("read /proc/PID/pagemap")?;
+    Ok(entries
+        .chunks_exact(8)
+        .enumerate()
+        .map(|(index, entry)| {
+            let entry = u64::from_ne_bytes(entry.try_into().unwrap());
+            (start + index as u64 * PAGE, entry)
+        })
+        .collect())
+}
+
+/// The runs of pages of `start..end` that are in memory or swapped out.
+fn touched_runs(pagemap: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    for (index, entry) in entries.chunks_exact(8).enumerate() {
-        let entry = u64::from_ne_bytes(entry.try_into().unwrap());
+    for (page, entry) in pagemap_entries(pagemap, start, end)? {
         if entry & PRESENT_OR_SWAPPED == 0 {
             continue;
         }
-        let page = start + index as u64 * PAGE;
         match runs.last_mut() {
             Some((_, run_end)) if *run_end == page => *run_end += PAGE,
             _ => runs.push((page, page + PAGE)),
@@ -161,38 +246,78 @@ fn touched_runs(pagemap: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>>
     Ok(runs)
 }
 
+/// `runs` sorted by address, neighbours merged where their copies are neighbours too.
+fn coalesce(runs: Vec<Run>) -> Vec<Run> {
+    let mut merged: Vec<Run> = Vec::new();
+    for run in runs {
+        match merged.last_mut() {
+            Some(last)
+                if last.start + last.len as u64 == run.start && last.at + last.len == run.at =>
+            {
+                last.len += run.len
+            }
+            _ => merged.push(run),
+        }
+    }
+    merged
+}
+
 /// Copies `runs` of the target's memory into `bytes`, up to 1,024 runs a call (IOV_MAX); a
 /// batch that cannot be read whole is read page by page, and a page that cannot be read
 /// reads as zeros.
 fn read_runs(pid: u32, runs: &[Run], bytes: &mut [u8]) {
-    let pid = Pid::from_raw(pid as i32);
     for batch in runs.chunks(1024) {
-        let Some(first) = batch.first() else { continue };
         let total: usize = batch.iter().map(|r| r.len).sum();
-        let remote: Vec<RemoteIoVec> = batch
-            .iter()
-            .map(|r| RemoteIoVec {
-                base: r.start as usize,
-                len: r.len,
-            })
-            .collect();
-        let local = &mut bytes[first.at..first.at + total];
-        if process_vm_readv(pid, &mut [IoSliceMut::new(local)], &remote).is_ok_and(|n| n == total) {
+        if read_into(pid, batch, bytes) == total as isize {
             continue;
         }
         // Some page failed (unmapped meanwhile, or a guard page): page by page, then.
         for run in batch {
-            let pages = bytes[run.at..run.at + run.len].chunks_mut(PAGE as usize);
-            for (index, page) in pages.enumerate() {
-                let remote = [RemoteIoVec {
-                    base: run.start as usize + index * PAGE as usize,
-                    len: page.len(),
-                }];
-                if process_vm_readv(pid, &mut [IoSliceMut::new(page)], &remote).is_err() {
-                    page.fill(0);
+            for offset in (0..run.len).step_by(PAGE as usize) {
+                let page = Run {
+                    start: run.start + offset as u64,
+                    at: run.at + offset,
+                    len: PAGE as usize,
+                };
+                if read_into(pid, &[page], bytes) != PAGE as isize {
+                    bytes[page.at..page.at + page.len].fill(0);
                 }
             }
         }
+    }
+}
+
+/// One process_vm_readv of `runs` (at most IOV_MAX) into their places in `bytes`.
+fn read_into(pid: u32, runs: &[Run], bytes: &mut [u8]) -> isize {
+    let base = bytes.as_mut_ptr();
+    let (local, remote): (Vec<libc::iovec>, Vec<libc::iovec>) = runs
+        .iter()
+        .map(|r| {
+            assert!(r.at + r.len <= bytes.len());
+            (
+                libc::iovec {
+                    // SAFETY: the run lies inside `bytes` (checked above).
+                    iov_base: unsafe { base.add(r.at) }.cast(),
+                    iov_len: r.len,
+                },
+                libc::iovec {
+                    iov_base: r.start as *mut libc::c_void,
+                    iov_len: r.len,
+                },
+            )
+        })
+        .unzip();
+    // SAFETY: the local iovecs are disjoint pieces of `bytes`, which is borrowed mutably for
+    // the call; the remote ones name the target's memory, which the kernel reads or refuses.
+    unsafe {
+        libc::process_vm_readv(
+            pid as libc::pid_t,
+            local.as_ptr(),
+            local.len() as libc::c_ulong,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
     }
 }
 
