@@ -1,4 +1,5 @@
-//! Tracing changes nothing the target does: the same output, the same exit code.
+//! Tracing changes nothing the target does: the same output, the same exit code, with the
+//! reachability scan holding it still every 10 ms and at its exit besides.
 
 mod support;
 
@@ -27,7 +28,7 @@ fn a_traced_multithreaded_program_computes_what_it_computes_untraced() {
     // The tests run a debug build of leaktrace, which takes in events slower than four
     // threads make them: a ring buffer that holds them all keeps this test about the checksum.
     let traced = Command::new(LEAKTRACE)
-        .args(["--ring-bytes", "67108864", "--json"])
+        .args(["--ring-bytes", "67108864", "--scan-every", "10ms", "--json"])
         .arg(&json)
         .arg("--")
         .arg(&binary)
@@ -49,4 +50,21 @@ fn a_traced_multithreaded_program_computes_what_it_computes_untraced() {
     let rounds = fixture_define("checksum", "THREADS") * fixture_define("checksum", "ROUNDS");
     assert!(report["totals"]["allocs"].as_u64().unwrap() >= rounds * 2);
     assert_nothing_lost(&report);
+    // Scanned at its exit at least, with every block it left accounted for.
+    let scan = &report["scan"];
+    let kinds = [
+        "definitely_lost",
+        "indirectly_lost",
+        "possibly_lost",
+        "still_reachable",
+    ];
+    let blocks: u64 = kinds
+        .iter()
+        .map(|k| scan[k]["blocks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        blocks,
+        report["totals"]["live_allocations"].as_u64().unwrap(),
+        "{scan:#}"
+    );
 }

@@ -16,10 +16,18 @@ use nix::{
     sys::{
         ptrace,
         signal::Signal,
-        wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid},
+        wait::{Id, WaitPidFlag, WaitStatus, waitid},
     },
     unistd::Pid,
 };
+
+/// Whether process `pid` is gone or a zombie.
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
 
 /// What the launched command did since last asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +72,9 @@ impl Tracee {
 
     /// Stops the command's main thread for a scan (its other threads are not traced, and
     /// are seized): a SIGSTOP of leaktrace's own, held at its delivery. A signal of another
-    /// sender may stop it first: it is returned, to be passed on at [`Tracee::release`].
+    /// sender may stop it first: it is returned, to be passed on at [`Tracee::release`]. Its
+    /// end is never reaped here (waitid without WEXITED), and a stop at its exit is kept
+    /// for the exit scan.
     pub fn hold(&self) -> Result<Option<Signal>> {
         // To the main thread alone (tgkill): a process-wide SIGSTOP could stop another thread
         // first, and with it the whole process in a group stop.
@@ -75,23 +85,37 @@ impl Tracee {
         }
         self.own_stops.set(self.own_stops.get() + 1);
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) if self.swallow() => return Ok(None),
-                Ok(WaitStatus::Stopped(_, signal)) => return Ok(Some(signal)),
-                // At an event stop (its exec, its exit) it is held as well.
-                Ok(WaitStatus::PtraceEvent(..)) => return Ok(None),
-                Err(Errno::EINTR) => {}
-                Ok(status) => {
-                    anyhow::bail!("the started command ended during the scan: {status:?}")
+            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+            match waitid(Id::Pid(self.pid), flags) {
+                Ok(WaitStatus::PtraceEvent(_, _, event))
+                    if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 =>
+                {
+                    self.exiting.set(true);
+                    return Ok(None);
                 }
+                Ok(WaitStatus::PtraceEvent(_, signal, 0) | WaitStatus::Stopped(_, signal)) => {
+                    return Ok((signal != Signal::SIGSTOP || !self.swallow()).then_some(signal));
+                }
+                // At another event stop (its exec) it is held as well.
+                Ok(WaitStatus::PtraceEvent(..)) => return Ok(None),
+                Ok(WaitStatus::StillAlive) if gone(pid) => {
+                    anyhow::bail!("the started command ended before it could be held")
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                Ok(status) => anyhow::bail!("the started command did not stop: {status:?}"),
                 Err(error) => return Err(error).context("wait for the started command"),
             }
         }
     }
 
-    /// Lets the command go after [`Tracee::hold`], with the signal that stopped it, if any.
+    /// Lets the command go after [`Tracee::hold`], with the signal that stopped it, if any;
+    /// one found at its exit stays there for the exit scan.
     pub fn release(&self, signal: Option<Signal>) {
-        let _ = ptrace::cont(self.pid, signal);
+        if !self.exiting.get() {
+            let _ = ptrace::cont(self.pid, signal);
+        }
     }
 
     /// Whether a SIGSTOP arriving now is one of leaktrace's own (and counts it off).
