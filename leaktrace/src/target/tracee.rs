@@ -29,6 +29,18 @@ fn gone(pid: i32) -> bool {
     })
 }
 
+/// One stop of the command ([`Tracee::next_stop`]).
+enum Stop {
+    /// At its exit (PTRACE_EVENT_EXIT): its memory is intact.
+    AtExit,
+    /// A signal on its way to it, or a group stop.
+    Signal(Signal),
+    /// Another event stop (its exec).
+    Event,
+    /// None reported.
+    Nothing,
+}
+
 /// What the launched command did since last asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -85,29 +97,39 @@ impl Tracee {
         }
         self.own_stops.set(self.own_stops.get() + 1);
         loop {
-            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
-            match waitid(Id::Pid(self.pid), flags) {
-                Ok(WaitStatus::PtraceEvent(_, _, event))
-                    if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 =>
-                {
-                    self.exiting.set(true);
-                    return Ok(None);
-                }
-                Ok(WaitStatus::PtraceEvent(_, signal, 0) | WaitStatus::Stopped(_, signal)) => {
-                    return Ok((signal != Signal::SIGSTOP || !self.swallow()).then_some(signal));
-                }
-                // At another event stop (its exec) it is held as well.
-                Ok(WaitStatus::PtraceEvent(..)) => return Ok(None),
-                Ok(WaitStatus::StillAlive) if gone(pid) => {
+            match self.next_stop() {
+                Ok(Stop::AtExit | Stop::Event) => return Ok(None),
+                Ok(Stop::Signal(Signal::SIGSTOP)) if self.swallow() => return Ok(None),
+                Ok(Stop::Signal(signal)) => return Ok(Some(signal)),
+                Ok(Stop::Nothing) if gone(pid) => {
                     anyhow::bail!("the started command ended before it could be held")
                 }
-                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
+                Ok(Stop::Nothing) | Err(Errno::EINTR) => {
                     std::thread::sleep(std::time::Duration::from_micros(100));
                 }
-                Ok(status) => anyhow::bail!("the started command did not stop: {status:?}"),
                 Err(error) => return Err(error).context("wait for the started command"),
             }
         }
+    }
+
+    /// The next stop the command reported, if any, as waitid tells it: without WEXITED, so
+    /// its end is left for its reaper. A stop at its exit is remembered.
+    fn next_stop(&self) -> Result<Stop, Errno> {
+        let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+        Ok(match waitid(Id::Pid(self.pid), flags)? {
+            WaitStatus::PtraceEvent(_, _, event)
+                if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 =>
+            {
+                self.exiting.set(true);
+                Stop::AtExit
+            }
+            // A signal on its way to the command (waitid tells it as an event of 0).
+            WaitStatus::PtraceEvent(_, signal, 0) | WaitStatus::Stopped(_, signal) => {
+                Stop::Signal(signal)
+            }
+            WaitStatus::PtraceEvent(..) => Stop::Event,
+            _ => Stop::Nothing,
+        })
     }
 
     /// Lets the command go after [`Tracee::hold`], with the signal that stopped it, if any;
@@ -134,25 +156,17 @@ impl Tracee {
             return Seen::Exiting;
         }
         loop {
-            let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
-            match waitid(Id::Pid(self.pid), flags) {
-                Ok(WaitStatus::PtraceEvent(_, _, event))
-                    if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 =>
-                {
-                    self.exiting.set(true);
-                    return Seen::Exiting;
-                }
-                Ok(WaitStatus::PtraceEvent(_, Signal::SIGSTOP, 0)) if self.swallow() => {
+            match self.next_stop() {
+                Ok(Stop::AtExit) => return Seen::Exiting,
+                Ok(Stop::Signal(Signal::SIGSTOP)) if self.swallow() => {
                     let _ = ptrace::cont(self.pid, None);
                 }
-                // A signal on its way to the command (waitid tells it as an event of 0).
-                Ok(WaitStatus::PtraceEvent(_, signal, 0)) => self.pass_on(signal),
-                Ok(WaitStatus::PtraceEvent(..)) => {
+                Ok(Stop::Signal(signal)) => self.pass_on(signal),
+                Ok(Stop::Event) => {
                     let _ = ptrace::cont(self.pid, None);
                 }
-                Ok(WaitStatus::Stopped(_, signal)) => self.pass_on(signal),
                 Err(Errno::EINTR) => {}
-                Ok(_) | Err(_) => return Seen::Running,
+                Ok(Stop::Nothing) | Err(_) => return Seen::Running,
             }
         }
     }
