@@ -469,3 +469,33 @@ fn error_exitcode_gates_a_run_on_its_leaks_and_suppressions_lift_it() {
     assert_eq!(stderr.len(), 1, "one line: {stderr:#?}");
     assert!(stderr[0].contains("leak:PATTERN"), "{stderr:#?}");
 }
+
+/// `--leak-check-heuristics` chooses them, as valgrind's option: with none, the new[] array
+/// known past its count is known by an inner pointer alone, and so possibly lost; with
+/// newarray alone, reachable again.
+#[test]
+fn heuristics_are_chosen_as_in_valgrind() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("leak_kinds_cxx");
+    let bytes = 8 + 8 * cxx_define("ARRAY_ELEMENTS");
+    for (choice, kind) in [("none", "possibly_lost"), ("newarray", "still_reachable")] {
+        let options = ["--leak-check-heuristics", choice];
+        let (report, _) = launch_json("heuristics", &options, &binary, &["new_array"]);
+        let site = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|site| site_name_of(site).as_deref() == Some("keep_array"))
+            .unwrap_or_else(|| panic!("no keep_array site: {report:#}"));
+        assert_eq!(
+            site["scan"][kind]["bytes"], bytes,
+            "{choice}: {:#}",
+            site["scan"]
+        );
+        assert_eq!(
+            site["scan"][kind]["blocks"], 1,
+            "{choice}: {:#}",
+            site["scan"]
+        );
+    }
+}

@@ -12,6 +12,7 @@ use crate::{
     ledger::{BlockFilter, Sampling},
     plan::AllocatorChoice,
     report::output::{Destination, Format, ReportFiles},
+    scan::mark::Heuristic,
     stacks::{AllocFns, labels::alloc_fn},
     target::TargetSpec,
 };
@@ -68,6 +69,12 @@ pub struct Cli {
     /// Do not scan a launched command at its exit.
     #[arg(long, conflicts_with_all = ["scan", "scan_every"])]
     pub no_scan: bool,
+
+    /// The inner pointers the scan counts as start pointers, as valgrind's option of the
+    /// name: stdstring, length64, newarray, multipleinheritance, all or none.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_enum,
+          default_values_t = [Heuristic::All])]
+    pub leak_check_heuristics: Vec<Heuristic>,
 
     /// Exit with this code when the scan finds leaked bytes of the kinds
     /// --errors-for-leak-kinds names, at sites no suppression names (as valgrind's option).
@@ -402,6 +409,7 @@ impl Cli {
                     || self.error_exitcode.is_some()
                     || (!self.no_scan && matches!(self.target(), TargetSpec::Launch(_))),
                 every: self.scan_every,
+                heuristics: self.leak_check_heuristics.clone(),
             },
         }
     }

@@ -39,6 +39,7 @@ use crate::{
     scan::{
         self,
         freeze::Freeze,
+        mark::Heuristic,
         roots::Policy,
         snapshot::{Precopy, Snapshot},
     },
@@ -92,12 +93,14 @@ pub struct CaptureOptions {
 }
 
 /// When the reachability scan runs, besides on SIGUSR1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanOptions {
     /// At the end of the capture (a launched command: at its exit).
     pub at_end: bool,
     /// Every so often (`--scan-every`).
     pub every: Option<Duration>,
+    /// The inner pointers counted as start pointers (`--leak-check-heuristics`).
+    pub heuristics: Vec<Heuristic>,
 }
 
 /// Everything the capture accumulates: every image of every traced process.
@@ -725,7 +728,15 @@ impl<'a> Capture<'a> {
         } else {
             Policy::SomeBlocksUnknown
         };
-        let mut scan = scan::classify(target.pid, &snapshot, &registers, blocks, policy, pause_ms);
+        let mut scan = scan::classify(
+            target.pid,
+            &snapshot,
+            &registers,
+            blocks,
+            policy,
+            &self.options.scan.heuristics,
+            pause_ms,
+        );
         scan.at_s = self.started.elapsed().as_secs_f64();
         let line = format!("{}\n", report::describe_scan(&scan));
         self.images[index].scan = Some(scan);

@@ -13,8 +13,8 @@
 //!    and a leader of an earlier clique reached this way stops leading. The leaders left are
 //!    *definitely lost*.
 //!
-//! The heuristics are valgrind's `--leak-check-heuristics=all`, for inner pointers that C++
-//! keeps instead of the block's start:
+//! The heuristics are valgrind's, all of them by default as there (`--leak-check-heuristics`
+//! chooses), for inner pointers that C++ keeps instead of the block's start:
 //! - **stdstring**: the characters of a std::string of the old (copy-on-write) ABI, at 24
 //!   bytes, after length ≤ capacity and a reference count, the block 24 + capacity + 1;
 //! - **length64**: 8 bytes in, after a 64-bit length of the rest of the block;
@@ -24,6 +24,20 @@
 //!   first word holds one too (a base class other than the first).
 
 use super::snapshot::Snapshot;
+
+/// Valgrind's leak-check heuristics (`--leak-check-heuristics`, all by default as in
+/// valgrind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Heuristic {
+    Stdstring,
+    Length64,
+    Newarray,
+    Multipleinheritance,
+    /// Every heuristic.
+    All,
+    /// No heuristic: every inner pointer is an inner pointer.
+    None,
+}
 
 /// Valgrind's four kinds of live block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,19 +77,26 @@ pub struct Marker<'a> {
     states: Vec<State>,
     memory: &'a Snapshot,
     vtables: &'a dyn VtableTest,
+    heuristics: &'a [Heuristic],
     /// Blocks to scan, with whether the pointer that reached them came from a definite place
     /// (a root or a reachable block).
     stack: Vec<(usize, bool)>,
 }
 
 impl<'a> Marker<'a> {
-    /// `blocks` must be sorted by start and not overlap.
-    pub fn new(blocks: &'a [Block], memory: &'a Snapshot, vtables: &'a dyn VtableTest) -> Self {
+    /// `blocks` must be sorted by start and not overlap; `heuristics` are those in use.
+    pub fn new(
+        blocks: &'a [Block],
+        memory: &'a Snapshot,
+        vtables: &'a dyn VtableTest,
+        heuristics: &'a [Heuristic],
+    ) -> Self {
         Marker {
             blocks,
             states: vec![State::Unreached; blocks.len()],
             memory,
             vtables,
+            heuristics,
             stack: Vec::new(),
         }
     }
@@ -162,25 +183,35 @@ impl<'a> Marker<'a> {
             .collect()
     }
 
-    /// Whether an inner `pointer` into `block` is one of the heuristics' (module doc).
+    fn uses(&self, heuristic: Heuristic) -> bool {
+        !self.heuristics.contains(&Heuristic::None)
+            && (self.heuristics.contains(&Heuristic::All) || self.heuristics.contains(&heuristic))
+    }
+
+    /// Whether an inner `pointer` into `block` is one of the heuristics' in use (module doc).
     fn inner_pointer_recognized(&self, pointer: u64, block: Block) -> bool {
         let word = |offset: u64| self.memory.word(block.start + offset);
         let offset = pointer - block.start;
-        let std_string = offset == 24
+        let std_string = self.uses(Heuristic::Stdstring)
+            && offset == 24
             && word(8).is_some_and(|capacity| 24u64.saturating_add(capacity) + 1 == block.size)
             && word(0)
                 .zip(word(8))
                 .is_some_and(|(length, capacity)| length <= capacity);
-        let length64 =
-            offset == 8 && word(0).is_some_and(|length| length > 0 && block.size - 8 == length);
-        let new_array = offset == 8
+        let length64 = self.uses(Heuristic::Length64)
+            && offset == 8
+            && word(0).is_some_and(|length| length > 0 && block.size - 8 == length);
+        let new_array = self.uses(Heuristic::Newarray)
+            && offset == 8
             && word(0).is_some_and(|count| count > 0 && (block.size - 8).is_multiple_of(count));
         let vtable = |address: Option<u64>| {
             address
                 .is_some_and(|a| a.is_multiple_of(8) && a >= 4096 && self.vtables.may_be_vtable(a))
         };
-        let multiple_inheritance =
-            offset.is_multiple_of(8) && vtable(self.memory.word(pointer)) && vtable(word(0));
+        let multiple_inheritance = self.uses(Heuristic::Multipleinheritance)
+            && offset.is_multiple_of(8)
+            && vtable(self.memory.word(pointer))
+            && vtable(word(0));
         std_string || length64 || new_array || multiple_inheritance
     }
 }

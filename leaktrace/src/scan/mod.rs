@@ -20,7 +20,7 @@ use std::{collections::HashMap, time::Instant};
 use serde::Serialize;
 
 use self::{
-    mark::{Block, Kind, Marker},
+    mark::{Block, Heuristic, Kind, Marker},
     roots::{Layout, Policy, RootStats},
     snapshot::Snapshot,
 };
@@ -104,6 +104,7 @@ pub fn classify(
     registers: &[libc::user_regs_struct],
     mut blocks: Vec<TrackedBlock>,
     policy: Policy,
+    heuristics: &[Heuristic],
     pause_ms: f64,
 ) -> LeakScan {
     let started = Instant::now();
@@ -120,7 +121,7 @@ pub fn classify(
     let (root_ranges, roots) =
         roots::root_ranges(snapshot, &stack_pointers, &ranges, policy, main_arena);
     let layout = Layout(snapshot.maps.clone());
-    let mut marker = Marker::new(&ranges, snapshot, &layout);
+    let mut marker = Marker::new(&ranges, snapshot, &layout, heuristics);
     marker.mark_from(registers.iter().flat_map(register_words));
     marker.mark_from(
         root_ranges
