@@ -71,9 +71,11 @@ pub(crate) fn emit(pid_tgid: u64, kind: EventKind, address: u64, size: u64, stac
     send(event(pid_tgid, kind, address, size, stack_id));
 }
 
+/// Sends one record: an [`AllocEvent`] or a [`FreeEvent`], which userspace tells apart by
+/// length.
 #[inline(always)]
-pub(crate) fn send(record: AllocEvent) {
-    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+pub(crate) fn send<T: 'static>(record: T) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count_drop(DropCounter::RingBufferFull);
         return;
     };
@@ -85,18 +87,13 @@ pub(crate) fn send(record: AllocEvent) {
 /// `size` is what the allocator says the block holds, or 0 when the probe does not ask.
 #[inline(always)]
 pub(crate) fn emit_free(pid_tgid: u64, address: u64, size: u64) {
-    let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
-        count_drop(DropCounter::RingBufferFull);
-        return;
-    };
-    entry.write(FreeEvent {
+    send(FreeEvent {
         timestamp_ns: now(),
         address,
         size,
         tgid: (pid_tgid >> 32) as u32,
         kind: EventKind::Free as u32,
     });
-    entry.submit(wake_flags());
 }
 
 /// Records a CPU sends between two looks at how full the ring buffer is.
