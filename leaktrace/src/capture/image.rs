@@ -1,6 +1,6 @@
 //! One traced program image: its ledger, its call sites and the means to name them.
 
-use std::collections::HashMap;
+use std::{cell::OnceCell, collections::HashMap};
 
 use anyhow::{Context, Result};
 
@@ -14,7 +14,7 @@ use crate::{
     },
     plan::{Family, ProbePlan},
     report::{Ending, IntervalRow, Report, ReportHeader, WindowReport, WindowSite},
-    scan::{LeakScan, TrackedBlock},
+    scan::{LeakScan, TrackedBlock, mark::Block},
     stacks::{
         AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
         labels::simple_name,
@@ -159,6 +159,8 @@ pub struct TracedImage {
     pub ended: Option<(Ending, u64)>,
     /// The latest reachability scan: each live block's leak kind, by site.
     pub scan: Option<LeakScan>,
+    /// glibc's `main_arena` in this image, once a scan looked for it.
+    pub main_arena: OnceCell<Option<Block>>,
 }
 
 impl TracedImage {
@@ -202,6 +204,7 @@ impl TracedImage {
             start_ns,
             ended: None,
             scan: None,
+            main_arena: OnceCell::new(),
         }
     }
 

@@ -40,7 +40,7 @@ use crate::{
         self,
         freeze::Freeze,
         mark::Heuristic,
-        roots::Policy,
+        roots::{self, Policy},
         snapshot::{Precopy, Snapshot},
     },
     stacks::{DwarfUnwinder, Symbolizer},
@@ -601,11 +601,11 @@ impl<'a> Capture<'a> {
                 }
                 _ = &mut window => break Ending::DurationElapsed,
                 _ = interrupts.next() => break Ending::Interrupted,
-                _ = scan_requests.next() => self.scan_now(target, probes, Held::NotYet)?,
+                _ = scan_requests.recv() => self.scan_now(target, probes, Held::NotYet)?,
                 _ = scans.tick(), if options.scan.every.is_some() => {
                     self.scan_now(target, probes, Held::NotYet)?;
                 }
-                _ = child_stops.next(), if target.tracee().is_some() => {
+                _ = child_stops.recv(), if target.tracee().is_some() => {
                     self.answer_stops(target, probes)?;
                 }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
@@ -710,7 +710,7 @@ impl<'a> Capture<'a> {
             .get(&target.pid)
             .context("the target has no current image")?;
         let precopy = Precopy::take(target.pid);
-        let freeze = match held {
+        let mut freeze = match held {
             Held::NotYet => Freeze::new(target.pid, target.tracee())?,
             Held::AtItsExit => Freeze::at_exit(target.pid)?,
         };
@@ -721,15 +721,19 @@ impl<'a> Capture<'a> {
         let blocks = self.images[index].live_blocks();
         let snapshot = Snapshot::take(target.pid, precopy)?;
         let pause_ms = freeze.held_ms();
-        let registers = freeze.registers.clone();
+        let registers = std::mem::take(&mut freeze.registers);
         drop(freeze);
         let policy = if self.images[index].from_start {
             Policy::EveryBlockTracked
         } else {
             Policy::SomeBlocksUnknown
         };
+        // Where libc's arena is does not change within an image: its symbols are read once.
+        let main_arena = *self.images[index]
+            .main_arena
+            .get_or_init(|| roots::main_arena(target.pid, &snapshot.maps));
         let mut scan = scan::classify(
-            target.pid,
+            main_arena,
             &snapshot,
             &registers,
             blocks,

@@ -31,43 +31,15 @@ impl Interrupts {
     }
 }
 
-/// SIGUSR1: scan now. Caught from before leaktrace says it is attached too, since the
-/// signal's default action would kill leaktrace.
-pub struct ScanRequests(Signal);
-
-impl ScanRequests {
-    /// Must be called inside the runtime that will run the capture.
-    pub fn catch() -> Result<ScanRequests> {
-        Ok(ScanRequests(signal(SignalKind::user_defined1())?))
-    }
-
-    /// Returns when the next request arrives.
-    pub async fn next(&mut self) {
-        self.0.recv().await;
-    }
-}
-
-/// SIGCHLD: a traced launched command stopped (a signal to pass on, its exit). Caught
-/// before the command is let go, so that a command quick to exit is not missed.
-pub struct ChildStops(Signal);
-
-impl ChildStops {
-    /// Must be called inside the runtime that will run the capture.
-    pub fn catch() -> Result<ChildStops> {
-        Ok(ChildStops(signal(SignalKind::child())?))
-    }
-
-    /// Returns when the next SIGCHLD arrives.
-    pub async fn next(&mut self) {
-        self.0.recv().await;
-    }
-}
-
 /// Every signal a capture acts on, caught together before the target is let go.
 pub struct Signals {
     pub interrupts: Interrupts,
-    pub scan_requests: ScanRequests,
-    pub child_stops: ChildStops,
+    /// SIGUSR1: scan now. Caught from the start too, since its default action would kill
+    /// leaktrace.
+    pub scan_requests: Signal,
+    /// SIGCHLD: a traced launched command stopped (a signal to pass on, its exit). Caught
+    /// before the command is let go, so that a command quick to exit is not missed.
+    pub child_stops: Signal,
 }
 
 impl Signals {
@@ -75,8 +47,8 @@ impl Signals {
     pub fn catch() -> Result<Signals> {
         Ok(Signals {
             interrupts: Interrupts::catch()?,
-            scan_requests: ScanRequests::catch()?,
-            child_stops: ChildStops::catch()?,
+            scan_requests: signal(SignalKind::user_defined1())?,
+            child_stops: signal(SignalKind::child())?,
         })
     }
 }

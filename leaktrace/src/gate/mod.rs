@@ -51,10 +51,7 @@ impl Gate {
             .filter(|site| !self.suppressions.suppress(site))
             .filter_map(|site| site.scan)
             .map(|kinds| self.chosen(&kinds))
-            .fold(Amount::default(), |sum, a| Amount {
-                bytes: sum.bytes + a.bytes,
-                blocks: sum.blocks + a.blocks,
-            });
+            .sum();
         (counted.bytes > 0 || counted.blocks > 0).then_some(Failure::Leaked {
             bytes: counted.bytes,
             blocks: counted.blocks,
@@ -74,10 +71,8 @@ impl Gate {
         ]
         .into_iter()
         .filter(|(kind, _)| picked(*kind))
-        .fold(Amount::default(), |sum, (_, a)| Amount {
-            bytes: sum.bytes + a.bytes,
-            blocks: sum.blocks + a.blocks,
-        })
+        .map(|(_, amount)| amount)
+        .sum()
     }
 }
 

@@ -139,12 +139,9 @@ impl<'a> Marker<'a> {
         while let Some((index, _)) = self.stack.pop() {
             let definite = self.states[index] == State::Reachable;
             let block = self.blocks[index];
-            let words: Vec<u64> = self
-                .memory
-                .words(block.start, block.start + block.size)
-                .map(|(_, word)| word)
-                .collect();
-            for word in words {
+            // The snapshot is borrowed apart from the marker, which the pushes change.
+            let memory = self.memory;
+            for (_, word) in memory.words(block.start, block.start + block.size) {
                 self.push_pointer(word, definite);
             }
         }

@@ -33,6 +33,15 @@ pub struct Amount {
     pub blocks: u64,
 }
 
+impl std::iter::Sum for Amount {
+    fn sum<I: Iterator<Item = Amount>>(amounts: I) -> Amount {
+        amounts.fold(Amount::default(), |sum, a| Amount {
+            bytes: sum.bytes + a.bytes,
+            blocks: sum.blocks + a.blocks,
+        })
+    }
+}
+
 /// Bytes and blocks of each kind: the JSON's `scan`, in all and per site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct KindAmounts {
@@ -96,10 +105,11 @@ pub struct LeakScan {
     pub per_site: HashMap<SiteId, KindAmounts>,
 }
 
-/// Classifies `blocks` of process `pid` from a `snapshot` and the threads' `registers`,
-/// taken while the target was frozen for `pause_ms`.
+/// Classifies `blocks` from a `snapshot` and the threads' `registers`, taken while the
+/// target was frozen for `pause_ms`; `main_arena` is glibc's, left out of the roots
+/// ([`roots::main_arena`]).
 pub fn classify(
-    pid: u32,
+    main_arena: Option<Block>,
     snapshot: &Snapshot,
     registers: &[libc::user_regs_struct],
     mut blocks: Vec<TrackedBlock>,
@@ -117,7 +127,6 @@ pub fn classify(
         })
         .collect();
     let stack_pointers: Vec<u64> = registers.iter().map(|r| r.rsp).collect();
-    let main_arena = roots::main_arena(pid, &snapshot.maps);
     let (root_ranges, roots) =
         roots::root_ranges(snapshot, &stack_pointers, &ranges, policy, main_arena);
     let layout = Layout(snapshot.maps.clone());

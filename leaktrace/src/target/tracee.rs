@@ -21,12 +21,11 @@ use nix::{
     unistd::Pid,
 };
 
+use super::Stat;
+
 /// Whether process `pid` is gone or a zombie.
 fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-    })
+    Stat::read(pid as u32).is_none_or(|stat| stat.state == 'Z')
 }
 
 /// One stop of the command ([`Tracee::next_stop`]).
