@@ -499,3 +499,27 @@ fn heuristics_are_chosen_as_in_valgrind() {
         );
     }
 }
+
+/// A target another tracer holds (a debugger) cannot be frozen for a scan: one line that
+/// says so, and exit 11.
+#[test]
+fn a_target_a_debugger_holds_is_refused_with_exit_11() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("leak_kinds");
+    let target = start_ready(&binary, &["planted"]);
+    // This test's thread is the "debugger": it seizes the target, which runs on.
+    // SAFETY: PTRACE_SEIZE on a child of ours; no memory is passed.
+    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, target.pid(), 0, 0) };
+    assert_eq!(seized, 0, "{}", std::io::Error::last_os_error());
+    let json = output_path("traced", "json");
+    let mut leaktrace = attach_with_json(
+        target.pid(),
+        &json,
+        &["--scan", "--count", "1", "-i", "100ms"],
+    );
+    let code = leaktrace.wait(WAIT);
+    let stderr = leaktrace.stderr.rest();
+    assert_eq!(code, 11, "{stderr:#?}");
+    let last = stderr.last().expect("an error line");
+    assert!(last.contains("is traced by pid"), "{stderr:#?}");
+}
