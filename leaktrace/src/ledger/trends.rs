@@ -9,7 +9,8 @@
 //! not shown from fewer than [`Growth::MIN_POINTS_FOR_STEADINESS`] samples, through which any
 //! line fits.
 //!
-//! Memory per site is bounded: [`MAX_SAMPLES`] samples of live bytes; the last
+//! Memory per site is bounded: at most [`MAX_SAMPLES`] samples of live bytes, the older ones
+//! thinned as the capture goes on ([`thin`]); the last
 //! [`LIVE_WINDOW`] intervals' marks (the live view's window); and the whole capture's marks in
 //! at most [`MAX_BUCKETS`] buckets: when they are full, each two neighbours merge into one
 //! (the lowest low and the highest high of both, which is the low and high-water mark over
@@ -28,8 +29,13 @@ use crate::ledger::{
 /// Intervals the growth rate is fitted over.
 pub const TREND_INTERVALS: usize = 5;
 
-/// Samples kept per site for the report's time series (an hour at 1 s intervals).
-pub const MAX_SAMPLES: usize = 3600;
+/// Samples kept at most per site for the report's time series. A service runs for days
+/// with tens of thousands of sites: at 16 bytes a sample, 32,768 sites hold at most 126 MB.
+pub const MAX_SAMPLES: usize = 240;
+
+/// The latest samples, never thinned: the growth is fitted through the last few, and the
+/// series reads best at full resolution near its end.
+const RECENT_SAMPLES: usize = 80;
 
 /// Intervals the live view's verdict is decided over: its sliding window.
 pub const LIVE_WINDOW: usize = 30;
@@ -143,7 +149,7 @@ impl Trends {
         for (site, stats) in sites {
             let series = &mut self.series[site.index()];
             if series.len() == MAX_SAMPLES {
-                series.remove(0);
+                thin(series);
             }
             series.push((seconds, stats.live_bytes));
         }
@@ -233,6 +239,18 @@ impl Trends {
             .get(site.index())
             .map_or_else(Vec::new, SiteMarks::whole)
     }
+}
+
+/// Halves the resolution of a full series' older samples, the [`RECENT_SAMPLES`] kept whole:
+/// every other one goes. The series still spans the whole capture, its start the sparsest,
+/// as a long-running capture's chart would be drawn anyway.
+pub fn thin<T>(series: &mut Vec<T>) {
+    let older = series.len() - RECENT_SAMPLES;
+    let mut index = 0;
+    series.retain(|_| {
+        index += 1;
+        index > older || index % 2 == 1
+    });
 }
 
 /// Least-squares line through `points`: its slope, and R².
@@ -386,7 +404,17 @@ mod tests {
         let marks = &trends.marks[site.index()];
         assert!(marks.buckets.len() <= MAX_BUCKETS);
         assert_eq!(marks.recent.len(), LIVE_WINDOW);
-        assert_eq!(trends.series(site).len(), MAX_SAMPLES);
+        let series = trends.series(site);
+        assert!(series.len() <= MAX_SAMPLES);
+        assert_eq!(series.first().unwrap().0, 1.0, "the series still starts at the start");
+        let recent: Vec<f64> = series[series.len() - RECENT_SAMPLES..]
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        let expected: Vec<f64> = (intervals - RECENT_SAMPLES + 1..=intervals)
+            .map(|s| s as f64)
+            .collect();
+        assert_eq!(recent, expected, "the latest samples are all kept");
         let whole = trends.marks(site);
         let spanned: usize =
             marks.buckets.len() * marks.width + marks.partial.map_or(0, |(_, intervals)| intervals);

@@ -7,7 +7,7 @@ use std::{fs, io};
 
 use serde::Serialize;
 
-use crate::ledger::trends::{Growth, TREND_INTERVALS, fit};
+use crate::ledger::trends::{Growth, MAX_SAMPLES, TREND_INTERVALS, fit, thin};
 
 /// One reading of a process's memory, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -76,7 +76,7 @@ impl MemorySample {
 }
 
 /// The target's memory beside the traced heap, interval by interval, to tell whether the
-/// traced heap explains RSS growth.
+/// traced heap explains RSS growth. Bounded as a site's series is: a service runs for days.
 #[derive(Default)]
 pub struct MemoryTrend {
     pub samples: Vec<MemorySample>,
@@ -91,6 +91,10 @@ impl MemoryTrend {
     /// Reads the process's memory at `t` (seconds) beside the traced heap's live bytes.
     pub fn record(&mut self, pid: u32, t: f64, heap_live_bytes: u64) {
         if let Ok(mut sample) = MemorySample::read(pid, t) {
+            if self.samples.len() == MAX_SAMPLES {
+                thin(&mut self.samples);
+                thin(&mut self.heap);
+            }
             sample.traced_heap = heap_live_bytes;
             self.samples.push(sample);
             self.heap.push((t, heap_live_bytes));
