@@ -134,7 +134,7 @@ fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
     // Frame-pointer stacks go through the kernel's stack map (copied stacks do not).
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
-            .args(["--unwind", "fp", "--json"])
+            .args(["--unwind", "fp", "--max-sites", "100000", "--json"])
             .arg(&json)
             .arg("--")
             .arg(&binary),
@@ -142,6 +142,7 @@ fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
     let report = read_json(&json);
     let stacks = fixture_define("many_stacks", "OUTERS") * fixture_define("many_stacks", "MIDDLES");
+    assert!(report.get("sites_left_out").is_none());
     let leaf = sites_of(&report, "leaf");
     assert_eq!(
         (leaf.sites, leaf.live_allocations),
@@ -159,6 +160,43 @@ fn stacks_that_collide_in_the_stack_map_keep_their_own_sites() {
     );
     assert_eq!(drops["stack_unreadable"], 0);
     assert_eq!(drops["ring_buffer_full"], 0);
+}
+
+#[test]
+fn max_sites_keeps_the_first_sites_and_counts_the_rest() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("many_stacks");
+    let (report, stdout) = launch_json(
+        "max_sites",
+        &["--unwind", "fp", "--max-sites", "100"],
+        &binary,
+        &[],
+    );
+    let stacks = fixture_define("many_stacks", "OUTERS") * fixture_define("many_stacks", "MIDDLES");
+    let block = fixture_define("many_stacks", "BLOCK_BYTES");
+    let sites = report["sites"].as_array().unwrap();
+    let left_out = &report["sites_left_out"];
+    assert_eq!(sites.len(), 100);
+    let leaf = sites_of(&report, "leaf");
+    assert_eq!(
+        leaf.sites + left_out["sites"].as_u64().unwrap(),
+        stacks,
+        "every leaking stack is listed or counted"
+    );
+    assert_eq!(
+        leaf.live_bytes + left_out["live_bytes"].as_u64().unwrap(),
+        stacks * block
+    );
+    assert_eq!(
+        report["totals"]["live_bytes"].as_u64(),
+        Some(stacks * block),
+        "the totals still count every site"
+    );
+    let said = stdout
+        .iter()
+        .find_map(|line| line.split_once(" more sites left out of the report files (--max-sites)"))
+        .unwrap_or_else(|| panic!("the text says sites were left out: {stdout:?}"));
+    assert_eq!(said.0.replace(',', ""), left_out["sites"].to_string());
 }
 
 #[test]

@@ -123,6 +123,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
 
+    /// Sites the reports hold at most, the first in the report's order (leaking and most live
+    /// first); the rest are counted, not listed. Keeps a report of tens of thousands of sites
+    /// in megabytes.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sites: u32,
+
     /// Write folded stacks of live bytes (flamegraph.pl / inferno input) here.
     #[arg(long, value_name = "PATH")]
     pub folded: Option<PathBuf>,
@@ -398,6 +405,7 @@ impl Cli {
                 list_blocks: self.show_blocks.then_some(BLOCKS_LISTED),
                 interval,
                 alloc_fns: self.alloc_fns(),
+                max_sites: self.max_sites as usize,
             },
             debug_dirs: self.debug_dir.clone(),
             sort: self.sort,

@@ -125,6 +125,8 @@ pub struct ImageOptions {
     pub interval: std::time::Duration,
     /// Which functions are allocator wrappers, folded into the sites' labels.
     pub alloc_fns: AllocFns,
+    /// Sites a report holds at most (`--max-sites`).
+    pub max_sites: usize,
 }
 
 /// What one process did while it ran one program.
@@ -147,6 +149,7 @@ pub struct TracedImage {
     windows: Option<(u32, usize)>,
     /// `-a`: how many of each site's oldest live blocks the report lists.
     list_blocks: Option<usize>,
+    max_sites: usize,
     interval: std::time::Duration,
     unwinder: DwarfUnwinder,
     /// CFI-unwound stacks by key, waiting for their allocation event.
@@ -197,6 +200,7 @@ impl TracedImage {
             filter: options.filter,
             windows: options.windows,
             list_blocks: options.list_blocks,
+            max_sites: options.max_sites,
             interval: options.interval,
             unwinder: prepared.unwinder,
             unwound: HashMap::new(),
@@ -429,6 +433,7 @@ impl TracedImage {
             header,
             &self.ledger,
             sites,
+            self.max_sites,
             &self.trends,
             &mut self.call_sites,
             &mut self.symbolizer,

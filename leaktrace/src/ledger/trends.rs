@@ -406,7 +406,11 @@ mod tests {
         assert_eq!(marks.recent.len(), LIVE_WINDOW);
         let series = trends.series(site);
         assert!(series.len() <= MAX_SAMPLES);
-        assert_eq!(series.first().unwrap().0, 1.0, "the series still starts at the start");
+        assert_eq!(
+            series.first().unwrap().0,
+            1.0,
+            "the series still starts at the start"
+        );
         let recent: Vec<f64> = series[series.len() - RECENT_SAMPLES..]
             .iter()
             .map(|s| s.0)

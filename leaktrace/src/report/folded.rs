@@ -85,6 +85,7 @@ mod tests {
             totals: Totals::default(),
             drops: DropCounts::default(),
             sites,
+            sites_left_out: None,
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),

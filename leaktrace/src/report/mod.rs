@@ -105,6 +105,9 @@ pub struct Report {
     /// Every site: the `leaking` ones first, fastest floor first; then the others by live
     /// bytes (most first).
     pub sites: Vec<SiteReport>,
+    /// The sites past `--max-sites`, which the report leaves out: the last in the order above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites_left_out: Option<LeftOut>,
     /// The target's earlier program images (before an exec) and, with `-f`, its children:
     /// each reported on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -124,15 +127,26 @@ pub struct Report {
     pub scan: Option<LeakScan>,
 }
 
+/// What the sites a report leaves out hold: a capture can have tens of thousands of sites,
+/// and a report of each would run to hundreds of megabytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    pub sites: usize,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+}
+
 impl Report {
     /// `sites` are the ledger's sites with their stats as the report counts them
     /// ([`Ledger::site_stats`]). With a `scan`, sites that hold definitely lost bytes come
-    /// first, and lost bytes rule out `replacing`: what is lost replaces nothing.
+    /// first, and lost bytes rule out `replacing`: what is lost replaces nothing. The first
+    /// `max_sites` in that order are reported, and symbolized.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         header: ReportHeader,
         ledger: &Ledger,
         sites: Vec<(SiteId, SiteStats, Vec<LiveBlock>)>,
+        max_sites: usize,
         trends: &Trends,
         call_sites: &mut CallSites,
         symbolizer: &mut Symbolizer,
@@ -174,6 +188,12 @@ impl Report {
                     .then((b.live_bytes, b.allocs).cmp(&(a.live_bytes, a.allocs)))
             },
         );
+        let left_out = sites.split_off(max_sites.min(sites.len()));
+        let sites_left_out = (!left_out.is_empty()).then(|| LeftOut {
+            sites: left_out.len(),
+            live_bytes: left_out.iter().map(|(_, s, ..)| s.live_bytes).sum(),
+            live_allocations: left_out.iter().map(|(_, s, ..)| s.live_allocations).sum(),
+        });
         let mut progress = Progress::new("symbolizing", sites.len());
         for (site, ..) in &sites {
             progress.advance();
@@ -210,6 +230,7 @@ impl Report {
             totals,
             drops,
             sites,
+            sites_left_out,
             processes: Vec::new(),
             windows: Vec::new(),
             memory: Vec::new(),

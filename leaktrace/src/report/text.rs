@@ -142,6 +142,15 @@ fn render_one(report: &Report, top: usize) -> String {
             human_bytes(scan.scanned_bytes as f64)
         );
     }
+    if let Some(left_out) = &report.sites_left_out {
+        let _ = writeln!(
+            out,
+            "{} more sites left out of the report files (--max-sites): {} bytes in {} blocks",
+            thousands(left_out.sites as u64),
+            thousands(left_out.live_bytes),
+            thousands(left_out.live_allocations)
+        );
+    }
     let live: Vec<_> = report
         .sites
         .iter()
