@@ -291,6 +291,10 @@ pub enum Subcommand {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+    /// Run as a service: trace every process chosen, as they start and restart; write rolling
+    /// reports to a directory and serve Prometheus metrics. See "Running on a fleet" in the
+    /// README.
+    Serve(Box<crate::serve::ServeArgs>),
     /// Print the manual page, in roff (e.g. `leaktrace man > /usr/local/share/man/man1/leaktrace.1`).
     Man,
 }
@@ -465,7 +469,7 @@ impl Cli {
 
 /// A byte size: a number with an optional unit, k, M or G (powers of 1024; `KiB`, `kb` and
 /// the like read the same).
-fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
@@ -544,7 +548,7 @@ fn parse_alloc_fn(text: &str) -> Result<Regex, String> {
     alloc_fn(text).map_err(|e| e.to_string())
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("{e}; write a duration like 500ms, 30s or 5m"))?;
     if duration.is_zero() {

@@ -35,6 +35,10 @@ pub enum Failure {
     Traced { pid: u32, tracer: u32 },
     #[error("cannot use the suppressions in {}: {reason}", path.display())]
     Suppressions { path: PathBuf, reason: String },
+    /// `leaktrace serve`'s settings, on its command line or in its config file, cannot be
+    /// used: bad arguments, as clap's.
+    #[error("{0}")]
+    Settings(String),
     #[error(
         "{bytes} bytes in {blocks} blocks leaked (--errors-for-leak-kinds), unsuppressed: \
          exit {code} as --error-exitcode asks"
@@ -138,6 +142,7 @@ impl Failure {
             Failure::Zombie(_) => 10,
             Failure::Traced { .. } => 11,
             Failure::Suppressions { .. } => 12,
+            Failure::Settings(_) => 2,
             // The test suite's own choice, not one of leaktrace's.
             Failure::Leaked { code, .. } => *code,
         }

@@ -28,12 +28,14 @@ pub mod cli;
 pub mod cost;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod gate;
 pub mod kernel;
 pub mod ledger;
 pub mod plan;
 pub mod report;
 pub mod scan;
+mod serve;
 pub mod stacks;
 pub mod target;
 mod watch;
@@ -56,6 +58,11 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "leaktrace", &mut script);
             return print_document(&script);
         }
+        Some(cli::Subcommand::Serve(_)) => {
+            // The flags after `serve` as given: read again, with the config file, on SIGHUP.
+            let args = std::env::args_os().skip_while(|arg| arg != "serve").skip(1);
+            return serve::run(args.collect());
+        }
         Some(cli::Subcommand::Man) => {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut page)?;
@@ -68,7 +75,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let gate = cli.gate()?;
     let options = cli.capture_options();
     let (target, plan) = Target::open(&cli.target(), &options.choice)?;
-    let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
+    let (report, detach) = capture::run(
+        &target,
+        &plan,
+        &cli.probe_settings(),
+        &options,
+        capture::Control::Terminal,
+    )?;
     let text = format!("\n{}", report::render_final(&report, options.top));
     capture::print_text(options.text_to_stderr, &text);
     let written = files.write(&report);

@@ -8,7 +8,7 @@ use crate::{
     cli::SortKey,
     kernel::{DropCounts, ProbeSet, Stack, monotonic_ns},
     ledger::{
-        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Trends, Watermarks,
+        BlockFilter, Ledger, Sampling, SiteId, SiteStats, Totals, Trends, Watermarks,
         trends::Growth,
         verdict::{Judgement, Unseen, Verdict},
     },
@@ -22,6 +22,16 @@ use crate::{
         unwind::{StackCopy, Unwound},
     },
 };
+
+/// An interval's view of an image: what the live view shows, and a service exports.
+pub struct LiveView {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    /// Sites that hold live bytes.
+    pub sites: usize,
+    /// The first sites in the view's order.
+    pub rows: Vec<IntervalRow>,
+}
 
 /// "older than 30000 ms, of 16 to 4096 bytes", for the report header.
 fn describe(filter: &BlockFilter) -> String {
@@ -324,12 +334,7 @@ impl TracedImage {
     /// with their change over the interval, growth and verdict over the live view's window.
     /// Sorted by growth, `leaking` sites come first. `frees_lost`: events lost so far that may
     /// have been frees ([`DropCounts::frees_maybe_lost`]).
-    pub fn live_view(
-        &mut self,
-        top: usize,
-        sort: SortKey,
-        frees_lost: u64,
-    ) -> (u64, u64, Vec<IntervalRow>) {
+    pub fn live_view(&mut self, top: usize, sort: SortKey, frees_lost: u64) -> LiveView {
         // The sample is of the ledger as it is now; symbolizing the rows may take a while.
         let sites = self.end_interval();
         let unseen = Unseen::of(
@@ -350,6 +355,7 @@ impl TracedImage {
                 (site, stats, growth, judgement)
             })
             .collect();
+        let holding = judged.iter().filter(|(_, s, ..)| s.live_bytes > 0).count();
         match sort {
             SortKey::Growth => judged.sort_by(|a, b| {
                 let leaking = |j: &Judgement| j.verdict == Verdict::Leaking;
@@ -370,6 +376,7 @@ impl TracedImage {
             .into_iter()
             .take(top)
             .map(|(site, stats, growth, judgement)| IntervalRow {
+                id: site,
                 live_bytes: stats.live_bytes,
                 live_allocations: stats.live_allocations,
                 change: self.trends.change(site),
@@ -381,7 +388,28 @@ impl TracedImage {
             })
             .collect();
         let totals = self.ledger.totals();
-        (totals.live_bytes, totals.live_allocations, rows)
+        LiveView {
+            live_bytes: totals.live_bytes,
+            live_allocations: totals.live_allocations,
+            sites: holding,
+            rows,
+        }
+    }
+
+    /// Allocations and frees taken in so far, and what they leave live.
+    pub fn totals(&self) -> Totals {
+        self.ledger.totals()
+    }
+
+    /// An id of `site` that stays the same while its stack does: across reports, and across
+    /// the process's restarts ([`CallSites::stable_id`]).
+    pub fn stable_id(&mut self, site: SiteId) -> String {
+        self.call_sites.stable_id(site, &mut self.symbolizer)
+    }
+
+    /// A report of the image so far, while it goes on: its trends are left open.
+    pub fn snapshot(&mut self, drops: DropCounts) -> Report {
+        self.build_report(Ending::Ongoing, monotonic_ns(), drops)
     }
 
     /// The image's report. `ending` and `end_ns` apply unless the image ended earlier.
@@ -404,6 +432,10 @@ impl TracedImage {
             self.trends.end_capture(&last, now, interval_s);
         }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
+        self.build_report(ending, end_ns, drops)
+    }
+
+    fn build_report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
         let duration_s = end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
         let header = ReportHeader {
             pid: self.pid,

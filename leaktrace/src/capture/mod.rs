@@ -8,10 +8,13 @@
 //! ([`signals`]), the target's exit, or a cost above `--max-overhead`. A process that
 //! execs or a child followed with `-f` starts a new [`TracedImage`] ([`image`]).
 
+mod control;
 mod image;
+mod publish;
 mod signals;
 
-pub use image::{ImageOptions, Prepared, TracedImage};
+pub use control::{Control, Order, Outlet, Served};
+pub use image::{ImageOptions, LiveView, Prepared, TracedImage};
 pub use signals::Signals;
 
 use std::{
@@ -26,6 +29,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
+    sync::mpsc::UnboundedReceiver,
     time::{MissedTickBehavior, interval, interval_at, sleep},
 };
 
@@ -33,6 +37,7 @@ use crate::{
     cli::SortKey,
     cost::{Calibration, CostMeter, IntervalCost, OverheadLimit},
     error::Failure,
+    export::Board,
     kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
@@ -117,6 +122,8 @@ struct Capture<'a> {
     current: HashMap<u32, usize>,
     /// The target's RSS and friends beside its traced heap.
     memory: MemoryTrend,
+    /// Where a served capture's figures go; none on a terminal.
+    outlet: Option<Outlet>,
     /// What tracing costs the traced processes, interval by interval.
     cost: CostMeter,
     /// The last interval's estimate.
@@ -316,8 +323,12 @@ impl Capture<'_> {
         running.sort_unstable();
         for index in running {
             let image = &mut self.images[index];
-            let (live_bytes, live_allocations, rows) =
-                image.live_view(top, self.options.sort, drops.frees_maybe_lost());
+            let LiveView {
+                live_bytes,
+                live_allocations,
+                rows,
+                ..
+            } = image.live_view(top, self.options.sort, drops.frees_maybe_lost());
             let mut memory = String::new();
             let mut shown_cost = "";
             if image.pid == self.target_pid {
@@ -361,10 +372,15 @@ pub fn run(
     plan: &ProbePlan,
     settings: &ProbeSettings,
     options: &CaptureOptions,
+    control: Control,
 ) -> Result<(Report, Detach)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (orders, outlet) = match control {
+        Control::Terminal => (None, None),
+        Control::Served(Served { orders, outlet }) => (Some(orders), Some(outlet)),
+    };
     let Attached {
         mut probes,
         prepared,
@@ -372,7 +388,11 @@ pub fn run(
         window_start_ns,
         cost,
         attached,
-    } = attach(target, plan, settings, options, &runtime).map_err(|e| target.unless_exited(e))?;
+    } = attach(target, plan, settings, options, &runtime, outlet.is_none())
+        .map_err(|e| target.unless_exited(e))?;
+    if let Some(outlet) = &outlet {
+        Board::add(&outlet.board.attached);
+    }
     let screen = Screen::of_output(options.text_to_stderr, attached);
     let mut capture = Capture::new(
         target,
@@ -381,8 +401,9 @@ pub fn run(
         options,
         (window_start_ns, cost),
         screen,
+        outlet,
     );
-    let ending = runtime.block_on(capture.record(target, &mut probes, signals))?;
+    let ending = runtime.block_on(capture.record(target, &mut probes, signals, orders))?;
     capture.finish(target, &mut probes, ending)
 }
 
@@ -402,13 +423,14 @@ struct Attached {
 
 /// Attaches every probe with the window closed, reads what naming and unwinding the target
 /// takes, catches the signals that end a capture, then opens the window in every probe at
-/// once and lets a launched target go.
+/// once and lets a launched target go. Signals are caught only for a capture at a `terminal`.
 fn attach(
     target: &Target,
     plan: &ProbePlan,
     settings: &ProbeSettings,
     options: &CaptureOptions,
     runtime: &tokio::runtime::Runtime,
+    terminal: bool,
 ) -> Result<Attached> {
     log::debug!("probing {}", plan.describe());
     for decision in plan.decisions() {
@@ -442,9 +464,11 @@ fn attach(
         })
         .ok();
     let prepared = Prepared::new(target.pid, &options.debug_dirs, options.image.stack_copies)?;
-    let signals = {
+    let signals = if terminal {
         let _inside = runtime.enter();
         Signals::catch()?
+    } else {
+        Signals::default()
     };
     // The programs' own run time, counted by the kernel until enough runs are timed.
     let statistics = time_programs()
@@ -489,6 +513,7 @@ impl<'a> Capture<'a> {
         options: &'a CaptureOptions,
         (window_start_ns, cost): (u64, CostMeter),
         screen: Screen,
+        outlet: Option<Outlet>,
     ) -> Capture<'a> {
         let first = TracedImage::new(
             target.pid,
@@ -506,6 +531,7 @@ impl<'a> Capture<'a> {
             images: vec![first],
             current: HashMap::from([(target.pid, 0)]),
             memory: MemoryTrend::default(),
+            outlet,
             cost,
             last_cost: None,
             limit: options.max_overhead.map(OverheadLimit::new),
@@ -516,13 +542,14 @@ impl<'a> Capture<'a> {
         }
     }
 
-    /// Takes in events and prints the live view until the window closes, a signal arrives or
-    /// the target exits; says which.
+    /// Takes in events and prints the live view (or publishes its figures, when served) until
+    /// the window closes, a signal or order arrives or the target exits; says which.
     async fn record(
         &mut self,
         target: &Target,
         probes: &mut ProbeSet,
         signals: Signals,
+        mut orders: Option<UnboundedReceiver<Order>>,
     ) -> Result<Ending> {
         let Signals {
             mut interrupts,
@@ -582,8 +609,12 @@ impl<'a> Capture<'a> {
                     if self.drain_to_end(probes).is_err() {
                         break Ending::Failed;
                     }
-                    let view = self.live_view(probes, options.top);
-                    print_text(options.text_to_stderr, &self.screen.frame(&view));
+                    if self.outlet.is_some() {
+                        self.publish(probes);
+                    } else {
+                        let view = self.live_view(probes, options.top);
+                        print_text(options.text_to_stderr, &self.screen.frame(&view));
+                    }
                     intervals += 1;
                     if self.over_limit() {
                         break Ending::Overhead {
@@ -600,12 +631,26 @@ impl<'a> Capture<'a> {
                     }
                 }
                 _ = &mut window => break Ending::DurationElapsed,
-                _ = interrupts.next() => break Ending::Interrupted,
-                _ = scan_requests.recv() => self.scan_now(target, probes, Held::NotYet)?,
+                _ = signals::interrupted(&mut interrupts) => break Ending::Interrupted,
+                order = next_order(&mut orders) => match order {
+                    Order::Stop => break Ending::Interrupted,
+                    Order::Window => {
+                        if self.drain_to_end(probes).is_err() {
+                            break Ending::Failed;
+                        }
+                        self.hand_over_window(probes);
+                    }
+                    Order::Sites(sites) => {
+                        if let Some(outlet) = &mut self.outlet {
+                            outlet.sites = sites;
+                        }
+                    }
+                },
+                _ = signals::next(&mut scan_requests) => self.scan_now(target, probes, Held::NotYet)?,
                 _ = scans.tick(), if options.scan.every.is_some() => {
                     self.scan_now(target, probes, Held::NotYet)?;
                 }
-                _ = child_stops.recv(), if target.tracee().is_some() => {
+                _ = signals::next(&mut child_stops), if target.tracee().is_some() => {
                     self.answer_stops(target, probes)?;
                 }
                 _ = exited.readable() => break Ending::TargetExited { status: None },
@@ -750,6 +795,14 @@ impl<'a> Capture<'a> {
     fn drain_to_end(&mut self, probes: &mut ProbeSet) -> Result<(), ()> {
         while !self.drain_caught(probes)? {}
         Ok(())
+    }
+}
+
+/// The service's next order; never, for a capture at a terminal. A service gone is a stop.
+async fn next_order(orders: &mut Option<UnboundedReceiver<Order>>) -> Order {
+    match orders {
+        Some(orders) => orders.recv().await.unwrap_or(Order::Stop),
+        None => pending().await,
     }
 }
 

@@ -31,24 +31,44 @@ impl Interrupts {
     }
 }
 
-/// Every signal a capture acts on, caught together before the target is let go.
+/// Every signal a capture acts on, caught together before the target is let go. A capture
+/// that `leaktrace serve` runs catches none: the service owns the signals, and orders it.
+#[derive(Default)]
 pub struct Signals {
-    pub interrupts: Interrupts,
+    pub interrupts: Option<Interrupts>,
     /// SIGUSR1: scan now. Caught from the start too, since its default action would kill
     /// leaktrace.
-    pub scan_requests: Signal,
+    pub scan_requests: Option<Signal>,
     /// SIGCHLD: a traced launched command stopped (a signal to pass on, its exit). Caught
     /// before the command is let go, so that a command quick to exit is not missed.
-    pub child_stops: Signal,
+    pub child_stops: Option<Signal>,
 }
 
 impl Signals {
     /// Must be called inside the runtime that will run the capture.
     pub fn catch() -> Result<Signals> {
         Ok(Signals {
-            interrupts: Interrupts::catch()?,
-            scan_requests: signal(SignalKind::user_defined1())?,
-            child_stops: signal(SignalKind::child())?,
+            interrupts: Some(Interrupts::catch()?),
+            scan_requests: Some(signal(SignalKind::user_defined1())?),
+            child_stops: Some(signal(SignalKind::child())?),
         })
+    }
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP; never, when they are not caught.
+pub async fn interrupted(interrupts: &mut Option<Interrupts>) {
+    match interrupts {
+        Some(interrupts) => interrupts.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next delivery of `signal`; never, when it is not caught.
+pub async fn next(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }

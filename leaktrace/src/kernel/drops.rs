@@ -46,10 +46,17 @@ impl DropCounts {
     /// Events or stacks actually lost; [`DropCounts::stack_map_full`] and
     /// [`DropCounts::stack_samples_skipped`] are not among them.
     pub fn lost(&self) -> u64 {
-        self.ring_buffer_full
-            + self.stack_unreadable
-            + self.pending_map_full
-            + self.sampled_map_full
-            + self.allocations_skipped
+        self.lost_by_kind().iter().map(|(_, count)| count).sum()
+    }
+
+    /// What [`DropCounts::lost`] counts, kind by kind, named as in the JSON.
+    pub fn lost_by_kind(&self) -> [(&'static str, u64); 5] {
+        [
+            ("ring_buffer_full", self.ring_buffer_full),
+            ("stack_unreadable", self.stack_unreadable),
+            ("pending_map_full", self.pending_map_full),
+            ("sampled_map_full", self.sampled_map_full),
+            ("allocations_skipped", self.allocations_skipped),
+        ]
     }
 }

@@ -92,6 +92,8 @@ pub enum Ending {
     /// target's CPU) for [`crate::cost::limit::INTERVALS`] intervals in a row; `percent` is the
     /// last interval's.
     Overhead { percent: f64, limit: f64 },
+    /// The capture goes on: a rolling window's report (`leaktrace serve`).
+    Ongoing,
 }
 
 /// The final state of a capture. Its JSON form is the contract in the README: fields may be

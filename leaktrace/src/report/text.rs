@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::{Ending, Report, screen, thousands};
 use crate::cost::CostReport;
 use crate::kernel::DropCounts;
-use crate::ledger::{trends::Growth, verdict::Verdict};
+use crate::ledger::{SiteId, trends::Growth, verdict::Verdict};
 use crate::scan::{KindAmounts, LeakScan};
 
 /// Frames shown per site in the final text report; JSON and folded output have them all.
@@ -323,6 +323,7 @@ fn live_bias(drops: &DropCounts, missed_frees: u64) -> String {
 
 /// One row of the live view.
 pub struct IntervalRow {
+    pub id: SiteId,
     pub live_bytes: u64,
     pub live_allocations: u64,
     /// Over the interval that just ended.

@@ -167,6 +167,28 @@ impl CallSites {
         self.labelled.as_ref().map_or(&[], |(_, labels)| labels)
     }
 
+    /// 12 hex digits that stay the same while the site's stack does: a hash of each frame's
+    /// module name and offset in it, not of addresses, which differ from run to run.
+    pub fn stable_id(&mut self, site: SiteId, symbolizer: &mut Symbolizer) -> String {
+        // FNV-1a: tiny, and stable across builds of leaktrace (std's hasher is not).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for frame in self.frames(site, symbolizer) {
+            let module = frame
+                .module
+                .as_deref()
+                .map(|m| m.rsplit('/').next().unwrap_or(m));
+            let place = frame
+                .module_offset
+                .as_deref()
+                .or(frame.function.as_deref())
+                .unwrap_or(&frame.address);
+            for byte in [module.unwrap_or(""), "+", place, ";"].concat().bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{:012x}", hash & 0xffff_ffff_ffff)
+    }
+
     /// The site's frames, innermost first, starting at the allocator's caller: past the
     /// leading frames in the C allocator's modules, and past seen-through C++ operators
     /// ([`AllocatorFrames`]). When the stack never leaves the allocator (a frame-pointer walk

@@ -108,13 +108,18 @@ impl MemoryTrend {
         Some((last.vm_rss, recent_growth(&rss)))
     }
 
+    /// The traced heap's growth over the last intervals.
+    pub fn heap_growth(&self) -> Growth {
+        recent_growth(&self.heap)
+    }
+
     /// A warning when RSS grows and the traced heap does not keep up with it.
     pub fn divergence(&self) -> Option<String> {
         if self.samples.len() <= TREND_INTERVALS {
             return None;
         }
         let (_, rss) = self.rss()?;
-        let heap = recent_growth(&self.heap);
+        let heap = self.heap_growth();
         (rss.bytes_per_s >= DIVERGENCE_MIN_BYTES_PER_S && heap.bytes_per_s < rss.bytes_per_s / 4.0)
             .then(|| {
                 format!(

@@ -103,11 +103,11 @@ impl Target {
         // as the pidfd says it is alive ([`Target::still_running`]).
         let target = Target::from_pid(pid, false)?;
         // What the pid is comes first: a kernel thread is no one's to trace.
-        let Stat { state, flags, .. } = Stat::read(pid).ok_or(Failure::NoSuchProcess(pid))?;
-        if flags & PF_KTHREAD != 0 {
+        let stat = Stat::read(pid).ok_or(Failure::NoSuchProcess(pid))?;
+        if stat.is_kernel_thread() {
             return Err(Failure::KernelThread(pid).into());
         }
-        if state == 'Z' {
+        if stat.state == 'Z' {
             return Err(Failure::Zombie(pid).into());
         }
         match access {
@@ -316,16 +316,17 @@ const LAUNCHED_GRACE_MS: i32 = 500;
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// What leaktrace reads of /proc/PID/stat.
-struct Stat {
-    state: char,
-    flags: u64,
-    start_time: u64,
+pub struct Stat {
+    pub state: char,
+    pub flags: u64,
+    /// Clock ticks after boot: with the pid, it names one process, whatever reuses the pid.
+    pub start_time: u64,
 }
 
 impl Stat {
     /// The command name before the fields is in parentheses and may hold spaces and
     /// parentheses itself: the fields are read from the last ')'.
-    fn read(pid: u32) -> Option<Stat> {
+    pub fn read(pid: u32) -> Option<Stat> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields 3 (state) onwards; flags is field 9, starttime field 22.
         let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
@@ -334,6 +335,10 @@ impl Stat {
             flags: fields.get(6)?.parse().ok()?,
             start_time: fields.get(19)?.parse().ok()?,
         })
+    }
+
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
     }
 }
 
