@@ -1,6 +1,6 @@
 // The benchmark's target: allocator churn, timed by itself.
 //
-//   workload churn|mix|soak THREADS PAIRS_PER_THREAD
+//   workload churn|mix|soak|sites THREADS PAIRS_PER_THREAD
 //
 // Prints "malloc PATH", the object its calls to malloc bind to (glibc's libc.so.6, or the
 // allocator it was linked with), and "ready"; waits for a line on stdin (a tracer attaches
@@ -11,6 +11,9 @@
 //          calloc, realloc, new or new[], and frees the one it replaces.
 //   soak:  churn, plus a leak of 64 bytes every 10,000 pairs from its own call site; runs
 //          until killed, PAIRS_PER_THREAD ignored (cargo xtask soak).
+//   sites: allocations from 2^SITE_BITS distinct stacks (a path of SITE_BITS calls, each
+//          through one of two functions), each freed at once but one in 1,024, kept: a
+//          leak spread over every site; runs until killed (cargo xtask soak --serve).
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -20,7 +23,7 @@
 #include <time.h>
 
 static long pairs;
-static enum { CHURN, MIX, SOAK } scenario;
+static enum { CHURN, MIX, SOAK, SITES } scenario;
 
 static uint64_t next(uint64_t *state) {
     *state ^= *state << 13;
@@ -91,6 +94,43 @@ static void soak(uint64_t *state) {
     }
 }
 
+enum { SITE_BITS = 15 };
+static volatile int took;
+
+template <int Level> void *descend(unsigned path, size_t size);
+
+// Two functions per level, told apart by what they store, so that no pass folds them: the
+// path's bit at each level picks one, and the stack is one of 2^SITE_BITS.
+template <int Level> __attribute__((noinline)) void *left(unsigned path, size_t size) {
+    void *block = descend<Level + 1>(path, size);
+    took = 2 * Level;
+    return block;
+}
+
+template <int Level> __attribute__((noinline)) void *right(unsigned path, size_t size) {
+    void *block = descend<Level + 1>(path, size);
+    took = 2 * Level + 1;
+    return block;
+}
+
+template <int Level> __attribute__((noinline)) void *descend(unsigned path, size_t size) {
+    if constexpr (Level == SITE_BITS) {
+        return malloc(size);
+    } else {
+        return (path >> Level) & 1 ? right<Level>(path, size) : left<Level>(path, size);
+    }
+}
+
+static void sites(uint64_t *state) {
+    for (uint64_t i = 0;; i++) {
+        void *block = descend<0>(next(state) & ((1u << SITE_BITS) - 1), size_of_step(state));
+        if (i % 1024 == 0)
+            leaked = block;
+        else
+            free(block);
+    }
+}
+
 static pthread_barrier_t start;
 
 static void *run(void *arg) {
@@ -99,6 +139,7 @@ static void *run(void *arg) {
     switch (scenario) {
     case MIX: working_set(&state); break;
     case SOAK: soak(&state); break;
+    case SITES: sites(&state); break;
     default: churn(&state);
     }
     return NULL;
@@ -109,7 +150,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: workload churn|mix|soak THREADS PAIRS_PER_THREAD\n");
         return 2;
     }
-    scenario = strcmp(argv[1], "mix") == 0 ? MIX : strcmp(argv[1], "soak") == 0 ? SOAK : CHURN;
+    scenario = strcmp(argv[1], "mix") == 0    ? MIX
+               : strcmp(argv[1], "soak") == 0 ? SOAK
+               : strcmp(argv[1], "sites") == 0 ? SITES
+                                               : CHURN;
     int threads = atoi(argv[2]);
     pairs = scenario == SOAK ? 10000 : atol(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -26,7 +26,8 @@ tasks:
   bench        what tracing costs a target (on four allocators, and redis): leaktrace against
                untraced and bcc memleak; leaktrace's attach and detach times; the pause
                of a reachability scan
-  soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped
+  soak         trace a busy target for --minutes M: leaktrace's memory stays flat, nothing dropped;
+               --serve: `leaktrace serve` on 2^15 sites, memory and out-dir bounded
   fuzz         run each cargo-fuzz target for --seconds S (nightly; installs cargo-fuzz)";
 
 /// Debian packages the tests use: fixtures are built with gcc and g++ (linked with jemalloc,
