@@ -86,6 +86,7 @@ mod tests {
             drops: DropCounts::default(),
             sites,
             processes: Vec::new(),
+            children_missed: None,
             windows: Vec::new(),
             memory: Vec::new(),
             cost: None,
