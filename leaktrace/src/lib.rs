@@ -85,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let text = format!("\n{}", report::render_final(&report, options.top));
     capture::print_text(options.text_to_stderr, &text);
     let written = files.write(&report);
+    capture::end_on_interrupts();
     detach.wait();
     written?;
     if report.header.ending == Ending::Failed {

@@ -245,6 +245,36 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits for exit (with a deadline): the exit code, the process's peak RSS in KiB (wait4's
+    /// rusage) and its stdout. The process is reaped here, so it is not dropped: the pid is
+    /// no longer its own to kill.
+    pub fn wait_with_peak_rss(self, timeout: Duration) -> (i32, u64, Vec<String>) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let pid = this.pid() as i32;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut status = 0;
+            // SAFETY: plain data; wait4 fills it in.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if reaped == pid {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                };
+                return (code, usage.ru_maxrss as u64, this.stdout.rest());
+            }
+            if Instant::now() >= deadline {
+                let _ = this.child.kill();
+                panic!("still running after {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -30,7 +30,7 @@ use crate::{
 };
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH] \
-     [--only workload|redis|attach|scan]";
+     [--only workload|redis|attach|scan|forks]";
 
 /// Debian packages the bench needs: g++ for the workload, the allocators it is linked with
 /// (their run-time libraries: the workload links each by its soname), and redis.
@@ -274,6 +274,7 @@ struct Results {
     redis: Vec<Row<RedisSetting, RedisRun>>,
     attach: Vec<Row<AttachSetting, Timing>>,
     scan: Vec<crate::scan_bench::ScanRow>,
+    forks: Vec<crate::forks_bench::ForksRow>,
 }
 
 struct Options {
@@ -438,6 +439,15 @@ pub fn bench(args: &[String]) -> Result<()> {
     } else {
         Vec::new()
     };
+    let forks = if options.wants("forks") {
+        crate::forks_bench::bench_forks(&tracers.leaktrace, &tracers.out, options.runs)
+            .unwrap_or_else(|error| {
+                println!("\nforks: failed: {error:#}");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     let scan = if options.wants("scan") {
         crate::scan_bench::bench_scan(&tracers.leaktrace, &tracers.out, options.runs)
             .unwrap_or_else(|error| {
@@ -453,6 +463,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             redis,
             attach,
             scan,
+            forks,
         };
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

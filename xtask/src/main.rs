@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's chores that plain cargo cannot do.
 
 mod bench;
+mod forks_bench;
 mod fuzz;
 mod peers;
 mod process;

@@ -148,6 +148,8 @@ pub struct TracedImage {
     pub command: String,
     /// Traced from the image's first instruction: then nothing was allocated unseen.
     pub from_start: bool,
+    /// What was probed in it: what a child it forks has to be probed at.
+    pub plan: ProbePlan,
     allocator: String,
     probed: String,
     ledger: Ledger,
@@ -161,7 +163,8 @@ pub struct TracedImage {
     list_blocks: Option<usize>,
     max_sites: usize,
     interval: std::time::Duration,
-    unwinder: DwarfUnwinder,
+    /// None once the image has ended: nothing is unwound in it any more.
+    unwinder: Option<DwarfUnwinder>,
     /// CFI-unwound stacks by key, waiting for their allocation event.
     unwound: HashMap<u64, Unwound>,
     /// The last stack unwound under each key, for an allocation whose copy could not be sent.
@@ -190,6 +193,7 @@ impl TracedImage {
             pid,
             command,
             from_start,
+            plan: plan.clone(),
             allocator: plan
                 .malloc_module()
                 .map_or_else(String::new, |m| m.display().to_string()),
@@ -212,7 +216,7 @@ impl TracedImage {
             list_blocks: options.list_blocks,
             max_sites: options.max_sites,
             interval: options.interval,
-            unwinder: prepared.unwinder,
+            unwinder: Some(prepared.unwinder),
             unwound: HashMap::new(),
             last_copy: HashMap::new(),
             start_ns,
@@ -220,6 +224,24 @@ impl TracedImage {
             scan: None,
             main_arena: OnceCell::new(),
         }
+    }
+
+    /// What naming and unwinding `child`, just forked from this image's process, takes: this
+    /// image's, shared, with what the child mapped since.
+    pub fn prepared_for_child(&self, child: u32) -> Result<Prepared> {
+        let unwinder = self
+            .unwinder
+            .as_ref()
+            .context("the parent's image has ended")?
+            .forked();
+        let symbolizer = self
+            .symbolizer
+            .forked(child)
+            .with_context(|| format!("read /proc/{child}/maps"))?;
+        Ok(Prepared {
+            symbolizer,
+            unwinder,
+        })
     }
 
     /// Every live heap block, for a scan.
@@ -288,7 +310,10 @@ impl TracedImage {
         probes: &mut ProbeSet,
     ) {
         self.symbolizer.observe(&[copy.ip]);
-        let unwound = self.unwinder.unwind(copy, &self.symbolizer);
+        let Some(unwinder) = &mut self.unwinder else {
+            return;
+        };
+        let unwound = unwinder.unwind(copy, &self.symbolizer);
         probes.learn_return_offsets(&unwound.return_offsets);
         self.unwound.insert(stack_hash, unwound);
     }
@@ -412,24 +437,39 @@ impl TracedImage {
         self.build_report(Ending::Ongoing, monotonic_ns(), drops)
     }
 
+    /// Ends the image's capture now (its process exited): its trends take their last sample,
+    /// and what unwinding it took is let go.
+    pub fn end(&mut self, ending: Ending, end_ns: u64) {
+        self.finish_trends();
+        self.ended = Some((ending, end_ns));
+        self.unwinder = None;
+        self.unwound = HashMap::new();
+        self.last_copy = HashMap::new();
+    }
+
+    /// The trends' last sample and the capture's end, at the image's end.
+    fn finish_trends(&mut self) {
+        let now = self.now();
+        let now_ms = (now * 1000.0) as u32;
+        let sites = self.ledger.site_stats(&self.filter, now_ms);
+        self.trends.sample(&sites, now);
+        let last = if self.filter.is_active() {
+            live_now(&sites)
+        } else {
+            for closed in self.ledger.close_intervals(now_ms) {
+                let end = closed.end_ms as f64 / 1000.0;
+                self.trends.end_interval(&closed.watermarks, end);
+            }
+            self.ledger.take_watermarks()
+        };
+        let interval_s = self.interval.as_secs_f64();
+        self.trends.end_capture(&last, now, interval_s);
+    }
+
     /// The image's report. `ending` and `end_ns` apply unless the image ended earlier.
     pub fn report(&mut self, ending: Ending, end_ns: u64, drops: DropCounts) -> Report {
         if self.ended.is_none() {
-            let now = self.now();
-            let now_ms = (now * 1000.0) as u32;
-            let sites = self.ledger.site_stats(&self.filter, now_ms);
-            self.trends.sample(&sites, now);
-            let last = if self.filter.is_active() {
-                live_now(&sites)
-            } else {
-                for closed in self.ledger.close_intervals(now_ms) {
-                    let end = closed.end_ms as f64 / 1000.0;
-                    self.trends.end_interval(&closed.watermarks, end);
-                }
-                self.ledger.take_watermarks()
-            };
-            let interval_s = self.interval.as_secs_f64();
-            self.trends.end_capture(&last, now, interval_s);
+            self.finish_trends();
         }
         let (ending, end_ns) = self.ended.unwrap_or((ending, end_ns));
         self.build_report(ending, end_ns, drops)

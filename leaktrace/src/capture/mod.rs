@@ -15,7 +15,7 @@ mod signals;
 
 pub use control::{Control, Order, Outlet, Served};
 pub use image::{ImageOptions, LiveView, Prepared, TracedImage};
-pub use signals::Signals;
+pub use signals::{Signals, end_on_interrupts};
 
 use std::{
     collections::HashMap,
@@ -38,7 +38,7 @@ use crate::{
     cost::{Calibration, CostMeter, IntervalCost, OverheadLimit},
     error::Failure,
     export::Board,
-    kernel::{Detach, Event, ProbeSet, ProbeSettings, time_programs},
+    kernel::{Detach, Event, ProbeSet, ProbeSettings, monotonic_ns, time_programs},
     plan::{AllocatorChoice, AllocatorSearch, ProbePlan},
     report::{self, Ending, Report, screen::Screen},
     scan::{
@@ -120,6 +120,14 @@ struct Capture<'a> {
     images: Vec<TracedImage>,
     /// The image each traced pid is running now.
     current: HashMap<u32, usize>,
+    /// The children followed (`-f`) that still run, held by their pidfds: each one's capture
+    /// ends, and its probes go, when it exits.
+    children: HashMap<u32, Target>,
+    /// Children forked in the window that were not followed: each ended before its probes
+    /// were in, or could not be probed.
+    children_missed: u64,
+    /// The window has closed: a fork taken in from now on is of a child not followed.
+    closing: bool,
     /// The target's RSS and friends beside its traced heap.
     memory: MemoryTrend,
     /// Where a served capture's figures go; none on a terminal.
@@ -221,23 +229,92 @@ impl Capture<'_> {
             Event::ReallocFailed { tid, .. } => image.ledger_mut().record_realloc_failed(tid),
             Event::Exec { pid, timestamp_ns } => {
                 image.ended = Some((Ending::Exec, timestamp_ns));
-                self.start_image(pid, false, timestamp_ns, probes);
+                self.start_image(pid, timestamp_ns, probes);
             }
             Event::Fork {
                 child,
                 timestamp_ns,
                 ..
             } if self.options.follow_forks => {
-                self.start_image(child, true, timestamp_ns, probes);
+                if !self.follow(index, child, timestamp_ns, probes) {
+                    self.children_missed += 1;
+                }
             }
             Event::Fork { .. } => {}
         }
     }
 
-    /// A new image for `pid`: after its exec, or a child just forked. Its probes are attached
-    /// where they are missing; an image whose allocator was fully probed before its first
-    /// instruction is traced from its start.
-    fn start_image(&mut self, pid: u32, forked: bool, start_ns: u64, probes: &mut ProbeSet) {
+    /// Follows `child`, just forked by the process of image `parent`: probes it as its parent
+    /// is probed, and names and unwinds it with its parent's modules. False when it was not
+    /// followed: it ended before its probes were in (most children of a few ms do, since the
+    /// fork is read up to [`RING_POLL`] later), or could not be probed.
+    fn follow(&mut self, parent: usize, child: u32, start_ns: u64, probes: &mut ProbeSet) -> bool {
+        if self.closing {
+            return false;
+        }
+        // Held from before its probes go in: its pid cannot be another's while it is held.
+        let Ok(process) = Target::child(child) else {
+            return false;
+        };
+        let plan = self.images[parent].plan.clone();
+        if let Err(error) = probes.attach_process(child, &plan) {
+            if !process.exited() {
+                log::warn!("cannot probe child {child}: {error:#}");
+            }
+            probes.detach_process(child);
+            return false;
+        }
+        let prepared = match self.images[parent].prepared_for_child(child) {
+            Ok(prepared) if !process.exited() => prepared,
+            _ => {
+                probes.detach_process(child);
+                return false;
+            }
+        };
+        eprintln!("leaktrace: following child {child} ({})", process.command);
+        self.images.push(TracedImage::new(
+            child,
+            process.command.clone(),
+            &plan,
+            prepared,
+            self.options.image.clone(),
+            false,
+            start_ns,
+        ));
+        self.current.insert(child, self.images.len() - 1);
+        self.children.insert(child, process);
+        true
+    }
+
+    /// Ends the capture of every followed child that has exited, once its last events are in,
+    /// and removes its probes. Err(()) when taking in events failed.
+    fn end_exited_children(&mut self, probes: &mut ProbeSet) -> Result<(), ()> {
+        let exited: Vec<u32> = self
+            .children
+            .iter()
+            .filter(|(_, process)| process.exited())
+            .map(|(&pid, _)| pid)
+            .collect();
+        if exited.is_empty() {
+            return Ok(());
+        }
+        // An exited process made its last call: its events are all in the ring buffer.
+        self.drain_to_end(probes)?;
+        let end_ns = monotonic_ns();
+        for pid in exited {
+            self.children.remove(&pid);
+            if let Some(index) = self.current.remove(&pid) {
+                self.images[index].end(Ending::TargetExited { status: None }, end_ns);
+            }
+            probes.detach_process(pid);
+        }
+        Ok(())
+    }
+
+    /// A new image for `pid` after its exec. Its probes are attached where they are missing;
+    /// an image whose allocator was fully probed before its first instruction is traced from
+    /// its start.
+    fn start_image(&mut self, pid: u32, start_ns: u64, probes: &mut ProbeSet) {
         if let Some(tracee) = self.tracee.filter(|t| t.pid() == pid) {
             tracee.pending();
         }
@@ -254,13 +331,8 @@ impl Capture<'_> {
             self.current.remove(&pid);
             return;
         };
-        if forked {
-            eprintln!("leaktrace: following child {pid} ({})", process_name(pid));
-        } else {
-            eprintln!("leaktrace: pid {pid} exec'd {}", process_name(pid));
-        }
-        // A forked child runs before its probes are in: it is not traced from its start.
-        let from_start = !forked && all_probed_before;
+        eprintln!("leaktrace: pid {pid} exec'd {}", process_name(pid));
+        let from_start = all_probed_before;
         let unwinder = DwarfUnwinder::new(&symbolizer, self.options.image.stack_copies);
         self.images.push(TracedImage::new(
             pid,
@@ -277,7 +349,7 @@ impl Capture<'_> {
         self.current.insert(pid, self.images.len() - 1);
     }
 
-    /// The probe plan of a process that has just exec'd or forked. After an exec the dynamic
+    /// The probe plan of a process that has just exec'd. After an exec the dynamic
     /// loader may still be mapping libraries: wait a little for them, as launch mode does.
     fn plan_for(&self, pid: u32) -> ProbePlan {
         const ATTEMPTS: u32 = 40;
@@ -530,6 +602,9 @@ impl<'a> Capture<'a> {
             started: Instant::now(),
             images: vec![first],
             current: HashMap::from([(target.pid, 0)]),
+            children: HashMap::new(),
+            children_missed: 0,
+            closing: false,
             memory: MemoryTrend::default(),
             outlet,
             cost,
@@ -597,7 +672,12 @@ impl<'a> Capture<'a> {
                     guard?.clear_ready();
                     backlog = true;
                 }
-                _ = poll.tick(), if !backlog => backlog = true,
+                _ = poll.tick(), if !backlog => {
+                    if self.end_exited_children(probes).is_err() {
+                        break Ending::Failed;
+                    }
+                    backlog = true;
+                }
                 _ = std::future::ready(()), if backlog => {
                     match self.drain_caught(probes) {
                         Ok(done) => backlog = !done,
@@ -680,7 +760,8 @@ impl<'a> Capture<'a> {
         let window_end_ns = probes.close_window()?;
         // Before the programs go, and before a launched target is reaped.
         let cost = self.cost.report(probes, &self.pids());
-        let detach = probes.detach_in_background();
+        let detach = probes.detach_in_background(target.pid);
+        self.closing = true;
         // After a failure, what is left in the ring buffer is left alone: it may fail again.
         let tail_failed = ending != Ending::Failed && self.drain_to_end(probes).is_err();
         let ending = match ending {
@@ -701,6 +782,7 @@ impl<'a> Capture<'a> {
         let mut report = self.images[lead].report(ending, window_end_ns, drops);
         report.memory = std::mem::take(&mut self.memory.samples);
         report.cost = Some(cost);
+        report.children_missed = self.options.follow_forks.then_some(self.children_missed);
         for (index, image) in self.images.iter_mut().enumerate() {
             if index != lead {
                 let ending = if image.pid == target.pid || process_exists(image.pid) {

@@ -31,6 +31,16 @@ impl Interrupts {
     }
 }
 
+/// Gives Ctrl-C, SIGTERM and SIGHUP their default action again once the capture is over:
+/// while the probes are being removed, they end leaktrace at once (the kernel removes what
+/// is left of the probes as leaktrace exits), not wait behind the removal.
+pub fn end_on_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: SIG_DFL is always a valid disposition; nothing is left waiting on these.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// Every signal a capture acts on, caught together before the target is let go. A capture
 /// that `leaktrace serve` runs catches none: the service owns the signals, and orders it.
 #[derive(Default)]

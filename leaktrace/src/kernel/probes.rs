@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use leaktrace_common::{
@@ -70,8 +70,11 @@ pub struct ProbeSet {
     /// The uprobe programs loaded for uprobe_multi links, where the kernel has them; else
     /// each point is attached through aya, one perf-event uprobe each.
     multi: Option<MultiPrograms>,
-    /// The uprobe_multi links made.
-    links: Vec<OwnedFd>,
+    /// Each process's links, leaktrace's own (the calibration probes) among them: a process's
+    /// go as soon as its capture ends ([`ProbeSet::detach_process`]).
+    links: HashMap<u32, Vec<Link>>,
+    /// Links being closed, for [`Detach`] to wait on.
+    closing: Vec<std::thread::JoinHandle<()>>,
     /// (pid, module, offset) of every attached point, so a point is never attached twice.
     attached: HashSet<(u32, PathBuf, u64)>,
     traced: aya::maps::HashMap<MapData, u32, u32>,
@@ -157,7 +160,8 @@ impl ProbeSet {
         let mut probes = ProbeSet {
             ebpf: Some(ebpf),
             multi,
-            links: Vec::new(),
+            links: HashMap::new(),
+            closing: Vec::new(),
             attached: HashSet::new(),
             traced,
             return_offsets,
@@ -196,7 +200,8 @@ impl ProbeSet {
                         new.len(),
                         links.len()
                     );
-                    self.links.extend(links);
+                    let links = links.into_iter().map(Link::Multi);
+                    self.links.entry(pid).or_default().extend(links);
                     self.traced.insert(pid, 1, 0)?;
                     return Ok(all_attached_before);
                 }
@@ -212,7 +217,7 @@ impl ProbeSet {
         for point in new {
             for program in point.function.entry.into_iter().chain(point.function.exit) {
                 let cookie = self.hits.cookie(point, program);
-                attach_program(
+                let link = attach_program(
                     ebpf,
                     program,
                     point.offset,
@@ -221,6 +226,7 @@ impl ProbeSet {
                     nonzero,
                 )
                 .with_context(|| format!("probe {} in {}", point.symbol, point.module.display()))?;
+                self.links.entry(pid).or_default().push(link);
             }
         }
         self.traced.insert(pid, 1, 0)?;
@@ -249,11 +255,15 @@ impl ProbeSet {
                     .iter()
                     .map(|&offset| MultiPoint { offset, cookie: 0 })
                     .collect();
+                let link = multi.link(program, binary, &points, pid.get())?;
                 self.links
-                    .push(multi.link(program, binary, &points, pid.get())?);
+                    .entry(pid.get())
+                    .or_default()
+                    .push(Link::Multi(link));
             } else {
                 for &offset in offsets {
-                    attach_program(ebpf, program, offset, binary, 0, pid)?;
+                    let link = attach_program(ebpf, program, offset, binary, 0, pid)?;
+                    self.links.entry(pid.get()).or_default().push(link);
                 }
             }
         }
@@ -306,20 +316,32 @@ impl ProbeSet {
         Ok(monotonic_ns())
     }
 
-    /// Removes the probes on a thread of their own and returns it, to be joined before leaktrace
-    /// exits. The kernel takes ~85 ms per uprobe to quiesce it, one at a time, which the final
+    /// Removes the probes of `pid`, whose capture has ended (a followed child exited), on
+    /// threads of their own: the loop goes on meanwhile, and [`Detach::wait`] waits for them.
+    pub fn detach_process(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+        self.attached.retain(|(attached, _, _)| *attached != pid);
+        if let Some(links) = self.links.remove(&pid) {
+            self.closing.push(close_in_background(links));
+        }
+    }
+
+    /// Removes the probes on threads of their own and returns them, to be joined before
+    /// leaktrace exits. The kernel takes ~85 ms per uprobe to quiesce it, which the final
     /// report need not wait for: the window is closed, so the probes record nothing more.
-    /// The maps stay readable meanwhile.
-    pub fn detach_in_background(&mut self) -> Detach {
+    /// The target's own links go first. The maps stay readable meanwhile.
+    pub fn detach_in_background(&mut self, target: u32) -> Detach {
         let ebpf = self.ebpf.take();
-        let links = std::mem::take(&mut self.links);
+        let mut links = std::mem::take(&mut self.links);
+        let mut closing = std::mem::take(&mut self.closing);
+        if let Some(first) = links.remove(&target) {
+            closing.insert(0, close_in_background(first));
+        }
+        closing.push(close_in_background(links.into_values().flatten().collect()));
         Detach(std::thread::spawn(move || {
-            // Each link waits out a grace period as it goes; closed together, they share it.
-            std::thread::scope(|scope| {
-                for link in links {
-                    scope.spawn(move || drop(link));
-                }
-            });
+            for thread in closing {
+                let _ = thread.join();
+            }
             drop(ebpf);
         }))
     }
@@ -367,6 +389,25 @@ impl ProbeSet {
 /// clock reads a run while on.
 pub fn time_programs() -> Result<OwnedFd> {
     Ok(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
+}
+
+/// One attachment of a program: a uprobe_multi link, or a perf-event uprobe. Dropping it
+/// removes it.
+enum Link {
+    Multi(#[allow(dead_code, reason = "held to be dropped")] OwnedFd),
+    Single(#[allow(dead_code, reason = "held to be dropped")] UProbeLink),
+}
+
+/// Closes `links` at once, each on a thread of its own: each waits out a grace period as it
+/// goes, and closed together they share it.
+fn close_in_background(links: Vec<Link>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+    })
 }
 
 /// Probes being removed; [`Detach::wait`] returns once none is left in the target.
@@ -428,7 +469,7 @@ fn attach_program(
     binary: &Path,
     cookie: u64,
     pid: NonZeroU32,
-) -> Result<()> {
+) -> Result<Link> {
     let program: &mut UProbe = ebpf
         .program_mut(program)
         .with_context(|| format!("the eBPF object has no program {program}"))?
@@ -438,7 +479,7 @@ fn attach_program(
             .load()
             .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
     }
-    program
+    let id = program
         .attach(
             UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(offset),
@@ -453,7 +494,7 @@ fn attach_program(
                 &format!("attach uprobes to pid {pid}"),
             )
         })?;
-    Ok(())
+    Ok(Link::Single(program.take_link(id)?))
 }
 
 /// Turns a kernel refusal into the [`Failure`] the operator can act on.

@@ -87,6 +87,7 @@ mod tests {
             sites,
             sites_left_out: None,
             processes: Vec::new(),
+            children_missed: None,
             windows: Vec::new(),
             memory: Vec::new(),
             cost: None,

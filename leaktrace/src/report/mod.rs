@@ -114,6 +114,11 @@ pub struct Report {
     /// each reported on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<Report>,
+    /// With `-f`, in the lead report: the children forked in the window that were not
+    /// followed (each ended before its probes were in, or could not be probed). With the
+    /// children in `processes`, every child forked in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children_missed: Option<u64>,
     /// With `--windows`: what each window allocated that is still live.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowReport>,
@@ -234,6 +239,7 @@ impl Report {
             sites,
             sites_left_out,
             processes: Vec::new(),
+            children_missed: None,
             windows: Vec::new(),
             memory: Vec::new(),
             cost: None,

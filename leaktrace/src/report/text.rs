@@ -87,6 +87,19 @@ fn render_one(report: &Report, top: usize) -> String {
         let status = status.map_or("unknown".to_owned(), |s| s.to_string());
         let _ = writeln!(out, "target exited with status {status}");
     }
+    if let Some(missed) = report.children_missed {
+        let followed: std::collections::HashSet<u32> = (report.processes.iter())
+            .map(|p| p.header.pid)
+            .filter(|&pid| pid != header.pid)
+            .collect();
+        let _ = writeln!(
+            out,
+            "children: {} followed, {} missed (ended before their probes were in, or could \
+             not be probed)",
+            thousands(followed.len() as u64),
+            thousands(missed)
+        );
+    }
     if let Some(cost) = &report.cost {
         out.push_str(&cost_line(cost));
     }

@@ -2,10 +2,12 @@
 
 use std::{
     borrow::Cow,
+    cell::RefCell,
     collections::HashMap,
     fs::File,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
 use object::{Object, ObjectSegment};
@@ -212,6 +214,10 @@ pub fn frames_in_file(path: &Path, elf_address: u64) -> Option<Vec<SourceFrame>>
     Some(module.frames(elf_address))
 }
 
+/// Parsed modules by the file they were read from (device, inode): shared by a process and
+/// the children it forks, so that a thousand children cost one parse of each library.
+type Modules = Rc<RefCell<HashMap<(u64, u64), Option<Rc<Module>>>>>;
+
 /// Symbolizes addresses of one target process.
 ///
 /// It keeps the target's maps and an open handle on every file they name, taken while the
@@ -221,8 +227,8 @@ pub struct Symbolizer {
     pid: u32,
     debug_dirs: DebugDirs,
     maps: ProcessMaps,
-    files: HashMap<PathBuf, File>,
-    modules: HashMap<PathBuf, Option<Module>>,
+    files: HashMap<PathBuf, Rc<File>>,
+    modules: Modules,
 }
 
 impl Symbolizer {
@@ -236,7 +242,25 @@ impl Symbolizer {
             },
             maps: ProcessMaps::default(),
             files: HashMap::new(),
-            modules: HashMap::new(),
+            modules: Modules::default(),
+        };
+        symbolizer.refresh()?;
+        Ok(symbolizer)
+    }
+
+    /// The symbolizer of `child`, just forked from this symbolizer's process: it maps what its
+    /// parent mapped, so it starts from its parent's maps and open files, and shares its
+    /// parsed modules. Only what the child mapped since is opened.
+    pub fn forked(&self, child: u32) -> std::io::Result<Self> {
+        let mut symbolizer = Symbolizer {
+            pid: child,
+            debug_dirs: DebugDirs {
+                extra: self.debug_dirs.extra.clone(),
+                target_root: Some(PathBuf::from(format!("/proc/{child}/root"))),
+            },
+            maps: self.maps.clone(),
+            files: self.files.clone(),
+            modules: Rc::clone(&self.modules),
         };
         symbolizer.refresh()?;
         Ok(symbolizer)
@@ -266,7 +290,7 @@ impl Symbolizer {
             debug_dirs: DebugDirs::default(),
             maps,
             files: HashMap::new(),
-            modules: HashMap::new(),
+            modules: Modules::default(),
         }
     }
 
@@ -298,7 +322,7 @@ impl Symbolizer {
             let file = File::open(mapping.map_file(self.pid))
                 .or_else(|_| File::open(host_path(self.pid, path)));
             if let Ok(file) = file {
-                self.files.insert(path.clone(), file);
+                self.files.insert(path.clone(), Rc::new(file));
             }
         }
         Ok(())
@@ -312,7 +336,7 @@ impl Symbolizer {
             .filter(|m| m.executable)
             .filter_map(|m| {
                 let file = self.files.get(m.path.as_ref()?)?;
-                Some((m, file))
+                Some((m, &**file))
             })
     }
 
@@ -373,16 +397,19 @@ impl Symbolizer {
             .collect()
     }
 
-    fn module(&mut self, path: &Path) -> Option<&Module> {
-        if !self.modules.contains_key(path) {
-            // Read through our open handle: the file may be gone from the target's view.
-            let module = self.files.get(path).and_then(|file| {
+    fn module(&mut self, path: &Path) -> Option<Rc<Module>> {
+        let file = self.files.get(path)?;
+        let metadata = file.metadata().ok()?;
+        let key = (metadata.dev(), metadata.ino());
+        let mut modules = self.modules.borrow_mut();
+        modules
+            .entry(key)
+            .or_insert_with(|| {
+                // Read through our open handle: the file may be gone from the target's view.
                 let open = format!("/proc/self/fd/{}", file.as_raw_fd());
-                Module::load(Path::new(&open), path, &self.debug_dirs)
-            });
-            self.modules.insert(path.to_path_buf(), module);
-        }
-        self.modules.get(path)?.as_ref()
+                Module::load(Path::new(&open), path, &self.debug_dirs).map(Rc::new)
+            })
+            .clone()
     }
 }
 

@@ -74,6 +74,16 @@ impl DwarfUnwinder {
         unwinder
     }
 
+    /// The unwinder of a child just forked from this unwinder's process: the same modules at
+    /// the same addresses, their CFI shared, not read again.
+    pub fn forked(&self) -> Self {
+        DwarfUnwinder {
+            unwinder: self.unwinder.clone(),
+            cache: CacheX86_64::new(),
+            added: self.added.clone(),
+        }
+    }
+
     /// Gives framehop the CFI of every code mapping it lacks (modules mapped since, too).
     fn add_modules(&mut self, symbolizer: &Symbolizer) {
         for (mapping, file) in symbolizer.code_mappings() {

@@ -145,6 +145,17 @@ impl Target {
         Ok(target)
     }
 
+    /// A child of a traced process, followed with `-f`: held by a pidfd from now, so that its
+    /// exit is seen (`exited`) and its pid, once reused, is never taken for it.
+    pub fn child(pid: u32) -> Result<Target> {
+        Target::from_pid(pid, false)
+    }
+
+    /// Whether the process has exited (a zombie included).
+    pub fn exited(&self) -> bool {
+        self.exits_within(0)
+    }
+
     fn from_pid(pid: u32, launched: bool) -> Result<Target> {
         let exit_fd = pidfd_open(pid)?;
         let start_time = Stat::read(pid)
