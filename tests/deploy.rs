@@ -45,7 +45,9 @@ fn accepted(command: &mut Command, package: &str) -> String {
 fn promtool_accepts_the_scrape_config_and_the_rules_it_names() {
     let config = deployed("prometheus/prometheus.yml");
     let text = accepted(
-        Command::new("promtool").args(["check", "config"]).arg(&config),
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&config),
         "prometheus",
     );
     // check config checks the rule files the config names too: the deployed ones.
@@ -177,7 +179,9 @@ fn the_units_capabilities_and_system_calls_let_it_trace_another_users_process() 
         .parse::<i32>()
         .unwrap();
     assert_eq!(unsafe { libc::kill(leaktrace, libc::SIGINT) }, 0);
-    assert_eq!(strace.wait(WAIT), 0, "{:?}", strace.stderr.rest());
+    let status = strace.wait(WAIT);
+    let stderr = strace.stderr.rest();
+    assert_eq!(status, 0, "{stderr:?}");
 
     let report = read_json(&json);
     let leaked = fixture_define("fixture", "BURST_LEAKS") * fixture_define("fixture", "LEAK_BYTES");
@@ -189,6 +193,7 @@ fn the_units_capabilities_and_system_calls_let_it_trace_another_users_process() 
         report["cost"]
     );
     // The scan seized the target and read its memory; the burst's blocks got a kind.
+    assert!(report["scan"].is_object(), "no scan: {stderr:?}");
     assert!(
         LeakKinds::from_json(&report["scan"]).total().0 >= leaked,
         "{}",
@@ -219,9 +224,10 @@ fn a_test_prometheus_scrapes_its_target_and_loads_the_deployed_rules() {
         sample_values(result) == [1.0]
     });
     assert_eq!(up[0]["metric"]["instance"], prometheus.address.to_string());
-    prometheus.wait_for(r#"prometheus_rule_group_rules{rule_group=~".*;leaktrace"}"#, |result| {
-        sample_values(result) == [3.0]
-    });
+    prometheus.wait_for(
+        r#"prometheus_rule_group_rules{rule_group=~".*;leaktrace"}"#,
+        |result| sample_values(result) == [3.0],
+    );
 }
 
 /// The words of a unit's `KEY=` lines, in order.
@@ -247,7 +253,10 @@ fn system_call_filter(unit: &str) -> (BTreeSet<String>, BTreeSet<String>) {
         } else if let Some(group) = &group {
             let word = line.trim();
             if !word.is_empty() && !word.starts_with('#') {
-                groups.entry(group.clone()).or_default().push(word.to_owned());
+                groups
+                    .entry(group.clone())
+                    .or_default()
+                    .push(word.to_owned());
             }
         }
     }

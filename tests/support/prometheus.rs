@@ -45,8 +45,11 @@ impl Prometheus {
             Scrape::Address(target) => target,
             Scrape::Itself => address,
         };
-        let storage = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("prometheus-{}-{}", std::process::id(), address.port()));
+        let storage = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "prometheus-{}-{}",
+            std::process::id(),
+            address.port()
+        ));
         let _ = fs::remove_dir_all(&storage);
         fs::create_dir_all(&storage).unwrap();
         let config = storage.join("prometheus.yml");
@@ -64,7 +67,10 @@ impl Prometheus {
         let server = Running::start(
             Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", storage.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    storage.join("data").display()
+                ))
                 .arg(format!("--web.listen-address={address}")),
         );
         let mut prometheus = Prometheus {
