@@ -2,6 +2,8 @@
 //! started as a child, output read line by line with deadlines.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod prometheus;
+
 use std::{
     env, fs,
     io::{BufRead, BufReader, Read},

@@ -37,7 +37,7 @@ tasks:
 /// are named from libc6-dbg, the pprof output is read by `go tool pprof` (golang-go) and the
 /// SVG checked by xmllint (libxml2-utils), the HTML opened in chromium, and bpftool shows what
 /// stays attached, and man renders the manual page.
-const TEST_PACKAGES: [&str; 15] = [
+const TEST_PACKAGES: [&str; 18] = [
     "gcc",
     "g++",
     "binutils",
@@ -54,6 +54,11 @@ const TEST_PACKAGES: [&str; 15] = [
     // tests/servers.rs: real programs (redis-server brings redis-cli and redis-benchmark).
     "redis-server",
     "python3",
+    // tests/deploy.rs: promtool checks the deployed rules and Debian's Prometheus scrapes
+    // leaktrace; systemd-analyze verifies the unit; strace lists the calls its filter must allow.
+    "prometheus",
+    "systemd",
+    "strace",
 ];
 
 fn main() -> Result<()> {

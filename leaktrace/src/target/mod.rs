@@ -23,7 +23,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use nix::{
-    errno::Errno,
     sys::{
         ptrace,
         signal::{Signal, kill},
@@ -95,10 +94,9 @@ impl Target {
 
     /// An existing process, checked to exist and to be ours to `access`.
     pub fn existing(pid: u32, access: Access) -> Result<Target> {
-        let nix_pid = i32::try_from(pid)
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or(Failure::NoSuchProcess(pid))?;
+        if !i32::try_from(pid).is_ok_and(|p| p > 0) {
+            return Err(Failure::NoSuchProcess(pid).into());
+        }
         // The pidfd first: what is read of the pid from then on is of this process, as long
         // as the pidfd says it is alive ([`Target::still_running`]).
         let target = Target::from_pid(pid, false)?;
@@ -110,34 +108,28 @@ impl Target {
         if stat.state == 'Z' {
             return Err(Failure::Zombie(pid).into());
         }
-        match access {
-            Access::Trace => match kill(Pid::from_raw(nix_pid), None) {
-                Ok(()) => {}
-                Err(Errno::ESRCH) => return Err(Failure::NoSuchProcess(pid).into()),
-                Err(Errno::EPERM) => {
-                    return Err(Failure::NotPermitted {
-                        action: format!("trace pid {pid}"),
-                        remedy: capability_remedy(&CAPTURE_CAPABILITIES),
-                    }
-                    .into());
-                }
-                Err(errno) => return Err(errno).context(format!("check pid {pid}")),
-            },
-            Access::ReadMemory => {
-                let rollup = format!("/proc/{pid}/smaps_rollup");
-                if let Err(error) = fs::File::open(&rollup)
-                    && error.kind() == std::io::ErrorKind::PermissionDenied
-                {
-                    return Err(Failure::NotPermitted {
-                        action: format!("read {rollup}"),
-                        remedy: format!(
-                            "pid {pid} belongs to another user: run as root or as its owner; {}",
-                            capability_remedy(&[Capability::SysPtrace])
-                        ),
-                    }
-                    .into());
-                }
-            }
+        // A file of the pid that its owner, or CAP_SYS_PTRACE, may read: for a capture its maps,
+        // which the probes' plan reads first (not kill(pid, 0), which asks for the right to
+        // signal it, CAP_KILL, that tracing never uses); for watch its memory figures.
+        let (file, action, remedy) = match access {
+            Access::Trace => (
+                "maps",
+                format!("trace pid {pid}"),
+                capability_remedy(&CAPTURE_CAPABILITIES),
+            ),
+            Access::ReadMemory => (
+                "smaps_rollup",
+                format!("read /proc/{pid}/smaps_rollup"),
+                format!(
+                    "pid {pid} belongs to another user: run as root or as its owner; {}",
+                    capability_remedy(&[Capability::SysPtrace])
+                ),
+            ),
+        };
+        if let Err(error) = fs::File::open(format!("/proc/{pid}/{file}"))
+            && error.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Err(Failure::NotPermitted { action, remedy }.into());
         }
         if !target.still_running() {
             return Err(Failure::NoSuchProcess(pid).into());
