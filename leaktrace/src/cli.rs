@@ -491,7 +491,7 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 /// A parser of byte sizes from `least` to `most`.
-fn bytes_between(least: u64, most: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+pub(crate) fn bytes_between(least: u64, most: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
     move |text| {
         let bytes = parse_bytes(text)?;
         if !(least..=most).contains(&bytes) {

@@ -9,7 +9,7 @@ use std::{ffi::OsString, fs, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
 
-use crate::cli::{Cli, parse_bytes, parse_duration};
+use crate::cli::{Cli, bytes_between, parse_bytes, parse_duration};
 
 /// Runs as a service: traces every process that matches, as they come and go; writes rolling
 /// reports and serves Prometheus metrics.
@@ -58,8 +58,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub scan_every: Option<Duration>,
     /// Record one allocation in N: lighter, estimated figures.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, value_name = "N", conflicts_with = "sample_bytes",
+          value_parser = clap::value_parser!(u64).range(2..))]
     pub sample_rate: Option<u64>,
+    /// Record an allocation per BYTES allocated, on average: lighter, estimated figures that
+    /// rarely miss a large block.
+    #[arg(long, value_name = "BYTES",
+          value_parser = bytes_between(1, leaktrace_common::sampling::MAX_MEAN_BYTES))]
+    pub sample_bytes: Option<u64>,
     /// Read more of these flags from FILE, and again on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -113,6 +119,7 @@ impl ServeArgs {
         cli.interval = Some(self.interval);
         cli.scan_every = self.scan_every;
         cli.sample_rate = self.sample_rate;
+        cli.sample_bytes = self.sample_bytes;
         cli.max_sites = self.max_sites;
         cli
     }
