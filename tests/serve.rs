@@ -11,7 +11,10 @@ use std::{
 };
 
 use serde_json::Value;
-use support::*;
+use support::{
+    prometheus::{Prometheus, Scrape, sample_values},
+    *,
+};
 
 /// A fresh out-dir for `test`.
 fn out_dir(test: &str) -> PathBuf {
@@ -208,4 +211,71 @@ fn bad_settings_exit_2_with_one_line() {
     let said = busy.stderr.rest();
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("--metrics"), "{said:?}");
+}
+
+/// The address in the service's first line.
+fn metrics_address(serve: &mut Running) -> std::net::SocketAddr {
+    let line = &serve.stderr.received()[0];
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    address.parse().unwrap()
+}
+
+#[test]
+fn prometheus_sees_the_leak_leaking_and_the_steady_server_not() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("trends");
+    let out = out_dir("serve_prometheus");
+    let leaky = start_ready(&binary, &[]);
+    let steady = start_ready(&binary, &["steady"]);
+    let mut serve = serve(
+        &out,
+        &["--exe", binary.to_str().unwrap(), "--interval", "500ms"],
+    );
+    until_attached(&mut serve, leaky.pid());
+    until_attached(&mut serve, steady.pid());
+    let prometheus = Prometheus::start(Scrape::Address(metrics_address(&mut serve)));
+
+    let leaking = format!(
+        "leaktrace_site_verdict{{pid=\"{}\",verdict=\"leaking\",site=~\"steady_leak.*\"}} == 1",
+        leaky.pid()
+    );
+    prometheus.wait_for(&leaking, |r| sample_values(r).len() == 1);
+    let growth = prometheus.query(&format!(
+        "leaktrace_site_growth_bytes_per_second{{pid=\"{}\",site=~\"steady_leak.*\"}}",
+        leaky.pid()
+    ));
+    assert!(sample_values(&growth)[0] > 0.0, "{growth}");
+
+    // The steady server's cache has had its verdict: it grew, then went flat.
+    let steady_pid = steady.pid();
+    prometheus.wait_for(
+        &format!(
+            "leaktrace_site_verdict{{pid=\"{steady_pid}\",verdict=\"grew_then_flat\",\
+             site=~\"fill_cache.*\"}} == 1"
+        ),
+        |r| sample_values(r).len() == 1,
+    );
+    let ever_leaking = prometheus.query(&format!(
+        "max_over_time(leaktrace_site_verdict{{pid=\"{steady_pid}\",verdict=\"leaking\"}}[10m]) \
+         == 1"
+    ));
+    assert_eq!(
+        sample_values(&ever_leaking),
+        Vec::<f64>::new(),
+        "{ever_leaking}"
+    );
+    let series = prometheus.query(&format!(
+        "leaktrace_process_live_bytes{{pid=\"{steady_pid}\"}}"
+    ));
+    assert_eq!(
+        sample_values(&series).len(),
+        1,
+        "the steady server is exported too"
+    );
+    serve.signal(libc::SIGTERM);
+    assert_eq!(serve.wait(WAIT), 0, "{:?}", serve.stderr.rest());
 }

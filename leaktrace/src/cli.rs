@@ -294,6 +294,7 @@ pub enum Subcommand {
     /// Run as a service: trace every process chosen, as they start and restart; write rolling
     /// reports to a directory and serve Prometheus metrics. See "Running on a fleet" in the
     /// README.
+    #[command(args_override_self = true)]
     Serve(Box<crate::serve::ServeArgs>),
     /// Print the manual page, in roff (e.g. `leaktrace man > /usr/local/share/man/man1/leaktrace.1`).
     Man,

@@ -184,14 +184,20 @@ fn soak_serve(minutes: f64) -> Result<()> {
     expect_line(&mut output, "ready")?;
     let out_dir = out.join("soak-serve");
     let _ = fs::remove_dir_all(&out_dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let address = format!("127.0.0.1:{port}");
     let mut tracer = Traced::start(
         Command::new(&leaktrace)
             .args(["serve", "-p", &target.id().to_string()])
             .args(["--interval", "1s", "--window", "1m", "--metrics", &address])
             .args(["--keep-windows", &SERVE_KEEP.to_string()])
-            .args(["--max-out-bytes", &format!("{SERVE_MAX_OUT_MIB}M"), "--out-dir"])
+            .args([
+                "--max-out-bytes",
+                &format!("{SERVE_MAX_OUT_MIB}M"),
+                "--out-dir",
+            ])
             .arg(&out_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
