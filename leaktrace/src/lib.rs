@@ -16,7 +16,8 @@
 //! | [`gate`] | the report's scan | the exit code a test suite acts on (`--error-exitcode`) |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
-//! failures an operator acts on (each with an exit code), [`watch`] is `leaktrace watch`
+//! failures an operator acts on (each with an exit code), [`priority`] raises leaktrace's
+//! own scheduling priority once it has its target, [`watch`] is `leaktrace watch`
 //! (memory figures alone, no probes), and [`demo`] the built-in leaking target.
 
 // The map above and each stage's own links name private modules too: they are for the next
@@ -32,6 +33,7 @@ pub mod gate;
 pub mod kernel;
 pub mod ledger;
 pub mod plan;
+mod priority;
 pub mod report;
 pub mod scan;
 pub mod stacks;
@@ -68,6 +70,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let gate = cli.gate()?;
     let options = cli.capture_options();
     let (target, plan) = Target::open(&cli.target(), &options.choice)?;
+    // After a launched command is started: it keeps the priority it was given.
+    priority::raise();
     let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
     let text = format!("\n{}", report::render_final(&report, options.top));
     capture::print_text(options.text_to_stderr, &text);
