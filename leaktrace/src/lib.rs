@@ -17,7 +17,7 @@
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
 //! failures an operator acts on (each with an exit code), [`priority`] raises leaktrace's
-//! own scheduling priority once it has its target, [`watch`] is `leaktrace watch`
+//! own scheduling priority before it plans (attaching) or once its command is started, [`watch`] is `leaktrace watch`
 //! (memory figures alone, no probes), and [`demo`] the built-in leaking target.
 
 // The map above and each stage's own links name private modules too: they are for the next
@@ -43,7 +43,11 @@ mod watch;
 use anyhow::Result;
 use clap::CommandFactory;
 
-use crate::{cli::Cli, report::Ending, target::Target};
+use crate::{
+    cli::Cli,
+    report::Ending,
+    target::{Target, TargetSpec},
+};
 
 /// Runs one capture (or a subcommand: `watch`, `completions`, `man`) as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
@@ -69,9 +73,17 @@ pub fn run(cli: Cli) -> Result<()> {
     files.check()?;
     let gate = cli.gate()?;
     let options = cli.capture_options();
-    let (target, plan) = Target::open(&cli.target(), &options.choice)?;
-    // After a launched command is started: it keeps the priority it was given.
-    priority::raise();
+    let spec = cli.target();
+    // Before planning, which reads the target's files and symbols while it runs; after a
+    // launched command is started, which keeps the priority leaktrace was given.
+    let attaching = matches!(spec, TargetSpec::Running(_));
+    if attaching {
+        priority::raise();
+    }
+    let (target, plan) = Target::open(&spec, &options.choice)?;
+    if !attaching {
+        priority::raise();
+    }
     let (report, detach) = capture::run(&target, &plan, &cli.probe_settings(), &options)?;
     let text = format!("\n{}", report::render_final(&report, options.top));
     capture::print_text(options.text_to_stderr, &text);

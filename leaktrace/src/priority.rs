@@ -1,5 +1,5 @@
-//! leaktrace's own scheduling priority, raised once the target is found or started, before
-//! the probes go in.
+//! leaktrace's own scheduling priority, raised before it plans the probes of a running
+//! process, or once the command it launches is started (which keeps its own).
 //!
 //! The scheduler shares a CPU among runnable threads by weight, and a target with hundreds
 //! of busy threads leaves a leaktrace of equal weight one share among hundreds: attaching to
