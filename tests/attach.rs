@@ -338,3 +338,37 @@ fn frees_of_blocks_from_before_the_attach_say_what_they_release() {
         "{line} not in {text:?}"
     );
 }
+
+/// 500 threads that each allocate and free every millisecond, and threads that come and go,
+/// each allocating and freeing, traced at the default settings: either nothing is lost, or
+/// the report's bounds hold the blocks the fixture counts itself. Every block it holds at the
+/// end was made after the attach (it says "renewed"), so the ledger may know them all.
+#[test]
+fn many_busy_threads_give_live_bounds_that_hold_what_the_target_holds() {
+    let Some(_bpf) = require_bpf() else { return };
+    let mut swarm = Running::start_with_input(&mut Command::new(build_fixture("swarm")));
+    swarm.stdout.wait_for(|l| l == "ready", WAIT);
+    let json = output_path("swarm", "json");
+    let mut leaktrace = attach_with_json(swarm.pid(), &json, &[]);
+    swarm.tell("mark");
+    swarm.stdout.wait_for(|l| l == "renewed", WAIT);
+    // A live view taken under the load.
+    leaktrace.stdout.wait_for(|l| l.starts_with('['), WAIT);
+    swarm.tell("stop");
+    let held = swarm.stdout.wait_for(|l| l.starts_with("holding "), WAIT);
+    let held: u64 = held.split(' ').nth(1).unwrap().parse().unwrap();
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    let stdout = leaktrace.stdout.rest();
+    let (too_high, too_low) = live_bounds_said(&stdout);
+    let live =
+        sites_of(&report, "hold").live_allocations + sites_of(&report, "pass").live_allocations;
+    let bounds = live.saturating_sub(too_high.unwrap_or(0))..=live + too_low.unwrap_or(0);
+    assert!(
+        bounds.contains(&held),
+        "the fixture holds {held} blocks, the report says {bounds:?}: {}\n{}",
+        report["drops"],
+        TextReport::from_stdout(&stdout)
+    );
+}

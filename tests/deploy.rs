@@ -150,8 +150,11 @@ fn the_units_capabilities_and_system_calls_let_it_trace_another_users_process() 
     );
     fixture.stdout.wait_for(|l| l == "ready", WAIT);
     let uid = SERVICE_UID.to_string();
+    // At the unit's priority, as systemd starts it: leaktrace keeps a nice value it was given.
+    let nice = setting(&unit, "Nice");
     let mut strace = Running::start(
-        Command::new("setpriv")
+        Command::new("nice")
+            .args(["-n", &nice[0], "setpriv"])
             .args([
                 &format!("--reuid={uid}"),
                 &format!("--regid={uid}"),

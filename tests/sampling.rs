@@ -97,7 +97,7 @@ fn sampling_one_in_n_scales_blocks_by_n() {
     let binary = build_fixture_with("trends", &SCALED);
     // ~100,000 sampled events of 56 bytes, made as fast as the fixture can: a ring buffer
     // that holds them all loses none, however late leaktrace reads it (stack copies stop at
-    // half full). In the default 8 MiB, a leaktrace starved through the run could lose events,
+    // half full). In a smaller ring buffer, a leaktrace starved through the run could lose events,
     // leaks among them.
     let (report, _) = launch_json(
         "sampling_rate",

@@ -163,9 +163,10 @@ pub struct Cli {
     pub unwind: UnwindMode,
 
     /// Size of the ring buffer that carries events to leaktrace: a power of two, at least a
-    /// page. Too small for the event rate, events are lost (and counted).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_bytes)]
-    pub ring_bytes: u32,
+    /// page. Too small for the event rate, events are lost (and counted). Default: 16 MiB
+    /// for each CPU the target may run on, up to 256 MiB.
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
 
     /// Record one allocation in N, at random, and scale the figures up by N (like bcc
     /// memleak's -s). Cheaper; the report's bytes and counts become estimates.
@@ -603,7 +604,7 @@ mod tests {
         assert_eq!((cli.min_size, cli.max_size), (Some(1024), Some(2 << 20)));
         assert_eq!(cli.min_age, Some(Duration::from_millis(500)));
         assert_eq!(cli.allocator, Some(PathBuf::from("libjemalloc.so.2")));
-        assert_eq!(cli.ring_bytes, 16 << 20);
+        assert_eq!(cli.ring_bytes, Some(16 << 20));
         let options = cli.capture_options();
         assert_eq!(options.interval, Duration::from_secs(5));
         assert_eq!(options.count, Some(3));

@@ -16,7 +16,8 @@
 //! | [`gate`] | the report's scan | the exit code a test suite acts on (`--error-exitcode`) |
 //!
 //! Beside them: [`cli`] turns the flags into each stage's settings once, [`error`] names the
-//! failures an operator acts on (each with an exit code), [`watch`] is `leaktrace watch`
+//! failures an operator acts on (each with an exit code), [`priority`] raises leaktrace's
+//! own scheduling priority before it plans (attaching) or once its command is started, [`watch`] is `leaktrace watch`
 //! (memory figures alone, no probes), and [`demo`] the built-in leaking target.
 
 // The map above and each stage's own links name private modules too: they are for the next
@@ -33,6 +34,7 @@ pub mod gate;
 pub mod kernel;
 pub mod ledger;
 pub mod plan;
+mod priority;
 pub mod report;
 pub mod scan;
 mod serve;
@@ -43,7 +45,11 @@ mod watch;
 use anyhow::Result;
 use clap::CommandFactory;
 
-use crate::{cli::Cli, report::Ending, target::Target};
+use crate::{
+    cli::Cli,
+    report::Ending,
+    target::{Target, TargetSpec},
+};
 
 /// Runs one capture (or a subcommand: `watch`, `completions`, `man`) as the command line asks.
 pub fn run(cli: Cli) -> Result<()> {
@@ -74,7 +80,17 @@ pub fn run(cli: Cli) -> Result<()> {
     files.check()?;
     let gate = cli.gate()?;
     let options = cli.capture_options();
-    let (target, plan) = Target::open(&cli.target(), &options.choice)?;
+    let spec = cli.target();
+    // Before planning, which reads the target's files and symbols while it runs; after a
+    // launched command is started, which keeps the priority leaktrace was given.
+    let attaching = matches!(spec, TargetSpec::Running(_));
+    if attaching {
+        priority::raise();
+    }
+    let (target, plan) = Target::open(&spec, &options.choice)?;
+    if !attaching {
+        priority::raise();
+    }
     let (report, detach) = capture::run(
         &target,
         &plan,

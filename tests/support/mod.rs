@@ -6,7 +6,7 @@ pub mod prometheus;
 
 use std::{
     env, fs,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -203,8 +203,17 @@ pub struct Running {
 
 impl Running {
     pub fn start(command: &mut Command) -> Running {
+        Running::spawn(command.stdin(Stdio::null()))
+    }
+
+    /// [`Running::start`] with a pipe to its standard input, for a fixture driven by
+    /// commands ([`Running::tell`]).
+    pub fn start_with_input(command: &mut Command) -> Running {
+        Running::spawn(command.stdin(Stdio::piped()))
+    }
+
+    fn spawn(command: &mut Command) -> Running {
         let mut child = command
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -220,6 +229,12 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Writes `line` to the standard input of a child started [`Running::start_with_input`].
+    pub fn tell(&mut self, line: &str) {
+        let input = self.child.stdin.as_mut().expect("started with input");
+        writeln!(input, "{line}").unwrap_or_else(|e| panic!("tell {line:?}: {e}"));
     }
 
     pub fn signal(&self, signal: i32) {

@@ -5,7 +5,8 @@
 //!   allocation-and-free pair, per thread;
 //! - redis-server (Debian's, on jemalloc) under redis-benchmark: requests per second and median
 //!   latency;
-//! - how long leaktrace takes to attach and to detach, and how many functions it probes.
+//! - how long leaktrace takes to attach and to detach (idle targets, 500 busy threads, redis,
+//!   a launched command), and how many functions it probes.
 //!
 //! Each figure is the median of several runs. A tracer that cannot trace a target gets a row
 //! that says how it failed. Benchmarks report; they never fail on a timing.
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use object::{Object, ObjectSection, ObjectSymbol};
 use serde::Serialize;
 
@@ -32,10 +33,12 @@ use crate::{
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH] \
      [--only workload|redis|attach|scan|forks]";
 
-/// Debian packages the bench needs: g++ for the workload, the allocators it is linked with
-/// (their run-time libraries: the workload links each by its soname), and redis.
-const BENCH_PACKAGES: [&str; 6] = [
+/// Debian packages the bench needs: g++ for the workload and gcc for the swarm fixture, the
+/// allocators the workload is linked with (their run-time libraries: it links each by its
+/// soname), and redis.
+const BENCH_PACKAGES: [&str; 7] = [
     "g++",
+    "gcc",
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
@@ -1289,8 +1292,8 @@ struct AttachSetting {
     probed: Option<usize>,
 }
 
-/// leaktrace's attach and detach times: on each idle workload, on redis (from its runs), and
-/// launching /bin/true.
+/// leaktrace's attach and detach times: on each idle workload, on 500 busy threads, on redis
+/// (from its runs), and launching /bin/true.
 fn bench_attach(
     tracers: &Tracers,
     workloads: &[Workload],
@@ -1305,9 +1308,18 @@ fn bench_attach(
     for workload in workloads {
         let target = format!("-p workload on {} (idle)", workload.allocator.name());
         rows.push(timing_row(target, options.runs, || {
-            tracers.attach_idle(workload)
+            let target = Target::start(&workload.path, "churn", 1, 0)?;
+            tracers.attach_for_a_moment(target.pid(), &workload.library)
         }));
     }
+    // Many threads, all of them busy: the attach waits on the target's CPUs and address space.
+    let swarm = build_swarm(&tracers.out);
+    let target = format!("-p swarm: {SWARM_THREADS} busy threads, more coming and going");
+    rows.push(timing_row(target, options.runs, || {
+        let swarm = swarm.as_ref().map_err(|error| anyhow!("{error:#}"))?;
+        let running = Swarm::start(swarm)?;
+        tracers.attach_for_a_moment(running.child.id(), Path::new("libc.so.6"))
+    }));
     if let Some(row) = redis.iter().find(|r| r.tracer == Tracer::LeaktraceExact) {
         // Taken from the redis runs, not run again.
         let mut runs = row.runs.iter().map(|r| {
@@ -1333,18 +1345,53 @@ fn bench_attach(
     rows
 }
 
+/// The threads that tests/fixtures/swarm.c keeps busy.
+const SWARM_THREADS: u32 = 500;
+
+/// tests/fixtures/swarm.c, built: [`SWARM_THREADS`] threads that each allocate and free
+/// every millisecond, plus threads that come and go.
+fn build_swarm(out: &Path) -> Result<PathBuf> {
+    let path = out.join("swarm");
+    run(Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&path)
+        .arg(workspace().join("tests/fixtures/swarm.c")))
+    .context("build the swarm fixture (`cargo xtask bench` installs gcc)")?;
+    Ok(path)
+}
+
+/// The swarm fixture, running until dropped; the end of its input ends it.
+struct Swarm {
+    child: Child,
+}
+
+impl Swarm {
+    fn start(path: &Path) -> Result<Swarm> {
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start the swarm fixture")?;
+        let mut output = BufReader::new(child.stdout.take().context("swarm stdout")?);
+        let swarm = Swarm { child };
+        expect_line(&mut output, "ready")?;
+        Ok(swarm)
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Tracers {
-    /// leaktrace on a workload that waits to be told to go: attach, a moment, SIGINT.
-    fn attach_idle(&self, workload: &Workload) -> Result<(Timing, Option<usize>)> {
-        let target = Target::start(&workload.path, "churn", 1, 0)?;
+    /// leaktrace on process `pid`, whose malloc is in `library`: attach, a moment, SIGINT.
+    fn attach_for_a_moment(&self, pid: u32, library: &Path) -> Result<(Timing, Option<usize>)> {
         let json = self.out.join("attach.json");
         let attached = self
-            .attach(
-                Tracer::LeaktraceExact,
-                target.pid(),
-                &workload.library,
-                &json,
-            )?
+            .attach(Tracer::LeaktraceExact, pid, library, &json)?
             .context("leaktrace is a tracer")?;
         let attach_ms = attached.attach_ms;
         std::thread::sleep(Duration::from_millis(200));

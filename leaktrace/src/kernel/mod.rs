@@ -8,6 +8,7 @@
 //! - [`probes`]: load, attach, detach, the window switch, the maps userspace writes;
 //! - [`multi`]: uprobe_multi links, one per program and binary, where the kernel has them;
 //! - [`events`]: decoding the ring buffer's records;
+//! - [`ring`]: the ring buffer's default size;
 //! - [`drops`]: what the probes could not deliver;
 //! - [`hits`]: how often each probe point was hit;
 //! - [`log`]: the probes' own log of rare events (`--verbose`);
@@ -20,6 +21,7 @@ mod hits;
 mod log;
 mod multi;
 mod probes;
+mod ring;
 
 pub use clock::monotonic_ns;
 pub use drops::DropCounts;

@@ -27,6 +27,7 @@ use super::{
     hits::{HitCounter, HitPoint},
     log::ProbeLog,
     multi::{MultiPoint, MultiPrograms, is_unsupported},
+    ring,
 };
 use crate::{
     error::{CAPTURE_CAPABILITIES, Failure, capability_remedy, os_error},
@@ -49,8 +50,9 @@ pub struct ProbeSettings {
     /// How much stack each new stack's copy takes for CFI unwinding; 0 for none (frame
     /// pointers only).
     pub stack_bytes: u32,
-    /// The ring buffer's size.
-    pub ring_bytes: u32,
+    /// The ring buffer's size; None: sized for the CPUs the target may run on
+    /// ([`ring::default_ring_bytes`]).
+    pub ring_bytes: Option<u32>,
     pub sampling: Sampling,
     /// Slots of the per-thread table of calls in flight, and entries of the map for threads
     /// whose slot another thread holds (`--max-threads`).
@@ -108,6 +110,10 @@ impl ProbeSet {
         // --verbose, which turns leaktrace's debug log on.
         let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
         let free_size_header = u32::from(settings.free_size_header);
+        let ring_bytes = settings
+            .ring_bytes
+            .unwrap_or_else(|| ring::default_ring_bytes(pid));
+        log::debug!("ring buffer: {} KiB", ring_bytes >> 10);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("STACK_BYTES", &settings.stack_bytes, true)
@@ -116,7 +122,7 @@ impl ProbeSet {
             .override_global("LOG_DROPS", &log_drops, true)
             .override_global("FREE_SIZE_HEADER", &free_size_header, true)
             .override_global("THREAD_SLOT_COUNT", &settings.max_threads, true)
-            .map_max_entries(maps::EVENTS, settings.ring_bytes)
+            .map_max_entries(maps::EVENTS, ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
             .map_max_entries(maps::PENDING, settings.max_threads)
             .map_max_entries(maps::THREAD_SLOTS, settings.max_threads)

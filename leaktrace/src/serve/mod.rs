@@ -53,6 +53,8 @@ pub const DISCOVERY_PERIOD: Duration = Duration::from_millis(200);
 /// to be read again, with the config file, on SIGHUP.
 pub fn run(command_line: Vec<OsString>) -> Result<()> {
     let args = ServeArgs::load(&command_line).map_err(settings_failure)?;
+    // Every capture thread inherits it: busy targets must not starve the readers.
+    crate::priority::raise();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
