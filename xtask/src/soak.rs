@@ -61,14 +61,7 @@ fn soak_capture(minutes: f64) -> Result<()> {
         workload,
         out,
     } = build()?;
-    let mut target = Command::new(&workload)
-        .args(["soak", "1", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the workload")?;
-    let mut output = BufReader::new(target.stdout.take().context("workload stdout")?);
-    expect_line(&mut output, "ready")?;
+    let mut target = start_workload(&workload, "soak")?;
     let json = out.join("soak.json");
     let mut tracer = Traced::start(
         Command::new(&leaktrace)
@@ -174,14 +167,7 @@ fn soak_serve(minutes: f64) -> Result<()> {
         workload,
         out,
     } = build()?;
-    let mut target = Command::new(&workload)
-        .args(["sites", "1", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the workload")?;
-    let mut output = BufReader::new(target.stdout.take().context("workload stdout")?);
-    expect_line(&mut output, "ready")?;
+    let mut target = start_workload(&workload, "sites")?;
     let out_dir = out.join("soak-serve");
     let _ = fs::remove_dir_all(&out_dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -275,6 +261,19 @@ fn scrape(address: &str) -> Result<String> {
     let mut page = String::new();
     stream.read_to_string(&mut page)?;
     Ok(page)
+}
+
+/// The workload running `scenario` on one thread, ready and waiting for its "go".
+fn start_workload(workload: &std::path::Path, scenario: &str) -> Result<std::process::Child> {
+    let mut target = Command::new(workload)
+        .args([scenario, "1", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the workload")?;
+    let mut output = BufReader::new(target.stdout.take().context("workload stdout")?);
+    expect_line(&mut output, "ready")?;
+    Ok(target)
 }
 
 /// VmRSS of a process, in MiB.
