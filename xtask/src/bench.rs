@@ -1341,6 +1341,9 @@ fn bench_attach(
     rows.push(timing_row("-- /bin/true".into(), options.runs, || {
         tracers.launch_true()
     }));
+    if let Some(workload) = workloads.first() {
+        rows.push(tracers.serve_row(workload, options.runs));
+    }
     print_attach_table(&rows);
     rows
 }
@@ -1387,6 +1390,44 @@ impl Drop for Swarm {
 }
 
 impl Tracers {
+    /// `leaktrace serve --exe WORKLOAD` following the workload as it starts again and again:
+    /// from its start to the service's attached line (the "within 1 s").
+    fn serve_row(&self, workload: &Workload, runs: usize) -> Row<AttachSetting, Timing> {
+        let mut serve = Traced::start(
+            Command::new(&self.leaktrace)
+                .args(["serve", "--exe"])
+                .arg(&workload.path)
+                .args(["--interval", "1s", "--metrics", "127.0.0.1:0", "--out-dir"])
+                .arg(self.out.join("serve-bench"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .and_then(|mut serve| {
+            serve.wait_for_line("leaktrace: serving metrics")?;
+            Ok(serve)
+        });
+        let target = format!("serve: {} started, until attached", workload.allocator.name());
+        let row = timing_row(target, runs, || {
+            let serve = serve.as_mut().map_err(|error| anyhow!("{error:#}"))?;
+            let started = Instant::now();
+            let target = Target::start(&workload.path, "churn", 1, 0)?;
+            let attached =
+                serve.wait_for_line(&format!("leaktrace: attached to pid {} ", target.pid()))?;
+            let timing = Timing {
+                attach_ms: Some(attached.duration_since(started).as_secs_f64() * 1000.0),
+                detach_ms: None,
+                report_to_exit_ms: None,
+                total_ms: None,
+            };
+            Ok((timing, None))
+        });
+        if let Ok(serve) = serve {
+            serve.interrupt();
+            let _ = serve.finish();
+        }
+        row
+    }
+
     /// leaktrace on process `pid`, whose malloc is in `library`: attach, a moment, SIGINT.
     fn attach_for_a_moment(&self, pid: u32, library: &Path) -> Result<(Timing, Option<usize>)> {
         let json = self.out.join("attach.json");
