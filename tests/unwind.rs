@@ -327,25 +327,12 @@ fn code_dlopened_after_launch_has_full_stacks() {
 /// unwound the first stacks: the probe knows every frame of the rest); its report and stdout.
 fn trace_deep_stacks(test: &str, flags: &[&str]) -> (Value, Vec<String>) {
     let binary = build_fixture_with("deep_stacks", flags);
-    let json = output_path(test, "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-i", "100ms", "--json"])
-            .arg(&json)
-            .arg("--")
-            .arg(&binary),
-    );
-    let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
-    leaktrace.stdout.wait_for(|l| l == "ready", WAIT);
-    for _ in 0..2 {
-        leaktrace.stdout.wait_for(|l| l.starts_with('['), WAIT);
-    }
-    assert_eq!(
-        unsafe { libc::kill(attached_pid(&attached), libc::SIGUSR1) },
-        0
-    );
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-    (read_json(&json), leaktrace.stdout.rest())
+    launch_until(test, &binary, &[], |stdout| {
+        stdout.wait_for(|l| l == "ready", WAIT);
+        for _ in 0..2 {
+            stdout.wait_for(|l| l.starts_with('['), WAIT);
+        }
+    })
 }
 
 /// Ten leaves at every recursion depth up to 150 make 1,500 stacks, one block each. A site
