@@ -6,7 +6,7 @@
 /// Most frames a key covers: deeper frames than this do not tell stacks apart. Far more than
 /// the [`MAX_STACK_DEPTH`](crate::MAX_STACK_DEPTH) frames a stack is shown with, so that
 /// stacks cut there still have keys of their own and a site can say how many it merged.
-pub const KEY_FRAMES: usize = 512;
+pub const KEY_FRAMES: usize = 256;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
@@ -47,9 +47,9 @@ mod tests {
 
     #[test]
     fn stacks_that_differ_anywhere_or_in_another_process_have_other_keys() {
-        let deep: Vec<u64> = (0..300).collect();
+        let deep: Vec<u64> = (0..KEY_FRAMES as u64).collect();
         let mut deeper_change = deep.clone();
-        deeper_change[299] = 7;
+        deeper_change[KEY_FRAMES - 1] = 7;
         assert_ne!(of(1, &deep), of(1, &deeper_change));
         assert_ne!(of(1, &deep), of(2, &deep));
         assert_eq!(of(1, &deep), of(1, &deep.clone()));
