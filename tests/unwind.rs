@@ -321,3 +321,88 @@ fn code_dlopened_after_launch_has_full_stacks() {
         .collect();
     assert_eq!(callers, ["plugin_leak", "plugin_run", "main"], "{first:#}");
 }
+
+/// `leaktrace -i 100ms` on the deep_stacks fixture built with `flags`, let go once two live
+/// views have come after its "ready" (the second took in every event before it, and so
+/// unwound the first stacks: the probe knows every frame of the rest); its report and stdout.
+fn trace_deep_stacks(test: &str, flags: &[&str]) -> (Value, Vec<String>) {
+    let binary = build_fixture_with("deep_stacks", flags);
+    launch_until(test, &binary, &[], |stdout| {
+        stdout.wait_for(|l| l == "ready", WAIT);
+        for _ in 0..2 {
+            stdout.wait_for(|l| l.starts_with('['), WAIT);
+        }
+    })
+}
+
+/// Ten leaves at every recursion depth up to 150 make 1,500 stacks, one block each. A site
+/// keeps 127 frames: stacks deeper than that, which differ only below, share one site, and
+/// that site says where its stack was cut and how many stacks it merged, so that every
+/// stack is accounted for; with frame pointers and without.
+#[test]
+fn deep_stacks_cut_short_say_how_many_stacks_they_merged() {
+    let Some(_bpf) = require_bpf() else { return };
+    let stacks =
+        fixture_define("deep_stacks", "LEAVES") * fixture_define("deep_stacks", "MAX_DEPTH");
+    for (test, flags) in [
+        ("deep_stacks_fp", &[][..]),
+        ("deep_stacks_no_fp", NO_FRAME_POINTERS),
+    ] {
+        let (report, stdout) = trace_deep_stacks(test, flags);
+        let leaves: Vec<&Value> = report["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["frames"][0]["function"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("leaf_"))
+            })
+            .collect();
+        let merged = |site: &Value| site["stack_cut"]["stacks"].as_u64().unwrap_or(1);
+        // The case: some sites stand for many stacks.
+        let cut: Vec<&&Value> = leaves.iter().filter(|s| merged(s) > 1).collect();
+        assert!(!cut.is_empty(), "{test}: no site merged stacks: {report:#}");
+        // Each stack leaked one block: a site holds as many blocks as it merged stacks.
+        for site in &leaves {
+            assert_eq!(
+                site["live_allocations"].as_u64().unwrap(),
+                merged(site),
+                "{test}: {site:#}"
+            );
+        }
+        assert_eq!(
+            leaves.iter().map(|s| merged(s)).sum::<u64>(),
+            stacks,
+            "{test}"
+        );
+        for site in &cut {
+            assert_eq!(site["stack_cut"]["frames"], 127, "{test}: {site:#}");
+            assert_eq!(site["frames"].as_array().unwrap().len(), 127, "{test}");
+        }
+        // The text report says so under each such site's stack.
+        let text = TextReport::from_stdout(&stdout);
+        let entries: Vec<&[String]> = text
+            .lines
+            .split(|l| l.is_empty())
+            .filter(|entry| entry.first().is_some_and(|l| l.starts_with('#')))
+            .collect();
+        let said = text
+            .sites()
+            .into_iter()
+            .zip(&entries)
+            .filter(|(site, _)| site.live_allocations > 1)
+            .map(|(site, entry)| {
+                let line = format!(
+                    "    … stack cut at 127 frames: {} distinct deeper stacks merged",
+                    site.live_allocations
+                );
+                assert!(entry.contains(&line), "{test}: {line} in {entry:#?}");
+            })
+            .count();
+        assert!(
+            said > 0,
+            "{test}: no merged site in the text report: {text}"
+        );
+    }
+}

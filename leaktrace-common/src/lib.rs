@@ -9,6 +9,7 @@ pub mod arguments;
 pub mod cookie;
 pub mod return_offsets;
 pub mod sampling;
+pub mod stack_key;
 
 /// One allocator event, as the ring buffer carries it (a free comes as a shorter
 /// [`FreeEvent`]).
@@ -162,7 +163,8 @@ pub struct StackSample {
 #[derive(Clone, Copy)]
 pub struct AllocEventWithStack {
     /// `kind` is [`EventKind::AllocWithStack`] or [`EventKind::MmapWithStack`]; `stack_id` is
-    /// unused.
+    /// unused; `stack_hash` the stack's key when the frames were walked through learned
+    /// offsets ([`stack_key`]), 0 when walked by frame pointers.
     pub event: AllocEvent,
     /// Bytes of `frames` the kernel filled (8 per frame).
     pub stack_bytes: u64,

@@ -13,6 +13,7 @@ use aya_ebpf::{
 use leaktrace_common::{
     AllocEvent, AllocEventWithStack, DropCounter, EventKind, MAX_STACK_COPY, MAX_STACK_DEPTH,
     OUTERMOST_FRAME, PAGE_BYTES, STACK_ID_OWN_COPY, StackSample, return_offsets,
+    stack_key::{self, KEY_FRAMES},
 };
 
 use crate::{
@@ -22,14 +23,8 @@ use crate::{
     maps::{COPIED_STACKS, EVENTS, RECENTLY_COPIED, RETURN_OFFSETS, SCRATCH, STACKS},
 };
 
-/// Return addresses followed through `RETURN_OFFSETS`, at most.
-const LEARNED_FRAMES: usize = 32;
-
 /// Bytes of stack the walk reads at once.
 const WALK_BYTES: u64 = 1024;
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 const EEXIST: i32 = 17;
 
@@ -75,8 +70,9 @@ pub(crate) fn emit_with_stack(
             return;
         }
         if complete {
-            // The return addresses the walk follows go in the record.
-            emit_with_frames(pid_tgid, with_stack(kind), address, size, |frames| {
+            // The return addresses the walk follows go in the record, with the key, which
+            // covers deeper frames than the record holds.
+            emit_with_frames(pid_tgid, with_stack(kind), address, size, hash, |frames| {
                 let (_, _, depth) = learned_stack_hash(ctx, pid_tgid, Some(frames));
                 (0, depth as u64 * 8)
             });
@@ -88,7 +84,7 @@ pub(crate) fn emit_with_stack(
         Err(errno) if errno == -EEXIST => {
             count_drop(DropCounter::StackMapFull);
             // The stack map had no room for this stack: the kernel walks it into the record.
-            emit_with_frames(pid_tgid, with_stack(kind), address, size, |frames| {
+            emit_with_frames(pid_tgid, with_stack(kind), address, size, 0, |frames| {
                 // SAFETY: `frames` points at the record's array of MAX_STACK_DEPTH frames,
                 // and the helper writes at most the size given.
                 let filled = unsafe {
@@ -162,13 +158,15 @@ fn with_stack(kind: EventKind) -> EventKind {
 }
 
 /// Sends an [`AllocEventWithStack`], whose frames `fill` writes in place in the ring buffer,
-/// returning the record's `stack_id` and how many bytes of frames it wrote.
+/// returning the record's `stack_id` and how many bytes of frames it wrote; `stack_hash` is
+/// the stack's key, or 0 for a frame-pointer walk.
 #[inline(always)]
 fn emit_with_frames(
     pid_tgid: u64,
     kind: EventKind,
     address: u64,
     size: u64,
+    stack_hash: u64,
     fill: impl FnOnce(*mut [u64; MAX_STACK_DEPTH]) -> (i32, u64),
 ) {
     let Some(mut entry) = EVENTS.reserve::<AllocEventWithStack>(0) else {
@@ -180,7 +178,10 @@ fn emit_with_frames(
     // fields are written through raw pointers, never read.
     let frames = unsafe { core::ptr::addr_of_mut!((*record).frames) };
     let (stack_id, stack_bytes) = fill(frames);
-    let header = event(pid_tgid, kind, address, size, stack_id);
+    let header = AllocEvent {
+        stack_hash,
+        ..event(pid_tgid, kind, address, size, stack_id)
+    };
     // SAFETY: as above.
     unsafe {
         core::ptr::addr_of_mut!((*record).event).write(header);
@@ -189,14 +190,15 @@ fn emit_with_frames(
     entry.submit(wake_flags());
 }
 
-/// The stack's key: a hash of the process, the allocation's return address and the callers'
-/// return addresses reachable from it through learned offsets; never 0. And whether the walk
-/// reached the outermost frame: until userspace has learned every frame's offset (from the
-/// first copy of a stack through it) the walk stops early, and the key is not yet the
-/// stack's own. The process is in the key because each process unwinds its own copies.
+/// The stack's key ([`stack_key`]): a hash of the process, the allocation's return address
+/// and the callers' return addresses reachable from it through learned offsets, up to
+/// [`KEY_FRAMES`] in all; never 0. And whether the walk reached the outermost frame: until
+/// userspace has learned every frame's offset (from the first copy of a stack through it) the
+/// walk stops early, and the key is not yet the stack's own.
 ///
-/// With `frames`, the return addresses walked go there too, innermost first; their count is
-/// the third value.
+/// With `frames`, the first [`MAX_STACK_DEPTH`] return addresses walked go there too,
+/// innermost first; their count is the third value. The key covers the deeper ones too: stacks
+/// that share those frames and differ below them keep keys of their own.
 #[inline(always)]
 fn learned_stack_hash(
     ctx: &RetProbeContext,
@@ -206,15 +208,14 @@ fn learned_stack_hash(
     // SAFETY: `ctx.regs` is the register snapshot the kernel hands the program, valid while it
     // runs.
     let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
-    let mut hash = (FNV_OFFSET ^ (pid_tgid >> 32)).wrapping_mul(FNV_PRIME);
-    hash = (hash ^ pc).wrapping_mul(FNV_PRIME);
+    let mut hash = stack_key::add(stack_key::start(pid_tgid >> 32), pc);
     let mut depth = 1;
     if let Some(frames) = frames {
         // SAFETY: `frames` points at a writable array of MAX_STACK_DEPTH frames.
         unsafe { (*frames)[0] = pc };
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return (hash | 1, false, depth);
+        return (stack_key::finish(hash), false, depth);
     };
     let top = sp;
     // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program runs.
@@ -229,7 +230,7 @@ fn learned_stack_hash(
     // A stack deeper than the walk goes, or one that cannot be read on, is as complete as
     // the walk can make it.
     let mut complete = true;
-    for frame in 1..=LEARNED_FRAMES {
+    for frame in 1..KEY_FRAMES {
         let learned = return_offsets::learned_offset(pc, |slot| RETURN_OFFSETS.get(slot).copied());
         let Some(offset) = learned else {
             complete = false;
@@ -256,16 +257,18 @@ fn learned_stack_hash(
             };
             value
         };
-        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
-        if let Some(frames) = frames {
-            // SAFETY: `frame` is at most LEARNED_FRAMES, below MAX_STACK_DEPTH.
-            unsafe { (*frames)[frame] = return_address };
+        hash = stack_key::add(hash, return_address);
+        if frame < MAX_STACK_DEPTH {
+            if let Some(frames) = frames {
+                // SAFETY: `frame` is below MAX_STACK_DEPTH, the array's length.
+                unsafe { (*frames)[frame] = return_address };
+            }
+            depth = frame + 1;
         }
-        depth = frame + 1;
         sp = slot + 8;
         pc = return_address;
     }
-    (hash | 1, complete, depth)
+    (stack_key::finish(hash), complete, depth)
 }
 
 /// Sends the registers and the top of the user stack, for userspace to unwind with CFI; false

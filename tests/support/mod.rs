@@ -683,6 +683,20 @@ pub fn launch_until_named(
     args: &[&str],
     site: &str,
 ) -> (Value, Vec<String>) {
+    launch_until(test, binary, args, |stdout| {
+        stdout.wait_for(|l| l.contains(site), WAIT);
+    })
+}
+
+/// `leaktrace -i 100ms --json … -- BINARY ARGS…` on a target that waits for SIGUSR1, sent
+/// once `ready` has returned, reading leaktrace's stdout; then to the end. The report and
+/// leaktrace's stdout.
+pub fn launch_until(
+    test: &str,
+    binary: &Path,
+    args: &[&str],
+    ready: impl FnOnce(&mut Lines),
+) -> (Value, Vec<String>) {
     let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
@@ -693,7 +707,7 @@ pub fn launch_until_named(
             .args(args),
     );
     let attached = leaktrace.stderr.wait_for(is_attached_line, WAIT);
-    leaktrace.stdout.wait_for(|l| l.contains(site), WAIT);
+    ready(&mut leaktrace.stdout);
     assert_eq!(
         unsafe { libc::kill(attached_pid(&attached), libc::SIGUSR1) },
         0

@@ -17,6 +17,7 @@ use crate::{
     scan::{LeakScan, TrackedBlock, mark::Block},
     stacks::{
         AllocFns, AllocatorFrames, CallSites, DwarfUnwinder, Symbolizer,
+        cut::Cut,
         labels::simple_name,
         symbolize::FoundBy,
         unwind::{StackCopy, Unwound},
@@ -261,10 +262,17 @@ impl TracedImage {
     ) {
         let allocated_ms = self.ms(timestamp_ns);
         let mut first_seen = None;
+        let mut cut = None;
         let key = match self.call_sites.known_key(&stack) {
-            Some(key) => key,
+            Some(key) => {
+                // A stack sent whole may be a new deeper stack under known frames.
+                if let Stack::Inline(addresses, stack_key) = &stack {
+                    cut = Cut::of_inline(self.pid, addresses, *stack_key);
+                }
+                key
+            }
             None => {
-                let (addresses, found_by) = match &stack {
+                let (mut addresses, mut found_by) = match &stack {
                     Stack::Id(id) => frame_pointer_stack(probes.stack(*id)),
                     Stack::Copied(hash) | Stack::OwnCopy(hash) => match self.unwound.remove(hash) {
                         Some(cfi) => {
@@ -280,9 +288,10 @@ impl TracedImage {
                                 (cfi.addresses.clone(), cfi.found_by.clone())
                             }),
                     },
-                    Stack::Inline(frames) => frame_pointer_stack(frames.clone()),
+                    Stack::Inline(frames, _) => frame_pointer_stack(frames.clone()),
                     Stack::Lost => (Vec::new(), Vec::new()),
                 };
+                cut = Cut::apply(self.pid, &stack, &mut addresses, &mut found_by);
                 self.symbolizer.observe(&addresses);
                 let key = self.call_sites.intern(&stack, &addresses);
                 first_seen = Some((addresses, found_by));
@@ -297,6 +306,9 @@ impl TracedImage {
         if is_new {
             let (addresses, found_by) = first_seen.unwrap_or_default();
             self.call_sites.add(site, addresses, found_by);
+        }
+        if let Some(cut) = cut {
+            self.call_sites.note_cut(site, cut);
         }
     }
 

@@ -17,8 +17,11 @@ pub enum Stack {
     /// Copied for this allocation alone, under a key that is not yet the stack's own
     /// ([`STACK_ID_OWN_COPY`]): the sample just before it, and only that, is its stack.
     OwnCopy(u64),
-    /// In the record itself (the stack map had no room): return addresses, innermost first.
-    Inline(Vec<u64>),
+    /// In the record itself: return addresses, innermost first (at most
+    /// [`MAX_STACK_DEPTH`](leaktrace_common::MAX_STACK_DEPTH)), and the key the probe hashed
+    /// them into with any deeper ones ([`leaktrace_common::stack_key`]); 0 when the kernel
+    /// walked them by frame pointers (the stack map had no room).
+    Inline(Vec<u64>, u64),
     /// Not recorded (the kernel could not read it).
     Lost,
 }
@@ -125,7 +128,7 @@ impl Event {
                 Some(alloc(if depth == 0 {
                     Stack::Lost
                 } else {
-                    Stack::Inline(full.frames[..depth].to_vec())
+                    Stack::Inline(full.frames[..depth].to_vec(), raw.stack_hash)
                 }))
             }
             // A free comes only in its own short record.
@@ -338,7 +341,7 @@ mod tests {
                 timestamp_ns: 1,
                 address: 0x2000,
                 size: 8,
-                stack_hash: 0,
+                stack_hash: 0x77,
                 tgid: 7,
                 tid: 7,
                 stack_id: 0,
@@ -350,7 +353,7 @@ mod tests {
         let bytes = bytes_of(&record);
         assert!(matches!(
             Event::decode(&bytes),
-            Some(Event::Alloc { stack: Stack::Inline(f), .. }) if f == [0xa, 0xb, 0xc]
+            Some(Event::Alloc { stack: Stack::Inline(f, 0x77), .. }) if f == [0xa, 0xb, 0xc]
         ));
         assert_eq!(Event::decode(&bytes[..size_of::<AllocEvent>()]), None);
     }

@@ -62,6 +62,7 @@ mod tests {
                 .first()
                 .map_or_else(String::new, |f| f.to_string()),
             frames: innermost_first.iter().map(|f| frame(f)).collect(),
+            stack_cut: None,
             blocks: Vec::new(),
             scan: None,
         }

@@ -34,8 +34,8 @@ use crate::{
     ledger::verdict::{Judgement, Unseen, Verdict},
     ledger::{Ledger, LiveBlock, SiteId, SiteStats, Totals},
     scan::{KindAmounts, LeakScan},
-    stacks::callsite::CallSites,
     stacks::symbolize::{Frame, Symbolizer},
+    stacks::{callsite::CallSites, cut::StackCut},
     target::memory::MemorySample,
 };
 
@@ -65,6 +65,10 @@ pub struct SiteReport {
     pub site: String,
     /// Innermost first; `frames[0]` is the first frame outside the allocator.
     pub frames: Vec<Frame>,
+    /// When the stack was deeper than a site keeps: where it was cut, and how many distinct
+    /// stacks that share these frames the site merged ([`crate::stacks::cut`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_cut: Option<StackCut>,
     /// With `-a`: its oldest live blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<LiveBlock>,
@@ -227,6 +231,7 @@ impl Report {
                     wrappers: label.wrappers,
                     site: label.text,
                     frames: call_sites.frames(site, symbolizer).to_vec(),
+                    stack_cut: call_sites.cut(site),
                     blocks,
                     scan: kinds,
                 }

@@ -267,7 +267,7 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
             .map(|frames| builder.location(frames))
             .collect();
         let stats = &site.stats;
-        let label = vec![
+        let mut label = vec![
             Label {
                 key: builder.string("verdict"),
                 str: builder.string(site.verdict.as_str()),
@@ -281,6 +281,15 @@ pub fn pprof(report: &Report) -> std::io::Result<Vec<u8>> {
                 num_unit: 0,
             },
         ];
+        // A stack cut short: `-tags` says where, and how many stacks the sample merged.
+        if let Some(cut) = site.stack_cut {
+            label.push(Label {
+                key: builder.string("stack_cut"),
+                str: builder.string(&cut.to_string()),
+                num: 0,
+                num_unit: 0,
+            });
+        }
         let mut value: Vec<i64> = [
             stats.live_bytes,
             stats.live_allocations,

@@ -211,6 +211,9 @@ fn render_one(report: &Report, top: usize) -> String {
                 site.frames.len() - FRAMES_SHOWN
             );
         }
+        if let Some(cut) = site.stack_cut {
+            let _ = writeln!(out, "    … {cut}");
+        }
         if let Some(kinds) = site.scan.as_ref().map(|k| kinds_text(k, false))
             && !kinds.is_empty()
         {

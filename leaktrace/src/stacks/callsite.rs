@@ -10,6 +10,7 @@ use crate::{
     kernel::Stack,
     ledger::{Ledger, SiteId, StackKey},
     stacks::{
+        cut::{Cut, CutSites, StackCut},
         labels::{AllocFns, Names, PreparedStack, SiteLabel, label_prepared, simple_name},
         symbolize::{FoundBy, Frame, Symbolizer},
     },
@@ -51,6 +52,8 @@ pub struct CallSites {
     by_addresses: HashMap<Vec<u64>, StackKey>,
     /// Stacks the kernel named (a stack id, or a copied stack's key).
     by_name: HashMap<Stack, StackKey>,
+    /// The sites whose stacks were cut, and what each merged.
+    cut: CutSites,
 }
 
 impl CallSites {
@@ -69,6 +72,7 @@ impl CallSites {
             symbolized: HashMap::new(),
             by_addresses: HashMap::new(),
             by_name: HashMap::new(),
+            cut: CutSites::default(),
         }
     }
 
@@ -77,7 +81,7 @@ impl CallSites {
         match stack {
             Stack::Id(_) | Stack::Copied(_) => self.by_name.get(stack).copied(),
             Stack::OwnCopy(_) => None,
-            Stack::Inline(addresses) => self.by_addresses.get(addresses).copied(),
+            Stack::Inline(addresses, _) => self.by_addresses.get(addresses).copied(),
             Stack::Lost => Some(Ledger::LOST_STACK),
         }
     }
@@ -114,6 +118,16 @@ impl CallSites {
         }
         self.stacks[index] = addresses;
         self.found_by[index] = found_by;
+    }
+
+    /// An allocation of `site` whose stack was cut ([`Cut::apply`]).
+    pub fn note_cut(&mut self, site: SiteId, cut: Cut) {
+        self.cut.note(site, cut);
+    }
+
+    /// Where the site's stack was cut and how many stacks it merged, if it was.
+    pub fn cut(&self, site: SiteId) -> Option<StackCut> {
+        self.cut.of(site)
     }
 
     /// The label of every site, by [`SiteId::index`], each named among all the others
@@ -363,8 +377,8 @@ mod tests {
         // A copied stack that unwound to the same addresses, and an inline copy of them.
         let copied = Stack::Copied(5);
         assert_eq!(sites.intern(&copied, &[1, 2]), key);
-        assert_eq!(sites.known_key(&Stack::Inline(vec![1, 2])), Some(key));
-        assert_ne!(sites.intern(&Stack::Inline(vec![1, 3]), &[1, 3]), key);
+        assert_eq!(sites.known_key(&Stack::Inline(vec![1, 2], 9)), Some(key));
+        assert_ne!(sites.intern(&Stack::Inline(vec![1, 3], 9), &[1, 3]), key);
         assert_eq!(sites.known_key(&Stack::Lost), Some(Ledger::LOST_STACK));
     }
 }

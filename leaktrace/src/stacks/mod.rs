@@ -7,12 +7,14 @@
 //!
 //! - [`unwind`]: CFI unwinding of stack copies (framehop);
 //! - [`callsite`]: stack keys for the ledger, and the frames of each site;
+//! - [`cut`]: stacks deeper than a site keeps, and how many each cut site merged;
 //! - [`labels`]: each site named past its allocator wrappers (`createClient ← zmalloc`);
 //! - [`symbolize`]: addresses to functions and lines (addr2line over the mapped modules);
 //! - [`debuginfo`]: where a module's separate debug info lives;
 //! - [`demangle`]: symbol names as people read them (C++ through the system's demangler).
 
 pub mod callsite;
+pub mod cut;
 pub mod debuginfo;
 pub mod demangle;
 pub mod labels;

@@ -21,8 +21,10 @@ use crate::{
     target::maps::Mapping,
 };
 
-/// The most frames one stack gets, as for kernel stacks.
-const MAX_FRAMES: usize = leaktrace_common::MAX_STACK_DEPTH;
+/// The most frames one stack is unwound to: as many as its key covers, so that what the
+/// unwinding learns lets the probe walk that deep too. A site keeps fewer
+/// ([`crate::stacks::cut`]).
+const MAX_FRAMES: usize = leaktrace_common::stack_key::KEY_FRAMES;
 
 /// The page size of x86-64 Linux, the only target framehop unwinds for here.
 const PAGE_SIZE: u64 = 4096;

@@ -416,15 +416,18 @@ fn a_zero_return_address_ends_the_walk() {
 #[test]
 fn a_deeper_stack_stops_at_the_frame_limit() {
     let (symbolizer, mut unwinder) = no_modules();
-    // 200 frames of 16 bytes, each chained to the next.
+    // More frames of 16 bytes than a stack's key covers, each chained to the next.
     let mut words = Vec::new();
-    for frame in 0..200u64 {
+    for frame in 0..MAX_FRAMES as u64 + 100 {
         words.extend([SP + 16 * (frame + 1), 0x40_0000 + 16 * frame]);
     }
     let copy = hand_built(0x3f_fff0, SP, &words);
     let unwound = unwinder.unwind(&copy, &symbolizer);
     assert_eq!(unwound.addresses.len(), MAX_FRAMES);
-    assert_eq!(unwound.addresses[MAX_FRAMES - 1], 0x40_0000 + 16 * 125);
+    assert_eq!(
+        unwound.addresses[MAX_FRAMES - 1],
+        0x40_0000 + 16 * (MAX_FRAMES as u64 - 2)
+    );
     assert_consistent(&copy, &unwound);
 }
 
