@@ -1406,7 +1406,10 @@ impl Tracers {
             serve.wait_for_line("leaktrace: serving metrics")?;
             Ok(serve)
         });
-        let target = format!("serve: {} started, until attached", workload.allocator.name());
+        let target = format!(
+            "serve: {} started, until attached",
+            workload.allocator.name()
+        );
         let row = timing_row(target, runs, || {
             let serve = serve.as_mut().map_err(|error| anyhow!("{error:#}"))?;
             let started = Instant::now();
