@@ -45,12 +45,18 @@ fn serve(out: &Path, args: &[&str]) -> Running {
     serve
 }
 
+/// Waits until the service says `line` (or has said it: captures start in any order).
+fn until_said(serve: &mut Running, line: impl Fn(&str) -> bool) {
+    if !serve.stderr.received().iter().any(|l| line(l)) {
+        serve.stderr.wait_for(line, WAIT);
+    }
+}
+
 /// Waits until the service says it attached to `pid`.
 fn until_attached(serve: &mut Running, pid: u32) {
-    serve.stderr.wait_for(
-        |l| is_attached_line(l) && attached_pid(l) == pid as i32,
-        WAIT,
-    );
+    until_said(serve, |l| {
+        is_attached_line(l) && attached_pid(l) == pid as i32
+    });
 }
 
 /// The reports in `out` of `pid` of `kind` (window or final), oldest first.
@@ -128,9 +134,7 @@ fn a_restarted_target_is_followed_and_each_run_gets_its_final_report() {
         restarted.elapsed().as_secs_f64() * 1000.0
     );
     let done = format!("leaktrace: pid {} (", first.pid());
-    if !serve.stderr.received().iter().any(|l| l.starts_with(&done)) {
-        serve.stderr.wait_for(|l| l.starts_with(&done), WAIT);
-    }
+    until_said(&mut serve, |l| l.starts_with(&done));
     leaks(&mut second, 8);
     // A window's report of the second run, before it ends.
     let deadline = Instant::now() + WAIT;
@@ -229,14 +233,17 @@ fn prometheus_sees_the_leak_leaking_and_the_steady_server_not() {
     let Some(_bpf) = require_bpf() else { return };
     let binary = build_fixture("trends");
     let out = out_dir("serve_prometheus");
-    let leaky = start_ready(&binary, &[]);
-    let steady = start_ready(&binary, &["steady"]);
+    // Both wait for SIGUSR1 until serve is attached: it sees each cache fill from its start.
+    let leaky = start_ready(&binary, &["wait"]);
+    let steady = start_ready(&binary, &["wait", "steady"]);
     let mut serve = serve(
         &out,
         &["--exe", binary.to_str().unwrap(), "--interval", "500ms"],
     );
     until_attached(&mut serve, leaky.pid());
     until_attached(&mut serve, steady.pid());
+    leaky.signal(libc::SIGUSR1);
+    steady.signal(libc::SIGUSR1);
     let prometheus = Prometheus::start(Scrape::Address(metrics_address(&mut serve)));
 
     let leaking = format!(
