@@ -327,7 +327,8 @@ fn code_dlopened_after_launch_has_full_stacks() {
 /// unwound the first stacks: the probe knows every frame of the rest); its report and stdout.
 fn trace_deep_stacks(test: &str, flags: &[&str]) -> (Value, Vec<String>) {
     let binary = build_fixture_with("deep_stacks", flags);
-    launch_until(test, &binary, &[], |stdout| {
+    // Every site in the report: more than --max-sites' default.
+    launch_until(test, (&["--max-sites", "2000"], &binary, &[]), |stdout| {
         stdout.wait_for(|l| l == "ready", WAIT);
         for _ in 0..2 {
             stdout.wait_for(|l| l.starts_with('['), WAIT);

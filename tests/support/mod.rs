@@ -683,23 +683,23 @@ pub fn launch_until_named(
     args: &[&str],
     site: &str,
 ) -> (Value, Vec<String>) {
-    launch_until(test, binary, args, |stdout| {
+    launch_until(test, (&[], binary, args), |stdout| {
         stdout.wait_for(|l| l.contains(site), WAIT);
     })
 }
 
-/// `leaktrace -i 100ms --json … -- BINARY ARGS…` on a target that waits for SIGUSR1, sent
+/// `leaktrace OPTIONS -i 100ms --json … -- BINARY ARGS…` on a target that waits for SIGUSR1, sent
 /// once `ready` has returned, reading leaktrace's stdout; then to the end. The report and
 /// leaktrace's stdout.
 pub fn launch_until(
     test: &str,
-    binary: &Path,
-    args: &[&str],
+    (options, binary, args): (&[&str], &Path, &[&str]),
     ready: impl FnOnce(&mut Lines),
 ) -> (Value, Vec<String>) {
     let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
+            .args(options)
             .args(["-i", "100ms", "--json"])
             .arg(&json)
             .arg("--")
