@@ -14,9 +14,12 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::report::{
-    Report,
-    output::{Destination, Format, ReportFiles},
+use crate::{
+    error::{Failure, OutputPath},
+    report::{
+        Report,
+        output::{Format, invoking_user, write_atomically},
+    },
 };
 
 /// The file endings of one report.
@@ -51,31 +54,38 @@ impl WindowStore {
         })
     }
 
-    /// Writes `report`, then rotates. The stem of the files written.
+    /// Writes `report`, after the oldest reports made room for it: the directory never holds
+    /// more than the limits allow, but for a newest report larger than them all. The stem of
+    /// the files written.
     pub fn write(&self, report: &Report, kind: ReportKind) -> Result<PathBuf> {
         let stem = self.dir.join(stem(report, kind, SystemTime::now()));
-        let files = ReportFiles {
-            outputs: ENDINGS
-                .iter()
-                .map(|(ending, format)| {
-                    let mut path = stem.clone().into_os_string();
-                    path.push(ending);
-                    (*format, Destination::File(path.into()))
-                })
-                .collect(),
-            top: 0,
-        };
-        files.write(report)?;
-        self.rotate();
+        let files = ENDINGS
+            .iter()
+            .map(|(ending, format)| {
+                let mut path = stem.clone().into_os_string();
+                path.push(ending);
+                Ok((PathBuf::from(path), report.render(*format, 0)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.rotate(files.iter().map(|(_, contents)| contents.len() as u64).sum());
+        let failed: Vec<OutputPath> = files
+            .iter()
+            .filter_map(|(path, contents)| {
+                write_atomically(path, contents, invoking_user()).err()
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(Failure::OutputPaths(failed).into());
+        }
         Ok(stem)
     }
 
-    /// Removes the oldest reports past the limits. A file that cannot be removed is logged:
-    /// the next rotation tries again.
-    fn rotate(&self) {
+    /// Removes the oldest reports until one more, of `incoming` bytes, fits the limits. A
+    /// file that cannot be removed is logged: the next rotation tries again.
+    fn rotate(&self, incoming: u64) {
         let reports = self.reports();
-        let mut count = reports.len();
-        let mut bytes: u64 = reports.iter().map(|r| r.bytes).sum();
+        let mut count = reports.len() + 1;
+        let mut bytes: u64 = reports.iter().map(|r| r.bytes).sum::<u64>() + incoming;
         for report in reports {
             if count <= self.keep && bytes <= self.max_bytes {
                 break;
@@ -203,20 +213,21 @@ mod tests {
         for minute in 0..5 {
             write(minute, 100);
         }
-        store.rotate();
+        store.rotate(0);
         let left = |store: &WindowStore| -> Vec<String> {
             store.reports().into_iter().map(|r| r.stem).collect()
         };
         assert_eq!(
             left(&store),
-            ["02", "03", "04"].map(|m| format!("srv-1-window-2026-12-01T02{m}00.000Z"))
+            ["03", "04"].map(|m| format!("srv-1-window-2026-12-01T02{m}00.000Z")),
+            "two kept, and room for the one about to be written: three"
         );
         store.max_bytes = 400;
-        store.rotate();
+        store.rotate(200);
         assert_eq!(
-            left(&store).len(),
-            2,
-            "two reports of 200 bytes each fit in 400"
+            left(&store),
+            ["srv-1-window-2026-12-01T020400.000Z"],
+            "one report of 200 bytes, and room for 200 more, in 400"
         );
         assert!(dir.join("operator-notes.txt").exists());
         fs::remove_dir_all(&dir).unwrap();
