@@ -6,7 +6,7 @@
 /// Most frames a key covers: deeper frames than this do not tell stacks apart. Far more than
 /// the [`MAX_STACK_DEPTH`](crate::MAX_STACK_DEPTH) frames a stack is shown with, so that
 /// stacks cut there still have keys of their own and a site can say how many it merged.
-pub const KEY_FRAMES: usize = 256;
+pub const KEY_FRAMES: usize = 160;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;

@@ -67,12 +67,15 @@ impl WindowStore {
                 Ok((PathBuf::from(path), report.render(*format, 0)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.rotate(files.iter().map(|(_, contents)| contents.len() as u64).sum());
+        self.rotate(
+            files
+                .iter()
+                .map(|(_, contents)| contents.len() as u64)
+                .sum(),
+        );
         let failed: Vec<OutputPath> = files
             .iter()
-            .filter_map(|(path, contents)| {
-                write_atomically(path, contents, invoking_user()).err()
-            })
+            .filter_map(|(path, contents)| write_atomically(path, contents, invoking_user()).err())
             .collect();
         if !failed.is_empty() {
             return Err(Failure::OutputPaths(failed).into());
