@@ -70,8 +70,7 @@ fn soak_capture(minutes: f64) -> Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     )?;
-    tracer.wait_for_line("leaktrace: attached to pid")?;
-    writeln!(target.stdin.take().context("workload stdin")?, "go")?;
+    let_go(&mut tracer, &mut target)?;
 
     let total = Duration::from_secs_f64(minutes * 60.0);
     let warm = total / 5;
@@ -188,8 +187,7 @@ fn soak_serve(minutes: f64) -> Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     )?;
-    tracer.wait_for_line("leaktrace: attached to pid")?;
-    writeln!(target.stdin.take().context("workload stdin")?, "go")?;
+    let_go(&mut tracer, &mut target)?;
 
     let total = Duration::from_secs_f64(minutes * 60.0);
     let warm = total / 5;
@@ -274,6 +272,13 @@ fn start_workload(workload: &std::path::Path, scenario: &str) -> Result<std::pro
     let mut output = BufReader::new(target.stdout.take().context("workload stdout")?);
     expect_line(&mut output, "ready")?;
     Ok(target)
+}
+
+/// Once leaktrace's probes are in, the workload starts.
+fn let_go(tracer: &mut Traced, target: &mut std::process::Child) -> Result<()> {
+    tracer.wait_for_line("leaktrace: attached to pid")?;
+    writeln!(target.stdin.take().context("workload stdin")?, "go")?;
+    Ok(())
 }
 
 /// VmRSS of a process, in MiB.
