@@ -102,6 +102,11 @@ impl Service {
     }
 
     async fn run(&mut self) -> Result<()> {
+        // Caught before anything says the service is up: a reload or stop sent as soon as it
+        // is must not meet the signals' default action, which ends the process.
+        let mut hangups = signal(SignalKind::hangup())?;
+        let mut terminations = signal(SignalKind::terminate())?;
+        let mut interrupts = signal(SignalKind::interrupt())?;
         let endpoint = Endpoint::bind(&self.args.metrics)
             .await
             .map_err(settings_failure)?;
@@ -111,9 +116,6 @@ impl Service {
             self.args.out_dir.display()
         );
         tokio::spawn(endpoint.serve(Arc::clone(&self.board)));
-        let mut hangups = signal(SignalKind::hangup())?;
-        let mut terminations = signal(SignalKind::terminate())?;
-        let mut interrupts = signal(SignalKind::interrupt())?;
         let mut discovery = interval(DISCOVERY_PERIOD);
         discovery.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut windows = window_ticker(self.args.window);
