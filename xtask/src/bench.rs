@@ -351,6 +351,18 @@ pub fn build() -> Result<Built> {
     })
 }
 
+/// A table's rows when it is `wanted`; a table that fails says so under its `name` and leaves
+/// the others to run.
+fn table<T>(wanted: bool, name: &str, bench: impl FnOnce() -> Result<Vec<T>>) -> Vec<T> {
+    if !wanted {
+        return Vec::new();
+    }
+    bench().unwrap_or_else(|error| {
+        println!("\n{name}: failed: {error:#}");
+        Vec::new()
+    })
+}
+
 /// Release leaktrace, and the directory for the bench's files.
 fn build_leaktrace() -> Result<(PathBuf, PathBuf)> {
     let root = workspace();
@@ -429,37 +441,22 @@ pub fn bench(args: &[String]) -> Result<()> {
     } else {
         Vec::new()
     };
-    let redis = if options.wants("redis") || options.wants("attach") {
-        bench_redis(&tracers, &options).unwrap_or_else(|error| {
-            println!("\nredis: failed: {error:#}");
-            Vec::new()
-        })
-    } else {
-        Vec::new()
-    };
+    let redis = table(
+        options.wants("redis") || options.wants("attach"),
+        "redis",
+        || bench_redis(&tracers, &options),
+    );
     let attach = if options.wants("attach") {
         bench_attach(&tracers, &workloads, &redis, &options)
     } else {
         Vec::new()
     };
-    let forks = if options.wants("forks") {
+    let forks = table(options.wants("forks"), "forks", || {
         crate::forks_bench::bench_forks(&tracers.leaktrace, &tracers.out, options.runs)
-            .unwrap_or_else(|error| {
-                println!("\nforks: failed: {error:#}");
-                Vec::new()
-            })
-    } else {
-        Vec::new()
-    };
-    let scan = if options.wants("scan") {
+    });
+    let scan = table(options.wants("scan"), "scan", || {
         crate::scan_bench::bench_scan(&tracers.leaktrace, &tracers.out, options.runs)
-            .unwrap_or_else(|error| {
-                println!("\nscan: failed: {error:#}");
-                Vec::new()
-            })
-    } else {
-        Vec::new()
-    };
+    });
     if let Some(path) = options.json {
         let results = Results {
             workload,

@@ -156,9 +156,13 @@ impl Service {
                 self.failed.insert((pid, traced.start_time));
             }
         }
-        for process in Candidate::all() {
+        // A traced process is not read again: only the others may have started to match.
+        let untraced: Vec<u32> = Candidate::pids()
+            .into_iter()
+            .filter(|pid| !self.traced.contains_key(pid))
+            .collect();
+        for process in untraced.into_iter().filter_map(Candidate::read) {
             if self.selector.matches(&process)
-                && !self.traced.contains_key(&process.pid)
                 && !self.failed.contains(&(process.pid, process.start_time))
             {
                 self.start(process);

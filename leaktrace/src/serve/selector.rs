@@ -39,8 +39,8 @@ impl Candidate {
         })
     }
 
-    /// Every user-space process but leaktrace itself.
-    pub fn all() -> Vec<Candidate> {
+    /// The pid of every process but leaktrace itself: /proc's numbered entries.
+    pub fn pids() -> Vec<u32> {
         let own = std::process::id();
         let Ok(entries) = fs::read_dir("/proc") else {
             return Vec::new();
@@ -49,7 +49,6 @@ impl Candidate {
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
             .filter(|&pid| pid != own)
-            .filter_map(Candidate::read)
             .collect()
     }
 }
