@@ -16,6 +16,12 @@ use support::{
     *,
 };
 
+/// The trends fixture, a binary of the test's own: each test's service chooses its targets
+/// by executable, and must not find another test's.
+fn trends_of(test: &str) -> PathBuf {
+    build_fixture_with("trends", &[&format!("-DSERVE_TEST_{test}")])
+}
+
 /// A fresh out-dir for `test`.
 fn out_dir(test: &str) -> PathBuf {
     let dir = output_path(test, "out");
@@ -117,7 +123,7 @@ fn assert_leaks_match_log(report: &Value, fixture: &mut Running) {
 #[test]
 fn a_restarted_target_is_followed_and_each_run_gets_its_final_report() {
     let Some(_bpf) = require_bpf() else { return };
-    let binary = build_fixture("trends");
+    let binary = trends_of("RESTART");
     let out = out_dir("serve_restart");
     let mut first = start_ready(&binary, &["log"]);
     let mut serve = serve(&out, &["--exe", binary.to_str().unwrap(), "--window", "1s"]);
@@ -168,7 +174,7 @@ fn a_restarted_target_is_followed_and_each_run_gets_its_final_report() {
 #[test]
 fn sighup_reloads_the_settings_and_keeps_the_old_on_a_bad_file() {
     let Some(_bpf) = require_bpf() else { return };
-    let binary = build_fixture("trends");
+    let binary = trends_of("RELOAD");
     let out = out_dir("serve_reload");
     let config = output_path("serve_reload", "conf");
     fs::write(&config, "# nothing of ours yet\n--comm no-such-process\n").unwrap();
@@ -231,7 +237,7 @@ fn metrics_address(serve: &mut Running) -> std::net::SocketAddr {
 #[test]
 fn prometheus_sees_the_leak_leaking_and_the_steady_server_not() {
     let Some(_bpf) = require_bpf() else { return };
-    let binary = build_fixture("trends");
+    let binary = trends_of("PROMETHEUS");
     let out = out_dir("serve_prometheus");
     // Both wait for SIGUSR1 until serve is attached: it sees each cache fill from its start.
     let leaky = start_ready(&binary, &["wait"]);

@@ -72,6 +72,7 @@ fn settings_failure(error: anyhow::Error) -> anyhow::Error {
 /// One traced process.
 struct Traced {
     start_time: u64,
+    comm: String,
     orders: UnboundedSender<Order>,
     thread: JoinHandle<Result<()>>,
 }
@@ -85,7 +86,14 @@ struct Service {
     traced: HashMap<u32, Traced>,
     /// Processes (pid, start time) whose capture failed: not tried again.
     failed: HashSet<(u32, u64)>,
+    /// Processes (pid, start time) that mapped no allocator when last tried, and when: a
+    /// process found just after its exec has not had its libraries loaded yet. Tried again
+    /// every [`NO_ALLOCATOR_RETRY`], said once.
+    no_allocator: HashMap<(u32, u64), Instant>,
 }
+
+/// How often a chosen process that mapped no allocator is tried again.
+const NO_ALLOCATOR_RETRY: Duration = Duration::from_secs(1);
 
 impl Service {
     fn new(args: ServeArgs, command_line: Vec<OsString>) -> Result<Service> {
@@ -98,6 +106,7 @@ impl Service {
             board: Arc::new(Board::default()),
             traced: HashMap::new(),
             failed: HashSet::new(),
+            no_allocator: HashMap::new(),
         })
     }
 
@@ -151,20 +160,38 @@ impl Service {
             .collect();
         for pid in ended {
             let traced = self.traced.remove(&pid).expect("listed above");
-            let failed = !matches!(traced.thread.join(), Ok(Ok(())));
-            if failed {
-                self.failed.insert((pid, traced.start_time));
+            let key = (pid, traced.start_time);
+            let error = match traced.thread.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(_) => anyhow::anyhow!("its capture panicked"),
+            };
+            let no_allocator = matches!(error.downcast_ref(), Some(Failure::NoAllocator(_)));
+            let said_before = no_allocator && self.no_allocator.contains_key(&key);
+            if !said_before {
+                Board::add(&self.board.attach_failures);
+                eprintln!("leaktrace: pid {pid} ({}): {error:#}", traced.comm);
+            }
+            if no_allocator {
+                self.no_allocator.insert(key, Instant::now());
+            } else {
+                self.failed.insert(key);
             }
         }
+        let pids = Candidate::pids();
+        self.no_allocator.retain(|(pid, _), _| pids.contains(pid));
         // A traced process is not read again: only the others may have started to match.
-        let untraced: Vec<u32> = Candidate::pids()
+        let untraced: Vec<u32> = pids
             .into_iter()
             .filter(|pid| !self.traced.contains_key(pid))
             .collect();
         for process in untraced.into_iter().filter_map(Candidate::read) {
-            if self.selector.matches(&process)
-                && !self.failed.contains(&(process.pid, process.start_time))
-            {
+            let key = (process.pid, process.start_time);
+            let due = self
+                .no_allocator
+                .get(&key)
+                .is_none_or(|tried| tried.elapsed() >= NO_ALLOCATOR_RETRY);
+            if self.selector.matches(&process) && !self.failed.contains(&key) && due {
                 self.start(process);
             }
         }
@@ -198,12 +225,8 @@ impl Service {
                     &store,
                 );
                 board.remove(pid);
-                match &traced {
-                    Ok(()) => Board::add(&board.ended),
-                    Err(error) => {
-                        Board::add(&board.attach_failures);
-                        eprintln!("leaktrace: pid {pid} ({}): {error:#}", process.comm);
-                    }
+                if traced.is_ok() {
+                    Board::add(&board.ended);
                 }
                 traced
             });
@@ -213,6 +236,7 @@ impl Service {
                     pid,
                     Traced {
                         start_time: process.start_time,
+                        comm: process.comm,
                         orders,
                         thread,
                     },
@@ -254,6 +278,7 @@ impl Service {
         }
         let window_changed = args.window != self.args.window;
         self.failed.clear();
+        self.no_allocator.clear();
         self.args = args;
         eprintln!("leaktrace: settings reloaded");
         Ok(window_changed)
