@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use leaktrace_common::{DROP_COUNTERS, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS};
+use leaktrace_common::{
+    DROP_COUNTERS, MAX_STACK_DEPTH, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS,
+};
 
 use crate::{
     events::{RingLook, Tick},
@@ -104,5 +106,10 @@ pub(crate) static RECENTLY_COPIED: PerCpuArray<u64> =
 
 /// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied;
 /// and where the stack walk reads the top of the stack at once.
+/// The return addresses a walk of the stack kept, for a record that carries them.
+#[map]
+pub(crate) static WALKED_FRAMES: PerCpuArray<[u64; MAX_STACK_DEPTH]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);

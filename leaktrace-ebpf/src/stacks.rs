@@ -5,8 +5,13 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_RING_SIZE},
+    cty::c_void,
     helpers::{
-        bpf_get_stack, bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_bytes,
+        bpf_get_stack, bpf_probe_read_user,
+        generated::{
+            bpf_loop, bpf_probe_read_kernel as bpf_probe_read_kernel_bytes,
+            bpf_probe_read_user as probe_read_user_bytes,
+        },
     },
     programs::{RetProbeContext, tracing::StackIdContext},
 };
@@ -20,7 +25,9 @@ use crate::{
     config,
     drops::count_drop,
     events::{emit, event, room_for_allocation, send, wake_flags},
-    maps::{COPIED_STACKS, EVENTS, RECENTLY_COPIED, RETURN_OFFSETS, SCRATCH, STACKS},
+    maps::{
+        COPIED_STACKS, EVENTS, RECENTLY_COPIED, RETURN_OFFSETS, SCRATCH, STACKS, WALKED_FRAMES,
+    },
 };
 
 /// Bytes of stack the walk reads at once.
@@ -44,7 +51,7 @@ pub(crate) fn emit_with_stack(
         return;
     }
     if config::copies_on() {
-        let (hash, complete, _) = learned_stack_hash(ctx, pid_tgid, None);
+        let WalkedStack { hash, complete, .. } = walk_stack(ctx, pid_tgid, false);
         // An incomplete key may stand for several stacks: each allocation gets its own copy
         // until userspace has learned the frames (milliseconds). Those copies give way early
         // (at a 32nd full), for the first copy of each key to get in. An allocation
@@ -73,8 +80,17 @@ pub(crate) fn emit_with_stack(
             // The return addresses the walk follows go in the record, with the key, which
             // covers deeper frames than the record holds.
             emit_with_frames(pid_tgid, with_stack(kind), address, size, hash, |frames| {
-                let (_, _, depth) = learned_stack_hash(ctx, pid_tgid, Some(frames));
-                (0, depth as u64 * 8)
+                let kept = walk_stack(ctx, pid_tgid, true).kept;
+                let Some(walked) = WALKED_FRAMES.get_ptr_mut(0) else {
+                    return (0, 0);
+                };
+                let bytes = (kept * 8).min(size_of::<[u64; MAX_STACK_DEPTH]>() as u64);
+                // SAFETY: both are arrays of MAX_STACK_DEPTH frames, and `bytes` is at most
+                // that; the helper copies kernel memory fault-safely.
+                let copied = unsafe {
+                    bpf_probe_read_kernel_bytes(frames.cast(), bytes as u32, walked.cast())
+                };
+                (0, if copied == 0 { bytes } else { 0 })
             });
             return;
         }
@@ -190,62 +206,147 @@ fn emit_with_frames(
     entry.submit(wake_flags());
 }
 
+/// A walk up the stack through learned offsets, which [`walk_frame`] advances one frame a call,
+/// from `bpf_loop`: the verifier checks one frame's code once, where a loop of [`KEY_FRAMES`]
+/// frames inlined in each return probe cost it ~2 ms a frame at every attach.
+#[repr(C)]
+struct Walk {
+    /// The frame's return address (the allocation's own, at first) and stack pointer.
+    pc: u64,
+    sp: u64,
+    /// Where the one read of the stack's top started, and the bytes it got (0 or
+    /// [`WALK_BYTES`]).
+    top: u64,
+    read: u64,
+    hash: u64,
+    /// Return addresses walked, the allocation's own included.
+    depth: u64,
+    /// Nonzero when the walk stopped at a return address whose offset is not learned yet.
+    incomplete: u64,
+    /// Nonzero to keep the first [`MAX_STACK_DEPTH`] return addresses in `WALKED_FRAMES`.
+    keep_frames: u64,
+}
+
+/// What [`walk_stack`] found.
+struct WalkedStack {
+    /// The stack's key ([`stack_key`]); never 0.
+    hash: u64,
+    /// Whether the walk reached the outermost frame (or the key's depth, or unreadable
+    /// memory): until userspace has learned every frame's offset (from the first copy of a
+    /// stack through it) the walk stops early, and the key is not yet the stack's own.
+    complete: bool,
+    /// Return addresses kept in `WALKED_FRAMES`, with `keep_frames`.
+    kept: u64,
+}
+
+/// Frames a walk takes inline, before it goes on in `bpf_loop`: the verifier checks each
+/// inline frame again, in each return probe.
+const INLINE_FRAMES: u64 = 8;
+
+/// `bpf_loop`'s answers to go on, or to stop.
+const GO_ON: i64 = 0;
+const STOP: i64 = 1;
+
 /// The stack's key ([`stack_key`]): a hash of the process, the allocation's return address
 /// and the callers' return addresses reachable from it through learned offsets, up to
-/// [`KEY_FRAMES`] in all; never 0. And whether the walk reached the outermost frame: until
-/// userspace has learned every frame's offset (from the first copy of a stack through it) the
-/// walk stops early, and the key is not yet the stack's own.
+/// [`KEY_FRAMES`] in all.
 ///
-/// With `frames`, the first [`MAX_STACK_DEPTH`] return addresses walked go there too,
-/// innermost first; their count is the third value. The key covers the deeper ones too: stacks
-/// that share those frames and differ below them keep keys of their own.
+/// With `keep_frames`, the first [`MAX_STACK_DEPTH`] return addresses walked go to this CPU's
+/// `WALKED_FRAMES` too, innermost first. The key covers the deeper ones too: stacks that share
+/// those frames and differ below them keep keys of their own.
 #[inline(always)]
-fn learned_stack_hash(
-    ctx: &RetProbeContext,
-    pid_tgid: u64,
-    frames: Option<*mut [u64; MAX_STACK_DEPTH]>,
-) -> (u64, bool, usize) {
+fn walk_stack(ctx: &RetProbeContext, pid_tgid: u64, keep_frames: bool) -> WalkedStack {
     // SAFETY: `ctx.regs` is the register snapshot the kernel hands the program, valid while it
     // runs.
-    let (mut pc, mut sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
-    let mut hash = stack_key::add(stack_key::start(pid_tgid >> 32), pc);
-    let mut depth = 1;
-    if let Some(frames) = frames {
-        // SAFETY: `frames` points at a writable array of MAX_STACK_DEPTH frames.
+    let (pc, sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
+    let mut walk = Walk {
+        pc,
+        sp,
+        top: sp,
+        read: 0,
+        hash: stack_key::add(stack_key::start(pid_tgid >> 32), pc),
+        depth: 1,
+        incomplete: 0,
+        keep_frames: u64::from(keep_frames),
+    };
+    if keep_frames && let Some(frames) = WALKED_FRAMES.get_ptr_mut(0) {
+        // SAFETY: `frames` is this CPU's slot of a map value, valid while the program runs.
         unsafe { (*frames)[0] = pc };
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return (stack_key::finish(hash), false, depth);
+        return walk.finish(true);
     };
-    let top = sp;
     // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program runs.
     let bytes = unsafe { core::ptr::addr_of_mut!((*scratch).bytes) }.cast::<u8>();
     // The top of the stack, in one read: most frames' return addresses lie within it.
-    let mut read = WALK_BYTES;
     // SAFETY: the helper writes WALK_BYTES into `bytes`, which holds more than that, and
     // reads user memory fault-safely (it fails instead).
-    if unsafe { probe_read_user_bytes(bytes.cast(), WALK_BYTES as u32, top as *const _) } != 0 {
-        read = 0;
+    if unsafe { probe_read_user_bytes(bytes.cast(), WALK_BYTES as u32, sp as *const _) } == 0 {
+        walk.read = WALK_BYTES;
+    }
+    // Most stacks end within the first frames, walked inline; deeper ones go on in
+    // `bpf_loop`, which costs a call a frame.
+    for depth in 1..INLINE_FRAMES {
+        if !walk.step(depth) {
+            return walk.finish(walk.incomplete == 0);
+        }
+    }
+    // SAFETY: `walk_frame` takes a `Walk`, and `walk` outlives the loop.
+    unsafe {
+        bpf_loop(
+            (KEY_FRAMES as u64 - INLINE_FRAMES) as u32,
+            walk_frame as *mut c_void,
+            core::ptr::addr_of_mut!(walk).cast(),
+            0,
+        );
     }
     // A stack deeper than the walk goes, or one that cannot be read on, is as complete as
     // the walk can make it.
-    let mut complete = true;
-    for frame in 1..KEY_FRAMES {
-        let learned = return_offsets::learned_offset(pc, |slot| RETURN_OFFSETS.get(slot).copied());
+    walk.finish(walk.incomplete == 0)
+}
+
+/// One frame of a [`Walk`] past the first [`INLINE_FRAMES`], for `bpf_loop`.
+#[inline(never)]
+extern "C" fn walk_frame(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: `walk_stack` passes its `Walk`, which lives on its stack while the loop runs.
+    let walk = unsafe { &mut *walk.cast::<Walk>() };
+    // The frame's number comes from the loop's index, which the verifier takes for any value,
+    // not from a count kept in `walk`: a count it knew exactly would make each frame a new
+    // state to check, as many as the loop's length.
+    if walk.step(index + INLINE_FRAMES) {
+        GO_ON
+    } else {
+        STOP
+    }
+}
+
+impl Walk {
+    /// Frame `depth` (the allocation's own return address is frame 0): from the last return
+    /// address's learned offset, the caller's, read from the stack's top already read or else
+    /// from the stack. False when the walk ends here.
+    #[inline(always)]
+    fn step(&mut self, depth: u64) -> bool {
+        let learned =
+            return_offsets::learned_offset(self.pc, |slot| RETURN_OFFSETS.get(slot).copied());
         let Some(offset) = learned else {
-            complete = false;
-            break;
+            self.incomplete = 1;
+            return false;
         };
         if offset == OUTERMOST_FRAME {
-            break;
+            return false;
         }
-        let slot = sp + offset;
-        let within = slot - top;
-        let return_address = if within + 8 <= read {
-            // SAFETY: the index is masked below WALK_BYTES, so the 8 bytes read lie inside
-            // `bytes`; they were read from the stack just above.
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        let slot = self.sp + offset;
+        let within = slot - self.top;
+        let return_address = if within + 8 <= self.read {
+            // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program
+            // runs, and the index is masked below WALK_BYTES, so the 8 bytes read lie inside
+            // its bytes; they were read from the stack by `walk_stack`.
             unsafe {
-                bytes
+                core::ptr::addr_of!((*scratch).bytes)
+                    .cast::<u8>()
                     .add((within & (WALK_BYTES - 1)) as usize)
                     .cast::<u64>()
                     .read_unaligned()
@@ -253,22 +354,38 @@ fn learned_stack_hash(
         } else {
             // SAFETY: the helper reads user memory fault-safely (it fails instead).
             let Ok(value) = (unsafe { bpf_probe_read_user(slot as *const u64) }) else {
-                break;
+                return false;
             };
             value
         };
-        hash = stack_key::add(hash, return_address);
-        if frame < MAX_STACK_DEPTH {
-            if let Some(frames) = frames {
-                // SAFETY: `frame` is below MAX_STACK_DEPTH, the array's length.
-                unsafe { (*frames)[frame] = return_address };
-            }
-            depth = frame + 1;
+        self.hash = stack_key::add(self.hash, return_address);
+        if self.keep_frames != 0
+            && depth < MAX_STACK_DEPTH as u64
+            && let Some(frames) = WALKED_FRAMES.get_ptr_mut(0)
+        {
+            // SAFETY: `frames` is this CPU's slot of a map value, and `depth` is below its
+            // length.
+            unsafe {
+                frames
+                    .cast::<u64>()
+                    .add(depth as usize)
+                    .write(return_address)
+            };
         }
-        sp = slot + 8;
-        pc = return_address;
+        self.depth = depth + 1;
+        self.sp = slot + 8;
+        self.pc = return_address;
+        true
     }
-    (stack_key::finish(hash), complete, depth)
+
+    #[inline(always)]
+    fn finish(&self, complete: bool) -> WalkedStack {
+        WalkedStack {
+            hash: stack_key::finish(self.hash),
+            complete,
+            kept: self.depth.min(MAX_STACK_DEPTH as u64),
+        }
+    }
 }
 
 /// Sends the registers and the top of the user stack, for userspace to unwind with CFI; false

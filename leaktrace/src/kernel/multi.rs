@@ -8,7 +8,9 @@
 //! aya 0.14 has no such links, and the kernel accepts only programs loaded for them
 //! (`expected_attach_type` BPF_TRACE_UPROBE_MULTI). So each uprobe program is loaded a second
 //! time here, through bpf(2), from the object's own instructions relocated (by aya-obj, as
-//! aya does) against the maps aya created: both loads share every map.
+//! aya does) against the maps aya created: both loads share every map. The object's BTF goes
+//! with them, as aya sends it: the verifier needs its function info for the callback the
+//! stack walk hands `bpf_loop`.
 
 use std::{
     collections::HashMap,
@@ -26,8 +28,8 @@ use aya::{Ebpf, maps::Map};
 use aya_obj::{
     Object, ProgramSection,
     generated::{
-        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info,
-        bpf_prog_type,
+        BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_func_info, bpf_insn,
+        bpf_line_info, bpf_prog_info, bpf_prog_type,
     },
 };
 
@@ -36,10 +38,15 @@ use aya_obj::{
 /// of them.
 pub struct MultiPrograms {
     programs: HashMap<String, MultiProgram>,
+    /// The object's BTF, loaded; None where the kernel takes no BTF.
+    btf: Option<OwnedFd>,
 }
 
 struct MultiProgram {
     instructions: Vec<bpf_insn>,
+    /// Where each function linked into the program starts, and its type, in `btf`.
+    func_info: Vec<bpf_func_info>,
+    line_info: Vec<bpf_line_info>,
     license: CString,
     /// A return probe: its link is made with `BPF_F_UPROBE_MULTI_RETURN`.
     returns: bool,
@@ -58,6 +65,15 @@ impl MultiPrograms {
     /// same bytes) has created and still holds.
     pub fn load(object: &[u8], ebpf: &Ebpf) -> Result<MultiPrograms> {
         let mut obj = Object::parse(object).context("parse the eBPF object")?;
+        let btf = match aya::features().btf() {
+            Some(features) => obj
+                .fixup_and_sanitize_btf(features)
+                .context("prepare the object's BTF")?
+                .map(|btf| load_btf(&btf.to_bytes()))
+                .transpose()
+                .context("load the object's BTF")?,
+            None => None,
+        };
         let fds: HashMap<&str, i32> = ebpf
             .maps()
             .filter_map(|(name, map)| Some((name, map_fd(map)?)))
@@ -90,13 +106,15 @@ impl MultiPrograms {
             let function = &obj.functions[&program.function_key()];
             let program = MultiProgram {
                 instructions: function.instructions.clone(),
+                func_info: function.func_info.func_info.clone(),
+                line_info: function.line_info.line_info.clone(),
                 license: program.license.clone(),
                 returns,
                 fd: None,
             };
             programs.insert(name.clone(), program);
         }
-        Ok(MultiPrograms { programs })
+        Ok(MultiPrograms { programs, btf })
     }
 
     /// Attaches `program` at every point of `binary`, for the process `pid` only. On a kernel
@@ -113,7 +131,7 @@ impl MultiPrograms {
             .get_mut(name)
             .with_context(|| format!("the eBPF object has no uprobe program {name}"))?;
         if program.fd.is_none() {
-            let fd = load_program(name, &program.instructions, &program.license)
+            let fd = load_program(name, program, self.btf.as_ref())
                 .with_context(|| format!("load {name} for uprobe_multi links"))?;
             program.fd = Some(fd);
         }
@@ -199,8 +217,28 @@ fn map_fd(map: &Map) -> Option<i32> {
     Some(data.fd().as_fd().as_raw_fd())
 }
 
+/// BPF_BTF_LOAD of an object's BTF.
+fn load_btf(btf: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: as in `link`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the BTF-load member of the union; the buffer outlives the call.
+    unsafe {
+        let load = &mut attr.__bindgen_anon_7;
+        load.btf = btf.as_ptr() as u64;
+        load.btf_size = btf.len() as u32;
+    }
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)
+}
+
 /// BPF_PROG_LOAD of a kprobe-type program for uprobe_multi links.
-fn load_program(name: &str, instructions: &[bpf_insn], license: &CString) -> Result<OwnedFd> {
+fn load_program(name: &str, program: &MultiProgram, btf: Option<&OwnedFd>) -> Result<OwnedFd> {
+    let MultiProgram {
+        instructions,
+        func_info,
+        line_info,
+        license,
+        ..
+    } = program;
     let mut log = vec![0u8; 1 << 16];
     let mut prog_name = [0 as c_char; 16];
     for (slot, byte) in prog_name.iter_mut().zip(name.bytes().take(15)) {
@@ -217,6 +255,15 @@ fn load_program(name: &str, instructions: &[bpf_insn], license: &CString) -> Res
         load.insns = instructions.as_ptr() as u64;
         load.license = license.as_ptr() as u64;
         load.prog_name = prog_name;
+        if let Some(btf) = btf {
+            load.prog_btf_fd = btf.as_raw_fd() as u32;
+            load.func_info_rec_size = size_of::<bpf_func_info>() as u32;
+            load.func_info = func_info.as_ptr() as u64;
+            load.func_info_cnt = func_info.len() as u32;
+            load.line_info_rec_size = size_of::<bpf_line_info>() as u32;
+            load.line_info = line_info.as_ptr() as u64;
+            load.line_info_cnt = line_info.len() as u32;
+        }
     }
     match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
         Ok(fd) => Ok(fd),
