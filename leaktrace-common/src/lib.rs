@@ -5,6 +5,7 @@
 //! these bytes verbatim through the ring buffer.
 #![cfg_attr(not(test), no_std)]
 
+pub mod allocated_here;
 pub mod arguments;
 pub mod cookie;
 pub mod return_offsets;
@@ -268,6 +269,7 @@ pub mod maps {
     pub const TRACED: &str = "TRACED";
     pub const RETURN_OFFSETS: &str = "RETURN_OFFSETS";
     pub const SAMPLED_BLOCKS: &str = "SAMPLED_BLOCKS";
+    pub const ALLOCATED_HERE: &str = "ALLOCATED_HERE";
     pub const PENDING: &str = "PENDING";
     pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
     pub const SLOT_OWNERS: &str = "SLOT_OWNERS";

@@ -28,6 +28,8 @@ mod probes;
 #[cfg(target_arch = "bpf")]
 mod sampled;
 #[cfg(target_arch = "bpf")]
+mod seen;
+#[cfg(target_arch = "bpf")]
 mod stacks;
 
 #[cfg(target_arch = "bpf")]

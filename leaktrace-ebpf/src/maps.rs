@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use leaktrace_common::{
-    DROP_COUNTERS, MAX_STACK_DEPTH, RETURN_OFFSET_SLOTS, StackSample, cookie::HIT_POINTS,
+    DROP_COUNTERS, MAX_STACK_DEPTH, RETURN_OFFSET_SLOTS, StackSample, allocated_here,
+    cookie::HIT_POINTS,
 };
 
 use crate::{
@@ -83,6 +84,10 @@ pub(crate) static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1
 /// from the CFI unwinding of stack copies, in the slots
 /// [`return_offsets`](leaktrace_common::return_offsets) picks. With it the probe can follow a
 /// stack past where frame pointers end, for a key, without unwinding anything itself.
+/// Blocks allocated since the attach ([`crate::seen`]); one word unless frees read sizes.
+#[map]
+pub(crate) static ALLOCATED_HERE: Array<u64> = Array::with_max_entries(allocated_here::WORDS, 0);
+
 #[map]
 pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_SLOTS, 0);
 

@@ -3,11 +3,8 @@
 //! tracepoints that follow a traced process's execs
 //! and its threads' exits.
 
-use core::mem::offset_of;
-
 use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{raw_tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
@@ -26,6 +23,7 @@ use crate::{
         stack_pointer, take_pending, take_recorded, window_open,
     },
     sampled::{chosen, forget_block, remember_block},
+    seen::{mark_allocated, maybe_older},
     stacks::emit_with_stack,
 };
 
@@ -37,27 +35,35 @@ const MAP_FAILED: u64 = u64::MAX;
 /// ([`leaktrace_common::arguments`]).
 #[inline(always)]
 fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
-    let offset = match arguments::home(cookie, n) {
-        Home::Own => return ctx.arg::<u64>(n).unwrap_or(0),
-        Home::Rdi => offset_of!(pt_regs, rdi),
-        Home::Rsi => offset_of!(pt_regs, rsi),
-        Home::Rdx => offset_of!(pt_regs, rdx),
-        Home::Rcx => offset_of!(pt_regs, rcx),
-        Home::R8 => offset_of!(pt_regs, r8),
-        Home::R9 => offset_of!(pt_regs, r9),
-        Home::Rax => offset_of!(pt_regs, rax),
-        Home::Rbx => offset_of!(pt_regs, rbx),
-        Home::Rbp => offset_of!(pt_regs, rbp),
-        Home::R10 => offset_of!(pt_regs, r10),
-        Home::R11 => offset_of!(pt_regs, r11),
-        Home::R12 => offset_of!(pt_regs, r12),
-        Home::R13 => offset_of!(pt_regs, r13),
-        Home::R14 => offset_of!(pt_regs, r14),
-        Home::R15 => offset_of!(pt_regs, r15),
-    };
-    // SAFETY: a read of one field of this probe's saved registers, which the kernel owns and
-    // keeps for the probe's run.
-    unsafe { bpf_probe_read_kernel(ctx.regs.cast::<u8>().add(offset).cast::<u64>()) }.unwrap_or(0)
+    let regs = ctx.regs;
+    /// A direct load of one saved register: the verifier takes loads from the context only at
+    /// a constant offset, and a volatile load keeps LLVM from folding the arms below into one
+    /// load at a computed offset (which a helper call would then have to make, ~50 ns).
+    macro_rules! register {
+        ($field:ident) => {
+            // SAFETY: `regs` is this probe's saved registers, which the kernel owns and keeps
+            // for the probe's run.
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*regs).$field)) }
+        };
+    }
+    match arguments::home(cookie, n) {
+        Home::Own => ctx.arg::<u64>(n).unwrap_or(0),
+        Home::Rdi => register!(rdi),
+        Home::Rsi => register!(rsi),
+        Home::Rdx => register!(rdx),
+        Home::Rcx => register!(rcx),
+        Home::R8 => register!(r8),
+        Home::R9 => register!(r9),
+        Home::Rax => register!(rax),
+        Home::Rbx => register!(rbx),
+        Home::Rbp => register!(rbp),
+        Home::R10 => register!(r10),
+        Home::R11 => register!(r11),
+        Home::R12 => register!(r12),
+        Home::R13 => register!(r13),
+        Home::R14 => register!(r14),
+        Home::R15 => register!(r15),
+    }
 }
 
 /// `count * size`, or None on overflow (when calloc and reallocarray fail without allocating).
@@ -79,6 +85,7 @@ fn whole_pages(bytes: u64) -> u64 {
 /// A new block, if it is to be recorded (always, unless sampling).
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
+    mark_allocated(address);
     if remember_block(address) {
         emit_with_stack(ctx, pid_tgid, EventKind::Alloc, address, size);
     }
@@ -235,10 +242,10 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 
 /// What the block at `address`, being freed, holds: known only where free is glibc's (see
 /// `FREE_SIZE_HEADER`), else 0. The ledger needs it only for blocks allocated before the
-/// attach, whose allocation it never saw.
+/// attach, whose allocation it never saw: others say 0 ([`crate::seen`]).
 #[inline(always)]
 fn freed_size(address: u64) -> u64 {
-    if free_size_header() {
+    if free_size_header() && maybe_older(address) {
         glibc_usable_size(address)
     } else {
         0

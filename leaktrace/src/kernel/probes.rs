@@ -18,7 +18,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, maps, programs, return_offsets,
+    CONTROL_ENABLED, DropCounter, RETURN_OFFSET_SLOTS, allocated_here, maps, programs,
+    return_offsets,
 };
 
 use super::{
@@ -110,6 +111,13 @@ impl ProbeSet {
         // --verbose, which turns leaktrace's debug log on.
         let log_drops = u32::from(log::log_enabled!(log::Level::Debug));
         let free_size_header = u32::from(settings.free_size_header);
+        // Without sizes read at free, the bitmap of blocks allocated since the attach is never
+        // used: one word.
+        let allocated_here_words = if settings.free_size_header {
+            allocated_here::WORDS
+        } else {
+            1
+        };
         let ring_bytes = settings
             .ring_bytes
             .unwrap_or_else(|| ring::default_ring_bytes(pid));
@@ -124,6 +132,7 @@ impl ProbeSet {
             .override_global("THREAD_SLOT_COUNT", &settings.max_threads, true)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .map_max_entries(maps::SAMPLED_BLOCKS, sampled_blocks)
+            .map_max_entries(maps::ALLOCATED_HERE, allocated_here_words)
             .map_max_entries(maps::PENDING, settings.max_threads)
             .map_max_entries(maps::THREAD_SLOTS, settings.max_threads)
             .map_max_entries(maps::SLOT_OWNERS, settings.max_threads);
