@@ -89,6 +89,47 @@ fn each_point_counts_exactly_the_calls_the_target_made() {
     }
 }
 
+/// The hits of `symbol`'s point of `kind` ("emulated", "return") under `program`.
+fn hits_of_kind(report: &Value, symbol: &str, program: &str, kind: &str) -> u64 {
+    let points = report["cost"]["points"].as_array().unwrap();
+    let found: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["symbol"] == symbol && p["program"] == program && p["kind"] == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "{symbol} {program} {kind}: {points:#?}");
+    found[0]["hits"].as_u64().unwrap()
+}
+
+/// Sampling, malloc is probed by a uprobe session (Linux 6.13+): an unsampled call skips its
+/// return probe, so the return runs only for the calls recorded, each of which the report
+/// counts n times. Through perf-event uprobes, which have no sessions, every call returns
+/// through its probe as before, and the estimate is the same kind.
+#[test]
+fn sampling_malloc_returns_through_its_probe_only_when_recorded() {
+    let Some(_bpf) = require_bpf() else { return };
+    let fixture = build_fixture("pairs");
+    let pairs = fixture_define("pairs", "PAIRS");
+    let n = 20;
+    let sampling = ["-s", &n.to_string()];
+    let (report, _) = launch_json_env("cost_session", &sampling, &fixture, &["exact"], &[]);
+    let entries = hits_of_kind(&report, "malloc", "alloc_session", "emulated");
+    let returns = hits_of_kind(&report, "malloc", "alloc_session", "return");
+    assert_eq!(entries, pairs);
+    assert!(returns > 0 && returns < pairs / 2, "{returns} of {pairs}");
+    assert_eq!(
+        report["totals"]["allocs"],
+        returns * n,
+        "{:#}",
+        report["totals"]
+    );
+    assert_eq!(hits(&report, "free", "free_enter"), pairs);
+
+    let single = [("LEAKTRACE_SINGLE_UPROBES", "1")];
+    let (report, _) = launch_json_env("cost_no_session", &sampling, &fixture, &["exact"], &single);
+    assert_eq!(hits(&report, "malloc", "alloc_enter"), pairs);
+    assert_eq!(hits(&report, "malloc", "alloc_exit"), pairs);
+}
+
 /// "[    0.3s] live …; tracing cost ≈ 12% of the target's CPU (41 ms CPU/s, 3,400 hits/s);
 /// lost events 0" → (12.0, 3400).
 fn header_cost(line: &str) -> Option<(f64, u64)> {

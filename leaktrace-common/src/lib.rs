@@ -233,6 +233,11 @@ pub mod programs {
     pub const CALLOC_ENTER: &str = "calloc_enter";
     /// Return of every function that returns the new block.
     pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// malloc's entry and return as one uprobe session, when sampling: an unsampled call
+    /// skips its return. Its return run counts hits as the point numbered after the entry's.
+    pub const ALLOC_SESSION: &str = "alloc_session";
+    /// The programs linked as uprobe sessions.
+    pub const SESSIONS: [&str; 1] = [ALLOC_SESSION];
     pub const REALLOC_ENTER: &str = "realloc_enter";
     pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
     /// Return of realloc and reallocarray.

@@ -17,13 +17,25 @@ use crate::maps::HITS;
 /// entry probes to read their arguments with, so that it is read once a hit.
 #[inline(always)]
 pub(crate) fn count_hit<C: EbpfContext>(ctx: &C) -> u64 {
+    let cookie = attach_cookie(ctx);
+    count_hit_at(cookie::point(cookie));
+    cookie
+}
+
+/// The cookie this probe was attached with.
+#[inline(always)]
+pub(crate) fn attach_cookie<C: EbpfContext>(ctx: &C) -> u64 {
     // SAFETY: the helper reads the cookie this probe was attached with; its context is ours.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    if let Some(slot) = HITS.get_ptr_mut(cookie::point(cookie)) {
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// Counts one hit of the point numbered `point`.
+#[inline(always)]
+pub(crate) fn count_hit_at(point: u32) {
+    if let Some(slot) = HITS.get_ptr_mut(point) {
         // SAFETY: the pointer is this CPU's slot of a map value, valid while the program runs.
         unsafe { *slot += 1 };
     }
-    cookie
 }
 
 /// Calibration: an entry probe that does nothing, so that timing calls to a function it sits

@@ -55,7 +55,8 @@ pub struct HitPoint {
 pub struct HitCounter {
     hits: PerCpuArray<MapData, u64>,
     points: Vec<HitPoint>,
-    numbers: HashMap<(PathBuf, u64, &'static str), u32>,
+    /// By module, offset, program, and whether it is a session's return run.
+    numbers: HashMap<(PathBuf, u64, &'static str, bool), u32>,
 }
 
 impl HitCounter {
@@ -70,13 +71,29 @@ impl HitCounter {
     /// The cookie of `program` on `point`: its argument homes and its number, numbering it if
     /// it is new.
     pub fn cookie(&mut self, point: &ProbePoint, program: &'static str) -> u64 {
-        let key = (point.module.clone(), point.offset, program);
+        let number = self.number(point, program, false);
+        cookie::with_point(point.entry.arguments.cookie(), number)
+    }
+
+    /// The cookie of a uprobe session's `program` on `point`: the entry run's number, whose
+    /// next number is the return run's (the program counts its return there). None where the
+    /// two numbers are not consecutive (past [`HIT_POINTS`]): the point is then not to be
+    /// probed by a session.
+    pub fn session_cookie(&mut self, point: &ProbePoint, program: &'static str) -> Option<u64> {
+        let entry = self.number(point, program, false);
+        let exit = self.number(point, program, true);
+        (exit == entry + 1 && exit < HIT_POINTS)
+            .then(|| cookie::with_point(point.entry.arguments.cookie(), entry))
+    }
+
+    fn number(&mut self, point: &ProbePoint, program: &'static str, returning: bool) -> u32 {
+        let key = (point.module.clone(), point.offset, program, returning);
         let next = self.points.len() as u32;
         let number = *self.numbers.entry(key).or_insert(next);
         if number == next {
-            self.points.push(hit_point(point, program));
+            self.points.push(hit_point(point, program, returning));
         }
-        cookie::with_point(point.entry.arguments.cookie(), number)
+        number
     }
 
     /// Every numbered point, in number order.
@@ -98,10 +115,10 @@ impl HitCounter {
     }
 }
 
-/// The point `program` makes of `point`.
-fn hit_point(point: &ProbePoint, program: &'static str) -> HitPoint {
+/// The point `program` makes of `point`; `returning` for a session's return run.
+fn hit_point(point: &ProbePoint, program: &'static str, returning: bool) -> HitPoint {
     let emulated = point.entry.emulated;
-    let kind = if point.function.exit == Some(program) {
+    let kind = if returning || point.function.exit == Some(program) {
         HitKind::Return {
             lone: point.function.entry.is_none(),
             entry_emulated: emulated,
@@ -141,7 +158,8 @@ mod tests {
 
     #[test]
     fn each_program_of_a_point_is_of_its_kind() {
-        let kind = |symbol, emulated, program| hit_point(&point(symbol, emulated), program).kind;
+        let kind =
+            |symbol, emulated, program| hit_point(&point(symbol, emulated), program, false).kind;
         assert_eq!(
             kind("malloc", true, programs::ALLOC_ENTER),
             HitKind::Emulated
@@ -163,6 +181,22 @@ mod tests {
             HitKind::Return {
                 lone: true,
                 entry_emulated: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_sessions_entry_run_is_its_entry_and_its_return_run_a_return() {
+        let malloc = point("malloc", true);
+        assert_eq!(
+            hit_point(&malloc, programs::ALLOC_SESSION, false).kind,
+            HitKind::Emulated
+        );
+        assert_eq!(
+            hit_point(&malloc, programs::ALLOC_SESSION, true).kind,
+            HitKind::Return {
+                lone: false,
+                entry_emulated: true
             }
         );
     }

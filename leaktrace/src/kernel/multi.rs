@@ -32,6 +32,7 @@ use aya_obj::{
         bpf_line_info, bpf_prog_info, bpf_prog_type,
     },
 };
+use leaktrace_common::programs;
 
 /// The object's uprobe programs, relocated, each loaded for uprobe_multi links when a link
 /// first needs it: the verifier takes ~25 ms over a return probe, and a plan uses about half
@@ -48,10 +49,32 @@ struct MultiProgram {
     func_info: Vec<bpf_func_info>,
     line_info: Vec<bpf_line_info>,
     license: CString,
-    /// A return probe: its link is made with `BPF_F_UPROBE_MULTI_RETURN`.
-    returns: bool,
+    role: Role,
     fd: Option<OwnedFd>,
 }
+
+/// What a program is to the uprobes it is linked to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Entry,
+    /// A return probe: its link is made with `BPF_F_UPROBE_MULTI_RETURN`.
+    Return,
+    /// A uprobe session (Linux 6.13+): one program for the entry and the return, loaded and
+    /// linked with their own attach type; the entry run returns nonzero to skip the return.
+    Session,
+}
+
+impl Role {
+    fn attach_type(self) -> u32 {
+        match self {
+            Role::Entry | Role::Return => bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32,
+            Role::Session => BPF_TRACE_UPROBE_SESSION,
+        }
+    }
+}
+
+/// The attach type of uprobe sessions, newer than aya-obj's bindings.
+const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 
 /// One offset of a binary, and the cookie the program reads there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,9 +121,12 @@ impl MultiPrograms {
             .context("relocate the programs' calls")?;
         let mut programs = HashMap::new();
         for (name, program) in &obj.programs {
-            let returns = match program.section {
-                ProgramSection::UProbe { .. } => false,
-                ProgramSection::URetProbe { .. } => true,
+            let role = match program.section {
+                ProgramSection::UProbe { .. } if programs::SESSIONS.contains(&name.as_str()) => {
+                    Role::Session
+                }
+                ProgramSection::UProbe { .. } => Role::Entry,
+                ProgramSection::URetProbe { .. } => Role::Return,
                 _ => continue,
             };
             let function = &obj.functions[&program.function_key()];
@@ -109,7 +135,7 @@ impl MultiPrograms {
                 func_info: function.func_info.func_info.clone(),
                 line_info: function.line_info.line_info.clone(),
                 license: program.license.clone(),
-                returns,
+                role,
                 fd: None,
             };
             programs.insert(name.clone(), program);
@@ -135,7 +161,7 @@ impl MultiPrograms {
                 .with_context(|| format!("load {name} for uprobe_multi links"))?;
             program.fd = Some(fd);
         }
-        let (Some(fd), returns) = (&program.fd, program.returns) else {
+        let (Some(fd), role) = (&program.fd, program.role) else {
             unreachable!("loaded above");
         };
         let path = CString::new(binary.as_os_str().as_bytes())?;
@@ -148,13 +174,13 @@ impl MultiPrograms {
         unsafe {
             let create = &mut attr.link_create;
             create.__bindgen_anon_1.prog_fd = fd.as_raw_fd() as u32;
-            create.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+            create.attach_type = role.attach_type();
             let multi = &mut create.__bindgen_anon_3.uprobe_multi;
             multi.path = path.as_ptr() as u64;
             multi.offsets = offsets.as_ptr() as u64;
             multi.cookies = cookies.as_ptr() as u64;
             multi.cnt = offsets.len() as u32;
-            multi.flags = if returns {
+            multi.flags = if role == Role::Return {
                 BPF_F_UPROBE_MULTI_RETURN
             } else {
                 0
@@ -237,6 +263,7 @@ fn load_program(name: &str, program: &MultiProgram, btf: Option<&OwnedFd>) -> Re
         func_info,
         line_info,
         license,
+        role,
         ..
     } = program;
     let mut log = vec![0u8; 1 << 16];
@@ -250,7 +277,7 @@ fn load_program(name: &str, program: &MultiProgram, btf: Option<&OwnedFd>) -> Re
     unsafe {
         let load = &mut attr.__bindgen_anon_3;
         load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
-        load.expected_attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
+        load.expected_attach_type = role.attach_type();
         load.insn_cnt = instructions.len() as u32;
         load.insns = instructions.as_ptr() as u64;
         load.license = license.as_ptr() as u64;

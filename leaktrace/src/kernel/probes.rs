@@ -33,7 +33,7 @@ use super::{
 use crate::{
     error::{CAPTURE_CAPABILITIES, Failure, capability_remedy, os_error},
     ledger::Sampling,
-    plan::{ProbePlan, ProbePoint},
+    plan::{Family, ProbePlan, ProbePoint},
 };
 
 /// The committed object `cargo xtask build-ebpf` writes; build.rs checks it is current.
@@ -89,6 +89,9 @@ pub struct ProbeSet {
     drops: PerCpuArray<MapData, u64>,
     /// Each attached point's number, and the probes' hit counts by number.
     hits: HitCounter,
+    /// Whether functions that can be are probed by uprobe sessions, which skip the return
+    /// probe of an unsampled call: when sampling, until the kernel refuses one.
+    sessions: bool,
     control: Array<MapData, u32>,
     /// Kept to the end, after the probes are gone: their last words come then.
     _probe_log: Option<ProbeLog>,
@@ -185,6 +188,7 @@ impl ProbeSet {
             stacks,
             drops,
             hits,
+            sessions: !settings.sampling.is_exact(),
             control,
             _probe_log: probe_log,
         };
@@ -207,8 +211,25 @@ impl ProbeSet {
             })
             .collect();
         let all_attached_before = !plan.points.is_empty() && new.is_empty();
+        // A session's unsampled call leaves no entry behind, so a mapping its allocator makes
+        // inside it would look like the program's own.
+        let probes_mappings = plan
+            .points
+            .iter()
+            .any(|p| p.function.family == Family::Mapping);
+        if self.sessions && probes_mappings {
+            self.sessions = false;
+        }
         if let Some(multi) = &mut self.multi {
-            match link_points(multi, &mut self.hits, &new, nonzero) {
+            let mut linked = link_points(multi, &mut self.hits, &new, nonzero, self.sessions);
+            if self.sessions
+                && let Err(error) = &linked
+            {
+                log::debug!("no uprobe sessions ({error:#}): malloc keeps its return probe");
+                self.sessions = false;
+                linked = link_points(multi, &mut self.hits, &new, nonzero, false);
+            }
+            match linked {
                 Ok(links) => {
                     log::debug!(
                         "pid {pid}: {} points attached through {} uprobe_multi links",
@@ -446,15 +467,30 @@ fn single_uprobes_forced() -> bool {
     cfg!(debug_assertions) && std::env::var_os("LEAKTRACE_SINGLE_UPROBES").is_some()
 }
 
-/// One uprobe_multi link per program and binary, for every point of `points` it serves.
+/// One uprobe_multi link per program and binary, for every point of `points` it serves; with
+/// `sessions`, a uprobe session for each function that can be one.
 fn link_points(
     multi: &mut MultiPrograms,
     hits: &mut HitCounter,
     points: &[&ProbePoint],
     pid: NonZeroU32,
+    sessions: bool,
 ) -> Result<Vec<OwnedFd>> {
     let mut groups: BTreeMap<(&str, &Path), Vec<MultiPoint>> = BTreeMap::new();
     for point in points {
+        let session = point.function.session().filter(|_| sessions);
+        if let Some((program, cookie)) =
+            session.and_then(|program| Some((program, hits.session_cookie(point, program)?)))
+        {
+            groups
+                .entry((program, &point.host_path))
+                .or_default()
+                .push(MultiPoint {
+                    offset: point.offset,
+                    cookie,
+                });
+            continue;
+        }
         for program in point.function.entry.into_iter().chain(point.function.exit) {
             groups
                 .entry((program, &point.host_path))
@@ -571,7 +607,12 @@ mod tests {
             section.name().ok().map(str::to_owned)
         };
         for function in &FUNCTIONS {
-            for (program, section) in [(function.entry, "uprobe"), (function.exit, "uretprobe")] {
+            let programs = [
+                (function.entry, "uprobe"),
+                (function.exit, "uretprobe"),
+                (function.session(), "uprobe"),
+            ];
+            for (program, section) in programs {
                 if let Some(program) = program {
                     let found = section_of(program);
                     assert_eq!(

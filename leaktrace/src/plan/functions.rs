@@ -26,6 +26,16 @@ pub struct AllocatorFunction {
     pub exit: Option<&'static str>,
 }
 
+impl AllocatorFunction {
+    /// The program that takes this function's entry and return as one uprobe session, when
+    /// sampling. Only malloc: it calls no other function leaktrace probes, so an unsampled
+    /// call, which leaves no entry behind, leaves nothing inside it unaware that it is nested
+    /// (operator new calls malloc, and keeps its entry and return probes).
+    pub fn session(&self) -> Option<&'static str> {
+        (self.symbol == "malloc").then_some(programs::ALLOC_SESSION)
+    }
+}
+
 const fn c(symbol: &'static str, entry: &'static str, exit: &'static str) -> AllocatorFunction {
     AllocatorFunction {
         symbol,
