@@ -274,7 +274,7 @@ fn walk_stack(ctx: &RetProbeContext, pid_tgid: u64, keep_frames: bool) -> Walked
         unsafe { (*frames)[0] = pc };
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return walk.finish(true);
+        return walk.finish(false);
     };
     // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program runs.
     let bytes = unsafe { core::ptr::addr_of_mut!((*scratch).bytes) }.cast::<u8>();
