@@ -166,16 +166,24 @@ pub(crate) fn outermost(ctx: &ProbeContext, pid_tgid: u64) -> Option<Outermost> 
 }
 
 impl Outermost {
-    /// Keeps the call for its return probe; false (and counted) when there is no room.
+    /// Keeps the call (its [`PendingCall`] fields, `record` among them) for its return probe;
+    /// false (and counted) when there is no room.
     #[inline(always)]
-    pub(crate) fn remember(&self, call: &PendingCall) -> bool {
+    pub(crate) fn remember(&self, size: u64, address: u64, old_size: u64, record: bool) -> bool {
+        let call = PendingCall {
+            size,
+            address,
+            old_size,
+            entry_sp: self.entry_sp,
+            record: u64::from(record),
+        };
         if let Some(slot) = self.slot.or_else(|| take_slot(self.pid_tgid)) {
             // SAFETY: the pointer is this thread's entry, which only this thread and its exit
             // touch, and the thread is here.
-            unsafe { *slot = *call };
+            unsafe { *slot = call };
             return true;
         }
-        if PENDING.insert(self.pid_tgid, call, 0).is_err() {
+        if PENDING.insert(self.pid_tgid, &call, 0).is_err() {
             count_drop(DropCounter::PendingMapFull);
             return false;
         }
@@ -194,14 +202,7 @@ pub(crate) fn enter_alloc(ctx: &ProbeContext, size: u64, address: u64) {
 pub(crate) fn enter_call(ctx: &ProbeContext, size: u64, address: u64, old_size: u64, record: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(outer) = outermost(ctx, pid_tgid) {
-        let call = PendingCall {
-            size,
-            address,
-            old_size,
-            entry_sp: outer.entry_sp,
-            record: u64::from(record),
-        };
-        outer.remember(&call);
+        outer.remember(size, address, old_size, record);
     }
 }
 

@@ -22,8 +22,8 @@ use crate::{
     events::{emit, emit_free},
     maps::TRACED,
     pending::{
-        PendingCall, enter_alloc, enter_call, forget_thread, inside_traced_call, outermost,
-        stack_pointer, take_pending, take_recorded, window_open,
+        enter_alloc, enter_call, forget_thread, inside_traced_call, outermost, stack_pointer,
+        take_pending, take_recorded, window_open,
     },
     sampled::{chosen, forget_block, remember_block},
     seen::{mark_allocated, maybe_older},
@@ -88,8 +88,8 @@ fn whole_pages(bytes: u64) -> u64 {
 /// A new block, if it is to be recorded (always, unless sampling).
 #[inline(always)]
 fn emit_alloc(ctx: &RetProbeContext, pid_tgid: u64, address: u64, size: u64) {
-    mark_allocated(address);
     if remember_block(address) {
+        mark_allocated(address);
         emit_with_stack(ctx, pid_tgid, EventKind::Alloc, address, size);
     }
 }
@@ -104,15 +104,9 @@ fn realloc_enter_with(ctx: &ProbeContext, old_address: u64, size: u64) {
         return;
     };
     let freed = old_address != 0 && forget_block(old_address);
-    let call = PendingCall {
-        size,
-        // Only a recorded old block can be live again if realloc fails.
-        address: if freed { old_address } else { 0 },
-        old_size: 0,
-        entry_sp: outer.entry_sp,
-        record: u64::from(chosen(size)),
-    };
-    outer.remember(&call);
+    // Only a recorded old block can be live again if realloc fails.
+    let address = if freed { old_address } else { 0 };
+    outer.remember(size, address, 0, chosen(size));
     if freed {
         emit(pid_tgid, EventKind::ReallocFree, old_address, 0, 0);
     }
@@ -210,14 +204,7 @@ pub fn alloc_session(ctx: *mut c_void) -> u32 {
     if !chosen(size) {
         return SKIP_RETURN;
     }
-    let call = PendingCall {
-        size,
-        address: 0,
-        old_size: 0,
-        entry_sp: outer.entry_sp,
-        record: 1,
-    };
-    if outer.remember(&call) {
+    if outer.remember(size, 0, 0, true) {
         RUN_RETURN
     } else {
         SKIP_RETURN
@@ -342,14 +329,7 @@ pub fn delete_enter(ctx: ProbeContext) -> u32 {
     let Some(outer) = outermost(&ctx, pid_tgid) else {
         return 0;
     };
-    let call = PendingCall {
-        size: 0,
-        address,
-        old_size: 0,
-        entry_sp: outer.entry_sp,
-        record: 0,
-    };
-    if outer.remember(&call) && forget_block(address) {
+    if outer.remember(0, address, 0, false) && forget_block(address) {
         emit_free(pid_tgid, address, freed_size(address));
     }
     0

@@ -6,7 +6,8 @@ use leaktrace_common::allocated_here;
 
 use crate::{config, maps::ALLOCATED_HERE};
 
-/// Marks the block at `address` allocated since the attach, when frees read sizes at all.
+/// Marks the block at `address` allocated since the attach, when frees read sizes at all. Only
+/// recorded blocks: the free of any other is not sent, and reads no size.
 #[inline(always)]
 pub(crate) fn mark_allocated(address: u64) {
     if !config::free_size_header() {
