@@ -90,7 +90,8 @@ pub struct ProbeSet {
     /// Each attached point's number, and the probes' hit counts by number.
     hits: HitCounter,
     /// Whether functions that can be are probed by uprobe sessions, which skip the return
-    /// probe of an unsampled call: when sampling, until the kernel refuses one.
+    /// probe of an unsampled call: when sampling without `--mmap`, until the kernel refuses
+    /// one.
     sessions: bool,
     control: Array<MapData, u32>,
     /// Kept to the end, after the probes are gone: their last words come then.
@@ -188,7 +189,13 @@ impl ProbeSet {
             stacks,
             drops,
             hits,
-            sessions: !settings.sampling.is_exact(),
+            // A session's unsampled call leaves no entry behind, so a mapping its allocator
+            // makes inside it would look like the program's own: not with --mmap.
+            sessions: !settings.sampling.is_exact()
+                && !plan
+                    .points
+                    .iter()
+                    .any(|p| p.function.family == Family::Mapping),
             control,
             _probe_log: probe_log,
         };
@@ -211,15 +218,6 @@ impl ProbeSet {
             })
             .collect();
         let all_attached_before = !plan.points.is_empty() && new.is_empty();
-        // A session's unsampled call leaves no entry behind, so a mapping its allocator makes
-        // inside it would look like the program's own.
-        let probes_mappings = plan
-            .points
-            .iter()
-            .any(|p| p.function.family == Family::Mapping);
-        if self.sessions && probes_mappings {
-            self.sessions = false;
-        }
         if let Some(multi) = &mut self.multi {
             let mut linked = link_points(multi, &mut self.hits, &new, nonzero, self.sessions);
             if self.sessions
