@@ -25,7 +25,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use serde::Serialize;
 
 use crate::{
-    install_missing,
+    build_c_fixture, install_missing,
     process::{TRACER_WAIT, Traced, Usage, expect_line},
     run, workspace,
 };
@@ -1351,13 +1351,7 @@ const SWARM_THREADS: u32 = 500;
 /// tests/fixtures/swarm.c, built: [`SWARM_THREADS`] threads that each allocate and free
 /// every millisecond, plus threads that come and go.
 fn build_swarm(out: &Path) -> Result<PathBuf> {
-    let path = out.join("swarm");
-    run(Command::new("gcc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&path)
-        .arg(workspace().join("tests/fixtures/swarm.c")))
-    .context("build the swarm fixture (`cargo xtask bench` installs gcc)")?;
-    Ok(path)
+    build_c_fixture(out, "swarm", &["-O1", "-pthread"])
 }
 
 /// The swarm fixture, running until dropped; the end of its input ends it.

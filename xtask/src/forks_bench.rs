@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::{process::Traced, run, workspace};
+use crate::{build_c_fixture, process::Traced};
 
 /// Children forked per run, one every [`PERIOD_MS`].
 const FORKS: u32 = 300;
@@ -35,12 +35,7 @@ pub struct ForksRow {
 
 /// Each child lifetime, with and without `-f`, median of `runs`.
 pub fn bench_forks(leaktrace: &Path, out: &Path, runs: usize) -> Result<Vec<ForksRow>> {
-    let parent = out.join("forks");
-    run(Command::new("gcc")
-        .args(["-O1", "-g", "-o"])
-        .arg(&parent)
-        .arg(workspace().join("tests/fixtures/forks.c")))
-    .context("build the forking parent")?;
+    let parent = build_c_fixture(out, "forks", &["-O1", "-g"])?;
     let mut rows = Vec::new();
     for child_ms in CHILD_MS {
         for follow_forks in [false, true] {

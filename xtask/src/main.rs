@@ -85,6 +85,18 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// tests/fixtures/NAME.c built with gcc and `flags` as `out`/NAME (the bench installs gcc).
+fn build_c_fixture(out: &Path, name: &str, flags: &[&str]) -> Result<PathBuf> {
+    let path = out.join(name);
+    run(Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&path)
+        .arg(workspace().join(format!("tests/fixtures/{name}.c"))))
+    .with_context(|| format!("build the {name} fixture (`cargo xtask bench` installs gcc)"))?;
+    Ok(path)
+}
+
 fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     bench::{Built, build},
-    process::{Traced, expect_line},
+    process::{Traced, Usage, expect_line},
 };
 
 /// Bytes leaktrace may hold per live block it tracks (the aggregator bench measures ~52).
@@ -75,11 +75,7 @@ fn soak_capture(minutes: f64) -> Result<()> {
     let total = Duration::from_secs_f64(minutes * 60.0);
     let warm = total / 5;
     let samples = sample_rss(&tracer, total, String::new)?;
-    tracer.interrupt();
-    let usage = tracer.finish();
-    let _ = target.kill();
-    let _ = target.wait();
-    let usage = usage?;
+    let usage = end(tracer, target)?;
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json)?)?;
 
     let totals = &report["totals"];
@@ -201,11 +197,7 @@ fn soak_serve(minutes: f64) -> Result<()> {
         )
     })?;
     let metrics = scrape(&address)?;
-    tracer.interrupt();
-    let usage = tracer.finish();
-    let _ = target.kill();
-    let _ = target.wait();
-    let usage = usage?;
+    let usage = end(tracer, target)?;
     let figure = |name: &str| {
         metrics
             .lines()
@@ -214,11 +206,11 @@ fn soak_serve(minutes: f64) -> Result<()> {
             .unwrap_or(0.0)
     };
     let live = figure("leaktrace_process_live_blocks{");
+    let events = figure("leaktrace_process_events_total{");
     println!(
-        "\nsoak --serve: {minutes} min, {:.0} events ({:.0}/s), {:.0} sites, {live:.0} blocks \
-         leaked and tracked; drops: {:.0}",
-        figure("leaktrace_process_events_total{"),
-        figure("leaktrace_process_events_total{") / total.as_secs_f64(),
+        "\nsoak --serve: {minutes} min, {events:.0} events ({:.0}/s), {:.0} sites, {live:.0} \
+         blocks leaked and tracked; drops: {:.0}",
+        events / total.as_secs_f64(),
         figure("leaktrace_process_sites{"),
         metrics
             .lines()
@@ -272,6 +264,15 @@ fn start_workload(workload: &std::path::Path, scenario: &str) -> Result<std::pro
     let mut output = BufReader::new(target.stdout.take().context("workload stdout")?);
     expect_line(&mut output, "ready")?;
     Ok(target)
+}
+
+/// Interrupts leaktrace, waits for its exit and ends the workload: leaktrace's usage.
+fn end(tracer: Traced, mut target: std::process::Child) -> Result<Usage> {
+    tracer.interrupt();
+    let usage = tracer.finish();
+    let _ = target.kill();
+    let _ = target.wait();
+    usage
 }
 
 /// Once leaktrace's probes are in, the workload starts.
