@@ -169,6 +169,43 @@ fn a_busy_targets_header_shows_its_hits_and_their_cost() {
     assert!(malloc > 0);
 }
 
+/// Timing the programs costs every run two clock reads, so the kernel's BPF statistics are on
+/// only until enough runs are timed: on a busy target that is well before the first interval
+/// (here an hour away), and the report still has each program's run time.
+#[test]
+fn a_busy_targets_programs_are_timed_then_the_timing_goes_off() {
+    let Some(_bpf) = require_bpf() else { return };
+    let fixture = build_fixture("pairs");
+    let target = start_ready(&fixture, &["busy"]);
+    let json = output_path("cost_timing_off", "json");
+    let mut leaktrace = attach_with_json(target.pid(), &json, &["-v", "-i", "1h"]);
+    let said = leaktrace
+        .stderr
+        .wait_for(|line| line.contains("BPF run-time statistics off: "), WAIT);
+    let runs: u64 = said
+        .split("off: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(runs >= 100_000, "{said}");
+    leaktrace.signal(libc::SIGINT);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+    let report = read_json(&json);
+    let cost = &report["cost"];
+    assert_eq!(cost["covers"], "traps_and_programs", "{cost:#}");
+    let alloc_exit = cost["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["symbol"] == "malloc" && p["program"] == "alloc_exit")
+        .unwrap_or_else(|| panic!("{cost:#}"));
+    assert!(
+        alloc_exit["program_ns"].as_f64().unwrap() > 0.0,
+        "{alloc_exit}"
+    );
+}
+
 /// `--max-overhead` with a limit any busy target passes: the capture ends, with its report,
 /// once three intervals in a row were above it, and both reports say why.
 #[test]

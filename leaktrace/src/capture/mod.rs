@@ -676,6 +676,7 @@ impl<'a> Capture<'a> {
                     if self.end_exited_children(probes).is_err() {
                         break Ending::Failed;
                     }
+                    self.cost.end_timing_when_done(probes);
                     backlog = true;
                 }
                 _ = std::future::ready(()), if backlog => {

@@ -5,7 +5,7 @@ use std::{
     collections::{HashMap, HashSet},
     os::fd::OwnedFd,
     path::PathBuf,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -21,9 +21,14 @@ use crate::{
 const HOT_SHARE_OF_A_CPU: f64 = 0.01;
 
 /// The BPF run-time statistics stay on until the programs have run this many times in all:
-/// timing costs each run two clock reads, so it is not kept on for good, and a target idle
-/// at the start (a server before its clients come) gives too few runs to go by.
+/// timing costs each run two clock reads (~200 ns a malloc/free pair under KVM, a tenth of
+/// what the traps cost), so it is not kept on for good, and a target idle at the start (a
+/// server before its clients come) gives too few runs to go by.
 const TIMED_RUNS: u64 = 100_000;
+
+/// How often, while the statistics are on, the capture looks whether they timed enough runs:
+/// a busy target gets there within a fraction of a second, long before the first interval.
+const TIMING_CHECK: Duration = Duration::from_millis(100);
 
 /// A program's mean run time counts once it was timed over this many runs. Its first runs
 /// meet cold caches and first faults: on redis, idle in the first interval, a handful of
@@ -38,6 +43,8 @@ pub struct CostMeter {
     statistics: Option<OwnedFd>,
     /// Each program's mean run time in ns, from what the statistics counted.
     program_ns: HashMap<String, f64>,
+    /// When [`CostMeter::end_timing_when_done`] last read the statistics.
+    timing_checked: Instant,
     /// Hits per point at the window's opening, and at the last reading.
     first_hits: Vec<u64>,
     last_hits: Vec<u64>,
@@ -155,6 +162,7 @@ impl CostMeter {
             calibration,
             statistics,
             program_ns: HashMap::new(),
+            timing_checked: Instant::now(),
             first_hits: hits.clone(),
             last_hits: hits,
             clocks: HashMap::new(),
@@ -165,14 +173,20 @@ impl CostMeter {
         meter
     }
 
-    /// The interval since the last sample, for the processes `pids`; the BPF statistics
-    /// leaktrace turned on are turned off once they have timed [`TIMED_RUNS`].
+    /// Turns the BPF statistics leaktrace turned on off, once they have timed [`TIMED_RUNS`];
+    /// looks at most every [`TIMING_CHECK`], for the capture to call as often as it likes.
+    pub fn end_timing_when_done(&mut self, probes: &ProbeSet) {
+        if self.statistics.is_some() && self.timing_checked.elapsed() >= TIMING_CHECK {
+            self.timing_checked = Instant::now();
+            self.read_program_times(probes);
+        }
+    }
+
+    /// The interval since the last sample, for the processes `pids`.
     pub fn sample(&mut self, probes: &ProbeSet, pids: &[u32]) -> IntervalCost {
         let seconds = self.last_at.elapsed().as_secs_f64();
         self.last_at = Instant::now();
-        if self.read_program_times(probes) >= TIMED_RUNS {
-            self.statistics = None;
-        }
+        self.read_program_times(probes);
         let hits = probes.hits().unwrap_or_else(|_| self.last_hits.clone());
         let deltas = since(&hits, &self.last_hits);
         self.last_hits = hits;
@@ -271,10 +285,18 @@ impl CostMeter {
 
     /// Each program's mean run time, from what the kernel's statistics have counted so far;
     /// the runs timed, all programs together.
-    fn read_program_times(&mut self, probes: &ProbeSet) -> u64 {
+    /// Reads each program's mean run time while the statistics leaktrace turned on count,
+    /// and turns them off once they have timed [`TIMED_RUNS`].
+    fn read_program_times(&mut self, probes: &ProbeSet) {
+        if self.statistics.is_none() {
+            return;
+        }
         let (means, runs) = program_means(probes.program_runs());
         self.program_ns.extend(means);
-        runs
+        if runs >= TIMED_RUNS {
+            self.statistics = None;
+            log::debug!("BPF run-time statistics off: {runs} program runs timed");
+        }
     }
 
     /// The CPU time `pids` used since the last reading (since their first, for a process new
@@ -394,6 +416,7 @@ mod tests {
             calibration,
             statistics: None,
             program_ns: HashMap::new(),
+            timing_checked: Instant::now(),
             first_hits: Vec::new(),
             last_hits: Vec::new(),
             clocks: HashMap::new(),
