@@ -2,7 +2,8 @@
 //! memleak, in three parts:
 //! - a workload that does nothing but allocate (bench/workload.cc), built once per allocator
 //!   (glibc's malloc, jemalloc, tcmalloc, mimalloc), which times itself: ns per
-//!   allocation-and-free pair, per thread;
+//!   allocation-and-free pair, per thread; with a floor, the kernel's traps alone on the
+//!   points leaktrace chose ([`crate::traps`]);
 //! - redis-server (Debian's, on jemalloc) under redis-benchmark: requests per second and median
 //!   latency;
 //! - how long leaktrace takes to attach and to detach (idle targets, 500 busy threads, redis,
@@ -12,6 +13,7 @@
 //! that says how it failed. Benchmarks report; they never fail on a timing.
 
 use std::{
+    cell::RefCell,
     fs,
     io::{BufReader, Write},
     net::TcpListener,
@@ -27,7 +29,9 @@ use serde::Serialize;
 use crate::{
     build_c_fixture, install_missing,
     process::{TRACER_WAIT, Traced, Usage, expect_line},
-    run, workspace,
+    run,
+    traps::{TrapPoint, Traps},
+    workspace,
 };
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--pairs N] [--requests N] [--quick] [--json PATH] \
@@ -132,14 +136,18 @@ const SCENARIOS: [Scenario; 6] = [
 enum Tracer {
     Untraced,
     LeaktraceExact,
+    /// No tracer: uprobes with no program on the points leaktrace's last exact run hit.
+    TrapsAlone,
     LeaktraceSampled,
     BccMemleak,
 }
 
 impl Tracer {
-    const ALL: [Tracer; 4] = [
+    /// In the order they run: the floor after the exact run it takes its points from.
+    const ALL: [Tracer; 5] = [
         Tracer::Untraced,
         Tracer::LeaktraceExact,
+        Tracer::TrapsAlone,
         Tracer::LeaktraceSampled,
         Tracer::BccMemleak,
     ];
@@ -150,6 +158,7 @@ impl Tracer {
         match self {
             Tracer::Untraced => "untraced".into(),
             Tracer::LeaktraceExact => "leaktrace exact".into(),
+            Tracer::TrapsAlone => "traps alone (no BPF program)".into(),
             Tracer::LeaktraceSampled => "leaktrace --sample-bytes 524288".into(),
             Tracer::BccMemleak if is_libc(library) => "bcc memleak".into(),
             Tracer::BccMemleak => format!("bcc memleak -O {}", file_name(library)),
@@ -165,7 +174,7 @@ impl Tracer {
     fn pairs(self) -> u64 {
         match self {
             Tracer::Untraced => 20_000_000,
-            Tracer::LeaktraceExact | Tracer::LeaktraceSampled => 400_000,
+            Tracer::LeaktraceExact | Tracer::TrapsAlone | Tracer::LeaktraceSampled => 400_000,
             Tracer::BccMemleak => 100_000,
         }
     }
@@ -435,6 +444,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         leaktrace,
         bcc,
         out,
+        hit_points: RefCell::default(),
     };
     let workload = if options.wants("workload") {
         bench_workloads(&tracers, &workloads, &options)
@@ -619,7 +629,7 @@ fn print_workload_table(rows: &[Row<Scenario, Run>]) {
             show(m.cost.attach_ms, 0),
         ];
         let tail = match row.tracer {
-            Tracer::Untraced => String::new(),
+            Tracer::Untraced | Tracer::TrapsAlone => String::new(),
             _ => format!("  {}{}", m.cost.drops(), row.note()),
         };
         print_line(width, &row.label, &WORKLOAD_COLUMNS, &cells, &tail);
@@ -654,6 +664,8 @@ struct Tracers {
     /// memleak-bpfcc, where installed.
     bcc: Option<PathBuf>,
     out: PathBuf,
+    /// The points leaktrace's last exact run hit, for [`Tracer::TrapsAlone`].
+    hit_points: RefCell<Vec<TrapPoint>>,
 }
 
 /// Runs bcc's Python with `bpf_attach_uprobe` given its last argument, the reference counter's
@@ -697,6 +709,26 @@ struct Attached {
 }
 
 impl Tracers {
+    /// For [`Tracer::TrapsAlone`], its uprobes on process `pid`, at the points the last exact
+    /// run hit, checked in place.
+    fn traps(&self, tracer: Tracer, pid: u32) -> Result<Option<Traps>> {
+        if tracer != Tracer::TrapsAlone {
+            return Ok(None);
+        }
+        let traps = Traps::open(pid, &self.hit_points.borrow())?;
+        traps.check(pid)?;
+        Ok(Some(traps))
+    }
+
+    /// The report of `tracer`'s run; an exact run's hit points are kept for the floor's.
+    fn read_report(&self, tracer: Tracer, json: &Path) -> Result<Report> {
+        let report = read_report(json)?;
+        if tracer == Tracer::LeaktraceExact {
+            self.hit_points.replace(report.hit_points.clone());
+        }
+        Ok(report)
+    }
+
     fn available(&self) -> Vec<Tracer> {
         Tracer::ALL
             .into_iter()
@@ -713,7 +745,7 @@ impl Tracers {
         library: &Path,
         json: &Path,
     ) -> Result<Option<Attached>> {
-        if tracer == Tracer::Untraced {
+        if matches!(tracer, Tracer::Untraced | Tracer::TrapsAlone) {
             return Ok(None);
         }
         let _ = fs::remove_file(json);
@@ -737,7 +769,7 @@ impl Tracers {
     ) -> Result<(Traced, Instant)> {
         let pid_arg = pid.to_string();
         match tracer {
-            Tracer::Untraced => bail!("untraced has no tracer to start"),
+            Tracer::Untraced | Tracer::TrapsAlone => bail!("no tracer to start"),
             Tracer::LeaktraceExact | Tracer::LeaktraceSampled => {
                 let mut command = Command::new(&self.leaktrace);
                 command
@@ -801,6 +833,8 @@ struct Report {
     drops: Vec<(String, u64)>,
     /// Functions probed.
     probed: usize,
+    /// The points that were hit.
+    hit_points: Vec<TrapPoint>,
 }
 
 fn read_report(json: &Path) -> Result<Report> {
@@ -829,7 +863,39 @@ fn read_report(json: &Path) -> Result<Report> {
         events: totals["allocs"].as_f64().unwrap_or(0.0) + totals["frees"].as_f64().unwrap_or(0.0),
         drops,
         probed,
+        hit_points: hit_points(&report["cost"]["points"]),
     })
+}
+
+/// The points of a report's cost section that were hit, each once: its entry and return
+/// programs are listed apart, with one module and offset.
+fn hit_points(points: &serde_json::Value) -> Vec<TrapPoint> {
+    let mut hit: Vec<TrapPoint> = Vec::new();
+    for point in points.as_array().into_iter().flatten() {
+        let offset = point["offset"].as_str().and_then(|o| o.strip_prefix("0x"));
+        let (Some(module), Some(Ok(offset))) = (
+            point["module"].as_str(),
+            offset.map(|o| u64::from_str_radix(o, 16)),
+        ) else {
+            continue;
+        };
+        if point["hits"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        let returns = point["kind"] == "return";
+        match hit
+            .iter_mut()
+            .find(|p| p.module == Path::new(module) && p.offset == offset)
+        {
+            Some(known) => known.returns |= returns,
+            None => hit.push(TrapPoint {
+                module: module.into(),
+                offset,
+                returns,
+            }),
+        }
+    }
+    hit
 }
 
 /// The workload, started and waiting for "go"; killed and reaped however the run ends.
@@ -903,6 +969,7 @@ impl Bench<'_> {
         let attached = self
             .tracers
             .attach(tracer, target.pid(), &self.workload.library, &json)?;
+        let _traps = self.tracers.traps(tracer, target.pid())?;
         let ns_per_pair = target.go()?;
         let mut run = Run {
             ns_per_pair,
@@ -913,7 +980,7 @@ impl Bench<'_> {
             run.cost = attached.finish(tracer == Tracer::BccMemleak)?;
         }
         if tracer.is_leaktrace() {
-            let report = read_report(&json)?;
+            let report = self.tracers.read_report(tracer, &json)?;
             let seconds = ns_per_pair * self.pairs as f64 / 1e9;
             // Sampled, the report's counts are estimates, not events: none is shown then.
             run.events_per_s =
@@ -936,7 +1003,7 @@ fn is_libc(library: &Path) -> bool {
 
 /// The first executable mapping of process `pid` whose file passes `wanted`: the file, the
 /// mapping's start address and its offset in the file.
-fn mapped(pid: u32, wanted: impl Fn(&Path) -> bool) -> Option<(PathBuf, u64, u64)> {
+pub(crate) fn mapped(pid: u32, wanted: impl Fn(&Path) -> bool) -> Option<(PathBuf, u64, u64)> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     maps.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -1202,6 +1269,7 @@ fn bench_redis(tracers: &Tracers, options: &Options) -> Result<Vec<Row<RedisSett
 fn redis_run(tracers: &Tracers, redis: &Redis, tracer: Tracer, requests: u64) -> Result<RedisRun> {
     let json = tracers.out.join("redis.json");
     let attached = tracers.attach(tracer, redis.child.id(), &redis.library, &json)?;
+    let _traps = tracers.traps(tracer, redis.child.id())?;
     let tests = redis.benchmark(requests)?;
     let mut run = RedisRun {
         tests,
@@ -1211,7 +1279,7 @@ fn redis_run(tracers: &Tracers, redis: &Redis, tracer: Tracer, requests: u64) ->
         run.cost = attached.finish(true)?;
     }
     if tracer.is_leaktrace() {
-        let report = read_report(&json)?;
+        let report = tracers.read_report(tracer, &json)?;
         run.cost.drops = report.drops;
         run.probed = Some(report.probed);
     }
@@ -1255,7 +1323,7 @@ fn print_redis_table(rows: &[Row<RedisSetting, RedisRun>]) {
                 own(show(m.cost.detach_ms, 0)),
             ];
             let tail = match row.tracer {
-                Tracer::Untraced => String::new(),
+                Tracer::Untraced | Tracer::TrapsAlone => String::new(),
                 _ => own(format!("  {}{}", m.cost.drops(), row.note())),
             };
             print_line(

@@ -8,6 +8,7 @@ mod process;
 mod scan_bench;
 mod soak;
 mod stamp;
+mod traps;
 
 use std::{
     env, fs,
