@@ -34,6 +34,8 @@ use aya_obj::{
 };
 use leaktrace_common::programs;
 
+use crate::error::Failure;
+
 /// The object's uprobe programs, relocated, each loaded for uprobe_multi links when a link
 /// first needs it: the verifier takes ~25 ms over a return probe, and a plan uses about half
 /// of them.
@@ -305,14 +307,33 @@ fn load_program(name: &str, program: &MultiProgram, btf: Option<&OwnedFd>) -> Re
             }
             let _ = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            Err(anyhow::Error::new(error).context(format!(
-                "verifier: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            )))
+            Err(load_refused(
+                name,
+                error,
+                &String::from_utf8_lossy(&log[..end]),
+            ))
         }
     }
+}
+
+/// A refused program load. With a verifier's log, the verifier rejected the program: this
+/// kernel cannot run it (too old, or a verifier that checks differently), which no
+/// permission would change, though the errno (EACCES) says "permission denied". Without one,
+/// the error as it came, for its errno to tell.
+pub(super) fn load_refused(program: &str, error: io::Error, verifier_log: &str) -> anyhow::Error {
+    let tail: Vec<&str> = verifier_log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .rev()
+        .take(3)
+        .collect();
+    if tail.is_empty() {
+        return anyhow::Error::new(error);
+    }
+    let said = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
+    anyhow::Error::new(Failure::KernelUnsupported(format!(
+        "its BPF verifier rejects the program {program} ({said})"
+    )))
 }
 
 /// bpf(2) for the commands that return a new descriptor.
@@ -337,4 +358,36 @@ fn bpf_call(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{exit_code, os_error};
+
+    /// The verifier's EACCES is this kernel's lack, told with the verifier's last words: not
+    /// a permission to go and look for.
+    #[test]
+    fn a_verifier_rejection_is_an_unsupported_kernel() {
+        let log = "0: (b7) r0 = 0\n1: (95) exit\nR2 !read_ok\nprocessed 2 insns\n\n";
+        let error = load_refused(
+            "alloc_exit",
+            io::Error::from_raw_os_error(libc::EACCES),
+            log,
+        );
+        assert_eq!(exit_code(&error), 6, "{error:#}");
+        assert_eq!(
+            error.to_string(),
+            "this kernel cannot run leaktrace: its BPF verifier rejects the program \
+             alloc_exit (1: (95) exit / R2 !read_ok / processed 2 insns)"
+        );
+    }
+
+    /// With no verifier log the load never reached the verifier: the errno stays, for the
+    /// caller to tell a missing capability by.
+    #[test]
+    fn a_refusal_without_a_verifier_log_keeps_its_errno() {
+        let error = load_refused("alloc_exit", io::Error::from_raw_os_error(libc::EPERM), "");
+        assert_eq!(os_error(error.as_ref()), Some(libc::EPERM));
+    }
 }

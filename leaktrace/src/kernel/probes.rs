@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        RawTracePoint, UProbe,
+        ProgramError, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
@@ -27,7 +27,7 @@ use super::{
     drops::DropCounts,
     hits::{HitCounter, HitPoint},
     log::ProbeLog,
-    multi::{MultiPoint, MultiPrograms, is_unsupported},
+    multi::{MultiPoint, MultiPrograms, is_unsupported, load_refused},
     ring,
 };
 use crate::{
@@ -154,12 +154,12 @@ impl ProbeSet {
                 })
                 .ok()
         };
-        for (program, tracepoint) in TRACEPOINTS {
+        for (name, tracepoint) in TRACEPOINTS {
             let program: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("the eBPF object has no program {program}"))?
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
                 .try_into()?;
-            program.load()?;
+            program.load().map_err(|error| load_failed(name, error))?;
             program
                 .attach(tracepoint)
                 .with_context(|| format!("attach to the {tracepoint} tracepoint"))?;
@@ -519,14 +519,13 @@ fn attach_program(
     cookie: u64,
     pid: NonZeroU32,
 ) -> Result<Link> {
+    let name = program;
     let program: &mut UProbe = ebpf
-        .program_mut(program)
-        .with_context(|| format!("the eBPF object has no program {program}"))?
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
         .try_into()?;
     if program.fd().is_err() {
-        program
-            .load()
-            .map_err(|error| classify(anyhow::Error::new(error), "load BPF programs"))?;
+        program.load().map_err(|error| load_failed(name, error))?;
     }
     let id = program
         .attach(
@@ -544,6 +543,18 @@ fn attach_program(
             )
         })?;
     Ok(Link::Single(program.take_link(id)?))
+}
+
+/// aya's refusal to load the program `name`, as the operator can act on it.
+fn load_failed(name: &str, error: ProgramError) -> anyhow::Error {
+    let error = match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => load_refused(name, io_error, &verifier_log.to_string()),
+        error => anyhow::Error::new(error),
+    };
+    classify(error, "load BPF programs")
 }
 
 /// Turns a kernel refusal into the [`Failure`] the operator can act on.
