@@ -339,6 +339,52 @@ fn without_follow_forks_a_child_is_not_mixed_in() {
     assert!(report.get("processes").is_none(), "{report:#}");
 }
 
+/// A vforked child has exec'd by the time vfork returns in the parent (the g++ driver starts
+/// cc1plus so): it is followed as the program it runs now, its allocations its own.
+#[test]
+fn follow_forks_follows_a_vforked_child_into_the_program_it_execs() {
+    let Some(_bpf) = require_bpf() else { return };
+    let binary = build_fixture("lifecycle");
+    let json = output_path("vfork_followed", "json");
+    let mut leaktrace = Running::start(
+        Command::new(LEAKTRACE)
+            .args(["-f", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(&binary)
+            .arg("vfork-wait"),
+    );
+    let following = leaktrace
+        .stderr
+        .wait_for(|l| l.starts_with("leaktrace: following child "), WAIT);
+    let child: i32 = following["leaktrace: following child ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Its SIGUSR1 handler is in once it says so.
+    leaktrace.stdout.wait_for(|l| l == "child ready", WAIT);
+    assert_eq!(unsafe { libc::kill(child, libc::SIGUSR1) }, 0);
+    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
+
+    let report = read_json(&json);
+    assert_eq!(
+        sites_of(&report, "parent_leak").live_allocations,
+        lifecycle_define("PARENT_LEAKS")
+    );
+    assert_eq!(sites_of(&report, "child_leak").allocs, 0, "{report:#}");
+    let processes = report["processes"].as_array().expect("the child's report");
+    let child_report = processes
+        .iter()
+        .find(|r| r["pid"] == child)
+        .unwrap_or_else(|| panic!("no report for pid {child}: {processes:#?}"));
+    let leaks = sites_of(child_report, "child_leak");
+    let expected = lifecycle_define("CHILD_LEAKS");
+    assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
+    assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
+}
+
 #[test]
 fn follow_forks_reports_the_child_on_its_own() {
     let Some(_bpf) = require_bpf() else { return };

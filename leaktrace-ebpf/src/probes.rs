@@ -415,17 +415,32 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn fork_exit(ctx: RetProbeContext) -> u32 {
     count_hit(&ctx);
+    forked(&ctx, false);
+    0
+}
+
+/// vfork's return. The child returns first, through this probe too (the kernel gives a vfork
+/// child its parent's pending returns), with 0; the parent once the child has exec'd.
+#[uretprobe]
+pub fn vfork_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
+    forked(&ctx, true);
+    0
+}
+
+/// In the parent, a fork's child pid, for userspace to follow; `execd` after a vfork.
+#[inline(always)]
+fn forked(ctx: &RetProbeContext, execd: bool) {
     let child: i64 = ctx.ret();
     if child > 0 && window_open() {
         emit(
             bpf_get_current_pid_tgid(),
             EventKind::Fork,
             child as u64,
-            0,
+            u64::from(execd),
             0,
         );
     }
-    0
 }
 
 /// sched_process_exec(task, old_pid, bprm), in the context of the process that exec'd.

@@ -152,8 +152,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
-    /// Trace the target's children too (created by fork after the attach), each reported on
-    /// its own. Without it, children are not traced.
+    /// Trace the target's children too (created by fork or vfork after the attach), each
+    /// reported on its own. Without it, children are not traced.
     #[arg(short = 'f', long)]
     pub follow_forks: bool,
 

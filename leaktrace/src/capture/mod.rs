@@ -233,10 +233,11 @@ impl Capture<'_> {
             }
             Event::Fork {
                 child,
+                execd,
                 timestamp_ns,
                 ..
             } if self.options.follow_forks => {
-                if !self.follow(index, child, timestamp_ns, probes) {
+                if !self.follow(index, child, execd, timestamp_ns, probes) {
                     self.children_missed += 1;
                 }
             }
@@ -245,10 +246,18 @@ impl Capture<'_> {
     }
 
     /// Follows `child`, just forked by the process of image `parent`: probes it as its parent
-    /// is probed, and names and unwinds it with its parent's modules. False when it was not
-    /// followed: it ended before its probes were in (most children of a few ms do, since the
-    /// fork is read up to [`RING_POLL`] later), or could not be probed.
-    fn follow(&mut self, parent: usize, child: u32, start_ns: u64, probes: &mut ProbeSet) -> bool {
+    /// is probed, and names and unwinds it with its parent's modules; or, `execd` (vforked, so
+    /// it runs a program of its own by now), as that program's image, probed where it needs.
+    /// False when it was not followed: it ended before its probes were in (most children of a
+    /// few ms do, since the fork is read up to [`RING_POLL`] later), or could not be probed.
+    fn follow(
+        &mut self,
+        parent: usize,
+        child: u32,
+        execd: bool,
+        start_ns: u64,
+        probes: &mut ProbeSet,
+    ) -> bool {
         if self.closing {
             return false;
         }
@@ -256,7 +265,11 @@ impl Capture<'_> {
         let Ok(process) = Target::child(child) else {
             return false;
         };
-        let plan = self.images[parent].plan.clone();
+        let plan = if execd {
+            self.plan_for(child)
+        } else {
+            self.images[parent].plan.clone()
+        };
         if let Err(error) = probes.attach_process(child, &plan) {
             if !process.exited() {
                 log::warn!("cannot probe child {child}: {error:#}");
@@ -264,8 +277,13 @@ impl Capture<'_> {
             probes.detach_process(child);
             return false;
         }
-        let prepared = match self.images[parent].prepared_for_child(child) {
-            Ok(prepared) if !process.exited() => prepared,
+        let prepared = if execd {
+            self.prepared_for(child)
+        } else {
+            self.images[parent].prepared_for_child(child).ok()
+        };
+        let prepared = match prepared {
+            Some(prepared) if !process.exited() => prepared,
             _ => {
                 probes.detach_process(child);
                 return false;
@@ -326,27 +344,33 @@ impl Capture<'_> {
                 false
             }
         };
-        let Ok(symbolizer) = Symbolizer::new(pid, &self.options.debug_dirs) else {
+        let Some(prepared) = self.prepared_for(pid) else {
             // Gone already: nothing of it will be reported.
             self.current.remove(&pid);
             return;
         };
         eprintln!("leaktrace: pid {pid} exec'd {}", process_name(pid));
-        let from_start = all_probed_before;
-        let unwinder = DwarfUnwinder::new(&symbolizer, self.options.image.stack_copies);
         self.images.push(TracedImage::new(
             pid,
             process_name(pid),
             &plan,
-            Prepared {
-                symbolizer,
-                unwinder,
-            },
+            prepared,
             self.options.image.clone(),
-            from_start,
+            all_probed_before,
             start_ns,
         ));
         self.current.insert(pid, self.images.len() - 1);
+    }
+
+    /// The symbolizer and unwinder of the program process `pid` runs now, from its maps;
+    /// None once it is gone.
+    fn prepared_for(&self, pid: u32) -> Option<Prepared> {
+        let symbolizer = Symbolizer::new(pid, &self.options.debug_dirs).ok()?;
+        let unwinder = DwarfUnwinder::new(&symbolizer, self.options.image.stack_copies);
+        Some(Prepared {
+            symbolizer,
+            unwinder,
+        })
     }
 
     /// The probe plan of a process that has just exec'd. After an exec the dynamic

@@ -55,10 +55,12 @@ pub enum Event {
     },
     /// The thread's last realloc failed: its old block is live again.
     ReallocFailed { pid: u32, tid: u32 },
-    /// The process forked `child`.
+    /// The process forked `child`; `execd` when it was vforked, and so runs another image
+    /// already.
     Fork {
         pid: u32,
         child: u32,
+        execd: bool,
         timestamp_ns: u64,
     },
     /// munmap of `[address, address + size)`.
@@ -178,6 +180,7 @@ impl Event {
             EventKind::Fork => Some(Event::Fork {
                 pid: raw.tgid,
                 child: u32::try_from(raw.address).ok()?,
+                execd: raw.size != 0,
                 timestamp_ns: raw.timestamp_ns,
             }),
             EventKind::Exec => Some(Event::Exec {
@@ -290,6 +293,7 @@ mod tests {
             Some(Event::Fork {
                 pid: 7,
                 child: 0x1000,
+                execd: true,
                 timestamp_ns: 5
             })
         );

@@ -11,7 +11,7 @@ pub enum Family {
     C,
     /// C++ operator new and delete.
     Cxx,
-    /// Process lifecycle: fork, whose return tells of a new child.
+    /// Process lifecycle: fork and vfork, whose return tells of a new child.
     Process,
     /// Anonymous memory mappings, probed with `--mmap` only.
     Mapping,
@@ -64,7 +64,7 @@ const fn delete(symbol: &'static str) -> AllocatorFunction {
 }
 
 /// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
-pub const FUNCTIONS: [AllocatorFunction; 34] = [
+pub const FUNCTIONS: [AllocatorFunction; 35] = [
     c("malloc", programs::ALLOC_ENTER, programs::ALLOC_EXIT),
     c("calloc", programs::CALLOC_ENTER, programs::ALLOC_EXIT),
     c("realloc", programs::REALLOC_ENTER, programs::REALLOC_EXIT),
@@ -117,6 +117,13 @@ pub const FUNCTIONS: [AllocatorFunction; 34] = [
         family: Family::Process,
         entry: None,
         exit: Some(programs::FORK_EXIT),
+    },
+    // The g++ driver starts cc1plus and as with vfork and exec, as Python's subprocess does.
+    AllocatorFunction {
+        symbol: "vfork",
+        family: Family::Process,
+        entry: None,
+        exit: Some(programs::VFORK_EXIT),
     },
     AllocatorFunction {
         symbol: "mmap",
