@@ -339,20 +339,20 @@ fn without_follow_forks_a_child_is_not_mixed_in() {
     assert!(report.get("processes").is_none(), "{report:#}");
 }
 
-/// A vforked child has exec'd by the time vfork returns in the parent (the g++ driver starts
-/// cc1plus so): it is followed as the program it runs now, its allocations its own.
-#[test]
-fn follow_forks_follows_a_vforked_child_into_the_program_it_execs() {
-    let Some(_bpf) = require_bpf() else { return };
+/// The lifecycle fixture in `mode` (fork-wait, vfork-wait) launched under `leaktrace -f`:
+/// once its child is followed and ready, it is told to go on, and both run to their end. The
+/// parent's JSON report, which holds its parent's leaks and not the child's; the child's pid
+/// and its report, which holds its leaks; and leaktrace's stdout.
+fn follow_lifecycle_child(test: &str, mode: &str) -> (Value, i32, Value, Vec<String>) {
     let binary = build_fixture("lifecycle");
-    let json = output_path("vfork_followed", "json");
+    let json = output_path(test, "json");
     let mut leaktrace = Running::start(
         Command::new(LEAKTRACE)
             .args(["-f", "--json"])
             .arg(&json)
             .arg("--")
             .arg(&binary)
-            .arg("vfork-wait"),
+            .arg(mode),
     );
     let following = leaktrace
         .stderr
@@ -363,50 +363,8 @@ fn follow_forks_follows_a_vforked_child_into_the_program_it_execs() {
         .unwrap()
         .parse()
         .unwrap();
-    // Its SIGUSR1 handler is in once it says so.
+    // Its SIGUSR1 handler is in once it says so (a vforked child sets it after its exec).
     leaktrace.stdout.wait_for(|l| l == "child ready", WAIT);
-    assert_eq!(unsafe { libc::kill(child, libc::SIGUSR1) }, 0);
-    assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
-
-    let report = read_json(&json);
-    assert_eq!(
-        sites_of(&report, "parent_leak").live_allocations,
-        lifecycle_define("PARENT_LEAKS")
-    );
-    assert_eq!(sites_of(&report, "child_leak").allocs, 0, "{report:#}");
-    let processes = report["processes"].as_array().expect("the child's report");
-    let child_report = processes
-        .iter()
-        .find(|r| r["pid"] == child)
-        .unwrap_or_else(|| panic!("no report for pid {child}: {processes:#?}"));
-    let leaks = sites_of(child_report, "child_leak");
-    let expected = lifecycle_define("CHILD_LEAKS");
-    assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
-    assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
-}
-
-#[test]
-fn follow_forks_reports_the_child_on_its_own() {
-    let Some(_bpf) = require_bpf() else { return };
-    let binary = build_fixture("lifecycle");
-    let json = output_path("fork_followed", "json");
-    let mut leaktrace = Running::start(
-        Command::new(LEAKTRACE)
-            .args(["-f", "--json"])
-            .arg(&json)
-            .arg("--")
-            .arg(&binary)
-            .arg("fork-wait"),
-    );
-    let following = leaktrace
-        .stderr
-        .wait_for(|l| l.starts_with("leaktrace: following child "), WAIT);
-    let child: i32 = following["leaktrace: following child ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_eq!(unsafe { libc::kill(child, libc::SIGUSR1) }, 0);
     assert_eq!(leaktrace.wait(WAIT), 0, "{:?}", leaktrace.stderr.rest());
 
@@ -424,14 +382,33 @@ fn follow_forks_reports_the_child_on_its_own() {
     let child_report = processes
         .iter()
         .find(|r| r["pid"] == child)
-        .unwrap_or_else(|| panic!("no report for pid {child}: {processes:#?}"));
-    let leaks = sites_of(child_report, "child_leak");
+        .unwrap_or_else(|| panic!("no report for pid {child}: {processes:#?}"))
+        .clone();
+    let leaks = sites_of(&child_report, "child_leak");
     let expected = lifecycle_define("CHILD_LEAKS");
     assert_eq!((leaks.allocs, leaks.live_allocations), (expected, expected));
     assert_eq!(leaks.live_bytes, expected * lifecycle_define("BLOCK_BYTES"));
+    (report, child, child_report, leaktrace.stdout.rest())
+}
+
+/// A vforked child has exec'd by the time vfork returns in the parent (the g++ driver starts
+/// cc1plus so): it is followed as the program it runs now, its allocations its own.
+#[test]
+fn follow_forks_follows_a_vforked_child_into_the_program_it_execs() {
+    let Some(_bpf) = require_bpf() else { return };
+    follow_lifecycle_child("vfork_followed", "vfork-wait");
+}
+
+#[test]
+fn follow_forks_reports_the_child_on_its_own() {
+    let Some(_bpf) = require_bpf() else { return };
+    let (report, child, child_report, stdout) =
+        follow_lifecycle_child("fork_followed", "fork-wait");
+    let expected = lifecycle_define("CHILD_LEAKS");
+    let child_report = &child_report;
 
     // The text: the parent's report, then the child's, each with its own leaks and ending.
-    let text = TextReport::from_stdout(&leaktrace.stdout.rest());
+    let text = TextReport::from_stdout(&stdout);
     let parent_text = text.process(report["pid"].as_i64().unwrap());
     let child_text = text.process(child.into());
     for (who, text, json, function, leaks, ended) in [
