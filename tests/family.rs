@@ -339,7 +339,7 @@ fn without_follow_forks_a_child_is_not_mixed_in() {
     assert!(report.get("processes").is_none(), "{report:#}");
 }
 
-/// The lifecycle fixture in `mode` (fork-wait, vfork-wait) launched under `leaktrace -f`:
+/// The lifecycle fixture in `mode` (fork-wait, vfork-wait, spawn-wait) launched under `leaktrace -f`:
 /// once its child is followed and ready, it is told to go on, and both run to their end. The
 /// parent's JSON report, which holds its parent's leaks and not the child's; the child's pid
 /// and its report, which holds its leaks; and leaktrace's stdout.
@@ -397,6 +397,14 @@ fn follow_lifecycle_child(test: &str, mode: &str) -> (Value, i32, Value, Vec<Str
 fn follow_forks_follows_a_vforked_child_into_the_program_it_execs() {
     let Some(_bpf) = require_bpf() else { return };
     follow_lifecycle_child("vfork_followed", "vfork-wait");
+}
+
+/// posix_spawn (GNU make starts its commands so) returns once its child has exec'd, as vfork
+/// does: the child is followed as the program it runs.
+#[test]
+fn follow_forks_follows_a_posix_spawned_child() {
+    let Some(_bpf) = require_bpf() else { return };
+    follow_lifecycle_child("spawn_followed", "spawn-wait");
 }
 
 #[test]

@@ -88,9 +88,9 @@ pub enum EventKind {
     /// A realloc that failed (NULL for a nonzero size): its old block, already reported freed,
     /// is live again. `address` is 0; `tid` says whose realloc.
     ReallocFailed = 5,
-    /// A successful fork or vfork in a traced process: `address` is the child's pid; `size` is
-    /// 1 after a vfork, whose parent resumes only once the child has exec'd (or exited): the
-    /// child runs another image already.
+    /// A successful fork, vfork or posix_spawn in a traced process: `address` is the child's
+    /// pid; `size` is 1 after a vfork or posix_spawn, whose parent resumes only once the child
+    /// has exec'd (or exited): the child runs another image already.
     Fork = 6,
     /// A successful exec in a traced process (`tgid`): its address space, and every block in
     /// it, is gone; what follows is a new program.
@@ -257,6 +257,8 @@ pub mod programs {
     pub const MREMAP_EXIT: &str = "mremap_exit";
     pub const FORK_EXIT: &str = "fork_exit";
     pub const VFORK_EXIT: &str = "vfork_exit";
+    pub const SPAWN_ENTER: &str = "spawn_enter";
+    pub const SPAWN_EXIT: &str = "spawn_exit";
     /// Calibration only: an entry probe that returns at once, on a function of leaktrace's own,
     /// to time what a hit costs the traced thread.
     pub const CALIBRATION_ENTER: &str = "calibration_enter";

@@ -22,8 +22,8 @@ use crate::{
     events::{emit, emit_free},
     maps::TRACED,
     pending::{
-        enter_alloc, enter_call, forget_thread, inside_traced_call, outermost, stack_pointer,
-        take_pending, take_recorded, window_open,
+        PendingCall, enter_alloc, enter_call, forget_thread, inside_traced_call, outermost,
+        stack_pointer, take_pending, take_recorded, window_open,
     },
     sampled::{chosen, forget_block, remember_block},
     seen::{mark_allocated, maybe_older},
@@ -259,18 +259,25 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
     count_hit(&ctx);
-    let Some((pid_tgid, call)) = take_recorded(&ctx) else {
-        return 0;
-    };
-    let status: i32 = ctx.ret();
-    // SAFETY: the helper reads user memory fault-safely (it fails instead).
-    if status == 0
-        && let Ok(address) = unsafe { bpf_probe_read_user(call.address as *const u64) }
+    if let Some((pid_tgid, call)) = take_recorded(&ctx)
+        && let Some(address) = result_through::<u64>(&ctx, &call)
         && address != 0
     {
         emit_alloc(&ctx, pid_tgid, address, call.size);
     }
     0
+}
+
+/// What a call that returns 0 for success gave back through the pointer its entry remembered
+/// (`call.address`, which may be NULL), when it succeeded.
+#[inline(always)]
+fn result_through<T>(ctx: &RetProbeContext, call: &PendingCall) -> Option<T> {
+    let status: i32 = ctx.ret();
+    if status != 0 || call.address == 0 {
+        return None;
+    }
+    // SAFETY: the helper reads user memory fault-safely (it fails instead).
+    unsafe { bpf_probe_read_user(call.address as *const T) }.ok()
 }
 
 #[uprobe]
@@ -415,7 +422,7 @@ pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn fork_exit(ctx: RetProbeContext) -> u32 {
     count_hit(&ctx);
-    forked(&ctx, false);
+    forked(ctx.ret(), false);
     0
 }
 
@@ -424,14 +431,36 @@ pub fn fork_exit(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn vfork_exit(ctx: RetProbeContext) -> u32 {
     count_hit(&ctx);
-    forked(&ctx, true);
+    forked(ctx.ret(), true);
     0
 }
 
-/// In the parent, a fork's child pid, for userspace to follow; `execd` after a vfork.
+/// posix_spawn and posix_spawnp(pid, path, …): the child's pid comes back through `pid`,
+/// which may be NULL. The call is remembered as an allocation call is.
+#[uprobe]
+pub fn spawn_enter(ctx: ProbeContext) -> u32 {
+    let cookie = count_hit(&ctx);
+    enter_call(&ctx, 0, arg(&ctx, cookie, 0), 0, true);
+    0
+}
+
+/// posix_spawn returns 0 once its child has exec'd: glibc's clones it to share memory and
+/// waits, as vfork does.
+#[uretprobe]
+pub fn spawn_exit(ctx: RetProbeContext) -> u32 {
+    count_hit(&ctx);
+    if let Some((_, call)) = take_pending(&ctx)
+        && let Some(child) = result_through::<i32>(&ctx, &call)
+    {
+        forked(child.into(), true);
+    }
+    0
+}
+
+/// In the parent, a new child's pid, for userspace to follow; `execd` when the child has
+/// exec'd already.
 #[inline(always)]
-fn forked(ctx: &RetProbeContext, execd: bool) {
-    let child: i64 = ctx.ret();
+fn forked(child: i64, execd: bool) {
     if child > 0 && window_open() {
         emit(
             bpf_get_current_pid_tgid(),

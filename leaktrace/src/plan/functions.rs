@@ -11,7 +11,7 @@ pub enum Family {
     C,
     /// C++ operator new and delete.
     Cxx,
-    /// Process lifecycle: fork and vfork, whose return tells of a new child.
+    /// Process lifecycle: fork, vfork and posix_spawn, whose return tells of a new child.
     Process,
     /// Anonymous memory mappings, probed with `--mmap` only.
     Mapping,
@@ -63,8 +63,18 @@ const fn delete(symbol: &'static str) -> AllocatorFunction {
     }
 }
 
+/// posix_spawn and posix_spawnp, which start a child running another program.
+const fn spawn(symbol: &'static str) -> AllocatorFunction {
+    AllocatorFunction {
+        symbol,
+        family: Family::Process,
+        entry: Some(programs::SPAWN_ENTER),
+        exit: Some(programs::SPAWN_EXIT),
+    }
+}
+
 /// Every function leaktrace probes. C++ names are mangled for x86-64 (size_t is `m`).
-pub const FUNCTIONS: [AllocatorFunction; 35] = [
+pub const FUNCTIONS: [AllocatorFunction; 37] = [
     c("malloc", programs::ALLOC_ENTER, programs::ALLOC_EXIT),
     c("calloc", programs::CALLOC_ENTER, programs::ALLOC_EXIT),
     c("realloc", programs::REALLOC_ENTER, programs::REALLOC_EXIT),
@@ -125,6 +135,8 @@ pub const FUNCTIONS: [AllocatorFunction; 35] = [
         entry: None,
         exit: Some(programs::VFORK_EXIT),
     },
+    spawn("posix_spawn"),
+    spawn("posix_spawnp"),
     AllocatorFunction {
         symbol: "mmap",
         family: Family::Mapping,
@@ -164,7 +176,7 @@ impl AllocatorFunction {
         use programs::*;
         match self.entry {
             None => 0,
-            Some(ALLOC_ENTER | PVALLOC_ENTER | FREE_ENTER | DELETE_ENTER) => 1,
+            Some(ALLOC_ENTER | PVALLOC_ENTER | FREE_ENTER | DELETE_ENTER | SPAWN_ENTER) => 1,
             Some(CALLOC_ENTER | REALLOC_ENTER | MEMALIGN_ENTER | MUNMAP_ENTER) => 2,
             Some(REALLOCARRAY_ENTER | POSIX_MEMALIGN_ENTER | MREMAP_ENTER) => 3,
             Some(_) => 4,
