@@ -436,7 +436,9 @@ pub fn vfork_exit(ctx: RetProbeContext) -> u32 {
 }
 
 /// posix_spawn and posix_spawnp(pid, path, …): the child's pid comes back through `pid`,
-/// which may be NULL. The call is remembered as an allocation call is.
+/// which may be NULL. The pointer waits for the return in the thread's pending call, as an
+/// allocation's size does; meanwhile what the call allocates inside stays silent, as inside
+/// an allocator's function.
 #[uprobe]
 pub fn spawn_enter(ctx: ProbeContext) -> u32 {
     let cookie = count_hit(&ctx);
