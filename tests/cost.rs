@@ -96,20 +96,32 @@ fn each_point_counts_exactly_the_calls_the_target_made() {
     }
 }
 
-/// Sampling, malloc is probed by a uprobe session (Linux 6.13+): an unsampled call skips its
-/// return probe, so the return runs only for the calls recorded, each of which the report
-/// counts n times. Through perf-event uprobes, which have no sessions, every call still
-/// returns through its probe.
+/// Sampling, malloc and calloc are probed by uprobe sessions (Linux 6.13+): an unsampled call
+/// skips its return probe, so the return runs only for the calls recorded, each of which the
+/// report counts n times. Through perf-event uprobes, which have no sessions, every call
+/// still returns through its probe.
 #[test]
 fn sampling_malloc_returns_through_its_probe_only_when_recorded() {
+    sampled_returns_only_when_recorded("exact", "malloc", "alloc_session", "alloc_enter");
+}
+
+#[test]
+fn sampling_calloc_returns_through_its_probe_only_when_recorded() {
+    sampled_returns_only_when_recorded("calloc", "calloc", "calloc_session", "calloc_enter");
+}
+
+/// The pairs fixture in `mode`, whose PAIRS calls to `function` are each followed by a free:
+/// sampled, through `session`, and through perf-event uprobes, through `entry`.
+fn sampled_returns_only_when_recorded(mode: &str, function: &str, session: &str, entry: &str) {
     let Some(_bpf) = require_bpf() else { return };
     let fixture = build_fixture("pairs");
     let pairs = fixture_define("pairs", "PAIRS");
     let n = 20;
     let sampling = ["-s", &n.to_string()];
-    let (report, _) = launch_json_env("cost_session", &sampling, &fixture, &["exact"], &[]);
-    let entries = hits_of_kind(&report, "malloc", "alloc_session", Some("emulated"));
-    let returns = hits_of_kind(&report, "malloc", "alloc_session", Some("return"));
+    let test = format!("cost_session_{mode}");
+    let (report, _) = launch_json_env(&test, &sampling, &fixture, &[mode], &[]);
+    let entries = hits_of_kind(&report, function, session, Some("emulated"));
+    let returns = hits_of_kind(&report, function, session, Some("return"));
     assert_eq!(entries, pairs);
     assert!(returns > 0 && returns < pairs / 2, "{returns} of {pairs}");
     assert_eq!(
@@ -121,9 +133,10 @@ fn sampling_malloc_returns_through_its_probe_only_when_recorded() {
     assert_eq!(hits(&report, "free", "free_enter"), pairs);
 
     let single = [("LEAKTRACE_SINGLE_UPROBES", "1")];
-    let (report, _) = launch_json_env("cost_no_session", &sampling, &fixture, &["exact"], &single);
-    assert_eq!(hits(&report, "malloc", "alloc_enter"), pairs);
-    assert_eq!(hits(&report, "malloc", "alloc_exit"), pairs);
+    let test = format!("cost_no_session_{mode}");
+    let (report, _) = launch_json_env(&test, &sampling, &fixture, &[mode], &single);
+    assert_eq!(hits(&report, function, entry), pairs);
+    assert_eq!(hits(&report, function, "alloc_exit"), pairs);
 }
 
 /// "[    0.3s] live …; tracing cost ≈ 12% of the target's CPU (41 ms CPU/s, 3,400 hits/s);

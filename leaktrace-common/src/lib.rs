@@ -238,8 +238,10 @@ pub mod programs {
     /// malloc's entry and return as one uprobe session, when sampling: an unsampled call
     /// skips its return. Its return run counts hits as the point numbered after the entry's.
     pub const ALLOC_SESSION: &str = "alloc_session";
+    /// calloc's, as malloc's.
+    pub const CALLOC_SESSION: &str = "calloc_session";
     /// The programs linked as uprobe sessions.
-    pub const SESSIONS: [&str; 1] = [ALLOC_SESSION];
+    pub const SESSIONS: [&str; 2] = [ALLOC_SESSION, CALLOC_SESSION];
     pub const REALLOC_ENTER: &str = "realloc_enter";
     pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
     /// Return of realloc and reallocarray.

@@ -176,14 +176,30 @@ const SKIP_RETURN: u32 = 1;
 /// calls no other probed function: an unsampled call leaves no entry behind, so nothing it
 /// called would know to stay silent.
 ///
-/// The entry run sees the probe's own address in the instruction pointer; the return run sees
-/// the caller's return address there.
-///
 /// Written out without `#[uprobe]`, whose wrapper returns 0 whatever the program says: here
 /// the answer is what skips the return.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
 pub fn alloc_session(ctx: *mut c_void) -> u32 {
+    session(ctx, |ctx, cookie| Some(arg(ctx, cookie, 0)))
+}
+
+/// calloc's entry and return as one uprobe session, as malloc's.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn calloc_session(ctx: *mut c_void) -> u32 {
+    // An overflowing calloc allocates nothing: its return is skipped.
+    session(ctx, |ctx, cookie| {
+        array_bytes(arg(ctx, cookie, 0), arg(ctx, cookie, 1))
+    })
+}
+
+/// A session's run: the entry's, which asks for the return run only for a call it records,
+/// of the size `size` reads from the arguments (None: nothing to record); or the return's.
+/// The entry run sees the probe's own address in the instruction pointer; the return run sees
+/// the caller's return address there.
+#[inline(always)]
+fn session(ctx: *mut c_void, size: impl FnOnce(&ProbeContext, u64) -> Option<u64>) -> u32 {
     let ctx = ProbeContext::new(ctx);
     let cookie = attach_cookie(&ctx);
     // SAFETY: the helper reads this run's probe address; `ctx.regs` is the register snapshot
@@ -196,7 +212,9 @@ pub fn alloc_session(ctx: *mut c_void) -> u32 {
         return RUN_RETURN;
     }
     count_hit_at(cookie::point(cookie));
-    let size = arg(&ctx, cookie, 0);
+    let Some(size) = size(&ctx, cookie) else {
+        return SKIP_RETURN;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(outer) = outermost(&ctx, pid_tgid) else {
         return SKIP_RETURN;

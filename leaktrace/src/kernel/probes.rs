@@ -223,7 +223,9 @@ impl ProbeSet {
             if self.sessions
                 && let Err(error) = &linked
             {
-                log::debug!("no uprobe sessions ({error:#}): malloc keeps its return probe");
+                log::debug!(
+                    "no uprobe sessions ({error:#}): malloc and calloc keep their return probes"
+                );
                 self.sessions = false;
                 linked = link_points(multi, &mut self.hits, &new, nonzero, false);
             }

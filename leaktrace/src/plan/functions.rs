@@ -28,11 +28,16 @@ pub struct AllocatorFunction {
 
 impl AllocatorFunction {
     /// The program that takes this function's entry and return as one uprobe session, when
-    /// sampling. Only malloc: it calls no other function leaktrace probes, so an unsampled
-    /// call, which leaves no entry behind, leaves nothing inside it unaware that it is nested
-    /// (operator new calls malloc, and keeps its entry and return probes).
+    /// sampling. Only malloc and calloc: in the allocators leaktrace knows (glibc, jemalloc,
+    /// tcmalloc, mimalloc) they call no other function it probes, so an unsampled call, which
+    /// leaves no entry behind, leaves nothing inside it unaware that it is nested (operator new
+    /// calls malloc, and keeps its entry and return probes).
     pub fn session(&self) -> Option<&'static str> {
-        (self.symbol == "malloc").then_some(programs::ALLOC_SESSION)
+        match self.symbol {
+            "malloc" => Some(programs::ALLOC_SESSION),
+            "calloc" => Some(programs::CALLOC_SESSION),
+            _ => None,
+        }
     }
 }
 
