@@ -80,14 +80,14 @@ pub(crate) static COPIED_STACKS: HashMap<u64, u8> = HashMap::with_max_entries(65
 #[map]
 pub(crate) static SAMPLED_BLOCKS: HashMap<u64, u8> = HashMap::with_max_entries(1 << 18, 0);
 
-/// Where, above sp, the return address lies at a given return address: learned by userspace
-/// from the CFI unwinding of stack copies, in the slots
-/// [`return_offsets`](leaktrace_common::return_offsets) picks. With it the probe can follow a
-/// stack past where frame pointers end, for a key, without unwinding anything itself.
 /// Blocks allocated since the attach ([`crate::seen`]); one word unless frees read sizes.
 #[map]
 pub(crate) static ALLOCATED_HERE: Array<u64> = Array::with_max_entries(allocated_here::WORDS, 0);
 
+/// Where, above sp, the return address lies at a given return address: learned by userspace
+/// from the CFI unwinding of stack copies, in the slots
+/// [`return_offsets`](leaktrace_common::return_offsets) picks. With it the probe can follow a
+/// stack past where frame pointers end, for a key, without unwinding anything itself.
 #[map]
 pub(crate) static RETURN_OFFSETS: Array<[u64; 2]> = Array::with_max_entries(RETURN_OFFSET_SLOTS, 0);
 
@@ -109,12 +109,12 @@ pub(crate) static RING_LOOK: PerCpuArray<RingLook> = PerCpuArray::with_max_entri
 pub(crate) static RECENTLY_COPIED: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(RECENTLY_COPIED_SLOTS, 0);
 
-/// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied;
-/// and where the stack walk reads the top of the stack at once.
 /// The return addresses a walk of the stack kept, for a record that carries them.
 #[map]
 pub(crate) static WALKED_FRAMES: PerCpuArray<[u64; MAX_STACK_DEPTH]> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Where a [`StackSample`] is put together before it goes out, trimmed to what was copied;
+/// and where the stack walk reads the top of the stack at once.
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);

@@ -28,8 +28,5 @@ pub(crate) fn mark_allocated(address: u64) {
 #[inline(always)]
 pub(crate) fn maybe_older(address: u64) -> bool {
     let (word, bit) = allocated_here::bit(address);
-    // SAFETY: as above.
-    ALLOCATED_HERE
-        .get_ptr_mut(word)
-        .is_none_or(|word| unsafe { *word } & bit == 0)
+    ALLOCATED_HERE.get(word).is_none_or(|word| *word & bit == 0)
 }

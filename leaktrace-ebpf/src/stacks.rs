@@ -335,12 +335,12 @@ impl Walk {
         if offset == OUTERMOST_FRAME {
             return false;
         }
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-            return false;
-        };
         let slot = self.sp + offset;
         let within = slot - self.top;
         let return_address = if within + 8 <= self.read {
+            let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+                return false;
+            };
             // SAFETY: `scratch` is this CPU's slot of a map value, valid while the program
             // runs, and the index is masked below WALK_BYTES, so the 8 bytes read lie inside
             // its bytes; they were read from the stack by `walk_stack`.

@@ -283,8 +283,6 @@ impl CostMeter {
         calibration.per_hit_ns(point.kind) + self.program_ns.get(point.program).unwrap_or(&0.0)
     }
 
-    /// Each program's mean run time, from what the kernel's statistics have counted so far;
-    /// the runs timed, all programs together.
     /// Reads each program's mean run time while the statistics leaktrace turned on count,
     /// and turns them off once they have timed [`TIMED_RUNS`].
     fn read_program_times(&mut self, probes: &ProbeSet) {

@@ -479,25 +479,21 @@ fn link_points(
     let mut groups: BTreeMap<(&str, &Path), Vec<MultiPoint>> = BTreeMap::new();
     for point in points {
         let session = point.function.session().filter(|_| sessions);
-        if let Some((program, cookie)) =
-            session.and_then(|program| Some((program, hits.session_cookie(point, program)?)))
+        let programs: Vec<(&str, u64)> = match session
+            .and_then(|program| Some((program, hits.session_cookie(point, program)?)))
         {
+            Some(session) => vec![session],
+            None => (point.function.entry.into_iter().chain(point.function.exit))
+                .map(|program| (program, hits.cookie(point, program)))
+                .collect(),
+        };
+        for (program, cookie) in programs {
             groups
                 .entry((program, &point.host_path))
                 .or_default()
                 .push(MultiPoint {
                     offset: point.offset,
                     cookie,
-                });
-            continue;
-        }
-        for program in point.function.entry.into_iter().chain(point.function.exit) {
-            groups
-                .entry((program, &point.host_path))
-                .or_default()
-                .push(MultiPoint {
-                    offset: point.offset,
-                    cookie: hits.cookie(point, program),
                 });
         }
     }
